@@ -1,0 +1,237 @@
+"""The typed config schema: one dataclass per subsystem, YAML files plus `key=value` overrides (OmegaConf).
+
+A run is described by exactly one YAML file (no `_base_` inheritance, DESIGN.md style rule 1) merged over the
+defaults below, then by command-line overrides such as `model.norm=none train.max_iters=200`. The defaults are the
+paper's settings (PAPER.md, "The system"); `configs/mini/` overrides them down to CPU size.
+
+Key names listed in issue 2 ("Stable names") are relied on by scripts and the study; rename only with a reason.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from scratchdet.errors import ConfigError
+
+NORMS = ("GN", "SyncBN", "BN", "FrozenBN", "none")
+ARCHS = ("mask_rcnn", "faster_rcnn")
+DEPTHS = (18, 34, 50, 101, 152)
+INITS = ("scratch", "pretrained")
+
+
+@dataclass
+class SplitConfig:
+    """One dataset split: a COCO instances JSON and the folder its `file_name`s are relative to."""
+
+    json: str | None = None
+    images: str | None = None
+
+
+@dataclass
+class DataConfig:
+    # A folder written by `scratchdet data synth` (or laid out the same way): root/instances_{train,val}.json and
+    # root/{train,val}/. Explicit data.train.* / data.val.* paths win over it.
+    root: str | None = None
+    train: SplitConfig = field(default_factory=SplitConfig)
+    val: SplitConfig = field(default_factory=SplitConfig)
+    # N training images, chosen with subset_seed; subsets are nested (paper: 35k/10k/3.5k/1k, Figs. 7-8).
+    train_subset: int | None = None
+    subset_seed: int = 0
+    # Short side in pixels; a list means one is drawn per image ([640, 800] is the paper's "train aug").
+    min_size_train: list[int] = field(default_factory=lambda: [800])
+    max_size_train: int = 1333
+    min_size_test: int = 800
+    max_size_test: int = 1333
+    flip_prob: float = 0.5
+    num_workers: int = 2
+    # Stat every image file when a dataset is opened, so a missing file fails before training, not hours into it.
+    check_files: bool = True
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "mask_rcnn"
+    depth: int = 50
+    # ResNeXt: groups x width_per_group (32x8d -> groups=32, width_per_group=8). ResNet: 1 x 64.
+    groups: int = 1
+    width_per_group: int = 64
+    # Channels of the stem; 64 is the standard ResNet, narrower values give CPU-sized variants (widths scale along).
+    stem_width: int = 64
+    norm: str = "GN"
+    gn_groups: int = 32
+    # 0 = every stage trains. From scratch nothing may be frozen (issue 2: frozen random stages cost ~3 AP).
+    freeze_at: int = 0
+    fpn_channels: int = 256
+    # "4conv1fc" box head with GN (paper): box_head_convs=4, box_head_fc=1024; box_head_convs=0 gives the 2fc head.
+    box_head_convs: int = 4
+    box_head_fc: int = 1024
+    mask_head_convs: int = 4
+    anchor_sizes: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512])
+    rpn_pre_nms_top_n_train: int = 2000
+    rpn_post_nms_top_n_train: int = 2000
+    rpn_pre_nms_top_n_test: int = 1000
+    rpn_post_nms_top_n_test: int = 1000
+    rpn_batch_size_per_image: int = 256
+    box_batch_size_per_image: int = 512
+    box_detections_per_img: int = 100
+    box_score_thresh: float = 0.05
+
+
+@dataclass
+class SolverConfig:
+    # LR and warm-up are given at reference_batch images per iteration and scaled linearly to train.batch_size.
+    base_lr: float = 0.02
+    reference_batch: int = 16
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    # Detectron's WEIGHT_DECAY_GN = 0: no decay on normalization scales and shifts.
+    weight_decay_norm: float = 0.0
+    warmup_iters: int = 500
+    warmup_factor: float = 1.0 / 3.0
+
+
+@dataclass
+class ScheduleConfig:
+    # Nx = multiplier x unit_iters (at solver.reference_batch); LR / 10 at each of the last drop_tails iterations.
+    multiplier: float = 2.0
+    unit_iters: int = 90000
+    drop_tails: list[int] = field(default_factory=lambda: [60000, 20000])
+    gamma: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 16  # images per iteration, over all devices
+    max_iters: int | None = None  # stop early (smoke runs, shared trunks); the LR schedule is unchanged by it
+    checkpoint_period: int = 5000
+    log_period: int = 20
+    device: str = "auto"  # auto | cpu | cuda
+    num_threads: int | None = None  # torch intra-op threads on CPU; None = torch's default
+
+
+@dataclass
+class EvalConfig:
+    period: int = 0  # evaluate every `period` iterations (the learning curve); 0 = only at the end
+    max_images: int | None = None  # evaluate on the first N val images only (quick in-training curves)
+    batch_size: int = 1
+
+
+@dataclass
+class Config:
+    output: str = MISSING
+    seed: int = 0
+    init: str = "scratch"
+    weights: str | None = None
+    resume: bool = False
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Merges the YAML file at `path` and dotted `key=value` overrides over the defaults, then validates.
+
+    Raises:
+        ConfigError: unknown key, wrong type, missing file, or a value outside its valid choices.
+    """
+    parts = [OmegaConf.structured(Config)]
+    try:
+        if path is not None:
+            if not Path(path).is_file():
+                raise ConfigError(f"config file {path} does not exist")
+            parts.append(OmegaConf.load(path))
+        if overrides:
+            bad = [o for o in overrides if "=" not in o]
+            if bad:
+                raise ConfigError(f"override {bad[0]!r} is not of the form key=value (e.g. train.max_iters=100)")
+            parts.append(OmegaConf.from_dotlist(list(overrides)))
+        merged = OmegaConf.merge(*parts)
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        where = f" in {path}" if path is not None else ""
+        raise ConfigError(f"invalid config{where}: {e}".replace("\n", "; ")) from None
+    assert isinstance(cfg, Config)
+    resolve_data_paths(cfg)
+    validate_config(cfg)
+    return cfg
+
+
+def config_from_dict(data: dict) -> Config:
+    """Rebuilds a Config from a plain dict (e.g. a run's saved config.yaml), validating it."""
+    try:
+        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(data)))
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"invalid saved config: {e}".replace("\n", "; ")) from None
+    validate_config(cfg)
+    return cfg
+
+
+def config_to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def config_to_dict(cfg: Config) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(cfg))
+
+
+def resolve_data_paths(cfg: Config) -> None:
+    """Fills data.train/val paths from data.root (the `data synth` layout) where they are not given."""
+    if cfg.data.root is None:
+        return
+    root = Path(cfg.data.root)
+    for split_name in ("train", "val"):
+        split: SplitConfig = getattr(cfg.data, split_name)
+        if split.json is None:
+            split.json = str(root / f"instances_{split_name}.json")
+        if split.images is None:
+            split.images = str(root / split_name)
+
+
+def _choice(key: str, value, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}={value!r} is not valid; choose one of {', '.join(map(str, choices))}")
+
+
+def _positive(key: str, value) -> None:
+    if value is not None and value <= 0:
+        raise ConfigError(f"{key}={value!r} must be positive")
+
+
+def validate_config(cfg: Config) -> None:
+    """Checks choices and ranges that the type system cannot express; raises ConfigError naming the key."""
+    _choice("model.norm", cfg.model.norm, NORMS)
+    _choice("model.arch", cfg.model.arch, ARCHS)
+    _choice("model.depth", cfg.model.depth, DEPTHS)
+    _choice("init", cfg.init, INITS)
+    _choice("train.device", cfg.train.device, ("auto", "cpu", "cuda"))
+    if cfg.init == "pretrained" and not cfg.weights:
+        raise ConfigError("init=pretrained needs weights=PATH (a checkpoint or published weight file)")
+    if cfg.init == "scratch" and cfg.weights:
+        raise ConfigError(f"init=scratch loads no weights, but weights={cfg.weights!r} was given; drop one of them")
+    if cfg.init == "scratch" and cfg.model.freeze_at != 0:
+        # A frozen randomly initialized stage never learns anything; Detectron's scratch runs lost ~3 AP this way.
+        raise ConfigError(f"model.freeze_at={cfg.model.freeze_at} with init=scratch would freeze random weights; use 0")
+    _choice("model.freeze_at", cfg.model.freeze_at, (0, 1, 2, 3, 4, 5))
+    if cfg.model.groups > 1 and cfg.model.depth < 50:
+        raise ConfigError(f"model.groups={cfg.model.groups} (ResNeXt) needs a bottleneck depth (50/101/152)")
+    for key in ("train.batch_size", "solver.base_lr", "schedule.multiplier", "schedule.unit_iters",
+                "solver.reference_batch", "model.stem_width", "model.fpn_channels", "model.gn_groups",
+                "train.max_iters", "data.train_subset", "data.max_size_train", "data.min_size_test"):
+        section, name = key.split(".")
+        _positive(key, getattr(getattr(cfg, section), name))
+    if not cfg.data.min_size_train or any(s <= 0 for s in cfg.data.min_size_train):
+        raise ConfigError(f"data.min_size_train={cfg.data.min_size_train} must be a non-empty list of sizes > 0")
+    if cfg.eval.period < 0:
+        raise ConfigError(f"eval.period={cfg.eval.period} must be >= 0 (0 = evaluate only at the end)")
+
+
+def copy_config(cfg: Config) -> Config:
+    return copy.deepcopy(cfg)

@@ -1,0 +1,66 @@
+"""Run metrics: one JSON object per line in metrics.jsonl (the source of truth for curves and reports), mirrored to
+TensorBoard for browsing. Records have a "type": "train" (losses, LR, samples seen), "eval" (AP), or "error"."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+
+class MetricsWriter:
+    """Appends records to `run_dir/metrics.jsonl` and scalars to `run_dir/tb/`."""
+
+    def __init__(self, run_dir: str | Path, tensorboard: bool = True):
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self._tb_dir = Path(run_dir) / "tb"
+        self._tb = None
+        self._use_tb = tensorboard
+
+    def _tensorboard(self):
+        if self._tb is None and self._use_tb:
+            from torch.utils.tensorboard import SummaryWriter  # imported late: it is slow to import
+
+            self._tb = SummaryWriter(str(self._tb_dir))
+        return self._tb
+
+    def write(self, record: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record, allow_nan=True) + "\n")
+        tb = self._tensorboard()
+        if tb is not None and "iter" in record:
+            prefix = record.get("type", "train")
+            for key, value in _flatten(record).items():
+                if key not in ("iter", "type") and isinstance(value, (int, float)) and math.isfinite(value):
+                    tb.add_scalar(f"{prefix}/{key}", value, record["iter"])
+            tb.flush()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _flatten(record: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in record.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}/"))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def read_metrics(run_dir: str | Path, record_type: str | None = None) -> list[dict]:
+    """All records of a run's metrics.jsonl, optionally only those of one type; a torn last line is skipped."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a kill mid-write can leave one partial line; the checkpoint, not this log, is authoritative
+        if record_type is None or record.get("type") == record_type:
+            records.append(record)
+    return records

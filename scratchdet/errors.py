@@ -1,0 +1,53 @@
+"""Error types users see. Every message names the offending file, id or key and says what to do.
+
+The CLI prints a `ScratchdetError` as one clear line (no traceback); anything else is a bug in scratchdet.
+"""
+
+from __future__ import annotations
+
+
+class ScratchdetError(Exception):
+    """Base class of the errors that are the user's to fix (bad input, bad config, diverged training)."""
+
+
+class ConfigError(ScratchdetError):
+    """A config value or override is invalid; the message names the key and the valid choices."""
+
+
+class DataError(ScratchdetError):
+    """A dataset file is malformed or inconsistent.
+
+    The message always names the file and, where there is one, the image id, the annotation id and the field.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        image_id: object = None,
+        ann_id: object = None,
+        field: str | None = None,
+    ):
+        where = []
+        if path is not None:
+            where.append(f"file {path}")
+        if image_id is not None:
+            where.append(f"image id {image_id}")
+        if ann_id is not None:
+            where.append(f"annotation id {ann_id}")
+        if field is not None:
+            where.append(f"field '{field}'")
+        super().__init__(f"{message} ({', '.join(where)})" if where else message)
+        self.path = path
+        self.image_id = image_id
+        self.ann_id = ann_id
+        self.field = field
+
+
+class TrainingError(ScratchdetError):
+    """Training cannot go on (e.g. a non-finite loss); the message names the iteration and the batch's image ids."""
+
+
+class CheckpointError(ScratchdetError):
+    """A checkpoint is missing, unreadable or belongs to a different config."""

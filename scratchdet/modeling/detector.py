@@ -1,0 +1,102 @@
+"""Builds Mask R-CNN / Faster R-CNN from torchvision parts with one normalization everywhere (PAPER.md).
+
+Backbone ResNet/ResNeXt (backbones.py) -> torchvision FPN (P2-P6) -> torchvision RPN -> RoI heads with the paper's
+"4conv1fc" box head and 4-conv mask head, each conv followed by the chosen norm (and then without bias).
+
+Resizing: at training time the data pipeline resizes (scratchdet.data.transforms), so augmentation is reproducible
+from the sampler and the pixels seen are known; the model's transform skips resizing then. At test time the model's
+transform resizes to data.min_size_test / max_size_test and maps boxes and masks back to the original image size.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+from torchvision.models.detection import FasterRCNN, MaskRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+from scratchdet.config import Config
+from scratchdet.modeling.backbones import ResNet
+from scratchdet.modeling.init import init_detector_
+from scratchdet.modeling.norm import build_norm
+
+# torchvision's normalization of [0, 1] RGB input. Applied to both arms alike, so the comparison stays controlled.
+IMAGE_MEAN = [0.485, 0.456, 0.406]
+IMAGE_STD = [0.229, 0.224, 0.225]
+
+
+def build_backbone(cfg: Config) -> BackboneWithFPN:
+    """ResNet/ResNeXt body + FPN with P2..P5 from layer1..layer4 and P6 by max-pooling P5 (feature names 0-3, pool)."""
+    m = cfg.model
+    body = ResNet(
+        m.depth,
+        norm_layer=build_norm(m.norm, m.gn_groups, for_backbone_block=True),
+        stem_width=m.stem_width,
+        groups=m.groups,
+        width_per_group=m.width_per_group,
+    )
+    body.freeze(m.freeze_at)  # before wrapping: IntermediateLayerGetter keeps the children, not the class
+    fpn = BackboneWithFPN(
+        body,
+        return_layers={f"layer{i}": str(i - 1) for i in range(1, 5)},
+        in_channels_list=body.stage_channels,
+        out_channels=m.fpn_channels,
+        extra_blocks=LastLevelMaxPool(),
+        norm_layer=build_norm(m.norm, m.gn_groups),
+    )
+    return fpn
+
+
+def build_detector(cfg: Config, num_classes: int) -> nn.Module:
+    """Returns a randomly initialized (MSRA) torchvision Mask R-CNN or Faster R-CNN.
+
+    Args:
+        cfg: the run config (model, data sizes).
+        num_classes: object classes + 1 for background.
+    """
+    m = cfg.model
+    backbone = build_backbone(cfg)
+    channels = m.fpn_channels
+    head_norm = build_norm(m.norm, m.gn_groups)
+    n_levels = 5  # P2..P6
+    anchor_sizes = tuple((s,) for s in m.anchor_sizes)
+    if len(anchor_sizes) != n_levels:
+        raise ValueError(f"model.anchor_sizes needs one size per FPN level (5), got {list(m.anchor_sizes)}")
+    anchors = AnchorGenerator(anchor_sizes, ((0.5, 1.0, 2.0),) * n_levels)
+    # 4conv1fc: four 3x3 convs (each followed by the norm) then one fc; 0 convs gives the classic 2fc head.
+    fc_layers = [m.box_head_fc] if m.box_head_convs > 0 else [m.box_head_fc, m.box_head_fc]
+    box_head = FastRCNNConvFCHead((channels, 7, 7), [channels] * m.box_head_convs, fc_layers, norm_layer=head_norm)
+    common = dict(
+        min_size=cfg.data.min_size_test,
+        max_size=cfg.data.max_size_test,
+        image_mean=IMAGE_MEAN,
+        image_std=IMAGE_STD,
+        rpn_anchor_generator=anchors,
+        rpn_pre_nms_top_n_train=m.rpn_pre_nms_top_n_train,
+        rpn_post_nms_top_n_train=m.rpn_post_nms_top_n_train,
+        rpn_pre_nms_top_n_test=m.rpn_pre_nms_top_n_test,
+        rpn_post_nms_top_n_test=m.rpn_post_nms_top_n_test,
+        rpn_batch_size_per_image=m.rpn_batch_size_per_image,
+        box_head=box_head,
+        box_predictor=FastRCNNPredictor(fc_layers[-1], num_classes),
+        box_batch_size_per_image=m.box_batch_size_per_image,
+        box_detections_per_img=m.box_detections_per_img,
+        box_score_thresh=m.box_score_thresh,
+        _skip_resize=True,  # training images arrive resized by the data pipeline (see module docstring)
+    )
+    if m.arch == "mask_rcnn":
+        model = MaskRCNN(
+            backbone,
+            mask_head=MaskRCNNHeads(channels, [channels] * m.mask_head_convs, 1, norm_layer=head_norm),
+            mask_predictor=MaskRCNNPredictor(channels, channels, num_classes),
+            **common,
+        )
+    elif m.arch == "faster_rcnn":
+        model = FasterRCNN(backbone, **common)
+    else:
+        raise ValueError(f"model.arch={m.arch!r} is not valid; choose mask_rcnn or faster_rcnn")
+    init_detector_(model)  # requires_grad flags set by freeze() are untouched by init
+    return model
