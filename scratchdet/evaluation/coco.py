@@ -66,7 +66,8 @@ def coco_metrics(coco_gt: COCO, results: list[dict], iou_type: str, image_ids: S
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    return {name: (None if v < 0 else round(float(v) * 100, 3)) for name, v in zip(STAT_NAMES, evaluator.stats, strict=True)}
+    stats = zip(STAT_NAMES, evaluator.stats, strict=True)
+    return {name: (None if v < 0 else round(float(v) * 100, 3)) for name, v in stats}
 
 
 @torch.no_grad()
