@@ -35,7 +35,7 @@ def _cmd_data_check(args) -> int:
     images = args.images or str(Path(args.json).parent)
     for train in (True, False):
         dataset = CocoDetection(args.json, images, train=train, load_masks=False, check_files=not args.no_files)
-        print(f"as a {'training' if train else 'evaluation'} split:")
+        print(f"as {'a training' if train else 'an evaluation'} split:")
         print(json.dumps(dataset.summary.to_dict(), indent=2))
     return 0
 

@@ -209,3 +209,13 @@ def test_bad_resize_arguments(sizes, max_size):
 def test_bad_flip_probability():
     with pytest.raises(ConfigError, match="flip prob"):
         RandomHorizontalFlip(1.5)
+
+
+def test_resize_masks_use_nearest_neighbour():
+    generator = torch.Generator().manual_seed(0)
+    masks = (torch.rand(3, 7, 9, generator=generator) > 0.5).to(torch.uint8)
+    target = {"boxes": torch.zeros(3, 4), "masks": masks}
+    _, out = ResizeShortSide([10], max_size=100)(torch.rand(3, 7, 9), target, random.Random(0))
+    assert out["size"] == (10, 13)  # 9 * 10 / 7 = 12.86 -> 13
+    expected = torch.nn.functional.interpolate(masks[None].float(), size=(10, 13), mode="nearest")[0].to(torch.uint8)
+    assert out["masks"].dtype == torch.uint8 and torch.equal(out["masks"], expected)
