@@ -122,12 +122,24 @@ class EvalConfig:
 
 
 @dataclass
+class PretrainedConfig:
+    """How init=pretrained loads weights=PATH into the backbone (scratchdet/modeling/weights.py)."""
+
+    # Below this fraction of backbone elements loaded, the run refuses to start (wrong file, depth or layout).
+    min_coverage: float = 0.99
+    # BN-trained weights into a GN model (or GN into BN): "error" (default: no silent mismatch), "skip_norm" (load
+    # convs, keep fresh norms), or "load_affine" (BN scale/shift become GN scale/shift; BN statistics dropped).
+    norm_mismatch: str = "error"
+
+
+@dataclass
 class Config:
     output: str = MISSING
     seed: int = 0
     init: str = "scratch"
     weights: str | None = None
     resume: bool = False
+    pretrained: PretrainedConfig = field(default_factory=PretrainedConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     solver: SolverConfig = field(default_factory=SolverConfig)
@@ -212,6 +224,9 @@ def validate_config(cfg: Config) -> None:
     _choice("model.depth", cfg.model.depth, DEPTHS)
     _choice("init", cfg.init, INITS)
     _choice("train.device", cfg.train.device, ("auto", "cpu", "cuda"))
+    _choice("pretrained.norm_mismatch", cfg.pretrained.norm_mismatch, ("error", "skip_norm", "load_affine"))
+    if not 0.0 <= cfg.pretrained.min_coverage <= 1.0:
+        raise ConfigError(f"pretrained.min_coverage={cfg.pretrained.min_coverage} must be in [0, 1]")
     if cfg.init == "pretrained" and not cfg.weights:
         raise ConfigError("init=pretrained needs weights=PATH (a checkpoint or published weight file)")
     if cfg.init == "scratch" and cfg.weights:

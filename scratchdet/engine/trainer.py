@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from tqdm import tqdm
 from scratchdet.config import Config
 from scratchdet.data.build import build_train_dataset, build_train_loader, build_val_dataset
 from scratchdet.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from scratchdet.engine.initialization import initialize
 from scratchdet.engine.metrics import MetricsWriter
 from scratchdet.engine.optim import build_optimizer
 from scratchdet.engine.run_dir import prepare_run_dir, write_env
@@ -75,8 +77,6 @@ def train(cfg: Config) -> dict:
     device = resolve_device(cfg.train.device)
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
-    if cfg.init == "pretrained":
-        raise ConfigError("init=pretrained (fine-tuning from weights=PATH) is not available yet: see issue 3")
     write_env(out, cfg, str(device))
     seed_everything(cfg.seed)
 
@@ -84,7 +84,13 @@ def train(cfg: Config) -> dict:
     val_set = build_val_dataset(cfg)
     for name, dataset in (("train", train_set), ("val", val_set)):
         (out / f"dataset_{name}.json").write_text(json.dumps(dataset.summary.to_dict(), indent=2) + "\n")
-    model = build_detector(cfg, train_set.num_classes).to(device)
+    model = build_detector(cfg, train_set.num_classes)
+    if resume_from is None:
+        # Loaded once, at the start: on resume the checkpoint already holds the fine-tuned weights.
+        init_record = initialize(model, cfg)
+        (out / "init.json").write_text(json.dumps(init_record, indent=2) + "\n")
+        pretrain_seen = init_record["pretrain_seen"]
+    model.to(device)
     schedule = schedule_from_config(cfg)
     end_iter = min(schedule.max_iters, cfg.train.max_iters or schedule.max_iters)
     optimizer = build_optimizer(model, cfg.solver, schedule.base_lr)
@@ -96,7 +102,7 @@ def train(cfg: Config) -> dict:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
-        start_iter, seen = state["iteration"], state["seen"]
+        start_iter, seen, pretrain_seen = state["iteration"], state["seen"], state["pretrain_seen"]
         tqdm.write(f"resuming {out} from {resume_from.name} (iteration {start_iter})")
 
     def checkpoint(iteration: int) -> None:
@@ -105,12 +111,14 @@ def train(cfg: Config) -> dict:
             "optimizer": optimizer.state_dict(),
             "iteration": iteration,
             "seen": seen,
+            "pretrain_seen": pretrain_seen,  # carried along so fine-tuned totals include the pre-training
             "rng": rng_state(),
         })
 
     metrics = MetricsWriter(out)
     metrics.write({"type": "start", "iter": start_iter, "schedule": schedule.describe(), "end_iter": end_iter,
-                   "train_images": len(train_set), "val_images": len(val_set)})
+                   "train_images": len(train_set), "val_images": len(val_set), "init": cfg.init,
+                   "pretrain_seen": pretrain_seen})
     tqdm.write(f"schedule: {schedule.describe()}; training iterations {start_iter}..{end_iter}")
     loader = iter(build_train_loader(train_set, cfg, start_iter))
     model.train()
@@ -119,7 +127,9 @@ def train(cfg: Config) -> dict:
     window_start = time.perf_counter()
     data_time = 0.0
     report: dict = {}
-    progress = tqdm(total=end_iter, initial=start_iter, desc="train", unit="it", dynamic_ncols=True)
+    # Redraw at most every 5 s when stderr is a file or pipe (CI, nohup), so logs stay readable.
+    progress = tqdm(total=end_iter, initial=start_iter, desc="train", unit="it", dynamic_ncols=True,
+                    mininterval=0.1 if sys.stderr.isatty() else 5.0)
     for iteration in range(start_iter, end_iter):
         tick = time.perf_counter()
         images, targets = next(loader)
@@ -159,7 +169,7 @@ def train(cfg: Config) -> dict:
         if (cfg.eval.period and done % cfg.eval.period == 0) or done == end_iter:
             report = run_evaluation(model, val_set, cfg, device, done, out, metrics)
     progress.close()
-    metrics.write({"type": "end", "iter": end_iter, "seen": seen})
+    metrics.write({"type": "end", "iter": end_iter, "seen": seen, "pretrain_seen": pretrain_seen})
     metrics.close()
-    return {"output": str(out), "iter": end_iter, "seen": seen, "eval": report,
+    return {"output": str(out), "iter": end_iter, "seen": seen, "pretrain_seen": pretrain_seen, "eval": report,
             "finished": end_iter == schedule.max_iters}

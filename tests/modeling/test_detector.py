@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from helpers import MINI_CONFIG
 from torch import nn
 from torchvision.models import resnet50, resnext101_32x8d
 from torchvision.ops import FrozenBatchNorm2d
@@ -12,7 +13,6 @@ from scratchdet.errors import ConfigError
 from scratchdet.modeling.backbones import ResNet
 from scratchdet.modeling.detector import build_detector
 from scratchdet.modeling.norm import ChannelBias, build_norm, group_count
-from helpers import MINI_CONFIG
 
 
 def mini(*overrides):

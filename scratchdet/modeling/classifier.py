@@ -1,0 +1,85 @@
+"""An image classifier on the detector's own backbone, for ImageNet-style pre-training (`scratchdet pretrain`).
+
+`ResNetClassifier` is `scratchdet.modeling.backbones.ResNet` plus global average pooling and one `fc` layer, so its
+state_dict has exactly torchvision's ResNet layout (conv1, bn1, layer1..layer4, fc) and, without `fc.*`, exactly the
+keys of the detector's backbone body: weights it learns load into the detector the way torchvision's published
+ImageNet weights do, with the same norm (GN, BN or none), depth and widths.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from scratchdet.modeling.backbones import ResNet
+from scratchdet.modeling.detector import IMAGE_MEAN, IMAGE_STD
+from scratchdet.modeling.init import msra_fill_
+from scratchdet.modeling.norm import NormFactory, build_norm
+
+if TYPE_CHECKING:  # imported for the type hint only: scratchdet.pretrain imports this module
+    from scratchdet.pretrain.config import PretrainConfig
+
+
+class ResNetClassifier(ResNet):
+    """ResNet/ResNeXt body -> global average pooling -> fc.
+
+    Input [B, 3, H, W] RGB in [0, 1] (any H, W >= 32); it is normalized inside with the detector's mean and std, so
+    the pre-trained weights see the same input statistics in the detector (whose transform normalizes alike).
+    Output: logits [B, num_classes].
+    """
+
+    def __init__(
+        self,
+        depth: int,
+        *,
+        num_classes: int,
+        norm_layer: NormFactory,
+        stem_width: int = 64,
+        groups: int = 1,
+        width_per_group: int = 64,
+    ):
+        super().__init__(depth, norm_layer=norm_layer, stem_width=stem_width, groups=groups,
+                         width_per_group=width_per_group)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(self.stage_channels[-1], num_classes)
+        # Non-persistent: kept out of the state_dict, which must stay torchvision's layout.
+        self.register_buffer("pixel_mean", torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(IMAGE_STD).view(1, 3, 1, 1), persistent=False)
+        init_classifier_(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - self.pixel_mean) / self.pixel_std
+        features = super().forward(x)
+        return self.fc(torch.flatten(self.avgpool(features), 1))
+
+    def backbone_state_dict(self) -> dict[str, torch.Tensor]:
+        """The state_dict without `fc.*`: exactly the keys of the detector's ResNet body."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("fc.")}
+
+
+def init_classifier_(model: ResNetClassifier) -> None:
+    """MSRA fan_out convs and unit norms as the detector's from-scratch init (scratchdet.modeling.init); the
+    classifier gets a small Gaussian (std 0.01, as torchvision/Detectron), so the first loss is about log(classes)."""
+    msra_fill_(model)
+    nn.init.normal_(model.fc.weight, std=0.01)
+    nn.init.zeros_(model.fc.bias)
+
+
+def build_classifier(cfg: PretrainConfig, num_classes: int) -> ResNetClassifier:
+    """The classifier of a pre-training run: same norm factory, depth, groups, widths as the detector's backbone.
+
+    Args:
+        cfg: a PretrainConfig (its `model` section is read).
+        num_classes: classes of the training set.
+    """
+    m = cfg.model
+    return ResNetClassifier(
+        m.depth,
+        num_classes=num_classes,
+        norm_layer=build_norm(m.norm, m.gn_groups, for_backbone_block=True),
+        stem_width=m.stem_width,
+        groups=m.groups,
+        width_per_group=m.width_per_group,
+    )

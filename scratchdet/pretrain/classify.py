@@ -1,0 +1,304 @@
+"""Classification pre-training of the detector's backbone: one loop, read top to bottom, like engine/trainer.py.
+
+Per iteration: next batch -> LR (warm-up, then cosine or step) -> forward -> cross-entropy (optional label
+smoothing) -> stop if not finite -> backward -> SGD step (no weight decay on norms). Around it: logging every
+train.log_period iterations, top-1/top-5 on val every eval.period iterations and at the end, checkpoints every
+train.checkpoint_period iterations and at the end, exact resume.
+
+The result is the "pre-trained" arm of the paper's comparison made with our own code: the same backbone (norm,
+depth, widths) as the from-scratch detector, its weights saved in torchvision's ResNet layout so the detector
+loads them exactly like torchvision's published ImageNet weights. Samples seen (images, pixels) are counted, since
+the paper's accounting charges pre-training images to the pre-trained arm (PAPER.md, Fig. 2).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset, Subset
+from tqdm import tqdm
+
+from scratchdet.data.classification import (
+    ImageFolderClassification,
+    SyntheticClassification,
+    build_classification_eval_loader,
+    build_classification_train_loader,
+    build_classification_transform,
+)
+from scratchdet.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from scratchdet.engine.metrics import MetricsWriter
+from scratchdet.engine.optim import param_groups
+from scratchdet.engine.run_dir import prepare_run_dir, write_env
+from scratchdet.engine.trainer import resolve_device, seed_everything
+from scratchdet.errors import TrainingError
+from scratchdet.modeling.classifier import ResNetClassifier, build_classifier
+from scratchdet.pretrain.config import PretrainConfig
+
+SUMMARY_FILE = "pretrain_summary.json"
+WEIGHTS_FILE = "classifier_final.pth"
+
+
+@dataclass(frozen=True)
+class ClassifySchedule:
+    """LR per iteration of a pre-training run; all counts are iterations at solver.batch_size."""
+
+    base_lr: float  # already scaled to the batch size
+    max_iters: int
+    kind: str  # cosine | step
+    milestones: tuple[int, ...]  # step: LR x gamma from each of these iterations on
+    gamma: float
+    warmup_iters: int
+    warmup_factor: float
+
+    def lr_at(self, iteration: int) -> float:
+        """LR of the update made at `iteration` (0-based)."""
+        if self.kind == "cosine":
+            factor = 0.5 * (1.0 + math.cos(math.pi * iteration / self.max_iters))
+        else:
+            factor = self.gamma ** sum(1 for m in self.milestones if iteration >= m)
+        if iteration < self.warmup_iters:
+            alpha = iteration / self.warmup_iters  # linear warm-up (Goyal et al.), as the detector's schedule
+            factor *= self.warmup_factor * (1.0 - alpha) + alpha
+        return self.base_lr * factor
+
+    def describe(self) -> str:
+        shape = "cosine to 0" if self.kind == "cosine" else f"x{self.gamma:g} at {', '.join(map(str, self.milestones))}"
+        return f"{self.max_iters} iters, LR {self.base_lr:g} ({shape}), warm-up {self.warmup_iters} iters"
+
+
+def build_classify_schedule(cfg: PretrainConfig, train_images: int) -> ClassifySchedule:
+    """Resolves epochs (or iters) and step_epochs into iterations at solver.batch_size for a training set size."""
+    s, batch = cfg.solver, cfg.solver.batch_size
+    iters_per_epoch = train_images / batch
+    max_iters = cfg.train.iters if cfg.train.iters is not None else max(1, round(cfg.train.epochs * iters_per_epoch))
+    milestones = tuple(m for m in (round(e * iters_per_epoch) for e in s.step_epochs) if 0 < m < max_iters)
+    return ClassifySchedule(
+        base_lr=s.base_lr * batch / s.reference_batch,
+        max_iters=max_iters,
+        kind=s.lr_schedule,
+        milestones=milestones,
+        gamma=s.gamma,
+        warmup_iters=s.warmup_iters,
+        warmup_factor=s.warmup_factor,
+    )
+
+
+def build_classification_datasets(cfg: PretrainConfig) -> tuple[Dataset, Dataset, list[str]]:
+    """(train set with the training transform, val set with the eval transform, class names) from data.*."""
+    d = cfg.data
+    train_tf = build_classification_transform(d.crop_size, train=True)
+    val_tf = build_classification_transform(d.crop_size, train=False)
+    if d.synthetic:
+        common = dict(num_classes=d.synthetic_classes, size=d.synthetic_size, seed=cfg.seed)
+        train_set = SyntheticClassification(d.synthetic_train_images, split="train", transform=train_tf, **common)
+        val_set = SyntheticClassification(d.synthetic_val_images, split="val", transform=val_tf, **common)
+    else:
+        root = Path(d.root)
+        train_set = ImageFolderClassification(root / "train", train_tf)
+        val_set = ImageFolderClassification(root / "val", val_tf, classes=train_set.classes)
+    return train_set, val_set, list(train_set.classes)
+
+
+def _eval_subset(val_set: Dataset, max_images: int | None) -> Dataset:
+    if max_images is None or max_images >= len(val_set):
+        return val_set
+    # Evenly spaced, not the first N: ImageFolder orders images by class, so a prefix would hold few classes.
+    indices = np.unique(np.linspace(0, len(val_set) - 1, max_images).round().astype(int))
+    return Subset(val_set, indices.tolist())
+
+
+@torch.no_grad()
+def evaluate_classifier(model: ResNetClassifier, loader, device: torch.device) -> dict:
+    """Top-1 and top-5 accuracy in percent over every batch of `loader` (top-5 = top-k with k = min(5, classes))."""
+    was_training = model.training
+    model.eval()
+    correct1 = correct5 = total = 0
+    for images, labels in loader:
+        logits = model(images.to(device, non_blocking=True))
+        labels = labels.to(device)
+        topk = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        correct1 += int((topk[:, 0] == labels).sum())
+        correct5 += int((topk == labels[:, None]).any(dim=1).sum())
+        total += len(labels)
+    model.train(was_training)
+    return {"top1": 100.0 * correct1 / max(total, 1), "top5": 100.0 * correct5 / max(total, 1), "images": total}
+
+
+def check_finite_loss(loss: torch.Tensor, iteration: int, labels: torch.Tensor) -> None:
+    """Raises TrainingError before the optimizer step if the loss is NaN/inf, so parameters stay those of the
+    previous step."""
+    if torch.isfinite(loss):
+        return
+    raise TrainingError(
+        f"non-finite classification loss at iteration {iteration}: loss={loss.item():.4g} "
+        f"(batch of {len(labels)} images, labels {labels[:8].tolist()}...). "
+        "Lower solver.base_lr or lengthen solver.warmup_iters; with model.norm=none a lower LR is usually needed."
+    )
+
+
+def backbone_description(cfg: PretrainConfig, model: ResNetClassifier) -> dict:
+    """What the weights are, and the detection config values under which they load by name."""
+    m = cfg.model
+    keys = ("depth", "groups", "width_per_group", "stem_width", "norm", "gn_groups")
+    return {
+        **{k: getattr(m, k) for k in keys},
+        "stage_channels": list(model.stage_channels),
+        "layout": "torchvision ResNet state_dict: conv1, bn1, layer1..layer4, fc (fc is not part of the detector)",
+        "detector_overrides": [f"model.{k}={getattr(m, k)}" for k in keys],
+    }
+
+
+def _save_weights(path: Path, state_dict: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state_dict, tmp)
+    os.replace(tmp, path)  # atomic: a kill never leaves a half-written weights file
+
+
+def pretrain(cfg: PretrainConfig) -> dict:
+    """Pre-trains (or resumes) the classifier described by `cfg`.
+
+    Returns:
+        output folder, iterations done, samples seen, the last evaluation (top1/top5 in percent), paths of
+        pretrain_summary.json and of the final weights (torchvision layout), and whether the schedule finished.
+    """
+    out = Path(cfg.output)
+    resume_from = prepare_run_dir(cfg)
+    device = resolve_device(cfg.train.device)
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    write_env(out, cfg, str(device))
+    seed_everything(cfg.seed)
+
+    train_set, val_set, classes = build_classification_datasets(cfg)
+    eval_set = _eval_subset(val_set, cfg.eval.max_images)
+    model = build_classifier(cfg, len(classes)).to(device)
+    schedule = build_classify_schedule(cfg, len(train_set))
+    end_iter = min(schedule.max_iters, cfg.train.max_iters or schedule.max_iters)
+    s = cfg.solver
+    optimizer = torch.optim.SGD(param_groups(model, s.weight_decay, s.weight_decay_norm), lr=schedule.base_lr,
+                                momentum=s.momentum)
+    seen = {"images": 0, "instances": 0, "pixels": 0}
+
+    start_iter = 0
+    if resume_from is not None:
+        state = load_checkpoint(resume_from)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        start_iter, seen = state["iteration"], state["seen"]
+        tqdm.write(f"resuming {out} from {resume_from.name} (iteration {start_iter})")
+
+    def checkpoint(iteration: int) -> Path:
+        return save_checkpoint(out / "checkpoints", iteration, {
+            "model": model.state_dict(),  # torchvision ResNet layout
+            "optimizer": optimizer.state_dict(),
+            "iteration": iteration,
+            "seen": seen,
+            "rng": rng_state(),
+        })
+
+    metrics = MetricsWriter(out)
+    eval_loader = build_classification_eval_loader(eval_set, cfg.eval.batch_size, num_workers=cfg.data.num_workers)
+
+    def run_evaluation(iteration: int) -> dict:
+        report = {"iter": iteration, **evaluate_classifier(model, eval_loader, device)}
+        (out / "eval").mkdir(exist_ok=True)
+        (out / "eval" / f"iter_{iteration:07d}.json").write_text(json.dumps(report, indent=2) + "\n")
+        metrics.write({"type": "eval", **report})
+        tqdm.write(f"[iter {iteration}] val top-1 {report['top1']:.2f}%, top-5 {report['top5']:.2f}% "
+                   f"({report['images']} images)")
+        return report
+
+    metrics.write({"type": "start", "iter": start_iter, "schedule": schedule.describe(), "end_iter": end_iter,
+                   "train_images": len(train_set), "val_images": len(eval_set), "num_classes": len(classes)})
+    tqdm.write(f"pre-training schedule: {schedule.describe()}; iterations {start_iter}..{end_iter}")
+    loader = iter(build_classification_train_loader(
+        train_set, s.batch_size, seed=cfg.seed, start_iter=start_iter, num_workers=cfg.data.num_workers))
+    model.train()
+    window_loss = window_correct = 0.0  # sums since the last log record
+    window_iters = window_images = 0
+    window_start = time.perf_counter()
+    data_time = 0.0
+    report: dict = {}
+    progress = tqdm(total=end_iter, initial=start_iter, desc="pretrain", unit="it", dynamic_ncols=True,
+                    mininterval=0.1 if sys.stderr.isatty() else 5.0)
+    for iteration in range(start_iter, end_iter):
+        tick = time.perf_counter()
+        images, labels = next(loader)
+        data_time += time.perf_counter() - tick
+        seen["images"] += len(images)
+        seen["instances"] += len(images)  # one labelled object per image
+        seen["pixels"] += len(images) * images.shape[-2] * images.shape[-1]  # post-transform, as fed
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+
+        lr = schedule.lr_at(iteration)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        logits = model(images)
+        loss = F.cross_entropy(logits, labels, label_smoothing=s.label_smoothing)
+        check_finite_loss(loss, iteration, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+        window_loss += float(loss.detach())
+        window_correct += float((logits.detach().argmax(1) == labels).sum())
+        window_iters += 1
+        window_images += len(labels)
+        done = iteration + 1
+        progress.update(1)
+        if done % cfg.train.log_period == 0 or done == end_iter:
+            elapsed = time.perf_counter() - window_start
+            record = {"type": "train", "iter": done, "lr": lr, "loss": window_loss / window_iters,
+                      "train_top1": 100.0 * window_correct / window_images,  # on augmented crops, before the step
+                      "time_per_iter": elapsed / window_iters, "data_time": data_time / window_iters,
+                      "seen": dict(seen)}
+            metrics.write(record)
+            progress.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.2g}")
+            window_loss = window_correct = 0.0
+            window_iters = window_images = 0
+            window_start, data_time = time.perf_counter(), 0.0
+        if done % cfg.train.checkpoint_period == 0 or done == end_iter:
+            checkpoint(done)
+        if (cfg.eval.period and done % cfg.eval.period == 0) or done == end_iter:
+            report = run_evaluation(done)
+    progress.close()
+    if not report:  # resumed a run that had already reached end_iter: evaluate what it left
+        report = run_evaluation(end_iter)
+    metrics.write({"type": "end", "iter": end_iter, "seen": seen})
+    metrics.close()
+
+    weights = out / WEIGHTS_FILE
+    _save_weights(weights, model.state_dict())
+    summary = {
+        "output": str(out),
+        "iterations": end_iter,
+        "finished": end_iter == schedule.max_iters,
+        "schedule": schedule.describe(),
+        "top1": report["top1"],
+        "top5": report["top5"],
+        "eval_images": report["images"],
+        "seen": seen,
+        "epochs_seen": seen["images"] / len(train_set),
+        "train_images": len(train_set),
+        "num_classes": len(classes),
+        "data": cfg.data.root if cfg.data.root else f"synthetic textures (seed {cfg.seed})",
+        "backbone": backbone_description(cfg, model),
+        "weights": str(weights),
+        "checkpoint": str(out / "checkpoints" / f"model_{end_iter:07d}.pth"),
+    }
+    summary_path = out / SUMMARY_FILE
+    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+    tqdm.write(f"pre-training results: {summary_path} (top-1 {report['top1']:.2f}%, top-5 {report['top5']:.2f}%); "
+               f"weights (torchvision layout): {weights}; curves: {out / 'metrics.jsonl'}")
+    return {"output": str(out), "iter": end_iter, "seen": seen, "eval": report, "summary": str(summary_path),
+            "weights": str(weights), "finished": summary["finished"]}

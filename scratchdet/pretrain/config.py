@@ -1,0 +1,181 @@
+"""The typed config of a classification pre-training run (`scratchdet pretrain CONFIG key=value ...`).
+
+Same rules as the detection config (scratchdet/config.py): one YAML per run merged over these defaults, then dotted
+overrides; no `_base_` inheritance. The defaults are the standard ImageNet recipe for ResNet (He et al. 2016;
+Goyal et al. 2017): batch 256, LR 0.1 scaled linearly with the batch, momentum 0.9, weight decay 1e-4 (none on
+norms), 224 px random-resized crops, 100 epochs. `model.*` uses the detection config's key names and meanings, so
+the backbone trained here is the one a detection config with the same values builds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from scratchdet.config import DEPTHS, _choice, _positive
+from scratchdet.data.classification import TEXTURE_CLASSES
+from scratchdet.errors import ConfigError
+
+# FrozenBN is left out: frozen statistics of a randomly initialized network would never be learned.
+PRETRAIN_NORMS = ("GN", "BN", "SyncBN", "none")
+LR_SCHEDULES = ("cosine", "step")
+
+
+@dataclass
+class PretrainDataConfig:
+    # ImageNet-style folder: root/train/<class>/*.jpg and root/val/<class>/*.jpg (val with the same class folders).
+    root: str | None = None
+    # Generated texture classes instead of a folder (scratchdet.data.classification); needs root: null.
+    synthetic: bool = False
+    synthetic_train_images: int = 10000
+    synthetic_val_images: int = 1000
+    synthetic_classes: int = 10
+    synthetic_size: int = 64  # side of the generated images in pixels
+    # Training crops are crop_size x crop_size; evaluation resizes the short side to crop_size x 256/224 and centre
+    # crops crop_size (the standard ImageNet protocol).
+    crop_size: int = 224
+    num_workers: int = 4
+
+
+@dataclass
+class PretrainModelConfig:
+    # Same keys and meanings as the detection config's model.* (scratchdet/config.py ModelConfig).
+    depth: int = 50
+    groups: int = 1
+    width_per_group: int = 64
+    stem_width: int = 64
+    norm: str = "GN"
+    gn_groups: int = 32
+
+
+@dataclass
+class PretrainSolverConfig:
+    batch_size: int = 256  # images per iteration, over all devices
+    # LR at reference_batch images per iteration; the run uses base_lr x batch_size / reference_batch (Goyal et al.).
+    base_lr: float = 0.1
+    reference_batch: int = 256
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    weight_decay_norm: float = 0.0  # as the detector: no decay on GN/BN scales and shifts
+    lr_schedule: str = "step"  # step | cosine
+    step_epochs: list[float] = field(default_factory=lambda: [30.0, 60.0, 90.0])  # step: LR x gamma at each
+    gamma: float = 0.1
+    # Linear warm-up over warmup_iters iterations of this run (not rescaled with the batch), from
+    # warmup_factor x LR to the LR.
+    warmup_iters: int = 0
+    warmup_factor: float = 0.1
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class PretrainTrainConfig:
+    # Schedule length: `epochs` passes over the training set, or `iters` iterations; give exactly one.
+    epochs: float | None = 100.0
+    iters: int | None = None
+    max_iters: int | None = None  # stop early (smoke runs); the LR schedule is unchanged by it
+    checkpoint_period: int = 5000
+    log_period: int = 20
+    device: str = "auto"  # auto | cpu | cuda
+    num_threads: int | None = None  # torch intra-op threads on CPU; None = torch's default
+
+
+@dataclass
+class PretrainEvalConfig:
+    period: int = 0  # evaluate every `period` iterations; 0 = only at the end
+    max_images: int | None = None  # evaluate on N val images spread evenly over the split (quick curves)
+    batch_size: int = 100
+
+
+@dataclass
+class PretrainConfig:
+    output: str = MISSING
+    seed: int = 0
+    resume: bool = False
+    data: PretrainDataConfig = field(default_factory=PretrainDataConfig)
+    model: PretrainModelConfig = field(default_factory=PretrainModelConfig)
+    solver: PretrainSolverConfig = field(default_factory=PretrainSolverConfig)
+    train: PretrainTrainConfig = field(default_factory=PretrainTrainConfig)
+    eval: PretrainEvalConfig = field(default_factory=PretrainEvalConfig)
+
+
+def load_pretrain_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PretrainConfig:
+    """Merges the YAML file at `path` and dotted `key=value` overrides over the defaults, then validates.
+
+    Raises:
+        ConfigError: unknown key, wrong type, missing file, or a value outside its valid choices.
+    """
+    parts = [OmegaConf.structured(PretrainConfig)]
+    try:
+        if path is not None:
+            if not Path(path).is_file():
+                raise ConfigError(f"config file {path} does not exist")
+            parts.append(OmegaConf.load(path))
+        if overrides:
+            bad = [o for o in overrides if "=" not in o]
+            if bad:
+                raise ConfigError(f"override {bad[0]!r} is not of the form key=value (e.g. train.max_iters=100)")
+            parts.append(OmegaConf.from_dotlist(list(overrides)))
+        cfg = OmegaConf.to_object(OmegaConf.merge(*parts))
+    except OmegaConfBaseException as e:
+        where = f" in {path}" if path is not None else ""
+        raise ConfigError(f"invalid pre-training config{where}: {e}".replace("\n", "; ")) from None
+    assert isinstance(cfg, PretrainConfig)
+    validate_pretrain_config(cfg)
+    return cfg
+
+
+def pretrain_config_from_dict(data: dict) -> PretrainConfig:
+    """Rebuilds a PretrainConfig from a plain dict (e.g. a run's saved config.yaml), validating it."""
+    try:
+        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(PretrainConfig), OmegaConf.create(data)))
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"invalid saved pre-training config: {e}".replace("\n", "; ")) from None
+    validate_pretrain_config(cfg)
+    return cfg
+
+
+def validate_pretrain_config(cfg: PretrainConfig) -> None:
+    """Checks choices and ranges that the type system cannot express; raises ConfigError naming the key."""
+    d, m, s, t = cfg.data, cfg.model, cfg.solver, cfg.train
+    if d.root and d.synthetic:
+        raise ConfigError(f"data.root={d.root!r} and data.synthetic=true both given; choose one of them")
+    if not d.root and not d.synthetic:
+        raise ConfigError("no data: set data.root=DIR (an ImageNet-style folder with train/ and val/) "
+                          "or data.synthetic=true (generated texture classes)")
+    _choice("model.norm", m.norm, PRETRAIN_NORMS)
+    if m.norm == "SyncBN":
+        # Same answer as the detector's build_norm: SyncBN needs multi-device training, not implemented yet.
+        raise ConfigError(
+            "model.norm=SyncBN is not available yet: it needs multi-device training (issue 5). "
+            "Use model.norm=GN or model.norm=BN (pre-training batches are large enough for BN)."
+        )
+    _choice("model.depth", m.depth, DEPTHS)
+    if m.groups > 1 and m.depth < 50:
+        raise ConfigError(f"model.groups={m.groups} (ResNeXt) needs a bottleneck depth (50/101/152)")
+    _choice("solver.lr_schedule", s.lr_schedule, LR_SCHEDULES)
+    _choice("train.device", t.device, ("auto", "cpu", "cuda"))
+    if (t.epochs is None) == (t.iters is None):
+        raise ConfigError(
+            f"train.epochs={t.epochs} and train.iters={t.iters}: give exactly one schedule length "
+            "(e.g. train.epochs=100, or train.epochs=null train.iters=300)"
+        )
+    for key in ("data.crop_size", "data.synthetic_train_images", "data.synthetic_val_images", "data.synthetic_size",
+                "model.stem_width", "model.gn_groups", "model.groups", "model.width_per_group", "solver.batch_size",
+                "solver.base_lr", "solver.reference_batch", "train.epochs", "train.iters", "train.max_iters",
+                "train.checkpoint_period", "train.log_period", "eval.max_images", "eval.batch_size"):
+        section, name = key.split(".")
+        _positive(key, getattr(getattr(cfg, section), name))
+    if d.synthetic and not 2 <= d.synthetic_classes <= len(TEXTURE_CLASSES):
+        raise ConfigError(f"data.synthetic_classes={d.synthetic_classes} must be in 2..{len(TEXTURE_CLASSES)}")
+    if not 0.0 <= s.label_smoothing < 1.0:
+        raise ConfigError(f"solver.label_smoothing={s.label_smoothing} must be in [0, 1)")
+    if s.warmup_iters < 0 or not 0.0 < s.warmup_factor <= 1.0:
+        raise ConfigError(f"solver.warmup_iters={s.warmup_iters} must be >= 0 and "
+                          f"solver.warmup_factor={s.warmup_factor} in (0, 1]")
+    if any(e <= 0 for e in s.step_epochs) or list(s.step_epochs) != sorted(s.step_epochs):
+        raise ConfigError(f"solver.step_epochs={list(s.step_epochs)} must be positive and ascending")
+    if cfg.eval.period < 0:
+        raise ConfigError(f"eval.period={cfg.eval.period} must be >= 0 (0 = evaluate only at the end)")
