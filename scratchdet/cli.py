@@ -2,6 +2,8 @@
 
     scratchdet data synth --out DIR [--train-images N --val-images M --seed S]
     scratchdet data check JSON [--images DIR]
+    scratchdet data synth --task classify --out DIR
+    scratchdet pretrain CONFIG [key=value ...]
     scratchdet train CONFIG [key=value ...]
     scratchdet eval RUN_DIR [checkpoint=PATH] [key=value ...]
 """
@@ -17,6 +19,14 @@ from scratchdet.errors import ScratchdetError
 
 
 def _cmd_data_synth(args) -> int:
+    if args.task == "classify":
+        from scratchdet.data.classification import write_synthetic_classification
+
+        summary = write_synthetic_classification(args.out, seed=args.seed)
+        print(json.dumps(summary, indent=2))
+        print(f"wrote an ImageNet-style folder {args.out}/train/<class>/, {args.out}/val/<class>/; "
+              f"use it with `scratchdet pretrain CONFIG data.root={args.out}`")
+        return 0
     from scratchdet.data.synthetic import write_synthetic_coco
 
     summary = write_synthetic_coco(
@@ -50,6 +60,15 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _cmd_pretrain(args) -> int:
+    from scratchdet.pretrain.classify import pretrain
+    from scratchdet.pretrain.config import load_pretrain_config
+
+    result = pretrain(load_pretrain_config(args.config, args.overrides))
+    print(f"run folder: {result['output']}; fine-tune from it with init=pretrained weights={result['output']}")
+    return 0
+
+
 def _cmd_eval(args) -> int:
     from scratchdet.evaluation.run import evaluate_run
 
@@ -65,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     synth = data.add_parser("synth", help="write the synthetic COCO-format shapes dataset")
     synth.add_argument("--out", required=True)
+    synth.add_argument("--task", choices=("detect", "classify"), default="detect",
+                       help="detect: COCO-format shape scenes; classify: texture classes for pre-training")
     synth.add_argument("--train-images", type=int, default=200)
     synth.add_argument("--val-images", type=int, default=50)
     synth.add_argument("--seed", type=int, default=0)
@@ -81,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("config", help="YAML config, e.g. configs/mini/mask_rcnn_R18_FPN_GN_scratch.yaml")
     train.add_argument("overrides", nargs="*", help="key=value overrides, e.g. output=runs/a train.max_iters=100")
     train.set_defaults(func=_cmd_train)
+
+    pre = sub.add_parser("pretrain", help="classification pre-training of a detector backbone")
+    pre.add_argument("config", help="YAML config, e.g. configs/pretrain/mini_R18_GN_synth.yaml")
+    pre.add_argument("overrides", nargs="*", help="key=value overrides, e.g. output=runs/pre train.max_iters=100")
+    pre.set_defaults(func=_cmd_pretrain)
 
     ev = sub.add_parser("eval", help="evaluate a run's latest (or a given) checkpoint with COCO AP")
     ev.add_argument("run_dir")

@@ -109,6 +109,8 @@ class TrainConfig:
     batch_size: int = 16  # images per iteration, over all devices
     max_iters: int | None = None  # stop early (smoke runs, shared trunks); the LR schedule is unchanged by it
     checkpoint_period: int = 5000
+    # Also checkpoint at these iterations: the study saves a shared trunk at each schedule's first LR drop (issue 4).
+    extra_checkpoints: list[int] = field(default_factory=list)
     log_period: int = 20
     device: str = "auto"  # auto | cpu | cuda
     num_threads: int | None = None  # torch intra-op threads on CPU; None = torch's default

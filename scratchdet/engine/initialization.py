@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from scratchdet.config import Config
+from scratchdet.engine.checkpoint import latest_checkpoint
 from scratchdet.errors import CheckpointError
 from scratchdet.modeling.weights import load_backbone_weights
 
@@ -42,15 +43,29 @@ def pretrain_seen(path: str | Path, source_format: str) -> dict:
     return {k: int(seen.get(k, 0)) + int(earlier.get(k, 0)) for k in ZERO_SEEN}
 
 
+def resolve_weights(weights: str | Path) -> Path:
+    """`weights` may name a file, or a run folder (pre-training or detection), meaning its latest checkpoint."""
+    path = Path(weights)
+    if path.is_dir():
+        latest = latest_checkpoint(path / "checkpoints")
+        if latest is None:
+            raise CheckpointError(f"weights={weights} is a folder without checkpoints/last_checkpoint; name a file")
+        return latest
+    if not path.is_file():
+        raise CheckpointError(f"weights={weights} does not exist; give a weight file or a run folder")
+    return path
+
+
 def initialize(model: nn.Module, cfg: Config) -> dict:
     """Loads cfg.weights into the backbone when init=pretrained; returns the record written to init.json."""
     if cfg.init == "scratch":
         if cfg.weights:
             raise CheckpointError(f"init=scratch must load nothing, but weights={cfg.weights} was given")
         return {"init": "scratch", "weights": None, "loaded_keys": 0, "pretrain_seen": dict(ZERO_SEEN)}
+    path = resolve_weights(cfg.weights)
     report = load_backbone_weights(
         model.backbone.body,
-        cfg.weights,
+        path,
         target_norm=cfg.model.norm,
         min_coverage=cfg.pretrained.min_coverage,
         norm_mismatch=cfg.pretrained.norm_mismatch,
@@ -58,8 +73,8 @@ def initialize(model: nn.Module, cfg: Config) -> dict:
     print(report.summary())
     return {
         "init": "pretrained",
-        "weights": str(cfg.weights),
+        "weights": str(path),
         "loaded_keys": len(report.matched),
         "report": report.to_dict(),
-        "pretrain_seen": pretrain_seen(cfg.weights, report.source_format),
+        "pretrain_seen": pretrain_seen(path, report.source_format),
     }

@@ -25,7 +25,8 @@ from scratchdet.errors import CheckpointError
 
 # Keys a resumed run may change: they affect how the run is watched or cut, not what it computes.
 RESUMABLE_KEYS = {
-    "resume", "output", "train.max_iters", "train.log_period", "train.checkpoint_period", "train.device",
+    "resume", "output", "train.max_iters", "train.log_period", "train.checkpoint_period", "train.extra_checkpoints",
+    "train.device",
     "train.num_threads", "data.num_workers", "data.check_files", "eval.period", "eval.max_images", "eval.batch_size",
 }
 

@@ -164,7 +164,7 @@ def train(cfg: Config) -> dict:
             metrics.write(record)
             progress.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.2g}")
             window, window_iters, data_time, window_start = {}, 0, 0.0, time.perf_counter()
-        if done % cfg.train.checkpoint_period == 0 or done == end_iter:
+        if done % cfg.train.checkpoint_period == 0 or done == end_iter or done in cfg.train.extra_checkpoints:
             checkpoint(done)
         if (cfg.eval.period and done % cfg.eval.period == 0) or done == end_iter:
             report = run_evaluation(model, val_set, cfg, device, done, out, metrics)

@@ -39,7 +39,8 @@ def test_fine_tuning_from_a_run_loads_the_backbone_and_carries_its_counts(shapes
     final = load_checkpoint(latest_checkpoint(tmp_path / "ft" / "checkpoints"))
     assert final["pretrain_seen"] == source_state["seen"]
     # Only the backbone came from the source run; everything else started from the fresh MSRA init.
-    assert record["report"]["matched"] and all(k.startswith(("conv1", "bn1", "layer")) for k in record["report"]["matched"])
+    matched = record["report"]["matched"]
+    assert matched and all(k.startswith(("conv1", "bn1", "layer")) for k in matched)
 
 
 def test_published_weights_count_as_the_imagenet_recipe(tiny_config, tmp_path):

@@ -1,0 +1,85 @@
+"""Forking a schedule's LR tail from a shared trunk (issue 4, part 2).
+
+Every Nx schedule keeps the base LR until 60k iterations (at batch 16) before its own end (PAPER.md, "schedule"), so
+runs that differ only in N are the same computation up to their first LR drop. The study trains one trunk at the
+base LR, checkpoints it at each schedule's first drop, and starts each schedule's tail from there. Because data order
+and augmentation depend only on (seed, position) and the checkpoint holds every RNG state, a forked run computes
+what an independent run would (tested).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from scratchdet.config import Config, config_to_dict, config_to_yaml, load_config
+from scratchdet.engine.checkpoint import POINTER
+from scratchdet.engine.metrics import read_metrics
+from scratchdet.engine.run_dir import config_diff
+from scratchdet.engine.schedule import Schedule, schedule_from_config
+from scratchdet.errors import CheckpointError
+
+# Keys on which a fork may differ from its trunk, beyond those any resume may change (run_dir.RESUMABLE_KEYS).
+FORKABLE_KEYS = ("schedule.multiplier",)
+
+
+def first_drop(schedule: Schedule) -> int:
+    """The first iteration whose LR differs from the base LR after warm-up: the end of the shareable part."""
+    return schedule.milestones[0] if schedule.milestones else schedule.max_iters
+
+
+def check_same_lr_until(a: Schedule, b: Schedule, iteration: int) -> None:
+    """Raises CheckpointError unless schedules a and b give the same LR at every iteration before `iteration`."""
+    same_shape = (a.base_lr, a.warmup_iters, a.warmup_factor, a.batch_size) == (
+        b.base_lr, b.warmup_iters, b.warmup_factor, b.batch_size)
+    if not same_shape or first_drop(a) < iteration or first_drop(b) < iteration:
+        raise CheckpointError(
+            f"cannot fork at iteration {iteration}: the schedules differ before it "
+            f"(trunk: {a.describe()}; fork: {b.describe()})"
+        )
+
+
+def fork_run(trunk_dir: str | Path, iteration: int, cfg: Config) -> Path:
+    """Creates the run folder `cfg.output` as the continuation of the trunk's checkpoint at `iteration`.
+
+    The new folder gets cfg's config.yaml, the trunk checkpoint at `iteration` (as its latest checkpoint), the
+    trunk's init/env/dataset records, and the trunk's metrics and evaluations up to `iteration`, so its learning
+    curve is complete. Train it afterwards with `resume=true`.
+
+    Raises:
+        CheckpointError: the trunk lacks that checkpoint, its config differs in more than the schedule length, or
+            the two schedules' LRs differ before `iteration`.
+    """
+    trunk_dir, out = Path(trunk_dir), Path(cfg.output)
+    source = trunk_dir / "checkpoints" / f"model_{iteration:07d}.pth"
+    if not source.is_file():
+        raise CheckpointError(f"trunk {trunk_dir} has no checkpoint at iteration {iteration} ({source.name})")
+    trunk_cfg = load_config(trunk_dir / "config.yaml")
+    diff = [d for d in config_diff(config_to_dict(trunk_cfg), config_to_dict(cfg)) if not d.startswith(FORKABLE_KEYS)]
+    if diff:
+        raise CheckpointError(f"{out} cannot fork from {trunk_dir}; configs differ in:\n  " + "\n  ".join(diff))
+    check_same_lr_until(schedule_from_config(trunk_cfg), schedule_from_config(cfg), iteration)
+
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    (out / "eval").mkdir(exist_ok=True)
+    (out / "config.yaml").write_text(config_to_yaml(cfg))
+    for name in ("init.json", "env.json", "dataset_train.json", "dataset_val.json"):
+        if (trunk_dir / name).is_file():
+            shutil.copy2(trunk_dir / name, out / name)
+    # A hard link costs no disk for what may be a large file; copy where links are not possible.
+    target = out / "checkpoints" / source.name
+    target.unlink(missing_ok=True)
+    try:
+        target.hardlink_to(source)
+    except OSError:
+        shutil.copy2(source, target)
+    (out / "checkpoints" / POINTER).write_text(source.name)
+    with (out / "metrics.jsonl").open("w") as f:
+        for record in read_metrics(trunk_dir):
+            if record.get("iter", 0) <= iteration and record.get("type") in ("start", "train", "eval"):
+                f.write(json.dumps({**record, "forked_from": str(trunk_dir)}) + "\n")
+    for report in sorted((trunk_dir / "eval").glob("iter_*.json")):
+        if int(report.stem.split("_")[1]) <= iteration:
+            shutil.copy2(report, out / "eval" / report.name)
+    return out

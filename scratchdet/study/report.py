@@ -1,0 +1,520 @@
+"""`scratchdet report STUDY`: the paper's figures and tables for a study folder, as one self-contained HTML page.
+
+Reads what the study runner wrote (plan.json, runs/*/metrics.jsonl, init.json, eval/*.json) and writes
+`STUDY/report/`: report.html (figures embedded, tables inline, no external files), figures/*.png|svg and
+tables/*.csv|md. Numbers are reported as measured; anything that cannot be computed (a missing run, an unfinished
+run, an evaluation without predictions) is shown as "-" and said in words, never filled in.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from scratchdet.engine.metrics import read_metrics
+from scratchdet.errors import ScratchdetError
+from scratchdet.study import figures, findings
+
+AP_KEYS = ("AP", "AP50", "AP75")
+IOU_NAMES = {"bbox": "bbox", "segm": "mask"}
+SEEN_KEYS = ("images", "instances", "pixels")
+# A drop of at least this factor between two logged LRs is an LR step (warm-up only ever raises the LR).
+LR_DROP_FACTOR = 0.5
+TOY_NOTE = (
+    "Results are reported as measured. At toy scale (few iterations, small data) they need not reproduce the "
+    "paper's numbers; the report computes every comparison from these runs and claims nothing beyond them."
+)
+
+
+def _number(value) -> float | None:
+    """A metric as float, or None when absent or not finite (COCOeval's 'cannot compute')."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def schedule_label(schedule: float | None) -> str:
+    """2.0 -> "2x", 0.5 -> "0.5x"."""
+    return "?x" if schedule is None else f"{schedule:g}x"
+
+
+@dataclass
+class RunData:
+    """One planned run with its de-duplicated records (trunk records before the fork included)."""
+
+    name: str
+    init: str
+    schedule: float | None
+    size_label: str
+    train_size: int | None
+    hparams: str
+    overrides: dict
+    path: Path
+    max_iters: int | None = None
+    plan_train_images: int | None = None
+    records: list[dict] = field(default_factory=list)
+    init_record: dict | None = None
+
+    def of_type(self, record_type: str) -> list[dict]:
+        return [r for r in self.records if r.get("type") == record_type]
+
+    @property
+    def label(self) -> str:
+        return schedule_label(self.schedule)
+
+    @property
+    def evals(self) -> list[dict]:
+        return self.of_type("eval")
+
+    @property
+    def trains(self) -> list[dict]:
+        return self.of_type("train")
+
+    @property
+    def end(self) -> dict | None:
+        ends = self.of_type("end")
+        return ends[-1] if ends else None
+
+    @property
+    def finished(self) -> bool:
+        """True when the run wrote its "end" record (the trainer writes it only after the last iteration)."""
+        return self.end is not None
+
+    @property
+    def started(self) -> bool:
+        return bool(self.records)
+
+    @property
+    def last_iter(self) -> int | None:
+        iters = [r["iter"] for r in self.records if isinstance(r.get("iter"), int)]
+        return max(iters) if iters else None
+
+    @property
+    def last_eval(self) -> dict | None:
+        evals = self.evals
+        return evals[-1] if evals else None
+
+    @property
+    def status(self) -> str:
+        if not self.started:
+            return "missing"
+        return "finished" if self.finished else "unfinished"
+
+    @property
+    def train_images(self) -> int | None:
+        """Training-set size in images: the plan's, else what the trainer logged at start, else the requested size."""
+        if self.plan_train_images:
+            return self.plan_train_images
+        for record in self.of_type("start"):
+            if isinstance(record.get("train_images"), int):
+                return record["train_images"]
+        return self.train_size
+
+    def final(self, iou_type: str = "bbox", key: str = "AP") -> float | None:
+        """The metric of the LAST evaluation, or None if it had no predictions or COCOeval could not compute it."""
+        last = self.last_eval
+        if last is None or last.get("status", "ok") != "ok":
+            return None
+        return _number((last.get(iou_type) or {}).get(key))
+
+    def curve(self, iou_type: str = "bbox", key: str = "AP") -> list[tuple[int, float]]:
+        """(iteration, value) of every evaluation that has the metric; 'no predictions' leaves a gap, not a 0."""
+        points = []
+        for record in self.evals:
+            value = _number((record.get(iou_type) or {}).get(key)) if record.get("status", "ok") == "ok" else None
+            if value is not None:
+                points.append((record["iter"], value))
+        return points
+
+    def loss_curve(self, key: str = "loss") -> list[tuple[int, float]]:
+        return [(r["iter"], v) for r in self.trains if (v := _number(r.get(key))) is not None]
+
+    @property
+    def lr_drops(self) -> list[int]:
+        """Iterations of LR steps, inferred from the logged LR (the drop lies after the returned logged iteration)."""
+        drops, previous = [], None
+        for record in self.trains:
+            lr = _number(record.get("lr"))
+            if lr is not None and previous is not None and lr < previous[1] * LR_DROP_FACTOR:
+                drops.append(previous[0])
+            if lr is not None:
+                previous = (record["iter"], lr)
+        return drops
+
+    @property
+    def seen(self) -> dict | None:
+        """Samples seen by this run's own training (fine-tuning for a pre-trained run), cumulative over resumes."""
+        end = self.end
+        if end and isinstance(end.get("seen"), dict):
+            return end["seen"]
+        trains = [r for r in self.trains if isinstance(r.get("seen"), dict)]
+        return trains[-1]["seen"] if trains else None
+
+    @property
+    def pretrain_seen(self) -> dict | None:
+        """Samples seen by the pre-training behind this run's weights (zeros for scratch); may carry "estimate"."""
+        candidates = [self.init_record or {}, *self.of_type("start"), self.end or {}]
+        for record in candidates:
+            if isinstance(record.get("pretrain_seen"), dict):
+                return record["pretrain_seen"]
+        return None
+
+
+@dataclass
+class Study:
+    """A study folder: its plan and the data of every planned run."""
+
+    root: Path
+    name: str
+    created: str | None
+    runs: list[RunData]
+    iterations: dict
+    pretrain: dict | None  # summary of STUDY/pretrain, when there is one
+
+
+def _dedup(records: list[dict]) -> list[dict]:
+    """Keeps the LAST record per (type, iter): a resumed run re-logs the iterations after its checkpoint."""
+    latest: dict[tuple, dict] = {}
+    for record in records:
+        latest.pop((record.get("type"), record.get("iter")), None)  # re-insert so order follows the last write
+        latest[(record.get("type"), record.get("iter"))] = record
+    return sorted(latest.values(), key=lambda r: r["iter"] if isinstance(r.get("iter"), int) else -1)
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _run_records(run_dir: Path) -> list[dict]:
+    """eval/iter_*.json first (written before its metrics record, so a kill can leave only the file), then metrics."""
+    records = []
+    for path in sorted((run_dir / "eval").glob("iter_*.json")):
+        report = _read_json(path)
+        if report is not None and isinstance(report.get("iter"), int):
+            records.append({"type": "eval", **report})
+    return records + read_metrics(run_dir)
+
+
+def load_run(root: Path, entry: dict, trunks: dict[str, Path]) -> RunData:
+    """Reads one plan entry's run folder; prepends its trunk's records up to the fork if the run lacks them."""
+    name = str(entry.get("name", "?"))
+    run_dir = root / entry.get("path", f"runs/{name}")
+    records = _run_records(run_dir)
+    fork_iter = entry.get("fork_iter")
+    trunk_dir = trunks.get(entry.get("trunk") or "", root / entry["trunk"] if entry.get("trunk") else None)
+    init_record = _read_json(run_dir / "init.json")
+    if trunk_dir is not None and isinstance(fork_iter, int) and fork_iter > 0:
+        has_early = any(r.get("type") in ("train", "eval") and r.get("iter", 0) <= fork_iter for r in records)
+        if not has_early:
+            # The runner may start a fork from the trunk's checkpoint with a fresh log: the curve's head is there.
+            head = [r for r in _run_records(trunk_dir) if isinstance(r.get("iter"), int) and r["iter"] <= fork_iter]
+            records = [r for r in head if r.get("type") != "end"] + records
+        if init_record is None:
+            init_record = _read_json(trunk_dir / "init.json")
+    size = entry.get("train_size")
+    return RunData(
+        name=name,
+        init=str(entry.get("init", (init_record or {}).get("init", "?"))),
+        schedule=_number(entry.get("schedule")),
+        size_label=str(entry.get("train_size_label") or ("all" if size is None else size)),
+        train_size=size if isinstance(size, int) else None,
+        hparams=str(entry.get("hparams") or "default"),
+        overrides=dict(entry.get("hparams_overrides") or {}),
+        path=run_dir,
+        max_iters=entry.get("max_iters") if isinstance(entry.get("max_iters"), int) else None,
+        plan_train_images=entry.get("train_images") if isinstance(entry.get("train_images"), int) else None,
+        records=_dedup(records),
+        init_record=init_record,
+    )
+
+
+def _pretrain_summary(root: Path) -> dict | None:
+    records = _dedup(read_metrics(root / "pretrain"))
+    with_seen = [r for r in records if isinstance(r.get("seen"), dict)]
+    if not with_seen:
+        return None
+    last = with_seen[-1]
+    return {"iter": last.get("iter"), "seen": last["seen"], "finished": any(r.get("type") == "end" for r in records)}
+
+
+def load_study(study_dir: str | Path) -> Study:
+    """Reads plan.json and every planned run; raises ScratchdetError when there is no readable plan."""
+    root = Path(study_dir)
+    plan_path = root / "plan.json"
+    if not plan_path.is_file():
+        raise ScratchdetError(f"{plan_path} not found: '{root}' is not a study folder (run `scratchdet study` first)")
+    plan = _read_json(plan_path)
+    if plan is None or not isinstance(plan.get("runs", []), list):
+        raise ScratchdetError(f"{plan_path} is not a JSON object with a 'runs' list; re-create it with `scratchdet study`")
+    trunks = {t["name"]: root / t["path"] for t in plan.get("trunks", []) if "name" in t and "path" in t}
+    runs = [load_run(root, entry, trunks) for entry in plan.get("runs", [])]
+    pretrain = _pretrain_summary(root)
+    if pretrain is not None:
+        for run in runs:  # the study's own pre-training is the fallback count for runs that recorded none
+            if run.init == "pretrained" and run.pretrain_seen is None:
+                run.init_record = {**(run.init_record or {}), "pretrain_seen": dict(pretrain["seen"])}
+    return Study(root, str(plan.get("name", root.name)), plan.get("created"), runs, plan.get("iterations") or {},
+                 pretrain)
+
+
+# ---------------------------------------------------------------------------------------------------- tables
+
+
+@dataclass
+class Table:
+    """Cells are str, int, float or None; CSV keeps 3 decimals, Markdown/HTML show 1, None is "-" everywhere."""
+
+    name: str
+    title: str
+    headers: list[str]
+    rows: list[list]
+    note: str = ""
+
+    @staticmethod
+    def cell(value, precise: bool = False) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, bool):
+            return "yes" if value else "no"
+        if isinstance(value, int):
+            return str(value) if precise else f"{value:,}"
+        if isinstance(value, float):
+            return f"{round(value, 3):g}" if precise else f"{value:.1f}"
+        return str(value)
+
+    def write(self, out_dir: Path) -> None:
+        with (out_dir / f"{self.name}.csv").open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(self.headers)
+            writer.writerows([[self.cell(v, precise=True) for v in row] for row in self.rows])
+        (out_dir / f"{self.name}.md").write_text(self.markdown())
+
+    def markdown(self) -> str:
+        lines = [f"**{self.title}**", "", "| " + " | ".join(self.headers) + " |", "|" + " --- |" * len(self.headers)]
+        lines += ["| " + " | ".join(self.cell(v).replace("|", "/") for v in row) + " |" for row in self.rows]
+        return "\n".join(lines + ([f"", self.note] if self.note else []) + [""])
+
+    def html(self) -> str:
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in self.headers)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(self.cell(v))}</td>" for v in row) + "</tr>"
+                       for row in self.rows)
+        note = f"<p class='note'>{html.escape(self.note)}</p>" if self.note else ""
+        return f"<h3>{html.escape(self.title)}</h3><table><tr>{head}</tr>{body}</table>{note}"
+
+
+def _sort_key(run: RunData) -> tuple:
+    return (findings.size_rank(run), run.hparams, findings.ARMS.index(run.init) if run.init in findings.ARMS else 9,
+            run.schedule or 0.0, run.name)
+
+
+def _run_note(run: RunData) -> str:
+    if not run.started:
+        return f"no records in {run.path.name}/metrics.jsonl"
+    parts = []
+    if not run.finished:
+        of = f" of {run.max_iters}" if run.max_iters else ""
+        parts.append(f"did not finish (last record at iter {run.last_iter}{of})")
+    last = run.last_eval
+    if last is None:
+        parts.append("never evaluated")
+    elif last.get("status", "ok") != "ok":
+        parts.append(f"last evaluation (iter {last.get('iter')}): {last.get('status')}")
+    return "; ".join(parts)
+
+
+def final_ap_table(runs: list[RunData]) -> Table:
+    """Tables 1-2: the last evaluation of every run (rows: init, schedule, size, hparams)."""
+    metric_headers = [f"{IOU_NAMES[t]} {k}" for t in IOU_NAMES for k in AP_KEYS]
+    rows = []
+    for run in sorted(runs, key=_sort_key):
+        last = run.last_eval
+        rows.append([run.name, run.init, run.label, run.size_label, run.hparams, run.status,
+                     last.get("iter") if last else None, *[run.final(t, k) for t in IOU_NAMES for k in AP_KEYS],
+                     _run_note(run)])
+    return Table("final_ap", "Final AP per run (last evaluation; AP in %)",
+                 ["run", "init", "schedule", "train size", "hparams", "status", "last eval iter", *metric_headers,
+                  "note"], rows,
+                 "Unfinished runs (no 'end' record) show their last evaluation and are left out of the findings.")
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
+
+
+def samples_table(runs: list[RunData]) -> Table:
+    """Fig. 2 as numbers: images/instances/pixels of fine-tuning, pre-training and total, relative to scratch."""
+    scratch = {(r.size_label, r.hparams, r.schedule): r for r in runs if r.init == "scratch"}
+    rows = []
+    for run in sorted(runs, key=_sort_key):
+        own, pre = samples_of(run)
+        total = {k: None if own[k] is None else own[k] + (pre[k] or 0) for k in SEEN_KEYS}
+        ref = scratch.get((run.size_label, run.hparams, run.schedule))
+        ref_total = samples_of(ref)[0] if ref is not None else dict.fromkeys(SEEN_KEYS)
+        estimate = (run.pretrain_seen or {}).get("estimate")
+        rows.append([run.name, run.init, run.label, run.size_label, run.hparams,
+                     *[own[k] for k in SEEN_KEYS], *[pre[k] for k in SEEN_KEYS], estimate or "",
+                     *[total[k] for k in SEEN_KEYS],
+                     *[None if run.init == "scratch" else _ratio(total[k], ref_total[k]) for k in SEEN_KEYS]])
+    return Table("samples_seen", "Samples seen (fine-tuning, pre-training, total; 'x scratch' = total / scratch "
+                 "at the same schedule, size and hparams)",
+                 ["run", "init", "schedule", "train size", "hparams", *[f"fine-tune {k}" for k in SEEN_KEYS],
+                  *[f"pre-train {k}" for k in SEEN_KEYS], "pre-train estimate", *[f"total {k}" for k in SEEN_KEYS],
+                  *[f"{k} x scratch" for k in SEEN_KEYS]], rows,
+                 "Pre-training counts come from init.json; an 'estimate' text means the weights carried no counts "
+                 "and a recipe was assumed.")
+
+
+def samples_of(run: RunData) -> tuple[dict, dict]:
+    """(own training, pre-training) counts; None where the run logged nothing, pre-training 0 for scratch."""
+    seen, pre = run.seen or {}, run.pretrain_seen
+    own = {k: seen.get(k) if isinstance(seen.get(k), int) else None for k in SEEN_KEYS}
+    if run.init == "scratch":
+        return own, dict.fromkeys(SEEN_KEYS, 0)
+    return own, {k: (pre or {}).get(k) if isinstance((pre or {}).get(k), int) else None for k in SEEN_KEYS}
+
+
+def data_size_table(points: list[findings.SizePoint]) -> Table:
+    rows = []
+    for p in points:
+        s, t = p.arms.get("scratch"), p.arms.get("pretrained")
+        ap_s, ap_t = (r.final() if r else None for r in (s, t))
+        rows.append([p.size_label, p.train_images, p.hparams, ap_s, s.label if s else None, ap_t,
+                     t.label if t else None, None if ap_s is None or ap_t is None else ap_t - ap_s])
+    return Table("data_size", "Final bbox AP vs training-set size (each arm at its best finished schedule)",
+                 ["train size", "train images", "hparams", "scratch bbox AP", "scratch schedule",
+                  "pre-trained bbox AP", "pre-trained schedule", "gap (pre-trained - scratch)"], rows)
+
+
+def hparam_table(runs: list[RunData]) -> Table:
+    """The hyper-parameter grid: best finished bbox AP per setting and arm, the best per arm, the one used."""
+    rows = []
+    for size in findings.sizes(runs):
+        chosen, _ = findings.selected_hparams(runs, size)
+        settings = sorted({r.hparams for r in runs if r.size_label == size})
+        best = {arm: findings.best_hparams(runs, size, arm) for arm in findings.ARMS}
+        for hp in settings:
+            overrides = next((r.overrides for r in runs if r.size_label == size and r.hparams == hp), {})
+            cells = []
+            for arm in findings.ARMS:
+                run = findings.best_run([r for r in runs if (r.size_label, r.hparams, r.init) == (size, hp, arm)])
+                cells += [run.final() if run else None, run.label if run else None]
+            best_for = [findings.ARM_NAMES[a] for a in findings.ARMS if best[a] == hp]
+            rows.append([size, hp, json.dumps(overrides, sort_keys=True), *cells, ", ".join(best_for),
+                         hp == chosen])
+    return Table("hparams", "Hyper-parameter grid: best finished bbox AP per setting (over schedules)",
+                 ["train size", "hparams", "overrides", "scratch bbox AP", "scratch schedule", "pre-trained bbox AP",
+                  "pre-trained schedule", "best for", "used"], rows,
+                 "As in the paper (Sec. 5.1), the setting is selected on the pre-trained arm and reused for scratch.")
+
+
+# ---------------------------------------------------------------------------------------------------- HTML
+
+CSS = """body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.5em 0;font-size:13px}td,th{border:1px solid #ccc;padding:2px 6px;
+text-align:right}th{background:#f3f3f3}td:first-child{text-align:left}img{max-width:100%}
+.note{color:#555;font-size:13px}li{margin:.3em 0}"""
+
+
+def _embed(svg_path: Path, title: str) -> str:
+    # An <img> data URI keeps each SVG in its own document: ids inside matplotlib SVGs cannot clash across figures.
+    data = base64.b64encode(svg_path.read_bytes()).decode("ascii")
+    return (f"<figure><img alt='{html.escape(title)}' src='data:image/svg+xml;base64,{data}'>"
+            f"<figcaption class='note'>{html.escape(title)} (files: figures/{svg_path.stem}.png, .svg)</figcaption>"
+            "</figure>")
+
+
+def _header(study: Study) -> str:
+    parts = [f"<h1>Study report: {html.escape(study.name)}</h1>"]
+    if study.created:
+        parts.append(f"<p class='note'>plan created {html.escape(str(study.created))}</p>")
+    it = study.iterations
+    if isinstance(it.get("shared"), int) and isinstance(it.get("separate"), int) and it["separate"] > 0:
+        fraction = _number(it.get("fraction"))
+        fraction = it["shared"] / it["separate"] if fraction is None else fraction
+        parts.append(f"<p>Iteration accounting: shared trunk: {it['shared']} of {it['separate']} iterations, "
+                     f"{fraction:.0%} (plan.json 'iterations').</p>")
+    counts = {s: sum(r.status == s for r in study.runs) for s in ("finished", "unfinished", "missing")}
+    parts.append(f"<p>{len(study.runs)} planned runs: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + ".</p>")
+    if study.pretrain:
+        seen = study.pretrain["seen"]
+        state = "finished" if study.pretrain["finished"] else "unfinished"
+        parts.append(f"<p>Pre-training run (pretrain/, {state}): {study.pretrain['iter']} iterations, "
+                     + ", ".join(f"{seen.get(k, 0):,} {k}" for k in SEEN_KEYS) + " seen.</p>")
+    parts.append(f"<p class='note'>{html.escape(TOY_NOTE)}</p>")
+    return "\n".join(parts)
+
+
+def write_report(study_dir: str | Path) -> Path:
+    """Writes STUDY/report/ (report.html, figures/, tables/) for a study folder; returns the path of report.html.
+
+    Raises:
+        ScratchdetError: study_dir has no readable plan.json.
+    """
+    study = load_study(study_dir)
+    out = study.root / "report"
+    fig_dir, table_dir = out / "figures", out / "tables"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    table_dir.mkdir(parents=True, exist_ok=True)
+    runs = study.runs
+    sections: list[str] = [_header(study)]
+
+    sections.append("<h2>Findings</h2><ul>" + "".join(
+        f"<li>{html.escape(s)}</li>" for s in findings.compute_findings(runs)) + "</ul>")
+    sections.append(f"<p class='note'>{html.escape(findings.thresholds_text())}</p>")
+
+    sections.append("<h2>Learning curves (Figs. 1, 3, 4)</h2>")
+    for (size, hp), group in findings.groups(runs).items():
+        stem = figures.safe_stem(f"curves_{size}_{hp}")
+        title = f"{study.name}: learning curves, train size {size}, hparams {hp}"
+        fig = figures.learning_curves_figure(group, title)
+        svg = figures.save_figure(fig, fig_dir, stem)[1]
+        sections.append(_embed(svg, title))
+
+    tables = [final_ap_table(runs)]
+    sections.append("<h2>Final AP (Tables 1-2)</h2>" + tables[-1].html())
+
+    tables.append(samples_table(runs))
+    sections.append("<h2>Samples seen (Fig. 2)</h2>")
+    for (size, hp), group in findings.groups(runs).items():
+        if size == findings.main_size(runs) and hp == findings.selected_hparams(runs, size)[0]:
+            title = f"Samples seen, train size {size}, hparams {hp} (log scale)"
+            bars = figures.samples_figure([(r.init, r.label, *samples_of(r), (r.pretrain_seen or {}).get("estimate"))
+                                           for r in sorted(group, key=_sort_key)], title)
+            sections.append(_embed(figures.save_figure(bars, fig_dir, figures.safe_stem(f"samples_{size}_{hp}"))[1],
+                                   title))
+    sections.append(tables[-1].html())
+
+    if len(findings.sizes(runs)) > 1:
+        points = findings.size_points(runs)
+        tables.append(data_size_table(points))
+        sections.append("<h2>Training-set size (Figs. 7-8)</h2>")
+        title = "Final bbox AP vs training-set size"
+        fig = figures.data_size_figure(points, title)
+        sections.append(_embed(figures.save_figure(fig, fig_dir, "data_size")[1], title) + tables[-1].html())
+        for size in findings.smallest_sizes(runs):
+            chosen = findings.selected_hparams(runs, size)[0]
+            group = [r for r in runs if r.size_label == size and r.hparams == chosen]
+            title = f"Train size {size}: training loss and bbox AP vs iterations (Fig. 8)"
+            fig = figures.loss_and_ap_figure(group, title)
+            sections.append(_embed(figures.save_figure(fig, fig_dir, figures.safe_stem(f"loss_{size}"))[1], title))
+
+    if len({r.hparams for r in runs}) > 1:
+        tables.append(hparam_table(runs))
+        sections.append("<h2>Hyper-parameter grid</h2>" + tables[-1].html())
+
+    for table in tables:
+        table.write(table_dir)
+    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(study.name)} report</title>"
+            f"<style>{CSS}</style></head><body>\n" + "\n".join(sections) + "\n</body></html>\n")
+    path = out / "report.html"
+    path.write_text(page)
+    return path
