@@ -6,6 +6,8 @@
     scratchdet pretrain CONFIG [key=value ...]
     scratchdet train CONFIG [key=value ...]
     scratchdet eval RUN_DIR [checkpoint=PATH] [key=value ...]
+    scratchdet study SPEC.yaml [key=value ...]
+    scratchdet report STUDY_DIR
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from scratchdet.errors import ScratchdetError
+from scratchdet.errors import Preempted, ScratchdetError
 
 
 def _cmd_data_synth(args) -> int:
@@ -69,6 +71,21 @@ def _cmd_pretrain(args) -> int:
     return 0
 
 
+def _cmd_study(args) -> int:
+    from scratchdet.study.runner import run_study
+
+    study_dir = run_study(args.spec, args.overrides)
+    print(f"study folder: {study_dir}; report: {study_dir}/report/report.html")
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from scratchdet.study.report import write_report
+
+    print(f"report: {write_report(args.study_dir)}")
+    return 0
+
+
 def _cmd_eval(args) -> int:
     from scratchdet.evaluation.run import evaluate_run
 
@@ -108,6 +125,15 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("overrides", nargs="*", help="key=value overrides, e.g. output=runs/pre train.max_iters=100")
     pre.set_defaults(func=_cmd_pretrain)
 
+    study = sub.add_parser("study", help="run a scratch-vs-pre-trained grid (resumable) and write its report")
+    study.add_argument("spec", help="study spec YAML, e.g. configs/study/mini.yaml")
+    study.add_argument("overrides", nargs="*", help="key=value overrides of the spec, e.g. output=runs/my-study")
+    study.set_defaults(func=_cmd_study)
+
+    rep = sub.add_parser("report", help="(re)write a study's report: figures, tables, findings, report.html")
+    rep.add_argument("study_dir")
+    rep.set_defaults(func=_cmd_report)
+
     ev = sub.add_parser("eval", help="evaluate a run's latest (or a given) checkpoint with COCO AP")
     ev.add_argument("run_dir")
     ev.add_argument("overrides", nargs="*", help="checkpoint=PATH and key=value overrides, e.g. eval.max_images=50")
@@ -122,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     except ScratchdetError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Preempted as e:
+        print(f"preempted: {e}", file=sys.stderr)
+        return 128 + e.signum  # the shell's convention for "ended by signal N"
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -51,3 +51,17 @@ class TrainingError(ScratchdetError):
 
 class CheckpointError(ScratchdetError):
     """A checkpoint is missing, unreadable or belongs to a different config."""
+
+
+class Preempted(Exception):  # noqa: N818 - it is a request, not an error
+    """SIGTERM/SIGINT arrived; a checkpoint was saved at the iteration boundary. Rerun with resume=true.
+
+    Not a ScratchdetError on purpose: a study must stop on it, not record a failed run and go on.
+    """
+
+    def __init__(self, signum: int, iteration: int, checkpoint: str):
+        super().__init__(f"stopped by signal {signum} after iteration {iteration}; checkpoint {checkpoint} saved, "
+                         "rerun the same command with resume=true (a study resumes by itself)")
+        self.signum = signum
+        self.iteration = iteration
+        self.checkpoint = checkpoint

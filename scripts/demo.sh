@@ -1,17 +1,16 @@
 #!/usr/bin/env bash
-# `make demo`: the embedded synthetic data -> a short from-scratch Mask R-CNN (R18-FPN, GN) on CPU -> COCO eval.
-# About 5 minutes on 2 CPU cores after the install. Everything lands in demo_output/.
+# `make demo`: the mini study on the embedded synthetic data, on CPU. Scratch vs pre-trained Mask R-CNN (R18-FPN,
+# GN), schedules 1x/2x/3x sharing one trunk per arm and data size, two training-set sizes, then the report.
+# Everything lands in demo_output/; rerunning resumes (finished runs are skipped).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-demo_output}
 BIN=.venv/bin/scratchdet
-rm -rf "$OUT/run_scratch"
+start=$(date +%s)
 "$BIN" data synth --out "$OUT/shapes" --train-images 200 --val-images 50 --seed 0 > /dev/null
 echo "synthetic data: $OUT/shapes"
-# 1x of the mini schedule (360 iterations at batch 4), evaluated every 120 iterations for a learning curve.
-"$BIN" train configs/mini/mask_rcnn_R18_FPN_GN_scratch.yaml \
-  data.root="$OUT/shapes" output="$OUT/run_scratch" schedule.multiplier=1 eval.period=120 train.num_threads=2
-"$BIN" eval "$OUT/run_scratch"
+"$BIN" study configs/study/mini.yaml output="$OUT/study" data_root="$OUT/shapes"
 echo
-echo "results: $OUT/run_scratch  (metrics.jsonl = losses + AP per evaluation, eval/*.json = COCO metrics,"
-echo "         checkpoints/, config.yaml, env.json; TensorBoard: tensorboard --logdir $OUT/run_scratch/tb)"
+echo "demo finished in $(( $(date +%s) - start )) s"
+echo "report:   $OUT/study/report/report.html   (open it in a browser; figures in report/figures, tables in report/tables)"
+echo "runs:     $OUT/study/runs/*   (metrics.jsonl, eval/*.json, checkpoints/, config.yaml; tensorboard --logdir $OUT/study)"

@@ -229,7 +229,9 @@ class ImageFolderClassification(Dataset):
         except FileNotFoundError:
             raise DataError("image file disappeared since the folder was listed", path=path) from None
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-            raise DataError(f"cannot decode image ({e}); the file is corrupt or truncated, replace it", path=path) from None
+            raise DataError(
+                f"cannot decode image ({e}); the file is corrupt or truncated, replace it", path=path
+            ) from None
         return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).contiguous()
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
@@ -265,7 +267,10 @@ def _texture(name: str, size: int, rng: np.random.Generator) -> np.ndarray:
     jitter = math.radians(rng.uniform(-12, 12))
     center = rng.uniform(0.15 * size, 0.85 * size, size=2)
     if name in ("horizontal_stripes", "vertical_stripes", "diagonal_stripes"):
-        theta = {"horizontal_stripes": math.pi / 2, "vertical_stripes": 0.0}.get(name, rng.choice([1, -1]) * math.pi / 4)
+        if name == "diagonal_stripes":
+            theta = float(rng.choice([1, -1])) * math.pi / 4  # either diagonal: flips stay in class
+        else:
+            theta = math.pi / 2 if name == "horizontal_stripes" else 0.0
         u, _ = _rotated(x, y, theta + jitter)
         return _soft(np.cos(2 * math.pi * u / period + phase), sharp)
     if name == "checkerboard":

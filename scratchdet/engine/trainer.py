@@ -23,9 +23,10 @@ from scratchdet.engine.checkpoint import load_checkpoint, rng_state, save_checkp
 from scratchdet.engine.initialization import initialize
 from scratchdet.engine.metrics import MetricsWriter
 from scratchdet.engine.optim import build_optimizer
+from scratchdet.engine.preemption import StopRequest
 from scratchdet.engine.run_dir import prepare_run_dir, write_env
 from scratchdet.engine.schedule import schedule_from_config
-from scratchdet.errors import ConfigError, TrainingError
+from scratchdet.errors import ConfigError, Preempted, TrainingError
 from scratchdet.evaluation.coco import evaluate, format_report
 from scratchdet.modeling.detector import build_detector
 
@@ -105,8 +106,8 @@ def train(cfg: Config) -> dict:
         start_iter, seen, pretrain_seen = state["iteration"], state["seen"], state["pretrain_seen"]
         tqdm.write(f"resuming {out} from {resume_from.name} (iteration {start_iter})")
 
-    def checkpoint(iteration: int) -> None:
-        save_checkpoint(out / "checkpoints", iteration, {
+    def checkpoint(iteration: int) -> Path:
+        return save_checkpoint(out / "checkpoints", iteration, {
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "iteration": iteration,
@@ -130,44 +131,51 @@ def train(cfg: Config) -> dict:
     # Redraw at most every 5 s when stderr is a file or pipe (CI, nohup), so logs stay readable.
     progress = tqdm(total=end_iter, initial=start_iter, desc="train", unit="it", dynamic_ncols=True,
                     mininterval=0.1 if sys.stderr.isatty() else 5.0)
-    for iteration in range(start_iter, end_iter):
-        tick = time.perf_counter()
-        images, targets = next(loader)
-        data_time += time.perf_counter() - tick
-        seen["images"] += len(images)
-        seen["instances"] += sum(len(t["boxes"]) for t in targets)
-        seen["pixels"] += sum(img.shape[-1] * img.shape[-2] for img in images)  # post-transform, pre-padding
-        images = [img.to(device, non_blocking=True) for img in images]
-        model_targets = [{k: t[k].to(device, non_blocking=True) for k in MODEL_TARGET_KEYS if k in t} for t in targets]
+    with StopRequest() as stop:  # SIGTERM/SIGINT -> checkpoint at the next iteration boundary, then stop
+        for iteration in range(start_iter, end_iter):
+            tick = time.perf_counter()
+            images, targets = next(loader)
+            data_time += time.perf_counter() - tick
+            seen["images"] += len(images)
+            seen["instances"] += sum(len(t["boxes"]) for t in targets)
+            seen["pixels"] += sum(img.shape[-1] * img.shape[-2] for img in images)  # post-transform, pre-padding
+            images = [img.to(device, non_blocking=True) for img in images]
+            model_targets = [{k: t[k].to(device, non_blocking=True) for k in MODEL_TARGET_KEYS if k in t}
+                             for t in targets]
 
-        lr = schedule.lr_at(iteration)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        losses = model(images, model_targets)
-        total = sum(losses.values())
-        check_finite(total, losses, iteration, targets)
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        optimizer.step()
+            lr = schedule.lr_at(iteration)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            losses = model(images, model_targets)
+            total = sum(losses.values())
+            check_finite(total, losses, iteration, targets)
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            optimizer.step()
 
-        for k, v in losses.items():
-            window[k] = window.get(k, 0.0) + float(v.detach())
-        window["loss"] = window.get("loss", 0.0) + float(total.detach())
-        window_iters += 1
-        done = iteration + 1
-        progress.update(1)
-        if done % cfg.train.log_period == 0 or done == end_iter:
-            n = window_iters
-            elapsed = time.perf_counter() - window_start
-            record = {"type": "train", "iter": done, "lr": lr, **{k: v / n for k, v in window.items()},
-                      "time_per_iter": elapsed / n, "data_time": data_time / n, "seen": dict(seen)}
-            metrics.write(record)
-            progress.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.2g}")
-            window, window_iters, data_time, window_start = {}, 0, 0.0, time.perf_counter()
-        if done % cfg.train.checkpoint_period == 0 or done == end_iter or done in cfg.train.extra_checkpoints:
-            checkpoint(done)
-        if (cfg.eval.period and done % cfg.eval.period == 0) or done == end_iter:
-            report = run_evaluation(model, val_set, cfg, device, done, out, metrics)
+            for k, v in losses.items():
+                window[k] = window.get(k, 0.0) + float(v.detach())
+            window["loss"] = window.get("loss", 0.0) + float(total.detach())
+            window_iters += 1
+            done = iteration + 1
+            progress.update(1)
+            if done % cfg.train.log_period == 0 or done == end_iter:
+                n = window_iters
+                elapsed = time.perf_counter() - window_start
+                record = {"type": "train", "iter": done, "lr": lr, **{k: v / n for k, v in window.items()},
+                          "time_per_iter": elapsed / n, "data_time": data_time / n, "seen": dict(seen)}
+                metrics.write(record)
+                progress.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.2g}")
+                window, window_iters, data_time, window_start = {}, 0, 0.0, time.perf_counter()
+            if done % cfg.train.checkpoint_period == 0 or done == end_iter or done in cfg.train.extra_checkpoints:
+                checkpoint(done)
+            if (cfg.eval.period and done % cfg.eval.period == 0) or done == end_iter:
+                report = run_evaluation(model, val_set, cfg, device, done, out, metrics)
+            if stop.signum is not None and done < end_iter:
+                path = checkpoint(done)
+                metrics.write({"type": "preempted", "iter": done, "signal": stop.signum})
+                progress.close()
+                raise Preempted(stop.signum, done, str(path))
     progress.close()
     metrics.write({"type": "end", "iter": end_iter, "seen": seen, "pretrain_seen": pretrain_seen})
     metrics.close()

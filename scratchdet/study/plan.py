@@ -97,7 +97,8 @@ def plan_study(spec: StudySpec) -> Plan:
             size_label = "all" if size is None else str(size)
             for hp in spec.hparams:
                 group = f"{arm.name}_{size_label}" + (f"_{hp.name}" if many_hparams else "")
-                overrides = [*spec.overrides, *arm_overrides(arm, study_dir), *hp.overrides]
+                root = [f"data.root={spec.data_root}"] if spec.data_root else []
+                overrides = [*root, *spec.overrides, *arm_overrides(arm, study_dir), *hp.overrides]
                 if size is not None:
                     overrides.append(f"data.train_subset={size}")
                 group_runs = []

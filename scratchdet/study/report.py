@@ -19,10 +19,10 @@ from pathlib import Path
 from scratchdet.engine.metrics import read_metrics
 from scratchdet.errors import ScratchdetError
 from scratchdet.study import figures, findings
+from scratchdet.study.findings import SEEN_KEYS
 
 AP_KEYS = ("AP", "AP50", "AP75")
 IOU_NAMES = {"bbox": "bbox", "segm": "mask"}
-SEEN_KEYS = ("images", "instances", "pixels")
 # A drop of at least this factor between two logged LRs is an LR step (warm-up only ever raises the LR).
 LR_DROP_FACTOR = 0.5
 TOY_NOTE = (
@@ -48,12 +48,13 @@ class RunData:
     """One planned run with its de-duplicated records (trunk records before the fork included)."""
 
     name: str
+    arm: str
     init: str
     schedule: float | None
     size_label: str
     train_size: int | None
     hparams: str
-    overrides: dict
+    overrides: list | dict
     path: Path
     max_iters: int | None = None
     plan_train_images: int | None = None
@@ -174,7 +175,7 @@ class Study:
     created: str | None
     runs: list[RunData]
     iterations: dict
-    pretrain: dict | None  # summary of STUDY/pretrain, when there is one
+    pretrain: dict[str, dict]  # arm name -> summary of the pre-training run the study performed for it
 
 
 def _dedup(records: list[dict]) -> list[dict]:
@@ -210,7 +211,8 @@ def load_run(root: Path, entry: dict, trunks: dict[str, Path]) -> RunData:
     run_dir = root / entry.get("path", f"runs/{name}")
     records = _run_records(run_dir)
     fork_iter = entry.get("fork_iter")
-    trunk_dir = trunks.get(entry.get("trunk") or "", root / entry["trunk"] if entry.get("trunk") else None)
+    trunk = entry.get("trunk")
+    trunk_dir = (trunks.get(trunk) or root / trunk) if trunk else None  # a trunk's name or its path
     init_record = _read_json(run_dir / "init.json")
     if trunk_dir is not None and isinstance(fork_iter, int) and fork_iter > 0:
         has_early = any(r.get("type") in ("train", "eval") and r.get("iter", 0) <= fork_iter for r in records)
@@ -221,14 +223,16 @@ def load_run(root: Path, entry: dict, trunks: dict[str, Path]) -> RunData:
         if init_record is None:
             init_record = _read_json(trunk_dir / "init.json")
     size = entry.get("train_size")
+    init = str(entry.get("init", (init_record or {}).get("init", "?")))
     return RunData(
         name=name,
-        init=str(entry.get("init", (init_record or {}).get("init", "?"))),
+        arm=str(entry.get("arm", init)),
+        init=init,
         schedule=_number(entry.get("schedule")),
         size_label=str(entry.get("train_size_label") or ("all" if size is None else size)),
         train_size=size if isinstance(size, int) else None,
         hparams=str(entry.get("hparams") or "default"),
-        overrides=dict(entry.get("hparams_overrides") or {}),
+        overrides=entry.get("hparams_overrides") or [],
         path=run_dir,
         max_iters=entry.get("max_iters") if isinstance(entry.get("max_iters"), int) else None,
         plan_train_images=entry.get("train_images") if isinstance(entry.get("train_images"), int) else None,
@@ -237,13 +241,21 @@ def load_run(root: Path, entry: dict, trunks: dict[str, Path]) -> RunData:
     )
 
 
-def _pretrain_summary(root: Path) -> dict | None:
-    records = _dedup(read_metrics(root / "pretrain"))
-    with_seen = [r for r in records if isinstance(r.get("seen"), dict)]
-    if not with_seen:
-        return None
-    last = with_seen[-1]
-    return {"iter": last.get("iter"), "seen": last["seen"], "finished": any(r.get("type") == "end" for r in records)}
+def _pretrain_summaries(root: Path, plan: dict) -> dict[str, dict]:
+    """{arm name: last iteration, samples seen, finished} of the pre-training runs the study performed itself."""
+    paths = dict(plan.get("pretrain") or {})  # arm name -> folder, relative to the study
+    if not paths and (root / "pretrain" / "metrics.jsonl").is_file():
+        paths = {"pretrain": "pretrain"}
+    elif not paths and (root / "pretrain").is_dir():
+        paths = {d.name: f"pretrain/{d.name}" for d in sorted((root / "pretrain").iterdir()) if d.is_dir()}
+    summaries = {}
+    for arm, rel in paths.items():
+        records = _dedup(read_metrics(root / rel))
+        with_seen = [r for r in records if isinstance(r.get("seen"), dict)]
+        if with_seen:
+            summaries[arm] = {"path": rel, "iter": with_seen[-1].get("iter"), "seen": with_seen[-1]["seen"],
+                              "finished": any(r.get("type") == "end" for r in records)}
+    return summaries
 
 
 def load_study(study_dir: str | Path) -> Study:
@@ -254,14 +266,15 @@ def load_study(study_dir: str | Path) -> Study:
         raise ScratchdetError(f"{plan_path} not found: '{root}' is not a study folder (run `scratchdet study` first)")
     plan = _read_json(plan_path)
     if plan is None or not isinstance(plan.get("runs", []), list):
-        raise ScratchdetError(f"{plan_path} is not a JSON object with a 'runs' list; re-create it with `scratchdet study`")
+        raise ScratchdetError(f"{plan_path} is not a JSON object with a 'runs' list; re-create it with "
+                              "`scratchdet study`")
     trunks = {t["name"]: root / t["path"] for t in plan.get("trunks", []) if "name" in t and "path" in t}
     runs = [load_run(root, entry, trunks) for entry in plan.get("runs", [])]
-    pretrain = _pretrain_summary(root)
-    if pretrain is not None:
-        for run in runs:  # the study's own pre-training is the fallback count for runs that recorded none
-            if run.init == "pretrained" and run.pretrain_seen is None:
-                run.init_record = {**(run.init_record or {}), "pretrain_seen": dict(pretrain["seen"])}
+    pretrain = _pretrain_summaries(root, plan)
+    for run in runs:  # the study's own pre-training is the fallback count for runs that recorded none
+        summary = pretrain.get(run.arm) or (next(iter(pretrain.values())) if len(pretrain) == 1 else None)
+        if run.init == "pretrained" and run.pretrain_seen is None and summary is not None:
+            run.init_record = {**(run.init_record or {}), "pretrain_seen": dict(summary["seen"])}
     return Study(root, str(plan.get("name", root.name)), plan.get("created"), runs, plan.get("iterations") or {},
                  pretrain)
 
@@ -301,7 +314,7 @@ class Table:
     def markdown(self) -> str:
         lines = [f"**{self.title}**", "", "| " + " | ".join(self.headers) + " |", "|" + " --- |" * len(self.headers)]
         lines += ["| " + " | ".join(self.cell(v).replace("|", "/") for v in row) + " |" for row in self.rows]
-        return "\n".join(lines + ([f"", self.note] if self.note else []) + [""])
+        return "\n".join(lines + (["", self.note] if self.note else []) + [""])
 
     def html(self) -> str:
         head = "".join(f"<th>{html.escape(h)}</th>" for h in self.headers)
@@ -309,11 +322,6 @@ class Table:
                        for row in self.rows)
         note = f"<p class='note'>{html.escape(self.note)}</p>" if self.note else ""
         return f"<h3>{html.escape(self.title)}</h3><table><tr>{head}</tr>{body}</table>{note}"
-
-
-def _sort_key(run: RunData) -> tuple:
-    return (findings.size_rank(run), run.hparams, findings.ARMS.index(run.init) if run.init in findings.ARMS else 9,
-            run.schedule or 0.0, run.name)
 
 
 def _run_note(run: RunData) -> str:
@@ -335,7 +343,7 @@ def final_ap_table(runs: list[RunData]) -> Table:
     """Tables 1-2: the last evaluation of every run (rows: init, schedule, size, hparams)."""
     metric_headers = [f"{IOU_NAMES[t]} {k}" for t in IOU_NAMES for k in AP_KEYS]
     rows = []
-    for run in sorted(runs, key=_sort_key):
+    for run in findings.sort_runs(runs):
         last = run.last_eval
         rows.append([run.name, run.init, run.label, run.size_label, run.hparams, run.status,
                      last.get("iter") if last else None, *[run.final(t, k) for t in IOU_NAMES for k in AP_KEYS],
@@ -354,11 +362,11 @@ def samples_table(runs: list[RunData]) -> Table:
     """Fig. 2 as numbers: images/instances/pixels of fine-tuning, pre-training and total, relative to scratch."""
     scratch = {(r.size_label, r.hparams, r.schedule): r for r in runs if r.init == "scratch"}
     rows = []
-    for run in sorted(runs, key=_sort_key):
-        own, pre = samples_of(run)
+    for run in findings.sort_runs(runs):
+        own, pre = findings.samples_of(run)
         total = {k: None if own[k] is None else own[k] + (pre[k] or 0) for k in SEEN_KEYS}
         ref = scratch.get((run.size_label, run.hparams, run.schedule))
-        ref_total = samples_of(ref)[0] if ref is not None else dict.fromkeys(SEEN_KEYS)
+        ref_total = findings.samples_of(ref)[0] if ref is not None else dict.fromkeys(SEEN_KEYS)
         estimate = (run.pretrain_seen or {}).get("estimate")
         rows.append([run.name, run.init, run.label, run.size_label, run.hparams,
                      *[own[k] for k in SEEN_KEYS], *[pre[k] for k in SEEN_KEYS], estimate or "",
@@ -371,15 +379,6 @@ def samples_table(runs: list[RunData]) -> Table:
                   *[f"{k} x scratch" for k in SEEN_KEYS]], rows,
                  "Pre-training counts come from init.json; an 'estimate' text means the weights carried no counts "
                  "and a recipe was assumed.")
-
-
-def samples_of(run: RunData) -> tuple[dict, dict]:
-    """(own training, pre-training) counts; None where the run logged nothing, pre-training 0 for scratch."""
-    seen, pre = run.seen or {}, run.pretrain_seen
-    own = {k: seen.get(k) if isinstance(seen.get(k), int) else None for k in SEEN_KEYS}
-    if run.init == "scratch":
-        return own, dict.fromkeys(SEEN_KEYS, 0)
-    return own, {k: (pre or {}).get(k) if isinstance((pre or {}).get(k), int) else None for k in SEEN_KEYS}
 
 
 def data_size_table(points: list[findings.SizePoint]) -> Table:
@@ -402,14 +401,14 @@ def hparam_table(runs: list[RunData]) -> Table:
         settings = sorted({r.hparams for r in runs if r.size_label == size})
         best = {arm: findings.best_hparams(runs, size, arm) for arm in findings.ARMS}
         for hp in settings:
-            overrides = next((r.overrides for r in runs if r.size_label == size and r.hparams == hp), {})
+            overrides = next((r.overrides for r in runs if r.size_label == size and r.hparams == hp), [])
             cells = []
             for arm in findings.ARMS:
                 run = findings.best_run([r for r in runs if (r.size_label, r.hparams, r.init) == (size, hp, arm)])
                 cells += [run.final() if run else None, run.label if run else None]
             best_for = [findings.ARM_NAMES[a] for a in findings.ARMS if best[a] == hp]
-            rows.append([size, hp, json.dumps(overrides, sort_keys=True), *cells, ", ".join(best_for),
-                         hp == chosen])
+            text = " ".join(map(str, overrides)) if isinstance(overrides, list) else json.dumps(overrides)
+            rows.append([size, hp, text, *cells, ", ".join(best_for), hp == chosen])
     return Table("hparams", "Hyper-parameter grid: best finished bbox AP per setting (over schedules)",
                  ["train size", "hparams", "overrides", "scratch bbox AP", "scratch schedule", "pre-trained bbox AP",
                   "pre-trained schedule", "best for", "used"], rows,
@@ -424,7 +423,9 @@ text-align:right}th{background:#f3f3f3}td:first-child{text-align:left}img{max-wi
 .note{color:#555;font-size:13px}li{margin:.3em 0}"""
 
 
-def _embed(svg_path: Path, title: str) -> str:
+def _embed(fig, fig_dir: Path, stem: str, title: str) -> str:
+    """Saves `fig` as PNG + SVG and returns an HTML <figure> with the SVG inlined as a data URI."""
+    svg_path = figures.save_figure(fig, fig_dir, figures.safe_stem(stem))[1]
     # An <img> data URI keeps each SVG in its own document: ids inside matplotlib SVGs cannot clash across figures.
     data = base64.b64encode(svg_path.read_bytes()).decode("ascii")
     return (f"<figure><img alt='{html.escape(title)}' src='data:image/svg+xml;base64,{data}'>"
@@ -441,13 +442,14 @@ def _header(study: Study) -> str:
         fraction = _number(it.get("fraction"))
         fraction = it["shared"] / it["separate"] if fraction is None else fraction
         parts.append(f"<p>Iteration accounting: shared trunk: {it['shared']} of {it['separate']} iterations, "
-                     f"{fraction:.0%} (plan.json 'iterations').</p>")
+                     f"{fraction:.0%} (with shared trunks the study trains {it['shared']} iterations instead of "
+                     f"{it['separate']} for separate runs).</p>")
     counts = {s: sum(r.status == s for r in study.runs) for s in ("finished", "unfinished", "missing")}
     parts.append(f"<p>{len(study.runs)} planned runs: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + ".</p>")
-    if study.pretrain:
-        seen = study.pretrain["seen"]
-        state = "finished" if study.pretrain["finished"] else "unfinished"
-        parts.append(f"<p>Pre-training run (pretrain/, {state}): {study.pretrain['iter']} iterations, "
+    for arm, summary in study.pretrain.items():
+        seen, state = summary["seen"], "finished" if summary["finished"] else "unfinished"
+        parts.append(f"<p>Pre-training for arm {html.escape(arm)} ({html.escape(summary['path'])}, {state}): "
+                     f"{summary['iter']} iterations, "
                      + ", ".join(f"{seen.get(k, 0):,} {k}" for k in SEEN_KEYS) + " seen.</p>")
     parts.append(f"<p class='note'>{html.escape(TOY_NOTE)}</p>")
     return "\n".join(parts)
@@ -460,61 +462,44 @@ def write_report(study_dir: str | Path) -> Path:
         ScratchdetError: study_dir has no readable plan.json.
     """
     study = load_study(study_dir)
-    out = study.root / "report"
+    runs, out = study.runs, study.root / "report"
     fig_dir, table_dir = out / "figures", out / "tables"
     fig_dir.mkdir(parents=True, exist_ok=True)
     table_dir.mkdir(parents=True, exist_ok=True)
-    runs = study.runs
-    sections: list[str] = [_header(study)]
-
-    sections.append("<h2>Findings</h2><ul>" + "".join(
-        f"<li>{html.escape(s)}</li>" for s in findings.compute_findings(runs)) + "</ul>")
-    sections.append(f"<p class='note'>{html.escape(findings.thresholds_text())}</p>")
-
-    sections.append("<h2>Learning curves (Figs. 1, 3, 4)</h2>")
+    found = "".join(f"<li>{html.escape(s)}</li>" for s in findings.compute_findings(runs))
+    html_parts = [_header(study), f"<h2>Findings</h2><ul>{found}</ul>",
+                  f"<p class='note'>{html.escape(findings.thresholds_text())}</p>",
+                  "<h2>Learning curves (Figs. 1, 3, 4)</h2>"]
     for (size, hp), group in findings.groups(runs).items():
-        stem = figures.safe_stem(f"curves_{size}_{hp}")
         title = f"{study.name}: learning curves, train size {size}, hparams {hp}"
-        fig = figures.learning_curves_figure(group, title)
-        svg = figures.save_figure(fig, fig_dir, stem)[1]
-        sections.append(_embed(svg, title))
-
-    tables = [final_ap_table(runs)]
-    sections.append("<h2>Final AP (Tables 1-2)</h2>" + tables[-1].html())
-
-    tables.append(samples_table(runs))
-    sections.append("<h2>Samples seen (Fig. 2)</h2>")
-    for (size, hp), group in findings.groups(runs).items():
-        if size == findings.main_size(runs) and hp == findings.selected_hparams(runs, size)[0]:
-            title = f"Samples seen, train size {size}, hparams {hp} (log scale)"
-            bars = figures.samples_figure([(r.init, r.label, *samples_of(r), (r.pretrain_seen or {}).get("estimate"))
-                                           for r in sorted(group, key=_sort_key)], title)
-            sections.append(_embed(figures.save_figure(bars, fig_dir, figures.safe_stem(f"samples_{size}_{hp}"))[1],
-                                   title))
-    sections.append(tables[-1].html())
-
+        html_parts.append(_embed(figures.learning_curves_figure(group, title), fig_dir, f"curves_{size}_{hp}", title))
+    tables = [final_ap_table(runs), samples_table(runs)]
+    html_parts += ["<h2>Final AP (Tables 1-2)</h2>", tables[0].html(), "<h2>Samples seen (Fig. 2)</h2>"]
+    size = findings.main_size(runs) if runs else None
+    hp = findings.selected_hparams(runs, size)[0] if runs else None
+    group = sorted((r for r in runs if (r.size_label, r.hparams) == (size, hp)), key=lambda r: (r.schedule or 0, r.arm))
+    if group:
+        title = f"Samples seen, train size {size}, hparams {hp} (log scale)"
+        rows = [(r.init, r.label, *findings.samples_of(r), (r.pretrain_seen or {}).get("estimate")) for r in group]
+        html_parts.append(_embed(figures.samples_figure(rows, title), fig_dir, f"samples_{size}_{hp}", title))
+    html_parts.append(tables[1].html())
     if len(findings.sizes(runs)) > 1:
         points = findings.size_points(runs)
         tables.append(data_size_table(points))
-        sections.append("<h2>Training-set size (Figs. 7-8)</h2>")
         title = "Final bbox AP vs training-set size"
-        fig = figures.data_size_figure(points, title)
-        sections.append(_embed(figures.save_figure(fig, fig_dir, "data_size")[1], title) + tables[-1].html())
+        html_parts += ["<h2>Training-set size (Figs. 7-8)</h2>",
+                       _embed(figures.data_size_figure(points, title), fig_dir, "data_size", title), tables[-1].html()]
         for size in findings.smallest_sizes(runs):
-            chosen = findings.selected_hparams(runs, size)[0]
-            group = [r for r in runs if r.size_label == size and r.hparams == chosen]
-            title = f"Train size {size}: training loss and bbox AP vs iterations (Fig. 8)"
-            fig = figures.loss_and_ap_figure(group, title)
-            sections.append(_embed(figures.save_figure(fig, fig_dir, figures.safe_stem(f"loss_{size}"))[1], title))
-
+            hp = findings.selected_hparams(runs, size)[0]
+            title = f"Train size {size}, hparams {hp}: training loss and bbox AP vs iterations (Fig. 8)"
+            fig = figures.loss_and_ap_figure([r for r in runs if (r.size_label, r.hparams) == (size, hp)], title)
+            html_parts.append(_embed(fig, fig_dir, f"loss_{size}_{hp}", title))
     if len({r.hparams for r in runs}) > 1:
         tables.append(hparam_table(runs))
-        sections.append("<h2>Hyper-parameter grid</h2>" + tables[-1].html())
-
+        html_parts += ["<h2>Hyper-parameter grid</h2>", tables[-1].html()]
     for table in tables:
         table.write(table_dir)
-    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(study.name)} report</title>"
-            f"<style>{CSS}</style></head><body>\n" + "\n".join(sections) + "\n</body></html>\n")
     path = out / "report.html"
-    path.write_text(page)
+    path.write_text(f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(study.name)} report"
+                    f"</title><style>{CSS}</style></head><body>\n" + "\n".join(html_parts) + "\n</body></html>\n")
     return path

@@ -6,7 +6,8 @@ is what makes the comparison controlled (PAPER.md: same hyper-parameters for bot
     name: schedules
     base_config: configs/mini/mask_rcnn_R18_FPN_GN_scratch.yaml
     output: runs/study-schedules
-    overrides: [data.root=data/shapes]          # applied to every run
+    data_root: data/shapes                      # data.root of every run (or give data.* paths in overrides)
+    overrides: [train.batch_size=16]            # applied to every run
     arms:                                       # the initializations compared
       - {name: scratch, init: scratch}
       - {name: pretrained, init: pretrained, pretrain_config: configs/pretrain/mini_R18_GN_synth.yaml}
@@ -49,6 +50,8 @@ class StudySpec:
     name: str = MISSING
     base_config: str = MISSING
     output: str = MISSING
+    # Shorthand for the data.root override of every run (settable as `scratchdet study SPEC data_root=DIR`).
+    data_root: str | None = None
     overrides: list[str] = field(default_factory=list)
     arms: list[ArmSpec] = field(default_factory=lambda: [ArmSpec()])
     schedules: list[float] = field(default_factory=lambda: [2.0, 3.0, 4.0, 5.0, 6.0])
@@ -66,7 +69,7 @@ def load_study_spec(path: str | Path, overrides: list[str] | None = None) -> Stu
         merged = OmegaConf.merge(OmegaConf.structured(StudySpec), OmegaConf.load(path),
                                  OmegaConf.from_dotlist(list(overrides or [])))
         spec = OmegaConf.to_object(merged)
-    except OmegaConfBaseException as e:
+    except (OmegaConfBaseException, TypeError, ValueError) as e:
         raise ConfigError(f"invalid study spec {path}: {e}".replace("\n", "; ")) from None
     validate_spec(spec, str(path))
     return spec

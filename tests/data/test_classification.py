@@ -23,7 +23,7 @@ def test_synthetic_images_are_a_pure_function_of_seed_split_and_index():
     for i in (0, 7, 19):
         image, label = a[i]
         assert image.shape == (3, 32, 32) and image.dtype == torch.float32
-        assert 0.0 <= image.min() and image.max() <= 1.0
+        assert image.min() >= 0.0 and image.max() <= 1.0
         assert torch.equal(image, b[i][0]) and label == b[i][1] == i % 5
     # Reading in another order, or after other reads, changes nothing.
     assert torch.equal(a[7][0], SyntheticClassification(20, num_classes=5, size=32, seed=3)[7][0])

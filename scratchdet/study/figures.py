@@ -1,0 +1,202 @@
+"""The report's figures: learning curves (Figs. 1/3/4), samples seen (Fig. 2), AP vs data size (Fig. 7) and training
+loss next to AP (Fig. 8). Each builder returns a matplotlib Figure (inspectable in tests); `save_figure` writes it.
+
+Figures are built with `matplotlib.figure.Figure` on an Agg canvas, never pyplot: headless (no display needed), no
+global backend switch for the importing process, and nothing to close when a report is written from a long-lived one.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import matplotlib
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from scratchdet.study.findings import ARM_NAMES, ARMS, CAUGHT_UP_AP, SEEN_KEYS, SizePoint
+
+if TYPE_CHECKING:
+    from scratchdet.study.report import RunData
+
+IOU_LABELS = {"bbox": "bbox AP (%)", "segm": "mask AP (%)"}
+ARM_COLORS = {"scratch": "tab:blue", "pretrained": "tab:orange"}
+
+
+def safe_stem(text: str) -> str:
+    """A file-name stem from a label such as "curves_all_lr=0.01"."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "figure"
+
+
+def new_figure(figsize: tuple[float, float]) -> Figure:
+    fig = Figure(figsize=figsize, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_figure(fig: Figure, out_dir: Path, stem: str) -> tuple[Path, Path]:
+    """Writes `stem.png` and `stem.svg` into out_dir; returns (png, svg)."""
+    png, svg = out_dir / f"{stem}.png", out_dir / f"{stem}.svg"
+    # No timestamp and fixed SVG ids: the same data gives the same files.
+    with matplotlib.rc_context({"svg.hashsalt": "scratchdet"}):
+        fig.savefig(png, dpi=110, metadata={"Software": None})
+        fig.savefig(svg, metadata={"Date": None})
+    return png, svg
+
+
+def _schedule_colors(runs: list[RunData]) -> dict[float, str]:
+    schedules = sorted({r.schedule or 0.0 for r in runs})
+    cmap = matplotlib.colormaps["viridis"]
+    return {s: cmap(i / max(1, len(schedules) - 1) * 0.9) for i, s in enumerate(schedules)}
+
+
+def _legend_label(run: RunData) -> str:
+    return run.label if run.finished else f"{run.label} (unfinished)"
+
+
+def learning_curves_figure(runs: list[RunData], title: str) -> Figure:
+    """AP vs iterations: one column per init (scratch | pre-trained, shared y per row), one row per IoU type
+    (bbox, and mask when any run has it), one line per schedule; dotted verticals at inferred LR drops."""
+    iou_types = ["bbox"] + (["segm"] if any(r.curve("segm") for r in runs) else [])
+    fig = new_figure((11, 3.6 * len(iou_types)))
+    axes = fig.subplots(len(iou_types), len(ARMS), sharey="row", squeeze=False)
+    colors = _schedule_colors(runs)
+    for row, iou_type in enumerate(iou_types):
+        for col, arm in enumerate(ARMS):
+            ax = axes[row][col]
+            arm_runs = [r for r in runs if r.init == arm]
+            drawn = False
+            for run in arm_runs:
+                curve = run.curve(iou_type)
+                color = colors[run.schedule or 0.0]
+                if curve:
+                    xs, ys = zip(*curve, strict=True)
+                    ax.plot(xs, ys, marker="o", markersize=3, color=color, label=_legend_label(run),
+                            linestyle="-" if run.finished else "--")
+                    drawn = True
+                for drop in run.lr_drops:
+                    ax.axvline(drop, color=color, linestyle=":", linewidth=1, alpha=0.7)
+            if not drawn:
+                text = f"no {ARM_NAMES[arm]} runs" if not arm_runs else "no evaluation with predictions yet"
+                ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="gray")
+            ax.set_title(f"{ARM_NAMES[arm]}: {IOU_LABELS[iou_type].split(' (')[0]}")
+            ax.set_xlabel("iterations")
+            ax.set_ylabel(IOU_LABELS[iou_type])
+            ax.grid(alpha=0.3)
+            if drawn:
+                ax.legend(title="schedule", fontsize=8)
+    fig.suptitle(f"{title}\n(dotted: LR drops inferred from the logged LR; dashed: unfinished run)", fontsize=10)
+    return fig
+
+
+def samples_figure(rows: list[tuple], title: str) -> Figure:
+    """Grouped bars per schedule, log y, one panel per quantity (images, instances, pixels).
+
+    Args:
+        rows: (init, schedule label, own counts, pre-training counts, estimate text or None) per run, in
+            schedule order.
+    """
+    series = ("scratch", "pre-trained: fine-tuning", "pre-trained: pre-training", "pre-trained: total")
+    labels = list(dict.fromkeys(r[1] for r in rows))
+    fig = new_figure((12, 3.8))
+    axes = fig.subplots(1, len(SEEN_KEYS), squeeze=False)[0]
+    width = 0.8 / len(series)
+    estimate = any(r[0] == "pretrained" and r[4] for r in rows)
+    for ax, key in zip(axes, SEEN_KEYS, strict=True):
+        for j, name in enumerate(series):
+            xs, heights = [], []
+            for i, label in enumerate(labels):
+                value = _series_value(rows, label, name, key)
+                if value:  # zero or unknown: nothing to draw on a log axis
+                    xs.append(i + (j - (len(series) - 1) / 2) * width)
+                    heights.append(value)
+            hatch = "//" if estimate and name in series[2:] else None
+            ax.bar(xs, heights, width, label=name + (" (estimate)" if hatch else ""), hatch=hatch)
+        ax.set_yscale("log")
+        ax.set_xticks(range(len(labels)), labels)
+        ax.set_xlabel("schedule")
+        ax.set_ylabel(f"{key} seen (log scale)")
+        ax.set_title(key)
+        ax.grid(alpha=0.3, axis="y")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def _series_value(rows: list[tuple], label: str, name: str, key: str) -> float | None:
+    for init, sched, own, pre, _ in rows:
+        if sched != label:
+            continue
+        if init == "scratch" and name == "scratch":
+            return own.get(key)
+        if init == "pretrained":
+            if name == "pre-trained: fine-tuning":
+                return own.get(key)
+            if name == "pre-trained: pre-training":
+                return pre.get(key)
+            if name == "pre-trained: total" and own.get(key) is not None and pre.get(key) is not None:
+                return own[key] + pre[key]
+    return None
+
+
+def data_size_figure(points: list[SizePoint], title: str) -> Figure:
+    """Final bbox AP vs training images (log x) for both arms, each at its best finished schedule; a size of unknown
+    image count ("all") is placed right of the largest known one and labelled."""
+    known = [p.train_images for p in points if p.train_images]
+    right = max(known) * 2 if known else 1
+    xs = {p.size_label: p.train_images or right * (2**i) for i, p in enumerate(p for p in points if not p.train_images)}
+    xs.update({p.size_label: p.train_images for p in points if p.train_images})
+    fig = new_figure((6.5, 4.2))
+    ax = fig.subplots()
+    for arm in ARMS:
+        pts = [(xs[p.size_label], p.arms[arm].final()) for p in points if p.arms.get(arm) is not None]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker="o", color=ARM_COLORS[arm], label=ARM_NAMES[arm])
+    for p in points:
+        scr, pre = p.arms.get("scratch"), p.arms.get("pretrained")
+        if scr is not None and pre is not None:
+            gap = round(round(pre.final(), 1) - round(scr.final(), 1), 1)
+            ax.annotate(f"{gap:+.1f}", (xs[p.size_label], max(pre.final(), scr.final())), textcoords="offset points",
+                        xytext=(0, 6), ha="center", fontsize=8, color="red" if gap > CAUGHT_UP_AP else "gray")
+    ax.set_xscale("log")
+    ticks = sorted(xs.items(), key=lambda kv: kv[1])
+    ax.set_xticks([v for _, v in ticks], [f"{label}\n({v:,})" if v in known else label for label, v in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("training images (log scale)")
+    ax.set_ylabel("final bbox AP (%)")
+    ax.set_title(f"{title}\n(annotation: pre-trained - scratch; red: > {CAUGHT_UP_AP} AP)", fontsize=10)
+    ax.grid(alpha=0.3)
+    if ax.lines:
+        ax.legend()
+    return fig
+
+
+def loss_and_ap_figure(runs: list[RunData], title: str) -> Figure:
+    """Fig. 8: training loss (left) and bbox AP (right) vs iterations for the same runs."""
+    fig = new_figure((11, 3.8))
+    loss_ax, ap_ax = fig.subplots(1, 2)
+    styles = ["-", "--", "-.", ":"]
+    for run in runs:
+        label = f"{ARM_NAMES.get(run.init, run.init)} {_legend_label(run)}"
+        schedules = sorted({r.schedule or 0.0 for r in runs if r.init == run.init})
+        style = styles[schedules.index(run.schedule or 0.0) % len(styles)]
+        color = ARM_COLORS.get(run.init, "gray")
+        for ax, curve in ((loss_ax, run.loss_curve()), (ap_ax, run.curve())):
+            if curve:
+                ax.plot(*zip(*curve, strict=True), linestyle=style, color=color, label=label)
+    for ax, ylabel, name in ((loss_ax, "training loss (sum of losses)", "training loss"),
+                             (ap_ax, "bbox AP (%)", "bbox AP")):
+        ax.set_xlabel("iterations")
+        ax.set_ylabel(ylabel)
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "no records", ha="center", va="center", transform=ax.transAxes, color="gray")
+    if loss_ax.lines and all(v > 0 for r in runs for _, v in r.loss_curve()):
+        loss_ax.set_yscale("log")  # a loss that keeps falling on a small set spans orders of magnitude
+    fig.suptitle(title, fontsize=10)
+    return fig
+
