@@ -51,6 +51,11 @@ class DataConfig:
     num_workers: int = 2
     # Stat every image file when a dataset is opened, so a missing file fails before training, not hours into it.
     check_files: bool = True
+    # Training only (issue 6): replace a sample whose image is missing or cannot be decoded by the next readable
+    # one, logging each skip, instead of failing. Evaluation always fails on an unreadable image.
+    skip_bad_images: bool = False
+    # With skip_bad_images: fail once more than this fraction of the training images turned out unreadable.
+    max_skip_fraction: float = 0.01
 
 
 @dataclass
@@ -114,6 +119,11 @@ class TrainConfig:
     log_period: int = 20
     device: str = "auto"  # auto | cpu | cuda
     num_threads: int | None = None  # torch intra-op threads on CPU; None = torch's default
+    # Write {"type": "batch", "iter": i, "image_ids": [...]} to metrics.jsonl for every iteration (audits data order).
+    record_image_ids: bool = False
+    # With resume=true: start from iteration 0 when the folder has no checkpoint, or its latest one is unreadable
+    # (the unreadable run's files are moved to output/discarded_*/), instead of failing (issue 6).
+    allow_fresh_start: bool = False
 
 
 @dataclass

@@ -3,14 +3,19 @@
 Layout inside a run folder: `checkpoints/model_0001234.pth` (1234 = iterations finished) and
 `checkpoints/last_checkpoint` (a text file naming the newest). A save writes a temp file in the same folder, fsyncs
 it, renames it into place, and only then moves the pointer, so a kill at any moment leaves the previous checkpoint
-loadable.
+loadable. Only the pointer decides what is loaded: a temp file left by a kill (`.model_*.pth.*.tmp`) is never read,
+and the next save deletes it (one writer per run folder, so any temp file found then is a dead one). See
+docs/RELIABILITY.md (issue 6, promises 1, 2, 4 and 9).
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
+import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +24,8 @@ import torch
 from scratchdet.errors import CheckpointError
 
 POINTER = "last_checkpoint"
+# Temp files of _atomic_write: "." + final name + "." + random part + ".tmp".
+_TEMP_PATTERNS = (".model_*.pth.*.tmp", f".{POINTER}.*.tmp")
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -32,6 +39,14 @@ def _atomic_write(path: Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_stray_temp_files(folder: str | Path) -> list[Path]:
+    """Deletes temp files that a killed save left in `folder`; returns them."""
+    stray = [p for pattern in _TEMP_PATTERNS for p in Path(folder).glob(pattern)]
+    for p in stray:
+        p.unlink(missing_ok=True)
+    return stray
 
 
 def rng_state() -> dict:
@@ -60,12 +75,32 @@ def save_checkpoint(folder: str | Path, iteration: int, state: dict, keep: int |
 
     Args:
         keep: if given, delete all but the newest `keep` checkpoints after the pointer has moved.
+
+    Raises:
+        CheckpointError: the write failed (full disk, read-only folder, I/O error); the message says that the
+            previous checkpoint is intact and still named by last_checkpoint.
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    pointer = folder / POINTER
     path = folder / f"model_{iteration:07d}.pth"
-    _atomic_write(path, lambda f: torch.save(state, f))
-    _atomic_write(folder / POINTER, lambda f: f.write(path.name.encode()))
+    try:
+        previous = pointer.read_text().strip() if pointer.is_file() else None
+    except OSError:
+        previous = None
+    kept = (f"the previous checkpoint {previous} is intact and {POINTER} still names it" if previous
+            else "no earlier checkpoint exists")
+    step = "writing"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        remove_stray_temp_files(folder)  # before writing: a dead temp file may hold the space this save needs
+        _atomic_write(path, lambda f: torch.save(state, f))
+        step = f"moving {POINTER} to"
+        _atomic_write(pointer, lambda f: f.write(path.name.encode()))
+    except (OSError, RuntimeError) as e:  # torch.save reports a failed write (e.g. ENOSPC) as RuntimeError
+        raise CheckpointError(
+            f"{step} checkpoint {path} failed ({type(e).__name__}: {e}); {kept}. Fix the cause (full disk? "
+            "read-only folder?) and rerun with resume=true"
+        ) from None
     if keep is not None:
         for old in sorted(folder.glob("model_*.pth"))[:-keep]:
             old.unlink(missing_ok=True)
@@ -83,6 +118,23 @@ def latest_checkpoint(folder: str | Path) -> Path | None:
     return path
 
 
+def verify_checkpoint(path: str | Path) -> None:
+    """Checks a checkpoint's integrity without unpickling it: its zip archive opens and every CRC-32 matches.
+
+    Reads the file once; catches truncated and bit-flipped files before a resumed run builds anything.
+
+    Raises:
+        CheckpointError: naming the file and what is wrong with it.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (OSError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e})") from None
+    if bad is not None:
+        raise CheckpointError(f"checkpoint {path} is damaged: its member {bad} fails the CRC check")
+
+
 def load_checkpoint(path: str | Path) -> dict:
     """Loads a checkpoint written by save_checkpoint; raises CheckpointError naming the file if it is unreadable."""
     try:
@@ -90,3 +142,39 @@ def load_checkpoint(path: str | Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a damaged file
         raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e})") from None
+
+
+def estimate_checkpoint_bytes(model: torch.nn.Module) -> int:
+    """Expected bytes of one checkpoint of `model`, with headroom.
+
+    Parameters and buffers x 3: the weights, SGD's momentum (one buffer per parameter), and a margin for RNG
+    states, the zip container and optimizers with more state.
+    """
+    return 3 * sum(t.numel() * t.element_size() for t in itertools.chain(model.parameters(), model.buffers()))
+
+
+def planned_checkpoints(start_iter: int, end_iter: int, period: int, extra: list[int] | tuple = ()) -> int:
+    """How many checkpoints a run from `start_iter` to `end_iter` writes (the trainer keeps all of them)."""
+    if end_iter <= start_iter:
+        return 0
+    first = (start_iter // period + 1) * period
+    marks = set(range(first, end_iter + 1, period)) | {end_iter} | {e for e in extra if start_iter < e <= end_iter}
+    return len(marks)
+
+
+def check_free_space(folder: str | Path, checkpoint_bytes: int, count: int) -> None:
+    """Fails before training when the disk under `folder` cannot hold `count` checkpoints of `checkpoint_bytes`.
+
+    Raises:
+        CheckpointError: naming the folder, the free and the needed bytes, and what to do.
+    """
+    folder = Path(folder)
+    existing = next(p for p in (folder, *folder.parents) if p.exists())  # the folder may not exist yet
+    free = shutil.disk_usage(existing).free
+    needed = checkpoint_bytes * count
+    if free < needed:
+        raise CheckpointError(
+            f"not enough free disk space for this run's checkpoints in {folder}: {free:,} bytes free, about "
+            f"{needed:,} needed ({count} checkpoint(s) of up to {checkpoint_bytes:,} bytes); free space, choose "
+            "another output=, or raise train.checkpoint_period"
+        )

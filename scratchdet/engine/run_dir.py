@@ -6,21 +6,25 @@
     output/checkpoints/     model_XXXXXXX.pth + last_checkpoint (engine/checkpoint.py)
     output/eval/            iter_XXXXXXX.json, one COCO report per evaluation
     output/dataset_*.json   what dataset cleaning dropped or clipped, per split
+    output/discarded_*/     a run set aside by resume=true train.allow_fresh_start=true (unreadable checkpoint)
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import platform
 import subprocess
 import sys
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
 import yaml
 
 from scratchdet.config import Config, config_to_dict, config_to_yaml
-from scratchdet.engine.checkpoint import latest_checkpoint
+from scratchdet.engine.checkpoint import latest_checkpoint, verify_checkpoint
 from scratchdet.errors import CheckpointError
 
 # Keys a resumed run may change: they affect how the run is watched or cut, not what it computes.
@@ -28,7 +32,13 @@ RESUMABLE_KEYS = {
     "resume", "output", "train.max_iters", "train.log_period", "train.checkpoint_period", "train.extra_checkpoints",
     "train.device",
     "train.num_threads", "data.num_workers", "data.check_files", "eval.period", "eval.max_images", "eval.batch_size",
+    # Issue 6: logging and start-up policy. Skipping bad images may be switched on to get past an image that broke
+    # a run: images read before were all readable, so the iterations already done are unchanged.
+    "train.record_image_ids", "train.allow_fresh_start", "data.skip_bad_images", "data.max_skip_fraction",
 }
+
+# What a run writes into its folder (module docstring); set aside together when a run is discarded.
+RUN_FILES = ("config.yaml", "env*.json", "metrics.jsonl", "checkpoints", "eval", "tb", "dataset_*.json", "init.json")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -51,36 +61,103 @@ def config_diff(saved: dict, current: dict) -> list[str]:
     ]
 
 
+def check_writable(folder: Path) -> None:
+    """Creates `folder` if needed and proves a file can be written in it.
+
+    Raises:
+        CheckpointError: naming the folder and the OS error, before any training time is spent.
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write_probe.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise CheckpointError(
+            f"output folder {folder} is not writable ({type(e).__name__}: {e.strerror or e}); fix its permissions "
+            "or free space, or choose another output="
+        ) from None
+
+
+def _resume_point(ckpt_dir: Path) -> tuple[Path | None, str | None]:
+    """(latest checkpoint, None) when it is readable, (None, None) when there is none, (None, why) when unreadable."""
+    try:
+        last = latest_checkpoint(ckpt_dir) if ckpt_dir.is_dir() else None
+        if last is not None:
+            verify_checkpoint(last)
+    except CheckpointError as e:
+        return None, str(e)
+    return last, None
+
+
+def set_aside(out: Path) -> Path | None:
+    """Moves the run files in `out` (RUN_FILES) into out/discarded_YYYYmmdd_HHMMSS/; returns it (None: nothing)."""
+    found = sorted({p for pattern in RUN_FILES for p in out.glob(pattern)})
+    if not found:
+        return None
+    stamp = f"discarded_{datetime.now():%Y%m%d_%H%M%S}"
+    target = next(out / name for name in itertools.chain([stamp], (f"{stamp}_{i}" for i in itertools.count(2)))
+                  if not (out / name).exists())
+    target.mkdir()
+    for p in found:
+        p.rename(target / p.name)
+    return target
+
+
 def prepare_run_dir(cfg: Config) -> Path | None:
     """Creates the run folder and returns the checkpoint to resume from (None for a fresh run).
 
+    With resume=true and train.allow_fresh_start=true, a folder without a checkpoint, or whose latest checkpoint
+    is unreadable, starts fresh instead of failing; the files of an unreadable run are first moved into
+    out/discarded_*/ so the two runs never mix.
+
     Raises:
-        CheckpointError: resume=true without a checkpoint, resume with a changed config, or a fresh start into a
-            folder that already has checkpoints (which would silently mix two runs).
+        CheckpointError: resume=true without a readable checkpoint (unless train.allow_fresh_start), resume with a
+            changed config, a fresh start into a folder that already has checkpoints (which would silently mix
+            two runs), or an output folder that is not writable.
     """
     out = Path(cfg.output)
     ckpt_dir = out / "checkpoints"
-    last = latest_checkpoint(ckpt_dir) if ckpt_dir.is_dir() else None
     if cfg.resume:
-        if last is None:
-            raise CheckpointError(
-                f"resume=true but {ckpt_dir} holds no checkpoint; drop resume=true to start this run fresh"
-            )
-        saved_path = out / "config.yaml"
-        if saved_path.is_file():
-            diff = config_diff(yaml.safe_load(saved_path.read_text()), config_to_dict(cfg))
-            if diff:
+        last, unreadable = _resume_point(ckpt_dir)
+        if last is not None:
+            saved_path = out / "config.yaml"
+            if saved_path.is_file():
+                diff = config_diff(yaml.safe_load(saved_path.read_text()), config_to_dict(cfg))
+                if diff:
+                    raise CheckpointError(
+                        f"resuming {out} with a config that differs from its saved config.yaml:\n  "
+                        + "\n  ".join(diff)
+                        + "\nresume with the same settings, or start a new run in another output folder"
+                    )
+            check_writable(out)
+            check_writable(ckpt_dir)
+            return last
+        # getattr: the pre-training config (scratchdet/pretrain/config.py) shares this function but not the key.
+        if not getattr(cfg.train, "allow_fresh_start", False):
+            if unreadable is not None:
                 raise CheckpointError(
-                    f"resuming {out} with a config that differs from its saved config.yaml:\n  "
-                    + "\n  ".join(diff)
-                    + "\nresume with the same settings, or start a new run in another output folder"
+                    f"resume=true but the latest checkpoint cannot be used: {unreadable}. Restore the file, or pass "
+                    "train.allow_fresh_start=true to set this run's files aside and start over"
                 )
-        return last
-    if last is not None:
-        raise CheckpointError(
-            f"{out} already holds checkpoints ({last.name}); pass resume=true to continue it, or choose a new output"
-        )
-    out.mkdir(parents=True, exist_ok=True)
+            raise CheckpointError(
+                f"resume=true but {ckpt_dir} holds no checkpoint; drop resume=true to start this run fresh "
+                "(or pass train.allow_fresh_start=true)"
+            )
+        moved = set_aside(out) if unreadable is not None else None
+        if moved is not None:
+            print(f"warning: {unreadable}; moved the run's files to {moved} and starting fresh "
+                  "(train.allow_fresh_start=true)", file=sys.stderr)
+    else:
+        last = latest_checkpoint(ckpt_dir) if ckpt_dir.is_dir() else None
+        if last is not None:
+            raise CheckpointError(
+                f"{out} already holds checkpoints ({last.name}); pass resume=true to continue it, or choose a new "
+                "output"
+            )
+    check_writable(out)
+    if ckpt_dir.is_dir():
+        check_writable(ckpt_dir)
     (out / "config.yaml").write_text(config_to_yaml(cfg))
     return None
 

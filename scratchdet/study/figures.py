@@ -119,7 +119,7 @@ def samples_figure(rows: list[tuple], title: str) -> Figure:
         ax.set_ylabel(f"{key} seen (log scale)")
         ax.set_title(key)
         ax.grid(alpha=0.3, axis="y")
-    axes[0].legend(fontsize=8)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=len(series), fontsize=8)
     fig.suptitle(title, fontsize=10)
     return fig
 
@@ -161,7 +161,9 @@ def data_size_figure(points: list[SizePoint], title: str) -> Figure:
                         xytext=(0, 6), ha="center", fontsize=8, color="red" if gap > CAUGHT_UP_AP else "gray")
     ax.set_xscale("log")
     ticks = sorted(xs.items(), key=lambda kv: kv[1])
-    ax.set_xticks([v for _, v in ticks], [f"{label}\n({v:,})" if v in known else label for label, v in ticks])
+    names = [label if v not in known or label == str(v) else f"{label}\n({v:,})" for label, v in ticks]
+    ax.set_xticks([v for _, v in ticks], names)
+    ax.margins(x=0.08, y=0.12)  # room for the gap annotations
     ax.minorticks_off()
     ax.set_xlabel("training images (log scale)")
     ax.set_ylabel("final bbox AP (%)")

@@ -22,6 +22,7 @@ SEEN_KEYS = ("images", "instances", "pixels")
 
 
 def thresholds_text() -> str:
+    """The thresholds behind the findings' wording, stated in the report."""
     return (f"Thresholds: a gap of at most CAUGHT_UP_AP = {CAUGHT_UP_AP} AP points counts as 'within' / 'caught up'; "
             "AP values are rounded to 0.1 before they are compared. Only finished runs whose last evaluation has "
             "predictions enter comparisons.")
@@ -50,7 +51,7 @@ def gap_sentence(where: str, metric: str, pre: float, scr: float) -> str:
 def unusable_reason(run: RunData | None) -> str | None:
     """Why a run cannot enter a comparison, or None when it can."""
     if run is None:
-        return "is not in the plan"
+        return "no such run in the plan"
     if not run.started:
         return f"{run.name} has no records"
     if not run.finished:
@@ -95,6 +96,7 @@ def sizes(runs: list[RunData]) -> list[str]:
 
 
 def sort_runs(runs: list[RunData]) -> list[RunData]:
+    """Table order: size (smallest first), hparams, scratch before pre-trained, schedule."""
     order = sizes(runs)
     return sorted(runs, key=lambda r: (order.index(r.size_label), r.hparams,
                                        ARMS.index(r.init) if r.init in ARMS else len(ARMS), r.schedule or 0.0, r.name))
@@ -114,11 +116,13 @@ def main_size(runs: list[RunData]) -> str:
 
 
 def smallest_sizes(runs: list[RunData]) -> list[str]:
+    """The size(s) shown with training loss next to AP (Fig. 8): the smallest, or the two smallest of 4+ sizes."""
     ordered = sizes(runs)
     return ordered[:2] if len(ordered) > 3 else ordered[:1]
 
 
 def best_hparams(runs: list[RunData], size_label: str, arm: str) -> str | None:
+    """The setting of the arm's best usable run at that size (over schedules), or None."""
     run = best_run(r for r in runs if r.size_label == size_label and r.init == arm)
     return run.hparams if run else None
 
@@ -146,6 +150,7 @@ class SizePoint:
 
 
 def size_points(runs: list[RunData]) -> list[SizePoint]:
+    """One point per size (smallest first), each arm at its best finished schedule under the selected setting."""
     points = []
     for size in sizes(runs):
         hp = selected_hparams(runs, size)[0]
@@ -159,6 +164,7 @@ def size_points(runs: list[RunData]) -> list[SizePoint]:
 
 
 def problem_findings(runs: list[RunData]) -> list[str]:
+    """Runs that are missing, unfinished or end without predictions: said in words, left out of comparisons."""
     out = []
     for run in sort_runs(runs):
         if not run.started:
@@ -234,7 +240,8 @@ def _early_findings(compared: list[tuple[RunData, RunData]], prefix: str) -> lis
     """Finding 1 (pre-training speeds up convergence early): the first evaluation both arms of a schedule have."""
     for s, p in reversed(compared):  # the longest schedule has the longest shared view of the early phase
         pre_curve = dict(p.curve())
-        common = [(i, v) for i, v in s.curve() if i in pre_curve]
+        last = min(s.last_eval["iter"], p.last_eval["iter"])
+        common = [(i, v) for i, v in s.curve() if i in pre_curve and i < last]  # the final one is not "early"
         if common:
             i, v = common[0]
             return [gap_sentence(f"{prefix}Early, at iter {i} ({s.label} runs' first common evaluation)", "bbox AP",
@@ -268,15 +275,17 @@ def sample_findings(runs: list[RunData]) -> list[str]:
     ratios = {k: total[k] / s_own[k] if s_own[k] else float("inf") for k in keys}
     estimate = (p.pretrain_seen or {}).get("estimate")
     note = f" Pre-training counts are an estimate: {estimate}." if estimate else ""
-    return [f"At {s.label}, pre-training + fine-tuning saw {_times(ratios['images'])} the images of scratch, "
-            f"{_times(ratios['instances'])} the instances and {_times(ratios['pixels'])} the pixels "
+    return [f"At {s.label} (train size {size}), pre-training + fine-tuning saw {_times(ratios['images'])} the images "
+            f"of scratch, {_times(ratios['instances'])} the instances and {_times(ratios['pixels'])} the pixels "
             f"({total['images']:,} vs {s_own['images']:,} images; {total['pixels']:,} vs {s_own['pixels']:,} "
             f"pixels).{note}"]
 
 
 def _size_name(point: SizePoint) -> str:
-    return f"{point.train_images:,} training images ({point.size_label})" if point.train_images else (
-        f"training set '{point.size_label}'")
+    if not point.train_images:
+        return f"training set '{point.size_label}'"
+    named = "" if point.size_label == str(point.train_images) else f", '{point.size_label}'"
+    return f"{point.train_images:,} training images{named}"
 
 
 def size_findings(points: list[SizePoint]) -> list[str]:
@@ -290,8 +299,8 @@ def size_findings(points: list[SizePoint]) -> list[str]:
                        "a final AP).")
             continue
         compared.append((point, _gap(pre.final(), scr.final())))
-        out.append(gap_sentence(f"With {_size_name(point)} (scratch {scr.label}, pre-trained {pre.label})", "bbox AP",
-                                pre.final(), scr.final()))
+        where = f"With {_size_name(point)} (best finished: scratch {scr.label}, pre-trained {pre.label})"
+        out.append(gap_sentence(where, "bbox AP", pre.final(), scr.final()))
     if len(compared) < 2:
         return out
     wins = [p.size_label for p, gap in compared if gap > CAUGHT_UP_AP]
@@ -325,17 +334,18 @@ def loss_findings(runs: list[RunData], size_label: str) -> list[str]:
         if unusable_reason(run) is not None or len(ap) < 2 or len(loss) < 2:
             continue
         end = ap[-1][0]
-        mid_ap, mid_loss = _nearest(ap, end // 2), _nearest(loss, end // 2)
-        end_loss = loss[-1]
-        trend = "fell" if end_loss[1] < mid_loss[1] else "did not fall"
+        mid = _nearest(ap, end // 2)
+        # Loss is logged more often than AP: take the loss records nearest to the two evaluations compared.
+        mid_loss, end_loss = _nearest(loss, mid[0])[1], _nearest(loss, end)[1]
+        trend = "fell" if end_loss < mid_loss else "did not fall"
         out.append(f"Train size {size_label}, {ARM_NAMES.get(run.init, run.init)} {run.label} ({run.name}): from "
-                   f"iter {mid_loss[0]} to {end_loss[0]} training loss {trend} "
-                   f"({mid_loss[1]:.3f} -> {end_loss[1]:.3f}) while bbox AP went {mid_ap[1]:.1f} -> {ap[-1][1]:.1f} "
-                   f"(iter {mid_ap[0]} -> {end}).")
+                   f"iter {mid[0]} to {end} training loss {trend} ({mid_loss:.3f} -> {end_loss:.3f}) while bbox AP "
+                   f"went {mid[1]:.1f} -> {ap[-1][1]:.1f}.")
     return out
 
 
 def hparam_findings(runs: list[RunData]) -> list[str]:
+    """Per size with several settings: the one used (pre-trained arm's best) and whether scratch would pick another."""
     out = []
     for size in sizes(runs):
         settings = {r.hparams for r in runs if r.size_label == size}

@@ -62,6 +62,7 @@ class RunData:
     init_record: dict | None = None
 
     def of_type(self, record_type: str) -> list[dict]:
+        """Records of one type ("start", "train", "eval", "end"), by iteration."""
         return [r for r in self.records if r.get("type") == record_type]
 
     @property
@@ -83,8 +84,10 @@ class RunData:
 
     @property
     def finished(self) -> bool:
-        """True when the run wrote its "end" record (the trainer writes it only after the last iteration)."""
-        return self.end is not None
+        """True when the run wrote its "end" record (the trainer writes it after its last iteration) at or past the
+        plan's max_iters (an "end" below it comes from a run capped by train.max_iters)."""
+        end = self.end
+        return end is not None and (self.max_iters is None or end["iter"] >= self.max_iters)
 
     @property
     def started(self) -> bool:
@@ -92,8 +95,7 @@ class RunData:
 
     @property
     def last_iter(self) -> int | None:
-        iters = [r["iter"] for r in self.records if isinstance(r.get("iter"), int)]
-        return max(iters) if iters else None
+        return self.records[-1]["iter"] if self.records else None
 
     @property
     def last_eval(self) -> dict | None:
@@ -178,13 +180,16 @@ class Study:
     pretrain: dict[str, dict]  # arm name -> summary of the pre-training run the study performed for it
 
 
-def _dedup(records: list[dict]) -> list[dict]:
-    """Keeps the LAST record per (type, iter): a resumed run re-logs the iterations after its checkpoint."""
+def _dedup(records: list) -> list[dict]:
+    """Keeps the LAST record per (type, iter), sorted by iter: a resumed run re-logs the iterations after its
+    checkpoint. Records without an integer iter cannot be placed on a curve and are dropped."""
     latest: dict[tuple, dict] = {}
     for record in records:
-        latest.pop((record.get("type"), record.get("iter")), None)  # re-insert so order follows the last write
-        latest[(record.get("type"), record.get("iter"))] = record
-    return sorted(latest.values(), key=lambda r: r["iter"] if isinstance(r.get("iter"), int) else -1)
+        if isinstance(record, dict) and isinstance(record.get("iter"), int):
+            key = (record.get("type"), record["iter"])
+            latest.pop(key, None)  # re-insert so that, within one iter, order follows the last write
+            latest[key] = record
+    return sorted(latest.values(), key=lambda r: r["iter"])
 
 
 def _read_json(path: Path) -> dict | None:
@@ -215,11 +220,11 @@ def load_run(root: Path, entry: dict, trunks: dict[str, Path]) -> RunData:
     trunk_dir = (trunks.get(trunk) or root / trunk) if trunk else None  # a trunk's name or its path
     init_record = _read_json(run_dir / "init.json")
     if trunk_dir is not None and isinstance(fork_iter, int) and fork_iter > 0:
-        has_early = any(r.get("type") in ("train", "eval") and r.get("iter", 0) <= fork_iter for r in records)
+        has_early = any(r.get("type") in ("train", "eval") and r["iter"] <= fork_iter for r in _dedup(records))
         if not has_early:
             # The runner may start a fork from the trunk's checkpoint with a fresh log: the curve's head is there.
-            head = [r for r in _run_records(trunk_dir) if isinstance(r.get("iter"), int) and r["iter"] <= fork_iter]
-            records = [r for r in head if r.get("type") != "end"] + records
+            head = [r for r in _dedup(_run_records(trunk_dir)) if r["iter"] <= fork_iter and r.get("type") != "end"]
+            records = head + records
         if init_record is None:
             init_record = _read_json(trunk_dir / "init.json")
     size = entry.get("train_size")
@@ -382,6 +387,7 @@ def samples_table(runs: list[RunData]) -> Table:
 
 
 def data_size_table(points: list[findings.SizePoint]) -> Table:
+    """Figs. 7-8 as numbers: per size, each arm's best finished run and the gap."""
     rows = []
     for p in points:
         s, t = p.arms.get("scratch"), p.arms.get("pretrained")

@@ -208,15 +208,16 @@ def test_image_folder_data(tmp_path):
 
 
 def test_a_short_run_learns_two_texture_classes(tmp_path):
-    # Horizontal vs vertical stripes: 100 iterations of batch 16 take a few seconds and end far above chance
-    # (about 85% here); the bounds leave a wide margin, so a different BLAS or thread count cannot flip them.
+    # Horizontal vs vertical stripes: 150 iterations of batch 16 take a few seconds. Over seeds 0-5 they ended at
+    # 93-97% val top-1 with the last logged loss below 0.25 x the first; the bounds leave a wide margin, so another
+    # BLAS, thread count or platform cannot flip them.
     out = tmp_path / "learn"
     overrides = tiny(out, **{
         "data.synthetic_classes": 2, "data.synthetic_train_images": 2000, "data.synthetic_val_images": 200,
         "data.synthetic_size": 64, "solver.batch_size": 16, "solver.base_lr": 0.16, "solver.warmup_iters": 5,
-        "train.iters": 100, "train.log_period": 20, "train.checkpoint_period": 100, "eval.batch_size": 100,
+        "train.iters": 150, "train.log_period": 20, "train.checkpoint_period": 150, "eval.batch_size": 100,
     })
     result = classify.pretrain(load_pretrain_config(None, overrides))
     losses = [r["loss"] for r in read_metrics(out, "train")]
-    assert losses[-1] < 0.8 * losses[0], losses
-    assert result["eval"]["top1"] >= 70.0, result["eval"]
+    assert losses[-1] < 0.6 * losses[0], losses
+    assert result["eval"]["top1"] >= 75.0, result["eval"]  # chance: 50%
