@@ -1,15 +1,21 @@
-"""From config to datasets and loaders: the one place that translates data.* keys into arguments (style rule 2)."""
+"""From config to datasets and loaders: the one place that translates data.* keys into arguments (style rule 2).
+
+Also the training-only skip policy for unreadable images (data.skip_bad_images, issue 6 promise 8), a wrapper
+around the training dataset so it applies to any dataset type and never to evaluation.
+"""
 
 from __future__ import annotations
 
+import warnings
+
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from scratchdet.config import Config
 from scratchdet.data.coco import CocoDetection
 from scratchdet.data.samplers import TrainingSampler
 from scratchdet.data.transforms import build_train_transform
-from scratchdet.errors import ConfigError
+from scratchdet.errors import ConfigError, DataError
 
 
 def _require(value: str | None, key: str) -> str:
@@ -18,10 +24,102 @@ def _require(value: str | None, key: str) -> str:
     return value
 
 
-def build_train_dataset(cfg: Config) -> CocoDetection:
-    """The training split: crowd excluded, images without usable annotations skipped, optional seeded subset."""
+class SkipUnreadableImages(Dataset):
+    """A training dataset whose samples with a missing or undecodable image file are replaced, not fatal.
+
+    The replacement for index i is the first readable image at i + 1, i + 2, ... (wrapping around), transformed
+    with the sampler's seed for position i: a pure function of (seed, position) and the files, so a resumed run
+    sees the same replacements. Every skip warns and is listed in the target as "skipped" (the trainer writes
+    each to metrics.jsonl). Only unreadable files are skipped: a size that disagrees with the JSON, or a broken
+    mask, is a data bug and still raises. Other attributes are those of the wrapped dataset.
+
+    Args:
+        dataset: a training dataset (train=True) that raises DataError with field "file_name" for a bad file.
+        max_fraction: raise DataError once more than this fraction of its images turned out unreadable.
+        check_files: look for missing files now, so a wrong image folder fails before training.
+
+    Raises:
+        ConfigError: dataset is an evaluation split, or max_fraction is outside [0, 1].
+        DataError: more than max_fraction of the images are missing (now) or unreadable (when read).
+    """
+
+    def __init__(self, dataset: CocoDetection, max_fraction: float, check_files: bool = True):
+        if not dataset.train:
+            raise ConfigError("data.skip_bad_images applies to training only: evaluation must see every image")
+        if not 0.0 <= max_fraction <= 1.0:
+            raise ConfigError(f"data.max_skip_fraction={max_fraction} must be in [0, 1]")
+        self.dataset = dataset
+        self.max_fraction = max_fraction
+        self.unreadable: dict[int, str] = {}  # image id -> error; per process (loader workers hold copies)
+        missing = dataset.missing_files() if check_files else {}
+        for image_id, path in missing.items():
+            self._note(image_id, f"image file not found: {path}")
+        if missing:
+            warnings.warn(f"{len(missing)} of {len(dataset)} training image files are missing ({dataset.json_path}); "
+                          "data.skip_bad_images=true replaces them when sampled", stacklevel=2)
+
+    def __getattr__(self, name: str):
+        if name == "dataset" or name.startswith("__"):  # not set yet (unpickling in a loader worker)
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def _note(self, image_id: int, error: str) -> None:
+        self.unreadable.setdefault(image_id, error)
+        limit = self.max_fraction * len(self.dataset)
+        if len(self.unreadable) > limit:
+            first_id, first_error = next(iter(self.unreadable.items()))
+            raise DataError(
+                f"{len(self.unreadable)} of {len(self.dataset)} training images are unreadable, more than "
+                f"data.max_skip_fraction={self.max_fraction} allows; first: {first_error}. Fix or remove these "
+                "images (check data.train.images), or raise data.max_skip_fraction",
+                path=self.dataset.json_path, image_id=first_id, field="file_name",
+            )
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, dict]:
+        index, sample_seed = key if isinstance(key, tuple) else (key, key)
+        n = len(self.dataset)
+        skipped: list[dict] = []
+        for step in range(n):
+            try:
+                image, target = self.dataset[((index + step) % n, sample_seed)]
+            except DataError as e:
+                if e.field != "file_name":
+                    raise
+                self._note(e.image_id, str(e))
+                skipped.append({"image_id": e.image_id, "error": str(e)})
+                warnings.warn(f"skipped unreadable training image (data.skip_bad_images=true): {e}", stacklevel=2)
+                continue
+            target["skipped"] = skipped
+            return image, target
+        raise DataError(f"none of the {n} training images can be read", path=self.dataset.json_path)
+
+    def record_skips(self, targets: list[dict]) -> list[dict]:
+        """Counts a batch's skips run-wide in this (main-process) copy; returns one record per skip.
+
+        Loader workers count in their own copies, so the max_fraction check over all workers happens here.
+
+        Raises:
+            DataError: more than max_fraction of the images are unreadable.
+        """
+        records = []
+        for target in targets:
+            for skip in target.get("skipped", ()):
+                self._note(skip["image_id"], skip["error"])
+                records.append({**skip, "replaced_by": int(target["image_id"]),
+                                "unreadable_images": len(self.unreadable)})
+        return records
+
+
+def build_train_dataset(cfg: Config) -> CocoDetection | SkipUnreadableImages:
+    """The training split: crowd excluded, images without usable annotations skipped, optional seeded subset.
+
+    With data.skip_bad_images, wrapped in SkipUnreadableImages (missing files are then counted, not fatal).
+    """
     d = cfg.data
-    return CocoDetection(
+    dataset = CocoDetection(
         _require(d.train.json, "data.train.json"),
         _require(d.train.images, "data.train.images"),
         train=True,
@@ -29,12 +127,18 @@ def build_train_dataset(cfg: Config) -> CocoDetection:
         subset_seed=d.subset_seed,
         transform=build_train_transform(d.min_size_train, d.max_size_train, d.flip_prob),
         load_masks=cfg.model.arch == "mask_rcnn",
-        check_files=d.check_files,
+        check_files=d.check_files and not d.skip_bad_images,
     )
+    if d.skip_bad_images:
+        return SkipUnreadableImages(dataset, d.max_skip_fraction, check_files=d.check_files)
+    return dataset
 
 
 def build_val_dataset(cfg: Config) -> CocoDetection:
-    """The evaluation split: every image kept, original size (the model resizes to data.min_size_test)."""
+    """The evaluation split: every image kept, original size (the model resizes to data.min_size_test).
+
+    Never skips an image (data.skip_bad_images is for training only): an unreadable image raises DataError.
+    """
     d = cfg.data
     return CocoDetection(
         _require(d.val.json, "data.val.json"),
@@ -51,7 +155,7 @@ def collate(batch: list) -> tuple[list, list]:
     return list(images), list(targets)
 
 
-def build_train_loader(dataset: CocoDetection, cfg: Config, start_iter: int = 0) -> DataLoader:
+def build_train_loader(dataset: Dataset, cfg: Config, start_iter: int = 0) -> DataLoader:
     """An endless loader of `train.batch_size` images per step, starting at iteration `start_iter` of the stream."""
     batch = cfg.train.batch_size
     sampler = TrainingSampler(len(dataset), cfg.seed, start=start_iter * batch)

@@ -16,10 +16,10 @@ import contextlib
 import gc
 import io
 import json
-import math
 import operator
 import os
 import random
+import sys
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -77,7 +77,8 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    # Not math.isfinite: it raises on ints beyond float range such as 10**400 (tests/reliability/test_fuzz_coco.py).
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) <= sys.float_info.max
 
 
 def _all_finite_numbers(values: list) -> bool:
@@ -119,6 +120,8 @@ def _read_json(path: str) -> Any:
         raise DataError(
             f"not a UTF-8 JSON file ({e.reason} at byte {e.start}); re-export it as UTF-8", path=path
         ) from None
+    except (ValueError, RecursionError) as e:  # e.g. an integer of more than 4300 digits, nesting too deep
+        raise DataError(f"not a readable JSON file: {e}; re-export it", path=path) from None
     except OSError as e:
         raise DataError(f"cannot read the annotation file: {e.strerror or e}", path=path) from None
 
@@ -176,6 +179,10 @@ def _validate_segmentation(seg: Any, img: dict, ann_id: int, path: str) -> None:
                     "polygons are flat [x1, y1, x2, y2, ...] lists",
                     **where,
                 )
+            side = max(img["width"], img["height"])  # pycocotools' memory grows with coordinates; 1e12 segfaults
+            if poly and (min(poly) < -side or max(poly) > 2 * side):
+                msg = f"polygon {i} has points far outside the {img['width']}x{img['height']} image (allowed: "
+                raise DataError(f"malformed segmentation: {msg}[-{side}, {2 * side}] px); fix the annotation", **where)
         return
     if not isinstance(seg, dict):
         raise DataError(
@@ -505,12 +512,16 @@ class CocoDetection(torch.utils.data.Dataset):
     def _image_path(self, image_id: int) -> Path:
         return self.image_dir / self.coco.imgs[image_id]["file_name"]
 
+    def missing_files(self) -> dict[int, Path]:
+        """The yielded images whose file does not exist: image id -> expected path."""
+        return {i: path for i in self.image_ids if not (path := self._image_path(i)).is_file()}
+
     def _check_files(self) -> None:
-        missing = [i for i in self.image_ids if not self._image_path(i).is_file()]
+        missing = self.missing_files()
         if missing:
-            first = missing[0]
+            first = next(iter(missing))
             raise DataError(
-                f"image file not found: {self._image_path(first)} ({len(missing)} of {len(self.image_ids)} "
+                f"image file not found: {missing[first]} ({len(missing)} of {len(self.image_ids)} "
                 f"image files are missing); check image_dir ({self.image_dir}) and the 'file_name' entries",
                 path=self.json_path,
                 image_id=first,

@@ -20,12 +20,19 @@ import sys
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from scratchdet.config import Config, config_to_dict, config_to_yaml
 from scratchdet.engine.checkpoint import latest_checkpoint, verify_checkpoint
 from scratchdet.errors import CheckpointError
+
+if TYPE_CHECKING:  # pretrain imports this module; the alias is for type checkers only
+    from scratchdet.pretrain.config import PretrainConfig
+
+    # Detection and pre-training runs share the folder rules: structured configs with `output`, `seed`, `resume`.
+    RunConfig = Config | PretrainConfig
 
 # Keys a resumed run may change: they affect how the run is watched or cut, not what it computes.
 RESUMABLE_KEYS = {
@@ -104,7 +111,7 @@ def set_aside(out: Path) -> Path | None:
     return target
 
 
-def prepare_run_dir(cfg: Config) -> Path | None:
+def prepare_run_dir(cfg: RunConfig) -> Path | None:
     """Creates the run folder and returns the checkpoint to resume from (None for a fresh run).
 
     With resume=true and train.allow_fresh_start=true, a folder without a checkpoint, or whose latest checkpoint
@@ -133,16 +140,16 @@ def prepare_run_dir(cfg: Config) -> Path | None:
             check_writable(out)
             check_writable(ckpt_dir)
             return last
-        # getattr: the pre-training config (scratchdet/pretrain/config.py) shares this function but not the key.
-        if not getattr(cfg.train, "allow_fresh_start", False):
+        # The pre-training config (scratchdet/pretrain/config.py) shares this function but not the opt-in key.
+        has_opt_in = hasattr(cfg.train, "allow_fresh_start")
+        if not (has_opt_in and cfg.train.allow_fresh_start):
             if unreadable is not None:
-                raise CheckpointError(
-                    f"resume=true but the latest checkpoint cannot be used: {unreadable}. Restore the file, or pass "
-                    "train.allow_fresh_start=true to set this run's files aside and start over"
-                )
+                how = ", or pass train.allow_fresh_start=true to set this run's files aside and start over"
+                raise CheckpointError(f"resume=true but the latest checkpoint cannot be used: {unreadable}. Restore "
+                                      f"the file{how if has_opt_in else ''}")
             raise CheckpointError(
-                f"resume=true but {ckpt_dir} holds no checkpoint; drop resume=true to start this run fresh "
-                "(or pass train.allow_fresh_start=true)"
+                f"resume=true but {ckpt_dir} holds no checkpoint; drop resume=true to start this run fresh"
+                + (" (or pass train.allow_fresh_start=true)" if has_opt_in else "")
             )
         moved = set_aside(out) if unreadable is not None else None
         if moved is not None:
@@ -162,7 +169,7 @@ def prepare_run_dir(cfg: Config) -> Path | None:
     return None
 
 
-def write_env(out: Path, cfg: Config, device: str) -> None:
+def write_env(out: Path, cfg: RunConfig, device: str) -> None:
     """Records what produced the run: seed, library versions, git commit, command line, device."""
     import numpy
     import pycocotools

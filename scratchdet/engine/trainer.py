@@ -19,7 +19,15 @@ from tqdm import tqdm
 
 from scratchdet.config import Config
 from scratchdet.data.build import build_train_dataset, build_train_loader, build_val_dataset
-from scratchdet.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from scratchdet.engine.checkpoint import (
+    check_free_space,
+    estimate_checkpoint_bytes,
+    load_checkpoint,
+    planned_checkpoints,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from scratchdet.engine.initialization import initialize
 from scratchdet.engine.metrics import MetricsWriter
 from scratchdet.engine.optim import build_optimizer
@@ -105,6 +113,9 @@ def train(cfg: Config) -> dict:
         set_rng_state(state["rng"])
         start_iter, seen, pretrain_seen = state["iteration"], state["seen"], state["pretrain_seen"]
         tqdm.write(f"resuming {out} from {resume_from.name} (iteration {start_iter})")
+    # Issue 6, promise 9: a disk too full for this run's checkpoints fails now, not at a save hours into the run.
+    n_checkpoints = planned_checkpoints(start_iter, end_iter, cfg.train.checkpoint_period, cfg.train.extra_checkpoints)
+    check_free_space(out / "checkpoints", estimate_checkpoint_bytes(model), n_checkpoints)
 
     def checkpoint(iteration: int) -> Path:
         return save_checkpoint(out / "checkpoints", iteration, {
@@ -136,6 +147,11 @@ def train(cfg: Config) -> dict:
             tick = time.perf_counter()
             images, targets = next(loader)
             data_time += time.perf_counter() - tick
+            if cfg.data.skip_bad_images:  # issue 6: every replaced unreadable image is logged and counted run-wide
+                for skip in train_set.record_skips(targets):
+                    metrics.write({"type": "skip", "iter": iteration, **skip})
+            if cfg.train.record_image_ids:  # "iter" = 0-based index of the iteration that consumes this batch
+                metrics.write({"type": "batch", "iter": iteration, "image_ids": [int(t["image_id"]) for t in targets]})
             seen["images"] += len(images)
             seen["instances"] += sum(len(t["boxes"]) for t in targets)
             seen["pixels"] += sum(img.shape[-1] * img.shape[-2] for img in images)  # post-transform, pre-padding

@@ -98,7 +98,7 @@ def build_classification_datasets(cfg: PretrainConfig) -> tuple[Dataset, Dataset
     train_tf = build_classification_transform(d.crop_size, train=True)
     val_tf = build_classification_transform(d.crop_size, train=False)
     if d.synthetic:
-        common = dict(num_classes=d.synthetic_classes, size=d.synthetic_size, seed=cfg.seed)
+        common = dict(num_classes=d.synthetic_classes, size=d.synthetic_size, seed=d.synthetic_seed)
         train_set = SyntheticClassification(d.synthetic_train_images, split="train", transform=train_tf, **common)
         val_set = SyntheticClassification(d.synthetic_val_images, split="val", transform=val_tf, **common)
     else:
@@ -291,7 +291,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
         "epochs_seen": seen["images"] / len(train_set),
         "train_images": len(train_set),
         "num_classes": len(classes),
-        "data": cfg.data.root if cfg.data.root else f"synthetic textures (seed {cfg.seed})",
+        "data": cfg.data.root if cfg.data.root else f"synthetic textures (seed {cfg.data.synthetic_seed})",
         "backbone": backbone_description(cfg, model),
         "weights": str(weights),
         "checkpoint": str(out / "checkpoints" / f"model_{end_iter:07d}.pth"),

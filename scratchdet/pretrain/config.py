@@ -34,6 +34,7 @@ class PretrainDataConfig:
     synthetic_val_images: int = 1000
     synthetic_classes: int = 10
     synthetic_size: int = 64  # side of the generated images in pixels
+    synthetic_seed: int = 0  # fixes the images; the run's `seed` (init, order, augmentation) is separate
     # Training crops are crop_size x crop_size; evaluation resizes the short side to crop_size x 256/224 and centre
     # crops crop_size (the standard ImageNet protocol).
     crop_size: int = 224

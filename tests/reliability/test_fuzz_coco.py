@@ -12,7 +12,6 @@ import contextlib
 import copy
 import io
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ from pycocotools import mask as mask_utils
 
 from scratchdet.cli import main
 from scratchdet.data.coco import CocoDetection
-from scratchdet.errors import ScratchdetError
+from scratchdet.errors import DataError, ScratchdetError
 
 SIZE = 8
 FUZZ = settings(max_examples=200, deadline=None, database=None,
@@ -84,28 +83,33 @@ def test_base_dataset_is_valid(fuzz_dir):
 
 
 # Replacement values: wrong types, empty containers, out-of-range and non-finite numbers, odd strings.
+EXTREMES = [0, -1, 1, 2**31, 2**63, 10**400, -(10**400), 1e308, 1e12, -1e12, 1e7, 0.5, -0.0, float("nan"),
+            float("inf"), True, None, "1", [], [1, 2]]
 ODD_VALUES = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**70), 2**70),
-    st.sampled_from([0, -1, 1, 2**31, 2**63, 10**400, -(10**400), 1e308, -1e12, 1e12, 0.5, -0.0]),
+    st.sampled_from(EXTREMES), st.none(), st.booleans(), st.integers(-(2**70), 2**70),
     st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=6), st.sampled_from(["", "\x00", "../a.png"]),
-    st.just([]), st.just({}), st.lists(st.integers(-10, 20), max_size=5),
+    st.just({}), st.lists(st.integers(-10, 20), max_size=5),
     st.lists(st.floats(allow_nan=True, allow_infinity=True), max_size=5),
     st.dictionaries(st.sampled_from(["size", "counts", "id"]), st.integers(-3, 70), max_size=2),
 )
 
 
 def _locations(node, path=()):
-    """Every (path) to a value inside `node`, the root excluded."""
+    """Every path to a value inside `node`, the root excluded."""
     items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
     for key, value in items:
         yield (*path, key)
         yield from _locations(value, (*path, key))
 
 
-def _parent(doc, path):
-    for key in path[:-1]:
+def _get(doc, path):
+    for key in path:
         doc = doc[key]
     return doc
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @st.composite
@@ -120,22 +124,21 @@ def malformed_coco(draw) -> bytes:
     doc = base_coco()
     for _ in range(draw(st.integers(1, 4))):
         locations = list(_locations(doc))
+        op = draw(st.sampled_from(["delete", "replace", "number", "number", "duplicate", "copy_sibling"]))
+        if op == "number":  # most checks are about numbers: ids, sizes, boxes, coordinates, run lengths
+            locations = [p for p in locations if _is_number(_get(doc, p))]
         if not locations:
-            break
+            continue
         path = draw(st.sampled_from(locations))
-        parent, key = _parent(doc, path), path[-1]
-        op = draw(st.sampled_from(["delete", "replace", "replace", "duplicate", "scale", "copy_sibling"]))
+        parent, key = _get(doc, path[:-1]), path[-1]
         if op == "delete":
             del parent[key]
-        elif op == "replace":
-            parent[key] = draw(ODD_VALUES)
+        elif op in ("replace", "number"):
+            # A copy: later mutations must not edit EXTREMES' shared lists (nor build cycles through them).
+            parent[key] = copy.deepcopy(draw(ODD_VALUES if op == "replace" else st.sampled_from(EXTREMES)))
         elif op == "duplicate" and isinstance(parent, list):
             parent.insert(key, copy.deepcopy(parent[key]))  # e.g. a repeated image, annotation or category id
-        elif op == "scale" and isinstance(parent[key], (int, float)) and not isinstance(parent[key], bool):
-            factor = draw(st.sampled_from([-1, 0, 1000, 10**9, 10**20, -(10**6)]))
-            value = parent[key] * factor
-            parent[key] = value if not isinstance(value, float) or math.isfinite(value) else 1e308
-        elif op == "copy_sibling" and isinstance(parent, (dict, list)) and len(parent) > 1:
+        elif op == "copy_sibling" and len(parent) > 1:
             keys = list(parent) if isinstance(parent, dict) else list(range(len(parent)))
             parent[key] = copy.deepcopy(parent[draw(st.sampled_from(keys))])  # same id twice, swapped fields
     return json.dumps(doc).encode()
@@ -183,3 +186,34 @@ def test_data_check_ends_in_success_or_our_error(fuzz_dir, content):
         assert "as a training split" in out.getvalue()
     else:
         assert code == 2 and err.getvalue().startswith("error: ") and len(err.getvalue().strip()) > len("error: ")
+
+
+# Crashes the fuzzer found, kept as plain regression tests (each was another exception type, or a segfault).
+def _set_bbox(doc):
+    doc["annotations"][0]["bbox"] = [1, 1, 10**400, 4]  # OverflowError in math.isfinite
+
+
+def _set_far_polygon(doc):
+    doc["annotations"][0]["segmentation"] = [[0, 0, 1e12, 0, 1e12, 1e12]]  # segfault inside pycocotools
+
+
+@pytest.mark.parametrize(("mutate", "message"), [
+    (_set_bbox, r"bbox must be 4 finite numbers .*annotation id 10, field 'bbox'"),
+    (_set_far_polygon, r"polygon 0 has points far outside the 8x8 image .*annotation id 10, field 'segmentation'"),
+])
+def test_found_cases_are_data_errors(fuzz_dir, mutate, message):
+    json_path, image_dir = fuzz_dir
+    doc = base_coco()
+    mutate(doc)
+    json_path.write_text(json.dumps(doc))
+    with pytest.raises(DataError, match=message):
+        CocoDetection(json_path, image_dir, train=True)
+
+
+@pytest.mark.parametrize("text", ['{"images": [' * 100_000, '{"images": ' + "7" * 5000 + "}"],
+                         ids=["nested_too_deep", "int_of_5000_digits"])
+def test_unparsable_json_is_a_data_error(fuzz_dir, text):
+    json_path, image_dir = fuzz_dir
+    json_path.write_text(text)
+    with pytest.raises(DataError, match="not a readable JSON file"):
+        CocoDetection(json_path, image_dir, train=True)
