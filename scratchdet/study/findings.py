@@ -18,12 +18,16 @@ ARMS = ("scratch", "pretrained")
 ARM_NAMES = {"scratch": "scratch", "pretrained": "pre-trained"}
 # A gap of at most this many AP points counts as "within" / "caught up" (the paper calls 41.3 vs 41.1 comparable).
 CAUGHT_UP_AP = 0.5
+# Below this AP (both arms) a run has not learned enough for "within"/"caught up" to mean anything: two models at
+# 0.1 and 0.3 AP are not "comparable", they are both untrained.
+NOT_LEARNED_AP = 1.0
 SEEN_KEYS = ("images", "instances", "pixels")
 
 
 def thresholds_text() -> str:
     """The thresholds behind the findings' wording, stated in the report."""
     return (f"Thresholds: a gap of at most CAUGHT_UP_AP = {CAUGHT_UP_AP} AP points counts as 'within' / 'caught up'; "
+            f"when both arms are below NOT_LEARNED_AP = {NOT_LEARNED_AP} AP neither has learned enough to call it. "
             "AP values are rounded to 0.1 before they are compared. Only finished runs whose last evaluation has "
             "predictions enter comparisons.")
 
@@ -40,6 +44,9 @@ def _gap(pre: float, scr: float) -> float:
 def gap_sentence(where: str, metric: str, pre: float, scr: float) -> str:
     """E.g. "At 2x, pre-trained leads by 3.1 bbox AP (pre-trained 44.2 vs scratch 41.1)."."""
     gap = _gap(pre, scr)
+    if max(_r1(pre), _r1(scr)) < NOT_LEARNED_AP:
+        return (f"{where}, both arms are below {NOT_LEARNED_AP} {metric} (scratch {scr:.1f} vs pre-trained "
+                f"{pre:.1f}): neither has learned enough to compare.")
     if gap > CAUGHT_UP_AP:
         return f"{where}, pre-trained leads by {gap:.1f} {metric} (pre-trained {pre:.1f} vs scratch {scr:.1f})."
     if gap < -CAUGHT_UP_AP:
@@ -204,7 +211,8 @@ def schedule_findings(group: list[RunData], prefix: str = "") -> list[str]:
                    + ", ".join(f"{s:g}x" for s in only) + ".")
     if not compared:
         return out
-    caught = next(((s, p) for s, p in compared if _gap(p.final(), s.final()) <= CAUGHT_UP_AP), None)
+    caught = next(((s, p) for s, p in compared
+                   if _gap(p.final(), s.final()) <= CAUGHT_UP_AP and _r1(p.final()) >= NOT_LEARNED_AP), None)
     if caught:
         s, p = caught
         out.append(f"{prefix}Scratch catches up at {s.label} (first schedule within {CAUGHT_UP_AP} bbox AP: "

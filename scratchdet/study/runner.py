@@ -72,12 +72,16 @@ def execute_plan(plan: Plan, spec: StudySpec, study_dir: Path) -> dict:
             status[run.path] = f"not run: trunk {run.trunk} failed"
             continue
         try:
+            forked = False
             if run.trunk is not None and checkpoint_iteration(out) is None:
                 if out.exists():
                     shutil.rmtree(out)  # a fork interrupted before its first checkpoint holds nothing to keep
                 fork_run(study_dir / run.trunk, run.fork_iter, run_config(spec.base_config, run.overrides, out))
+                forked = True
                 print(f"[study] {run.name}: forked from {run.trunk} at iteration {run.fork_iter}")
             status[run.path] = _train_until(spec.base_config, run.overrides, out, run.max_iters, [])
+            if forked:
+                status[run.path] = f"trained from the trunk's iteration {run.fork_iter}"
         except ScratchdetError as e:
             status[run.path] = f"failed: {e}"
         print(f"[study] {run.name}: {status[run.path]}")

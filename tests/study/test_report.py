@@ -351,3 +351,11 @@ def test_no_plan_raises(tmp_path):
     (tmp_path / "plan.json").write_text("[1, 2")
     with pytest.raises(ScratchdetError, match="not a JSON object"):
         write_report(tmp_path)
+
+
+def test_untrained_arms_are_not_called_comparable():
+    from scratchdet.study.findings import gap_sentence
+
+    sentence = gap_sentence("At 1x", "bbox AP", 0.3, 0.1)
+    assert "both arms are below 1.0 bbox AP" in sentence and "within" not in sentence
+    assert gap_sentence("At 6x", "bbox AP", 41.1, 41.3).startswith("At 6x, scratch is within 0.2 bbox AP")

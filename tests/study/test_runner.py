@@ -1,0 +1,52 @@
+"""A study killed midway and rerun finishes without redoing finished work (issue 4)."""
+
+import json
+
+import pytest
+import yaml
+from helpers import MINI_CONFIG, tiny_overrides
+
+from scratchdet.engine.metrics import read_metrics
+from scratchdet.study import runner
+
+
+def write_spec(tmp_path, shapes_dir):
+    overrides = [o for o in tiny_overrides(shapes_dir, tmp_path / "unused") if not o.startswith("output=")]
+    overrides += ["solver.reference_batch=2", "schedule.unit_iters=4", "schedule.drop_tails=[2,1]",
+                  "solver.warmup_iters=1", "eval.period=0", "eval.max_images=2"]
+    spec = {"name": "tiny", "base_config": str(MINI_CONFIG), "output": str(tmp_path / "study"),
+            "overrides": overrides, "schedules": [1, 2], "arms": [{"name": "scratch"}]}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_killed_study_resumes_and_skips_finished_runs(shapes_dir, tmp_path, monkeypatch):
+    spec = write_spec(tmp_path, shapes_dir)
+    real_train, calls = runner.train, []
+
+    def dies_on_the_second_run(cfg):
+        calls.append(cfg.output)
+        if len(calls) == 3:  # trunk, then 1x's tail, then the 2x tail is "killed" before it trains
+            raise KeyboardInterrupt
+        return real_train(cfg)
+
+    monkeypatch.setattr(runner, "train", dies_on_the_second_run)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_study(spec, report=False)
+    monkeypatch.setattr(runner, "train", real_train)
+
+    study = runner.run_study(spec, report=False)
+    status = json.loads((study / "status.json").read_text())
+    assert status["trunks/scratch_all"] == "skipped (finished)"
+    assert status["runs/scratch_all_1x"] == "skipped (finished)"
+    # Killed after its fork was set up but before training: it resumes from the forked checkpoint.
+    assert status["runs/scratch_all_2x"] == "resumed"
+    # The trunk trained once: one "start" record, never a second one from a redo.
+    assert len(read_metrics(study / "trunks/scratch_all", "start")) == 1
+    assert [r["iter"] for r in read_metrics(study / "runs/scratch_all_2x", "train")] == list(range(1, 9))
+    plan = json.loads((study / "plan.json").read_text())
+    assert plan["iterations"] == {"separate": 12, "shared": 6 + 2 + 2, "fraction": pytest.approx(10 / 12, abs=1e-4)}
+
+    again = runner.run_study(spec, report=False)
+    assert set(json.loads((again / "status.json").read_text()).values()) == {"skipped (finished)"}
