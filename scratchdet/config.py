@@ -160,28 +160,38 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Merges the YAML file at `path` and dotted `key=value` overrides over the defaults, then validates.
+def load_structured(schema: type, path: str | Path | None, overrides: list[str] | None, what: str = "config"):
+    """Merges the YAML at `path` and dotted `key=value` overrides over the dataclass `schema`; returns an instance.
+
+    Shared by detection, pre-training and study configs so they all report bad keys and values the same way.
 
     Raises:
-        ConfigError: unknown key, wrong type, missing file, or a value outside its valid choices.
+        ConfigError: unknown key, wrong type, missing file, or an override without "=".
     """
-    parts = [OmegaConf.structured(Config)]
+    parts = [OmegaConf.structured(schema)]
     try:
         if path is not None:
             if not Path(path).is_file():
-                raise ConfigError(f"config file {path} does not exist")
+                raise ConfigError(f"{what} file {path} does not exist")
             parts.append(OmegaConf.load(path))
         if overrides:
             bad = [o for o in overrides if "=" not in o]
             if bad:
                 raise ConfigError(f"override {bad[0]!r} is not of the form key=value (e.g. train.max_iters=100)")
             parts.append(OmegaConf.from_dotlist(list(overrides)))
-        merged = OmegaConf.merge(*parts)
-        cfg = OmegaConf.to_object(merged)
-    except OmegaConfBaseException as e:
+        return OmegaConf.to_object(OmegaConf.merge(*parts))
+    except (OmegaConfBaseException, TypeError, ValueError) as e:
         where = f" in {path}" if path is not None else ""
-        raise ConfigError(f"invalid config{where}: {e}".replace("\n", "; ")) from None
+        raise ConfigError(f"invalid {what}{where}: {e}".replace("\n", "; ")) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Merges the YAML file at `path` and dotted `key=value` overrides over the defaults, then validates.
+
+    Raises:
+        ConfigError: unknown key, wrong type, missing file, or a value outside its valid choices.
+    """
+    cfg = load_structured(Config, path, overrides)
     assert isinstance(cfg, Config)
     resolve_data_paths(cfg)
     validate_config(cfg)

@@ -178,3 +178,15 @@ def check_free_space(folder: str | Path, checkpoint_bytes: int, count: int) -> N
             f"{needed:,} needed ({count} checkpoint(s) of up to {checkpoint_bytes:,} bytes); free space, choose "
             "another output=, or raise train.checkpoint_period"
         )
+
+
+def restore_training_state(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """Loads model, optimizer and every RNG state from a checkpoint; returns it (iteration, seen, ...) for the rest.
+
+    Shared by the detection and pre-training loops, so both resume exactly the same way.
+    """
+    state = load_checkpoint(path)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    set_rng_state(state["rng"])
+    return state

@@ -22,11 +22,10 @@ from scratchdet.data.build import build_train_dataset, build_train_loader, build
 from scratchdet.engine.checkpoint import (
     check_free_space,
     estimate_checkpoint_bytes,
-    load_checkpoint,
     planned_checkpoints,
+    restore_training_state,
     rng_state,
     save_checkpoint,
-    set_rng_state,
 )
 from scratchdet.engine.initialization import initialize
 from scratchdet.engine.metrics import MetricsWriter
@@ -107,10 +106,7 @@ def train(cfg: Config) -> dict:
 
     start_iter = 0
     if resume_from is not None:
-        state = load_checkpoint(resume_from)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
+        state = restore_training_state(resume_from, model, optimizer)
         start_iter, seen, pretrain_seen = state["iteration"], state["seen"], state["pretrain_seen"]
         tqdm.write(f"resuming {out} from {resume_from.name} (iteration {start_iter})")
     # Issue 6, promise 9: a disk too full for this run's checkpoints fails now, not at a save hours into the run.

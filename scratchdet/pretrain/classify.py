@@ -34,7 +34,7 @@ from scratchdet.data.classification import (
     build_classification_train_loader,
     build_classification_transform,
 )
-from scratchdet.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from scratchdet.engine.checkpoint import restore_training_state, rng_state, save_checkpoint
 from scratchdet.engine.metrics import MetricsWriter
 from scratchdet.engine.optim import param_groups
 from scratchdet.engine.run_dir import prepare_run_dir, write_env
@@ -190,10 +190,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
 
     start_iter = 0
     if resume_from is not None:
-        state = load_checkpoint(resume_from)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
+        state = restore_training_state(resume_from, model, optimizer)
         start_iter, seen = state["iteration"], state["seen"]
         tqdm.write(f"resuming {out} from {resume_from.name} (iteration {start_iter})")
 

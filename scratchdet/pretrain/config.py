@@ -15,7 +15,7 @@ from pathlib import Path
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from scratchdet.config import DEPTHS, _choice, _positive
+from scratchdet.config import DEPTHS, _choice, _positive, load_structured
 from scratchdet.data.classification import TEXTURE_CLASSES
 from scratchdet.errors import ConfigError
 
@@ -108,21 +108,7 @@ def load_pretrain_config(path: str | Path | None = None, overrides: list[str] | 
     Raises:
         ConfigError: unknown key, wrong type, missing file, or a value outside its valid choices.
     """
-    parts = [OmegaConf.structured(PretrainConfig)]
-    try:
-        if path is not None:
-            if not Path(path).is_file():
-                raise ConfigError(f"config file {path} does not exist")
-            parts.append(OmegaConf.load(path))
-        if overrides:
-            bad = [o for o in overrides if "=" not in o]
-            if bad:
-                raise ConfigError(f"override {bad[0]!r} is not of the form key=value (e.g. train.max_iters=100)")
-            parts.append(OmegaConf.from_dotlist(list(overrides)))
-        cfg = OmegaConf.to_object(OmegaConf.merge(*parts))
-    except OmegaConfBaseException as e:
-        where = f" in {path}" if path is not None else ""
-        raise ConfigError(f"invalid pre-training config{where}: {e}".replace("\n", "; ")) from None
+    cfg = load_structured(PretrainConfig, path, overrides, "pre-training config")
     assert isinstance(cfg, PretrainConfig)
     validate_pretrain_config(cfg)
     return cfg

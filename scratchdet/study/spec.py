@@ -22,9 +22,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omegaconf import MISSING, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import MISSING
 
+from scratchdet.config import load_structured
 from scratchdet.errors import ConfigError
 
 
@@ -63,14 +63,7 @@ class StudySpec:
 
 def load_study_spec(path: str | Path, overrides: list[str] | None = None) -> StudySpec:
     """Reads a study spec YAML (plus dotted overrides such as output=runs/x) and validates it."""
-    if not Path(path).is_file():
-        raise ConfigError(f"study spec {path} does not exist")
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(StudySpec), OmegaConf.load(path),
-                                 OmegaConf.from_dotlist(list(overrides or [])))
-        spec = OmegaConf.to_object(merged)
-    except (OmegaConfBaseException, TypeError, ValueError) as e:
-        raise ConfigError(f"invalid study spec {path}: {e}".replace("\n", "; ")) from None
+    spec = load_structured(StudySpec, path, overrides, "study spec")
     validate_spec(spec, str(path))
     return spec
 
