@@ -1,6 +1,6 @@
 """The `scratchdet` command: parse arguments, build the config, call the library. No logic of its own.
 
-    scratchdet data synth --out DIR [--train-images N --val-images M --seed S]
+    scratchdet data synth --out DIR [--train-images N --val-images M --seed S --format coco|voc]
     scratchdet data check JSON [--images DIR]
     scratchdet data synth --task classify --out DIR
     scratchdet pretrain CONFIG [key=value ...]
@@ -8,6 +8,7 @@
     scratchdet eval RUN_DIR [checkpoint=PATH] [key=value ...]
     scratchdet study SPEC.yaml [key=value ...]
     scratchdet report STUDY_DIR
+    scratchdet model-info CONFIG [--size H W] [--json] [key=value ...]
 """
 
 from __future__ import annotations
@@ -38,6 +39,14 @@ def _cmd_data_synth(args) -> int:
     print(json.dumps(summary, indent=2))
     print(f"wrote {args.out}/instances_train.json, {args.out}/instances_val.json and images; "
           f"use it with data.root={args.out}")
+    if args.format == "voc":  # issue 7 part 7: the same scenes also in PASCAL VOC layout, beside the COCO files
+        from scratchdet.data.voc import write_voc_layout
+
+        voc = write_voc_layout(args.out, args.out, year=2007)
+        print(json.dumps(voc, indent=2))
+        print(f"wrote {args.out}/VOC2007/ (Annotations, JPEGImages, ImageSets/Main/{{trainval,val}}.txt); use it "
+              f"with data.format=voc data.voc_root={args.out} data.voc_train_sets=[2007_trainval] "
+              "data.voc_val_sets=[2007_val]")
     return 0
 
 
@@ -94,6 +103,17 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _cmd_model_info(args) -> int:
+    from scratchdet.config import load_config
+    from scratchdet.modeling.info import format_model_info, model_info
+
+    # output= is required by the schema but unused here; a user's own output= still wins (it comes later).
+    cfg = load_config(args.config, ["output=unused", *args.overrides])
+    info = model_info(cfg, size=tuple(args.size))
+    print(json.dumps(info, indent=2) if args.json else format_model_info(info, Path(args.config).stem))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scratchdet", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -108,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--min-side", type=int, default=96)
     synth.add_argument("--max-side", type=int, default=192)
+    synth.add_argument("--format", choices=("coco", "voc"), default="coco",
+                       help="detect only: voc also writes the scenes in PASCAL VOC layout under OUT/VOC2007/")
     synth.set_defaults(func=_cmd_data_synth)
     check = data.add_parser("check", help="validate a COCO json and print what cleaning would drop")
     check.add_argument("json")
@@ -138,6 +160,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("run_dir")
     ev.add_argument("overrides", nargs="*", help="checkpoint=PATH and key=value overrides, e.g. eval.max_images=50")
     ev.set_defaults(func=_cmd_eval)
+
+    mi = sub.add_parser("model-info", help="parameters and FLOPs (backbone, FPN, heads) of a config's detector")
+    mi.add_argument("config", help="YAML config, e.g. configs/paper/mask_rcnn_R50_FPN_GN_scratch_6x.yaml")
+    mi.add_argument("overrides", nargs="*", help="key=value overrides, e.g. model.depth=101")
+    mi.add_argument("--size", type=int, nargs=2, default=[800, 1333], metavar=("H", "W"),
+                    help="input size after resizing (default 800 1333; padded to a multiple of 32)")
+    mi.add_argument("--json", action="store_true", help="print the counts as JSON instead of a table")
+    mi.set_defaults(func=_cmd_model_info)
     return parser
 
 

@@ -1,0 +1,44 @@
+"""The paper configs beyond the 2x-6x grid: Fig. 5's train-aug schedule pairing and the large backbones (X101, X152),
+checked for the paper's hyper-parameters (PAPER.md) as tests/test_configs.py does for the main grid."""
+
+import re
+from pathlib import Path
+
+import pytest
+from helpers import ROOT
+
+from scratchdet.config import load_config
+from scratchdet.engine.schedule import schedule_from_config
+
+EXTRA = sorted((ROOT / "configs" / "paper").glob("mask_rcnn_*_FPN_GN_*_trainaug.yaml"))
+TRAIN_AUG = [640, 672, 704, 736, 768, 800]  # Detectron's TRAIN.SCALES, one drawn per image
+BACKBONES = {"R50": (50, 1, 64), "R101": (101, 1, 64), "X101_32x8d": (101, 32, 8), "X152_8x32d": (152, 8, 32)}
+
+
+def test_every_train_aug_setting_has_a_config():
+    names = {p.stem for p in EXTRA}
+    for backbone in BACKBONES:
+        # Fig. 5's pairing: scratch 9x, pre-trained 6x.
+        assert f"mask_rcnn_{backbone}_FPN_GN_scratch_9x_trainaug" in names
+        assert f"mask_rcnn_{backbone}_FPN_GN_pretrained_6x_trainaug" in names
+
+
+@pytest.mark.parametrize("path", EXTRA, ids=lambda p: p.stem)
+def test_extra_config_has_the_paper_hyper_parameters(path: Path):
+    cfg = load_config(path, ["output=unused"])
+    backbone, init, n = re.match(r"mask_rcnn_(\w+?)_FPN_GN_(scratch|pretrained)_(\d)x_trainaug", path.stem).groups()
+    assert (cfg.model.depth, cfg.model.groups, cfg.model.width_per_group) == BACKBONES[backbone]
+    assert cfg.init == init and cfg.schedule.multiplier == int(n) == (9 if init == "scratch" else 6)
+    assert (cfg.model.arch, cfg.model.stem_width, cfg.model.fpn_channels) == ("mask_rcnn", 64, 256)
+    assert (cfg.model.norm, cfg.model.gn_groups, cfg.model.freeze_at) == ("GN", 32, 0)
+    assert (cfg.model.box_head_convs, cfg.model.box_head_fc, cfg.model.mask_head_convs) == (4, 1024, 4)
+    assert (cfg.train.batch_size, cfg.solver.base_lr, cfg.solver.momentum) == (16, 0.02, 0.9)
+    assert (cfg.solver.weight_decay, cfg.solver.weight_decay_norm) == (1e-4, 0.0)
+    assert (cfg.solver.warmup_iters, cfg.solver.warmup_factor) == (500, pytest.approx(1 / 3))
+    assert (cfg.data.min_size_train, cfg.data.max_size_train) == (TRAIN_AUG, 1333)
+    assert (cfg.data.min_size_test, cfg.data.max_size_test, cfg.data.flip_prob) == (800, 1333, 0.5)
+    schedule = schedule_from_config(cfg)
+    assert schedule.max_iters == int(n) * 90_000
+    assert schedule.milestones == (int(n) * 90_000 - 60_000, int(n) * 90_000 - 20_000)
+    assert bool(cfg.weights) == (init == "pretrained")
+    assert f"{n}x" in path.read_text().split("\n")[0]  # the header names the schedule it configures
