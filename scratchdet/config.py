@@ -19,7 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 from scratchdet.errors import ConfigError
 
 NORMS = ("GN", "SyncBN", "BN", "FrozenBN", "none")
-ARCHS = ("mask_rcnn", "faster_rcnn")
+ARCHS = ("mask_rcnn", "faster_rcnn", "keypoint_rcnn")
 DEPTHS = (18, 34, 50, 101, 152)
 INITS = ("scratch", "pretrained")
 
@@ -56,6 +56,18 @@ class DataConfig:
     skip_bad_images: bool = False
     # With skip_bad_images: fail once more than this fraction of the training images turned out unreadable.
     max_skip_fraction: float = 0.01
+    # Dataset format (issue 7 part 7): "coco" (data.train/val JSON) or "voc" (PASCAL VOC XML, scratchdet/data/voc.py).
+    format: str = "coco"
+    # VOC: folder holding VOC<year>/ (VOCdevkit); None = data.root. Sets are "YEAR_SPLIT" names; the paper trains
+    # on trainval07 + train12 and evaluates on val12 (PAPER.md, VOC row).
+    voc_root: str | None = None
+    voc_train_sets: list[str] = field(default_factory=lambda: ["2007_trainval", "2012_train"])
+    voc_val_sets: list[str] = field(default_factory=lambda: ["2012_val"])
+    # "07" = VOC2007 11-point AP, "10" = VOC2010+ area AP, "auto" = "07" iff every val set is from 2007 (Detectron).
+    voc_metric: str = "auto"
+    # model.arch=keypoint_rcnn trains one category (name or id), as Detectron trains COCO person keypoints; other
+    # categories are ignored (scratchdet/data/keypoints.py). None = the only category that declares "keypoints".
+    keypoint_category: str | None = None
 
 
 @dataclass
@@ -85,6 +97,19 @@ class ModelConfig:
     box_batch_size_per_image: int = 512
     box_detections_per_img: int = 100
     box_score_thresh: float = 0.05
+    # Keypoint R-CNN head (model.arch=keypoint_rcnn): convs of 3x3, each followed by model.norm (Detectron: 8 x 512).
+    keypoint_head_convs: int = 8
+    keypoint_head_channels: int = 512
+    # Cascade R-CNN box heads (modeling/cascade.py): one stage per IoU threshold, each with its box regression weights.
+    cascade: bool = False
+    cascade_fg_iou_threshs: list[float] = field(default_factory=lambda: [0.5, 0.6, 0.7])
+    cascade_bbox_reg_weights: list[list[float]] = field(
+        default_factory=lambda: [[10.0, 10.0, 5.0, 5.0], [20.0, 20.0, 10.0, 10.0], [30.0, 30.0, 15.0, 15.0]]
+    )
+    # With cascade=true: train plain heads and switch to cascade for the final K iterations of the schedule
+    # (paper: cascade from scratch, K = 270k); None = cascade from iteration 0. K counts the run's iterations at
+    # train.batch_size (not rescaled like schedule.unit_iters): switch at schedule max_iters - K.
+    cascade_switch_iters: int | None = None
 
 
 @dataclass
@@ -131,6 +156,14 @@ class EvalConfig:
     period: int = 0  # evaluate every `period` iterations (the learning curve); 0 = only at the end
     max_images: int | None = None  # evaluate on the first N val images only (quick in-training curves)
     batch_size: int = 1
+    # OKS sigmas for keypoint AP, one per keypoint; None = COCO person's or the synthetic walker's (by names).
+    kpt_oks_sigmas: list[float] | None = None
+    # Test-time augmentation for `scratchdet eval RUN tta=true` (issue 7; merge in scratchdet/evaluation/tta.py).
+    # Defaults are Detectron's R-50-FPN TTA: short sides 400..1200 step 100, long side <= 2000, plus h-flip.
+    tta: bool = False
+    tta_sizes: list[int] = field(default_factory=lambda: [400, 500, 600, 700, 800, 900, 1000, 1100, 1200])
+    tta_max_size: int = 2000
+    tta_flip: bool = True
 
 
 @dataclass
@@ -268,7 +301,51 @@ def validate_config(cfg: Config) -> None:
         raise ConfigError(f"data.min_size_train={cfg.data.min_size_train} must be a non-empty list of sizes > 0")
     if cfg.eval.period < 0:
         raise ConfigError(f"eval.period={cfg.eval.period} must be >= 0 (0 = evaluate only at the end)")
+    if not cfg.eval.tta_sizes or any(s <= 0 for s in cfg.eval.tta_sizes) or cfg.eval.tta_max_size <= 0:
+        raise ConfigError(
+            f"eval.tta_sizes={cfg.eval.tta_sizes} / eval.tta_max_size={cfg.eval.tta_max_size} must be sizes > 0"
+        )
+    _validate_voc(cfg)
+    _validate_cascade(cfg)
 
 
 def copy_config(cfg: Config) -> Config:
     return copy.deepcopy(cfg)
+
+
+def _validate_voc(cfg: Config) -> None:
+    d = cfg.data
+    _choice("data.format", d.format, ("coco", "voc"))
+    _choice("data.voc_metric", d.voc_metric, ("auto", "07", "10"))
+    for key in ("voc_train_sets", "voc_val_sets"):
+        for name in getattr(d, key):
+            year, _, split = str(name).partition("_")
+            if not (year.isdigit() and len(year) == 4 and split):
+                raise ConfigError(f"data.{key} entry {name!r} is not YEAR_SPLIT, e.g. 2007_trainval or 2012_val")
+    if d.format == "voc" and cfg.model.arch != "faster_rcnn":
+        # VOC has boxes only: no masks or keypoints to train a mask/keypoint head on (paper: Faster R-CNN on VOC).
+        raise ConfigError(f"data.format=voc has box annotations only; model.arch={cfg.model.arch!r} needs "
+                          "model.arch=faster_rcnn")
+
+
+def _validate_cascade(cfg: Config) -> None:
+    m = cfg.model
+    if m.cascade_switch_iters is not None and not m.cascade:
+        raise ConfigError(
+            f"model.cascade_switch_iters={m.cascade_switch_iters} needs model.cascade=true (it says when to switch)"
+        )
+    _positive("model.cascade_switch_iters", m.cascade_switch_iters)
+    if not m.cascade:
+        return
+    if m.arch != "mask_rcnn" and m.arch != "faster_rcnn":
+        raise ConfigError(f"model.cascade=true needs model.arch mask_rcnn or faster_rcnn, got {m.arch!r}")
+    ious, weights = list(m.cascade_fg_iou_threshs), [list(w) for w in m.cascade_bbox_reg_weights]
+    if not ious or len(ious) != len(weights):
+        raise ConfigError(
+            f"model.cascade_fg_iou_threshs={ious} and model.cascade_bbox_reg_weights={weights} need one entry per "
+            "stage, same length, at least one"
+        )
+    if any(not 0.0 < t < 1.0 for t in ious):
+        raise ConfigError(f"model.cascade_fg_iou_threshs={ious} must lie in (0, 1)")
+    if any(len(w) != 4 or any(x <= 0 for x in w) for w in weights):
+        raise ConfigError(f"model.cascade_bbox_reg_weights={weights}: each stage needs 4 positive weights (x, y, w, h)")

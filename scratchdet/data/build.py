@@ -13,8 +13,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from scratchdet.config import Config
 from scratchdet.data.coco import CocoDetection
+from scratchdet.data.keypoints import KeypointCocoDetection
 from scratchdet.data.samplers import TrainingSampler
 from scratchdet.data.transforms import build_train_transform
+from scratchdet.data.voc import VocDetection
 from scratchdet.errors import ConfigError, DataError
 
 
@@ -23,6 +25,13 @@ def _require(value: str | None, key: str) -> str:
         raise ConfigError(f"{key} is not set; give it, or data.root=DIR (a folder written by `scratchdet data synth`)")
     return value
 
+
+
+def _voc_root(cfg: Config) -> str:
+    root = cfg.data.voc_root or cfg.data.root
+    if not root:
+        raise ConfigError("data.format=voc needs data.voc_root=DIR (the folder holding VOC2007/, VOC2012/)")
+    return root
 
 class SkipUnreadableImages(Dataset):
     """A training dataset whose samples with a missing or undecodable image file are replaced, not fatal.
@@ -119,6 +128,30 @@ def build_train_dataset(cfg: Config) -> CocoDetection | SkipUnreadableImages:
     With data.skip_bad_images, wrapped in SkipUnreadableImages (missing files are then counted, not fatal).
     """
     d = cfg.data
+    if d.format == "voc":  # PASCAL VOC XML (issue 7 part 7): boxes only, difficult objects excluded
+        dataset = VocDetection(
+            _voc_root(cfg), d.voc_train_sets, train=True, subset=d.train_subset, subset_seed=d.subset_seed,
+            transform=build_train_transform(d.min_size_train, d.max_size_train, d.flip_prob),
+            check_files=d.check_files and not d.skip_bad_images,
+        )
+        if d.skip_bad_images:
+            return SkipUnreadableImages(dataset, d.max_skip_fraction, check_files=d.check_files)
+        return dataset
+    if cfg.model.arch == "keypoint_rcnn":  # one keypoint category, [N, K, 3] keypoint targets
+        dataset = KeypointCocoDetection(
+            _require(d.train.json, "data.train.json"),
+            _require(d.train.images, "data.train.images"),
+            train=True,
+            keypoint_category=d.keypoint_category,
+            kpt_oks_sigmas=cfg.eval.kpt_oks_sigmas,
+            subset=d.train_subset,
+            subset_seed=d.subset_seed,
+            transform=build_train_transform(d.min_size_train, d.max_size_train, d.flip_prob),
+            check_files=d.check_files and not d.skip_bad_images,
+        )
+        if d.skip_bad_images:
+            return SkipUnreadableImages(dataset, d.max_skip_fraction, check_files=d.check_files)
+        return dataset
     dataset = CocoDetection(
         _require(d.train.json, "data.train.json"),
         _require(d.train.images, "data.train.images"),
@@ -140,6 +173,17 @@ def build_val_dataset(cfg: Config) -> CocoDetection:
     Never skips an image (data.skip_bad_images is for training only): an unreadable image raises DataError.
     """
     d = cfg.data
+    if d.format == "voc":  # difficult objects kept, for the VOC evaluator to ignore
+        return VocDetection(_voc_root(cfg), d.voc_val_sets, train=False, check_files=d.check_files)
+    if cfg.model.arch == "keypoint_rcnn":  # evaluated on its keypoint category only (COCOeval catIds)
+        return KeypointCocoDetection(
+            _require(d.val.json, "data.val.json"),
+            _require(d.val.images, "data.val.images"),
+            train=False,
+            keypoint_category=d.keypoint_category,
+            kpt_oks_sigmas=cfg.eval.kpt_oks_sigmas,
+            check_files=d.check_files,
+        )
     return CocoDetection(
         _require(d.val.json, "data.val.json"),
         _require(d.val.images, "data.val.images"),

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from scratchdet.config import Config
 from scratchdet.data.build import build_train_dataset, build_train_loader, build_val_dataset
+from scratchdet.engine.cascade_switch import cascade_switch_iter, convert_model, resume_needs_cascade, switch_in_run
 from scratchdet.engine.checkpoint import (
     check_free_space,
     estimate_checkpoint_bytes,
@@ -37,7 +38,7 @@ from scratchdet.errors import ConfigError, Preempted, TrainingError
 from scratchdet.evaluation.coco import evaluate, format_report
 from scratchdet.modeling.detector import build_detector
 
-MODEL_TARGET_KEYS = ("boxes", "labels", "masks")
+MODEL_TARGET_KEYS = ("boxes", "labels", "masks", "keypoints")  # keypoints: Keypoint R-CNN (issue 7)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -68,7 +69,22 @@ def check_finite(total: torch.Tensor, losses: dict, iteration: int, targets: lis
 
 
 def run_evaluation(model, val_set, cfg: Config, device, iteration: int, out: Path, metrics: MetricsWriter) -> dict:
-    """Evaluates, writes eval/iter_XXXXXXX.json and an "eval" record in metrics.jsonl."""
+    """Evaluates, writes eval/iter_XXXXXXX.json and an "eval" record in metrics.jsonl.
+
+    COCO AP for data.format=coco; VOC mAP (report key "voc") for data.format=voc.
+    """
+    if cfg.data.format == "voc":
+        # Imported here so the COCO path and its imports stay exactly as they were (issue 7 part 7).
+        from scratchdet.evaluation.voc import evaluate_voc, format_voc_report, voc_use_07_metric
+
+        report = evaluate_voc(model, val_set, device, max_images=cfg.eval.max_images,
+                              use_07_metric=voc_use_07_metric(cfg.data))
+        report["iter"] = iteration
+        (out / "eval").mkdir(exist_ok=True)
+        (out / "eval" / f"iter_{iteration:07d}.json").write_text(json.dumps(report, indent=2) + "\n")
+        metrics.write({"type": "eval", **report})
+        tqdm.write(f"[iter {iteration}] evaluation:\n{format_voc_report(report)}")
+        return report
     report = evaluate(model, val_set, device, max_images=cfg.eval.max_images)
     report["iter"] = iteration
     (out / "eval").mkdir(exist_ok=True)
@@ -92,7 +108,7 @@ def train(cfg: Config) -> dict:
     val_set = build_val_dataset(cfg)
     for name, dataset in (("train", train_set), ("val", val_set)):
         (out / f"dataset_{name}.json").write_text(json.dumps(dataset.summary.to_dict(), indent=2) + "\n")
-    model = build_detector(cfg, train_set.num_classes)
+    model = build_detector(cfg, train_set.num_classes, getattr(train_set, "num_keypoints", None))
     if resume_from is None:
         # Loaded once, at the start: on resume the checkpoint already holds the fine-tuned weights.
         init_record = initialize(model, cfg)
@@ -101,6 +117,9 @@ def train(cfg: Config) -> dict:
     model.to(device)
     schedule = schedule_from_config(cfg)
     end_iter = min(schedule.max_iters, cfg.train.max_iters or schedule.max_iters)
+    switch_iter = cascade_switch_iter(cfg, schedule.max_iters)  # model.cascade_switch_iters (issue 7)
+    if resume_from is not None and resume_needs_cascade(resume_from, switch_iter):
+        convert_model(model, cfg)  # the checkpoint holds cascade heads: rebuild them before loading it
     optimizer = build_optimizer(model, cfg.solver, schedule.base_lr)
     seen = {"images": 0, "instances": 0, "pixels": 0}
 
@@ -156,6 +175,8 @@ def train(cfg: Config) -> dict:
                              for t in targets]
 
             lr = schedule.lr_at(iteration)
+            if iteration == switch_iter:  # paper: cascade heads for the final K iterations (engine/cascade_switch.py)
+                optimizer = switch_in_run(model, optimizer, cfg, iteration, lr, metrics)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             losses = model(images, model_targets)

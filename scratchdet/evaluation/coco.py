@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pycocotools.mask as mask_util
@@ -21,6 +21,11 @@ from torch import nn
 
 # The order of COCOeval.stats for bbox/segm.
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+# The order of COCOeval.stats for keypoints (summarizeKps): 10 values, no small-object range, AR at 20 dets.
+KEYPOINT_STAT_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
+
+# One image [3, H, W] -> its detections in the model's output format (original image coordinates).
+Predictor = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 
 
 def detections_to_coco(
@@ -30,10 +35,12 @@ def detections_to_coco(
 
     Args:
         output: "boxes" [N, 4] XYXY absolute pixels of the original image, "scores" [N], "labels" [N] contiguous,
-            optionally "masks" [N, 1, H, W] probabilities at the original image size.
+            optionally "masks" [N, 1, H, W] probabilities at the original image size and "keypoints" [N, K, 3]
+            (x, y absolute pixels, visibility).
         label_to_cat_id: contiguous label -> the dataset's category id.
     Returns:
-        Dicts with "bbox" in XYWH absolute pixels and, with masks, "segmentation" as compressed RLE (str counts).
+        Dicts with "bbox" in XYWH absolute pixels and, with masks, "segmentation" as compressed RLE (str counts);
+        with keypoints, "keypoints" as a flat [x1, y1, v1, ...] list.
     """
     boxes = output["boxes"].detach().cpu().numpy().astype(np.float64)
     scores = output["scores"].detach().cpu().numpy().tolist()
@@ -42,6 +49,7 @@ def detections_to_coco(
     if "masks" in output:
         binary = (output["masks"][:, 0] > mask_threshold).cpu().numpy().astype(np.uint8)
         rles = mask_util.encode(np.asfortranarray(binary.transpose(1, 2, 0))) if len(binary) else []
+    keypoints = output["keypoints"].detach().cpu().numpy() if "keypoints" in output else None
     results = []
     for i, (x1, y1, x2, y2) in enumerate(boxes):
         result = {
@@ -53,29 +61,50 @@ def detections_to_coco(
         if rles is not None:
             rle = rles[i]
             result["segmentation"] = {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+        if keypoints is not None:
+            result["keypoints"] = [round(float(v), 2) for v in keypoints[i].reshape(-1)]
         results.append(result)
     return results
 
 
-def coco_metrics(coco_gt: COCO, results: list[dict], iou_type: str, image_ids: Sequence[int]) -> dict:
-    """Runs COCOeval for one IoU type over `image_ids`; returns {name: percent or None} (see STAT_NAMES)."""
+def coco_metrics(
+    coco_gt: COCO,
+    results: list[dict],
+    iou_type: str,
+    image_ids: Sequence[int],
+    *,
+    cat_ids: Sequence[int] | None = None,
+    kpt_oks_sigmas: Sequence[float] | None = None,
+) -> dict:
+    """Runs COCOeval for one IoU type over `image_ids`; returns {name: percent or None} (see STAT_NAMES).
+
+    Keypoints ("keypoints") are named by KEYPOINT_STAT_NAMES and need `kpt_oks_sigmas` (one per keypoint) unless
+    they are COCO's 17; `cat_ids` restricts evaluation to these categories (Keypoint R-CNN's one category).
+    """
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress; we print our own table
         coco_dt = coco_gt.loadRes(results)
         evaluator = COCOeval(coco_gt, coco_dt, iou_type)
         evaluator.params.imgIds = list(image_ids)
+        if cat_ids is not None:
+            evaluator.params.catIds = list(cat_ids)
+        if kpt_oks_sigmas is not None:
+            evaluator.params.kpt_oks_sigmas = np.asarray(kpt_oks_sigmas, dtype=np.float64)
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    stats = zip(STAT_NAMES, evaluator.stats, strict=True)
+    stats = zip(KEYPOINT_STAT_NAMES if iou_type == "keypoints" else STAT_NAMES, evaluator.stats, strict=True)
     return {name: (None if v < 0 else round(float(v) * 100, 3)) for name, v in stats}
 
 
 @torch.no_grad()
-def run_inference(model: nn.Module, dataset, device: torch.device, max_images: int | None = None) -> list[dict]:
+def run_inference(
+    model: nn.Module, dataset, device: torch.device, max_images: int | None = None, predict: Predictor | None = None
+) -> list[dict]:
     """Runs `model` in eval mode over `dataset` (a CocoDetection with train=False) and returns COCO results.
 
     Images go one at a time at their original size; the model's transform resizes them to the test size and maps
-    detections back, so results are in original image coordinates.
+    detections back, so results are in original image coordinates. `predict` (image -> one image's output) replaces
+    the plain `model([image])[0]`, e.g. test-time augmentation (evaluation/tta.py).
     """
     was_training = model.training
     model.eval()
@@ -84,7 +113,7 @@ def run_inference(model: nn.Module, dataset, device: torch.device, max_images: i
     try:
         for i in range(n):
             image, target = dataset[i]
-            output = model([image.to(device)])[0]
+            output = predict(image.to(device)) if predict is not None else model([image.to(device)])[0]
             results += detections_to_coco(output, target["image_id"], dataset.label_to_cat_id)
     finally:
         model.train(was_training)
@@ -99,17 +128,23 @@ def evaluate_results(dataset, results: list[dict], iou_types: Sequence[str], n_i
         report["status"] = "no predictions"
         return report
     report["status"] = "ok"
+    # A keypoint dataset (data/keypoints.py) is evaluated on its one category, with its OKS sigmas.
+    kp_cat = getattr(dataset, "keypoint_cat_id", None)
+    extra = {} if kp_cat is None else {"cat_ids": [kp_cat], "kpt_oks_sigmas": dataset.kpt_oks_sigmas}
     for iou_type in iou_types:
-        report[iou_type] = coco_metrics(dataset.coco, results, iou_type, image_ids)
+        report[iou_type] = coco_metrics(dataset.coco, results, iou_type, image_ids, **extra)
     return report
 
 
-def evaluate(model: nn.Module, dataset, device: torch.device, *, max_images: int | None = None) -> dict:
+def evaluate(
+    model: nn.Module, dataset, device: torch.device, *, max_images: int | None = None, predict: Predictor | None = None
+) -> dict:
     """Inference + COCO metrics; bbox always, segm when the model predicts masks. Adds timing to the report."""
     start = time.perf_counter()
-    results = run_inference(model, dataset, device, max_images)
+    results = run_inference(model, dataset, device, max_images, predict)
     inference_s = time.perf_counter() - start
     iou_types = ["bbox"] + (["segm"] if getattr(model.roi_heads, "has_mask", lambda: False)() else [])
+    iou_types += ["keypoints"] if getattr(model.roi_heads, "has_keypoint", lambda: False)() else []
     n_images = len(dataset) if max_images is None else min(max_images, len(dataset))
     report = evaluate_results(dataset, results, iou_types, n_images)
     report["inference_s"] = round(inference_s, 3)
@@ -125,7 +160,7 @@ def format_report(report: dict) -> str:
     for iou_type in ("bbox", "segm", "keypoints"):
         if iou_type in report:
             row = report[iou_type]
-            cells = "".join(f"{'-' if row[n] is None else format(row[n], '.1f'):>8}" for n in STAT_NAMES[:6])
+            cells = "".join(f"{'-' if row.get(n) is None else format(row[n], '.1f'):>8}" for n in STAT_NAMES[:6])
             lines.append(f"{iou_type:<6}{cells}")
     lines.append(f"({report['images']} images, {report['detections']} detections; AP in percent)")
     return "\n".join(lines)

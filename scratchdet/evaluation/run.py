@@ -13,6 +13,8 @@ from scratchdet.engine.checkpoint import latest_checkpoint, load_checkpoint
 from scratchdet.engine.trainer import resolve_device
 from scratchdet.errors import CheckpointError
 from scratchdet.evaluation.coco import evaluate, format_report
+from scratchdet.evaluation.tta import build_tta_predictor
+from scratchdet.evaluation.voc import evaluate_voc, format_voc_report, voc_use_07_metric
 from scratchdet.modeling.detector import build_detector
 
 
@@ -31,6 +33,8 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | None = None) -> dic
     for o in [o for o in overrides if o.startswith("checkpoint=")]:
         checkpoint = Path(o.split("=", 1)[1])
         overrides.remove(o)
+    # `tta=true` is the short form of eval.tta=true (issue 7: `scratchdet eval RUN tta=true`).
+    overrides = [f"eval.{o}" if o.startswith("tta=") else o for o in overrides]
     cfg = load_config(saved, overrides)
     checkpoint = checkpoint or latest_checkpoint(run_dir / "checkpoints")
     if checkpoint is None:
@@ -38,7 +42,7 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | None = None) -> dic
     state = load_checkpoint(checkpoint)
     device = resolve_device(cfg.train.device)
     val_set = build_val_dataset(cfg)
-    model = build_detector(cfg, val_set.num_classes)
+    model = build_detector(cfg, val_set.num_classes, getattr(val_set, "num_keypoints", None))
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:
@@ -46,12 +50,24 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | None = None) -> dic
     model.to(device)
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
-    report = evaluate(model, val_set, device, max_images=cfg.eval.max_images)
+    predict = None
+    if cfg.eval.tta:
+        predict = build_tta_predictor(model, cfg.eval.tta_sizes, cfg.eval.tta_max_size, cfg.eval.tta_flip)
+    if cfg.data.format == "voc":  # VOC mAP, report key "voc" (issue 7 part 7)
+        report = evaluate_voc(model, val_set, device, max_images=cfg.eval.max_images,
+                              use_07_metric=voc_use_07_metric(cfg.data), predict=predict)
+    else:
+        report = evaluate(model, val_set, device, max_images=cfg.eval.max_images, predict=predict)
     report["iter"] = state["iteration"]
     report["checkpoint"] = str(checkpoint)
-    out = run_dir / "eval" / f"iter_{state['iteration']:07d}.json"
+    report["tta"] = cfg.eval.tta
+    if cfg.eval.tta:
+        ev = cfg.eval
+        report.update(tta_sizes=list(ev.tta_sizes), tta_max_size=ev.tta_max_size, tta_flip=ev.tta_flip)
+    # A TTA report goes beside the plain one instead of overwriting it.
+    out = run_dir / "eval" / f"iter_{state['iteration']:07d}{'_tta' if cfg.eval.tta else ''}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
-    print(format_report(report))
+    print(format_voc_report(report) if cfg.data.format == "voc" else format_report(report))
     report["path"] = str(out)
     return report

@@ -11,7 +11,7 @@ transform resizes to data.min_size_test / max_size_test and maps boxes and masks
 from __future__ import annotations
 
 from torch import nn
-from torchvision.models.detection import FasterRCNN, MaskRCNN
+from torchvision.models.detection import FasterRCNN, KeypointRCNN, MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor
@@ -20,7 +20,9 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from scratchdet.config import Config
 from scratchdet.modeling.backbones import ResNet
+from scratchdet.modeling.cascade import switch_to_cascade_
 from scratchdet.modeling.init import init_detector_
+from scratchdet.modeling.keypoint_head import KeypointRCNNConvNormHead, KeypointRCNNPredictor
 from scratchdet.modeling.norm import build_norm
 
 # torchvision's normalization of [0, 1] RGB input. Applied to both arms alike, so the comparison stays controlled.
@@ -50,12 +52,13 @@ def build_backbone(cfg: Config) -> BackboneWithFPN:
     return fpn
 
 
-def build_detector(cfg: Config, num_classes: int) -> nn.Module:
+def build_detector(cfg: Config, num_classes: int, num_keypoints: int | None = None) -> nn.Module:
     """Returns a randomly initialized (MSRA) torchvision Mask R-CNN or Faster R-CNN.
 
     Args:
         cfg: the run config (model, data sizes).
-        num_classes: object classes + 1 for background.
+        num_classes: object classes + 1 for background (2 for keypoint_rcnn: one keypoint category).
+        num_keypoints: keypoints per instance, from the dataset; needed by model.arch=keypoint_rcnn only.
     """
     m = cfg.model
     backbone = build_backbone(cfg)
@@ -96,7 +99,21 @@ def build_detector(cfg: Config, num_classes: int) -> nn.Module:
         )
     elif m.arch == "faster_rcnn":
         model = FasterRCNN(backbone, **common)
+    elif m.arch == "keypoint_rcnn":
+        if not num_keypoints:
+            raise ValueError("model.arch=keypoint_rcnn needs num_keypoints (the dataset's keypoint count)")
+        # torchvision's KeypointRCNNHeads has no norm option; this head puts model.norm after each conv (issue 7).
+        kp_layers = [m.keypoint_head_channels] * m.keypoint_head_convs
+        model = KeypointRCNN(
+            backbone,
+            keypoint_head=KeypointRCNNConvNormHead(channels, kp_layers, norm_layer=head_norm),
+            keypoint_predictor=KeypointRCNNPredictor(kp_layers[-1] if kp_layers else channels, num_keypoints),
+            **common,
+        )
     else:
-        raise ValueError(f"model.arch={m.arch!r} is not valid; choose mask_rcnn or faster_rcnn")
+        raise ValueError(f"model.arch={m.arch!r} is not valid; choose mask_rcnn, faster_rcnn or keypoint_rcnn")
     init_detector_(model)  # requires_grad flags set by freeze() are untouched by init
+    if m.cascade and m.cascade_switch_iters is None:
+        # Cascade heads from iteration 0; with cascade_switch_iters the trainer switches late (engine/trainer.py).
+        switch_to_cascade_(model, m.cascade_fg_iou_threshs, m.cascade_bbox_reg_weights)
     return model

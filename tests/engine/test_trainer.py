@@ -73,8 +73,8 @@ def test_fresh_start_into_a_used_folder_and_changed_config_are_refused(tiny_conf
 def test_non_finite_loss_stops_with_iteration_values_and_image_ids(tiny_config, monkeypatch):
     real_build = trainer.build_detector
 
-    def build_poisoned(cfg, num_classes):
-        model = real_build(cfg, num_classes)
+    def build_poisoned(cfg, num_classes, *args, **kwargs):
+        model = real_build(cfg, num_classes, *args, **kwargs)
         forward, calls = model.forward, []
 
         def poisoned(images, targets=None):

@@ -17,8 +17,8 @@ def test_parameters_after_a_nan_loss_are_those_of_the_previous_step(tiny_config,
     real_build = trainer.build_detector
     seen: dict = {"states": []}  # model state at the start of each training forward
 
-    def build_poisoned(cfg, num_classes):
-        model = real_build(cfg, num_classes)
+    def build_poisoned(cfg, num_classes, *args, **kwargs):
+        model = real_build(cfg, num_classes, *args, **kwargs)
         forward = model.forward
 
         def poisoned(images, targets=None):

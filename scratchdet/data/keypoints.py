@@ -1,0 +1,210 @@
+"""Keypoint data for Keypoint R-CNN (issue 7, part 4): one keypoint category, [N, K, 3] targets, OKS sigmas.
+
+Keypoint R-CNN is trained on one category, as Detectron trains COCO person keypoints: the detector has two classes
+(background + that category) and every other category of the file is ignored, for training and for evaluation
+(COCOeval's catIds are restricted to it). The category is `data.keypoint_category` (a name or an id); by default
+the file's only category that declares "keypoints".
+
+Targets gain "keypoints" float32 [N, K, 3] (x, y in absolute pixels, visibility 0/1/2; unlabelled joints are all
+zero, the COCO convention) and "keypoint_flip_map" (left_*/right_* swap for RandomHorizontalFlip). For training,
+instances without any labelled keypoint are dropped (counted in `summary.no_keypoints_dropped`), and images left
+without instances are skipped, as in Detectron.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from scratchdet.data.coco import CocoDetection, DatasetSummary, Transform, _Instances, _is_number
+from scratchdet.data.synthetic import KEYPOINT_NAMES, KEYPOINT_OKS_SIGMAS, keypoint_flip_map
+from scratchdet.errors import ConfigError, DataError
+
+COCO_PERSON_KEYPOINT_NAMES: tuple[str, ...] = (
+    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder", "left_elbow",
+    "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle",
+    "right_ankle",
+)
+# pycocotools' defaults for COCO person keypoints (COCOeval Params.setKpParams).
+COCO_PERSON_OKS_SIGMAS: tuple[float, ...] = tuple(
+    s / 10.0 for s in (0.26, 0.25, 0.25, 0.35, 0.35, 0.79, 0.79, 0.72, 0.72, 0.62, 0.62, 1.07, 1.07, 0.87, 0.87,
+                       0.89, 0.89)
+)
+_KNOWN_SIGMAS = {COCO_PERSON_KEYPOINT_NAMES: COCO_PERSON_OKS_SIGMAS, tuple(KEYPOINT_NAMES): KEYPOINT_OKS_SIGMAS}
+
+
+@dataclass
+class KeypointDatasetSummary(DatasetSummary):
+    """DatasetSummary plus what restricting to the keypoint category dropped (training split only)."""
+
+    keypoint_category_id: int = 0
+    other_categories_ignored: int = 0  # instances of other categories (the keypoint detector does not see them)
+    no_keypoints_dropped: int = 0  # keypoint-category instances without any labelled keypoint
+
+
+def resolve_keypoint_category(coco_cats: dict[int, dict], requested: str | int | None, path: str) -> int:
+    """The category id Keypoint R-CNN trains on: `requested` (name or id) or the only category with keypoints.
+
+    Raises:
+        ConfigError: the requested category is unknown, has no keypoints, or the default is ambiguous.
+    """
+    with_kps = sorted(cat_id for cat_id, cat in coco_cats.items() if cat.get("keypoints"))
+    if requested is None or requested == "":
+        if len(with_kps) != 1:
+            names = [coco_cats[i]["name"] for i in with_kps]
+            raise ConfigError(f"{path}: data.keypoint_category is not set and the file has {len(with_kps)} "
+                              f"categories with keypoints ({names}); set data.keypoint_category to one name or id")
+        return with_kps[0]
+    text = str(requested)
+    matches = [i for i, c in coco_cats.items() if c["name"] == text or (text.isdigit() and i == int(text))]
+    if not matches:
+        known = {i: c["name"] for i, c in coco_cats.items()}
+        raise ConfigError(f"data.keypoint_category={requested!r} is not a category of {path} (known: {known})")
+    if matches[0] not in with_kps:
+        raise ConfigError(f"data.keypoint_category={requested!r}: category {matches[0]} of {path} has no "
+                          "'keypoints' names; choose a category that declares keypoints")
+    return matches[0]
+
+
+def oks_sigmas_for(names: Sequence[str], override: Sequence[float] | None, path: str) -> tuple[float, ...]:
+    """Per-keypoint OKS sigmas: `override` (eval.kpt_oks_sigmas), else COCO's or the synthetic walker's by names.
+
+    Raises:
+        ConfigError: the override has the wrong length, or the names are unknown and no override is given.
+    """
+    if override:
+        if len(override) != len(names):
+            raise ConfigError(f"eval.kpt_oks_sigmas has {len(override)} values but {path} declares "
+                              f"{len(names)} keypoints {list(names)}; give one sigma per keypoint")
+        return tuple(float(s) for s in override)
+    known = _KNOWN_SIGMAS.get(tuple(names))
+    if known is None:
+        raise ConfigError(f"no standard OKS sigmas for the keypoints {list(names)} of {path}; "
+                          "set eval.kpt_oks_sigmas=[...] (one per keypoint)")
+    return known
+
+
+def _keypoint_array(ann: dict, num_keypoints: int, path: str) -> np.ndarray:
+    values = ann.get("keypoints")
+    where = {"path": path, "image_id": ann["image_id"], "ann_id": ann["id"], "field": "keypoints"}
+    if values is None:
+        return np.zeros((num_keypoints, 3), dtype=np.float32)  # no labels: dropped for training, ignored by OKS
+    if not isinstance(values, list) or len(values) != 3 * num_keypoints or not all(_is_number(v) for v in values):
+        raise DataError(f"keypoints must be {3 * num_keypoints} finite numbers [x1, y1, v1, ...] "
+                        f"({num_keypoints} keypoints of the category), got {str(values)[:80]}", **where)
+    kps = np.asarray(values, dtype=np.float32).reshape(num_keypoints, 3)
+    if not np.isin(kps[:, 2], (0, 1, 2)).all():
+        raise DataError(f"keypoint visibilities must be 0, 1 or 2, got {kps[:, 2].tolist()}", **where)
+    kps[kps[:, 2] == 0] = 0  # COCO convention: an unlabelled joint is all zero, whatever x, y say
+    return kps
+
+
+class _AddKeypoints:
+    """Adds "keypoints" and "keypoint_flip_map" to a target before the geometric transforms (which move them)."""
+
+    def __init__(self, keypoints: dict[int, np.ndarray], flip_map: list[int], transform: Transform | None):
+        self.keypoints = keypoints  # image id -> [N, K, 3] in the order of the image's instances
+        self.flip_map = flip_map
+        self.transform = transform
+
+    def __call__(self, image: torch.Tensor, target: dict, rng: random.Random) -> tuple[torch.Tensor, dict]:
+        target["keypoints"] = torch.from_numpy(self.keypoints[target["image_id"]].copy())
+        target["keypoint_flip_map"] = list(self.flip_map)
+        if self.transform is None:
+            return image, target
+        return self.transform(image, target, rng)
+
+
+class KeypointCocoDetection(CocoDetection):
+    """A COCO dataset restricted to one keypoint category; labels are 1 (the category), num_classes is 2.
+
+    Targets are CocoDetection's plus "keypoints" float32 [N, K, 3] (XY absolute pixels + visibility) and
+    "keypoint_flip_map". Other attributes: keypoint_cat_id, keypoint_names, num_keypoints, kpt_oks_sigmas.
+    """
+
+    def __init__(
+        self,
+        json_path: str | os.PathLike,
+        image_dir: str | os.PathLike,
+        *,
+        train: bool,
+        keypoint_category: str | int | None = None,
+        kpt_oks_sigmas: Sequence[float] | None = None,
+        subset: int | None = None,
+        subset_seed: int = 0,
+        transform: Transform | None = None,
+        check_files: bool = True,
+    ):
+        """Load, validate and restrict the dataset (see CocoDetection for the shared arguments).
+
+        Args:
+            keypoint_category: name or id of the category to train; None = the only category with keypoints.
+            kpt_oks_sigmas: OKS sigmas override (one per keypoint); None = COCO's / the synthetic walker's.
+
+        Raises:
+            ConfigError: unknown or ambiguous category, or sigmas that do not fit.
+            DataError: malformed keypoints, or a subset larger than the usable images.
+        """
+        # Subset and file checks run after the restriction, on the images that still have keypoint instances.
+        super().__init__(json_path, image_dir, train=train, transform=None, load_masks=False, check_files=False)
+        path = self.json_path
+        cat_id = resolve_keypoint_category(self.coco.cats, keypoint_category, path)
+        cat = self.coco.cats[cat_id]
+        self.keypoint_cat_id = cat_id
+        self.keypoint_names = tuple(cat["keypoints"])
+        self.num_keypoints = len(self.keypoint_names)
+        self.kpt_oks_sigmas = oks_sigmas_for(self.keypoint_names, kpt_oks_sigmas, path)
+        try:
+            flip_map = keypoint_flip_map(self.keypoint_names)
+        except ValueError as e:
+            raise DataError(f"category {cat_id} ({cat['name']}): {e}", path=path, field="keypoints") from None
+        self.cat_id_to_label = {cat_id: 1}
+        self.label_to_cat_id = {1: cat_id}
+        self.class_names = ["__background__", cat["name"]]
+        self.num_classes = 2
+
+        summary = KeypointDatasetSummary(**asdict(self.summary), keypoint_category_id=cat_id)
+        keypoints: dict[int, np.ndarray] = {}
+        kept_instances: dict[int, _Instances] = {}
+        for image_id in sorted(self.coco.imgs):
+            inst = self._instances.get(image_id)
+            if inst is None:  # training: no usable annotation at all (already counted)
+                continue
+            keep, kps = [], []
+            for k, ann_id in enumerate(inst.ann_ids):
+                ann = self.coco.anns[ann_id]
+                if ann["category_id"] != cat_id:
+                    summary.other_categories_ignored += 1
+                    continue
+                arr = _keypoint_array(ann, self.num_keypoints, path)
+                if train and not (arr[:, 2] > 0).any():
+                    summary.no_keypoints_dropped += 1
+                    continue
+                keep.append(k)
+                kps.append(arr)
+            if train and not keep:
+                summary.images_without_annotations += 1
+                continue
+            kept_instances[image_id] = _Instances(
+                boxes=inst.boxes[keep].reshape(-1, 4),
+                labels=np.ones(len(keep), dtype=np.int64),
+                segmentations=[],
+                ann_ids=[inst.ann_ids[k] for k in keep],
+            )
+            keypoints[image_id] = np.stack(kps) if kps else np.zeros((0, self.num_keypoints, 3), np.float32)
+        self._instances = kept_instances
+        self.image_ids = self._select_subset(list(kept_instances), subset, subset_seed)
+        if subset is not None:
+            chosen = set(self.image_ids)
+            self._instances = {i: inst for i, inst in self._instances.items() if i in chosen}
+        if check_files:
+            self._check_files()
+        summary.images_used, summary.subset = len(self.image_ids), subset
+        summary.annotations_used = sum(len(self._instances[i].labels) for i in self.image_ids)
+        self.summary = summary
+        self.transform = _AddKeypoints(keypoints, flip_map, transform)
