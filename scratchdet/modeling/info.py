@@ -79,11 +79,13 @@ def model_info(cfg: Config, size: tuple[int, int] = (800, 1333), num_classes: in
     backbone = model.backbone
     heads = model.roi_heads
     has_mask = getattr(heads, "mask_head", None) is not None
+    # Cascade heads keep one (box_head, box_predictor) pair per stage; a plain head is a cascade of one.
+    box_stages = list(heads.stages) if hasattr(heads, "stages") else [heads]
     params = {
         "backbone": _count_params(backbone.body),
         "fpn": _count_params(backbone.fpn),
         "rpn": _count_params(model.rpn),
-        "box_head": _count_params(heads.box_head) + _count_params(heads.box_predictor),
+        "box_head": sum(_count_params(st.box_head) + _count_params(st.box_predictor) for st in box_stages),
         "mask_head": (_count_params(heads.mask_head) + _count_params(heads.mask_predictor)) if has_mask else 0,
     }
     with torch.no_grad():
@@ -91,7 +93,8 @@ def model_info(cfg: Config, size: tuple[int, int] = (800, 1333), num_classes: in
         flops["backbone"], c_feats = _flops(backbone.body, image)
         flops["fpn"], features = _flops(backbone.fpn, c_feats)
         flops["rpn"], _ = _flops(model.rpn.head, list(features.values()))
-        flops["box_head"], _ = _flops(lambda x: heads.box_predictor(heads.box_head(x)), rois_box)
+        flops["box_head"] = sum(_flops(lambda x, st=st: st.box_predictor(st.box_head(x)), rois_box)[0]
+                                for st in box_stages)
         flops["mask_head"] = _flops(lambda x: heads.mask_predictor(heads.mask_head(x)), rois_mask)[0] if has_mask else 0
     for table in (params, flops):
         table["backbone_fpn"] = table["backbone"] + table["fpn"]

@@ -80,3 +80,15 @@ def test_cli_prints_a_table(capsys):
         assert any(line.split()[0] == part for line in out.splitlines()[4:] if line.strip())
     assert main(["model-info", str(R101), "--json"]) == 0
     assert '"backbone_fpn"' in capsys.readouterr().out
+
+
+def test_cascade_counts_all_three_box_stages():
+    from helpers import MINI_CONFIG
+
+    from scratchdet.config import load_config
+    from scratchdet.modeling.info import model_info
+
+    plain = model_info(load_config(MINI_CONFIG, ["output=unused"]), size=(128, 160))
+    cascade = model_info(load_config(MINI_CONFIG, ["output=unused", "model.cascade=true"]), size=(128, 160))
+    assert cascade["flops"]["box_head"] > 2.5 * plain["flops"]["box_head"]
+    assert cascade["params"]["box_head"] > 2.5 * plain["params"]["box_head"]
