@@ -20,7 +20,6 @@ import operator
 import os
 import random
 import sys
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,9 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
+from scratchdet.data.masks import decode_mask
 from scratchdet.errors import ConfigError, DataError
 
 # transform(image, target, rng) -> (image, target); see scratchdet/data/transforms.py.
@@ -370,47 +369,6 @@ def _clean_image(
     )
 
 
-def _rle_string_total(counts: bytes) -> int:
-    """Sum of the run lengths in a compressed RLE string (pycocotools' rleFrString), -1 if malformed."""
-    runs: list[int] = []
-    p, n = 0, len(counts)
-    while p < n:
-        x = k = 0
-        more = True
-        while more:
-            c = counts[p] - 48 if p < n else -1
-            if not 0 <= c < 64:
-                return -1
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            p, k = p + 1, k + 1
-            if not more and c & 0x10:
-                x |= -1 << (5 * k)
-        x += runs[-2] if len(runs) > 2 else 0
-        if x < 0:
-            return -1
-        runs.append(x)
-    return sum(runs)
-
-
-def _decode_mask(seg: Any, height: int, width: int) -> np.ndarray:
-    if isinstance(seg, list):  # polygons of one instance: rasterize each, union them
-        rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
-    elif isinstance(seg["counts"], list):  # uncompressed RLE (COCO crowd style)
-        rle = mask_utils.frPyObjects(seg, height, width)
-    else:
-        counts = seg["counts"]
-        rle = {"size": seg["size"], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-        # pycocotools decodes a malformed string without complaint (into garbage), so check the run lengths here:
-        # per sample, because a Python scan of every string at construction is too slow for LVIS-sized files.
-        if _rle_string_total(rle["counts"]) != height * width:
-            raise ValueError(f"compressed RLE counts do not decode to height*width = {height * width} pixels")
-    # pycocotools' Cython decode trips numpy 2's __array__(copy=...) DeprecationWarning on every call; harmless.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return mask_utils.decode(rle)
-
-
 class CocoDetection(torch.utils.data.Dataset):
     """Images and instance targets from a COCO-format dataset.
 
@@ -565,7 +523,7 @@ class CocoDetection(torch.utils.data.Dataset):
         masks = np.zeros((len(inst.segmentations), height, width), dtype=np.uint8)
         for k, (seg, ann_id) in enumerate(zip(inst.segmentations, inst.ann_ids, strict=True)):
             try:
-                masks[k] = _decode_mask(seg, height, width)
+                masks[k] = decode_mask(seg, height, width)
             except (TypeError, ValueError) as e:
                 raise DataError(
                     f"cannot decode segmentation: {e}; re-encode the mask",
