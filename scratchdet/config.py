@@ -231,16 +231,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return cfg
 
 
-def config_from_dict(data: dict) -> Config:
-    """Rebuilds a Config from a plain dict (e.g. a run's saved config.yaml), validating it."""
-    try:
-        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(data)))
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"invalid saved config: {e}".replace("\n", "; ")) from None
-    validate_config(cfg)
-    return cfg
-
-
 def config_to_yaml(cfg: Config) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 

@@ -12,8 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omegaconf import MISSING, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import MISSING
 
 from scratchdet.config import DEPTHS, _choice, _positive, load_structured
 from scratchdet.data.classification import TEXTURE_CLASSES
@@ -110,16 +109,6 @@ def load_pretrain_config(path: str | Path | None = None, overrides: list[str] | 
     """
     cfg = load_structured(PretrainConfig, path, overrides, "pre-training config")
     assert isinstance(cfg, PretrainConfig)
-    validate_pretrain_config(cfg)
-    return cfg
-
-
-def pretrain_config_from_dict(data: dict) -> PretrainConfig:
-    """Rebuilds a PretrainConfig from a plain dict (e.g. a run's saved config.yaml), validating it."""
-    try:
-        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(PretrainConfig), OmegaConf.create(data)))
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"invalid saved pre-training config: {e}".replace("\n", "; ")) from None
     validate_pretrain_config(cfg)
     return cfg
 
