@@ -441,8 +441,14 @@ class CocoDetection(torch.utils.data.Dataset):
                 if train:
                     continue
             self._instances[image_id] = inst
-        candidates = list(self._instances)  # sorted by id
-        self.image_ids = self._select_subset(candidates, subset, subset_seed)
+        self._finalize(summary, subset, subset_seed, check_files)
+
+    def _finalize(self, summary: DatasetSummary, subset: int | None, subset_seed: int, check_files: bool) -> None:
+        """Draws the subset from self._instances (sorted by id), checks files, completes the summary.
+
+        Shared with subclasses that filter the instances first (data/keypoints.py).
+        """
+        self.image_ids = self._select_subset(list(self._instances), subset, subset_seed)
         if subset is not None:
             chosen = set(self.image_ids)
             self._instances = {i: inst for i, inst in self._instances.items() if i in chosen}

@@ -198,13 +198,5 @@ class KeypointCocoDetection(CocoDetection):
             )
             keypoints[image_id] = np.stack(kps) if kps else np.zeros((0, self.num_keypoints, 3), np.float32)
         self._instances = kept_instances
-        self.image_ids = self._select_subset(list(kept_instances), subset, subset_seed)
-        if subset is not None:
-            chosen = set(self.image_ids)
-            self._instances = {i: inst for i, inst in self._instances.items() if i in chosen}
-        if check_files:
-            self._check_files()
-        summary.images_used, summary.subset = len(self.image_ids), subset
-        summary.annotations_used = sum(len(self._instances[i].labels) for i in self.image_ids)
-        self.summary = summary
+        self._finalize(summary, subset, subset_seed, check_files)
         self.transform = _AddKeypoints(keypoints, flip_map, transform)
