@@ -22,6 +22,7 @@ NORMS = ("GN", "SyncBN", "BN", "FrozenBN", "none")
 ARCHS = ("mask_rcnn", "faster_rcnn", "keypoint_rcnn")
 DEPTHS = (18, 34, 50, 101, 152)
 INITS = ("scratch", "pretrained")
+BACKBONES = ("resnet", "vgg16")
 
 
 @dataclass
@@ -73,6 +74,11 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     arch: str = "mask_rcnn"
+    # "resnet" (ResNet/ResNeXt-FPN, depth/groups below) or "vgg16": the original Faster R-CNN on conv5_3, no FPN,
+    # no normalization (PAPER.md VGG-16 row; scratchdet/modeling/vgg.py).
+    backbone: str = "resnet"
+    # VGG-16 fc6/fc7 width (4096 in VGG-16 and the original Faster R-CNN); narrower for CPU tests.
+    vgg_fc_dim: int = 4096
     depth: int = 50
     # ResNeXt: groups x width_per_group (32x8d -> groups=32, width_per_group=8). ResNet: 1 x 64.
     groups: int = 1
@@ -297,6 +303,7 @@ def validate_config(cfg: Config) -> None:
         )
     _validate_voc(cfg)
     _validate_cascade(cfg)
+    validate_backbone(cfg)
 
 
 def copy_config(cfg: Config) -> Config:
@@ -339,3 +346,19 @@ def _validate_cascade(cfg: Config) -> None:
         raise ConfigError(f"model.cascade_fg_iou_threshs={ious} must lie in (0, 1)")
     if any(len(w) != 4 or any(x <= 0 for x in w) for w in weights):
         raise ConfigError(f"model.cascade_bbox_reg_weights={weights}: each stage needs 4 positive weights (x, y, w, h)")
+
+
+def validate_backbone(cfg: Config) -> None:
+    """model.backbone=vgg16 is the paper's no-normalization Faster R-CNN only; refuses other combinations."""
+    m = cfg.model
+    _choice("model.backbone", m.backbone, BACKBONES)
+    _positive("model.vgg_fc_dim", m.vgg_fc_dim)
+    if m.backbone != "vgg16":
+        return
+    if m.norm != "none":
+        raise ConfigError(f"model.backbone=vgg16 is built without normalization (PAPER.md); set model.norm=none, "
+                          f"got {m.norm!r}")
+    if m.arch != "faster_rcnn":
+        raise ConfigError(f"model.backbone=vgg16 builds Faster R-CNN only; set model.arch=faster_rcnn, got {m.arch!r}")
+    if m.cascade:
+        raise ConfigError("model.cascade=true is not implemented for model.backbone=vgg16")

@@ -2,6 +2,7 @@
 
 Backbone ResNet/ResNeXt (backbones.py) -> torchvision FPN (P2-P6) -> torchvision RPN -> RoI heads with the paper's
 "4conv1fc" box head and 4-conv mask head, each conv followed by the chosen norm (and then without bias).
+model.backbone=vgg16 builds the original Faster R-CNN instead (vgg.py): conv5_3, no FPN, no normalization.
 
 Resizing: at training time the data pipeline resizes (scratchdet.data.transforms), so augmentation is reproducible
 from the sampler and the pixels seen are known; the model's transform skips resizing then. At test time the model's
@@ -24,6 +25,7 @@ from scratchdet.modeling.cascade import switch_to_cascade_
 from scratchdet.modeling.init import init_detector_
 from scratchdet.modeling.keypoint_head import KeypointRCNNConvNormHead, KeypointRCNNPredictor
 from scratchdet.modeling.norm import build_norm
+from scratchdet.modeling.vgg import build_vgg16_faster_rcnn
 
 # torchvision's normalization of [0, 1] RGB input. Applied to both arms alike, so the comparison stays controlled.
 IMAGE_MEAN = [0.485, 0.456, 0.406]
@@ -52,6 +54,26 @@ def build_backbone(cfg: Config) -> BackboneWithFPN:
     return fpn
 
 
+def transform_and_sampling_kwargs(cfg: Config) -> dict:
+    """FasterRCNN kwargs every backbone shares: test-time resize, pixel normalization, RPN/RoI sampling and limits."""
+    m = cfg.model
+    return dict(
+        min_size=cfg.data.min_size_test,
+        max_size=cfg.data.max_size_test,
+        image_mean=IMAGE_MEAN,
+        image_std=IMAGE_STD,
+        rpn_pre_nms_top_n_train=m.rpn_pre_nms_top_n_train,
+        rpn_post_nms_top_n_train=m.rpn_post_nms_top_n_train,
+        rpn_pre_nms_top_n_test=m.rpn_pre_nms_top_n_test,
+        rpn_post_nms_top_n_test=m.rpn_post_nms_top_n_test,
+        rpn_batch_size_per_image=m.rpn_batch_size_per_image,
+        box_batch_size_per_image=m.box_batch_size_per_image,
+        box_detections_per_img=m.box_detections_per_img,
+        box_score_thresh=m.box_score_thresh,
+        _skip_resize=True,  # training images arrive resized by the data pipeline (see module docstring)
+    )
+
+
 def build_detector(cfg: Config, num_classes: int, num_keypoints: int | None = None) -> nn.Module:
     """Returns a randomly initialized (MSRA) torchvision Mask R-CNN or Faster R-CNN.
 
@@ -61,6 +83,11 @@ def build_detector(cfg: Config, num_classes: int, num_keypoints: int | None = No
         num_keypoints: keypoints per instance, from the dataset; needed by model.arch=keypoint_rcnn only.
     """
     m = cfg.model
+    if m.backbone == "vgg16":
+        # The original Faster R-CNN on conv5_3, no FPN and no normalization (vgg.py); same MSRA init below.
+        model = build_vgg16_faster_rcnn(cfg, num_classes, transform_and_sampling_kwargs(cfg))
+        init_detector_(model)
+        return model
     backbone = build_backbone(cfg)
     channels = m.fpn_channels
     head_norm = build_norm(m.norm, m.gn_groups)
@@ -73,22 +100,10 @@ def build_detector(cfg: Config, num_classes: int, num_keypoints: int | None = No
     fc_layers = [m.box_head_fc] if m.box_head_convs > 0 else [m.box_head_fc, m.box_head_fc]
     box_head = FastRCNNConvFCHead((channels, 7, 7), [channels] * m.box_head_convs, fc_layers, norm_layer=head_norm)
     common = dict(
-        min_size=cfg.data.min_size_test,
-        max_size=cfg.data.max_size_test,
-        image_mean=IMAGE_MEAN,
-        image_std=IMAGE_STD,
+        **transform_and_sampling_kwargs(cfg),
         rpn_anchor_generator=anchors,
-        rpn_pre_nms_top_n_train=m.rpn_pre_nms_top_n_train,
-        rpn_post_nms_top_n_train=m.rpn_post_nms_top_n_train,
-        rpn_pre_nms_top_n_test=m.rpn_pre_nms_top_n_test,
-        rpn_post_nms_top_n_test=m.rpn_post_nms_top_n_test,
-        rpn_batch_size_per_image=m.rpn_batch_size_per_image,
         box_head=box_head,
         box_predictor=FastRCNNPredictor(fc_layers[-1], num_classes),
-        box_batch_size_per_image=m.box_batch_size_per_image,
-        box_detections_per_img=m.box_detections_per_img,
-        box_score_thresh=m.box_score_thresh,
-        _skip_resize=True,  # training images arrive resized by the data pipeline (see module docstring)
     )
     if m.arch == "mask_rcnn":
         model = MaskRCNN(

@@ -74,16 +74,17 @@ def model_info(cfg: Config, size: tuple[int, int] = (800, 1333), num_classes: in
         model = build_detector(cfg, num_classes).eval()
         h, w = padded_size(size)
         image = torch.empty(1, 3, h, w)
-        rois_box = torch.empty(m.rpn_post_nms_top_n_test, m.fpn_channels, 7, 7)
+        rois_box = torch.empty(m.rpn_post_nms_top_n_test, model.backbone.out_channels, 7, 7)
         rois_mask = torch.empty(m.box_detections_per_img, m.fpn_channels, 14, 14)
     backbone = model.backbone
+    fpn = getattr(backbone, "fpn", None)  # VGG-16 (the original Faster R-CNN) has a single stride-16 map, no FPN
     heads = model.roi_heads
     has_mask = getattr(heads, "mask_head", None) is not None
     # Cascade heads keep one (box_head, box_predictor) pair per stage; a plain head is a cascade of one.
     box_stages = list(heads.stages) if hasattr(heads, "stages") else [heads]
     params = {
         "backbone": _count_params(backbone.body),
-        "fpn": _count_params(backbone.fpn),
+        "fpn": _count_params(fpn) if fpn is not None else 0,
         "rpn": _count_params(model.rpn),
         "box_head": sum(_count_params(st.box_head) + _count_params(st.box_predictor) for st in box_stages),
         "mask_head": (_count_params(heads.mask_head) + _count_params(heads.mask_predictor)) if has_mask else 0,
@@ -91,7 +92,10 @@ def model_info(cfg: Config, size: tuple[int, int] = (800, 1333), num_classes: in
     with torch.no_grad():
         flops = {}
         flops["backbone"], c_feats = _flops(backbone.body, image)
-        flops["fpn"], features = _flops(backbone.fpn, c_feats)
+        if fpn is not None:
+            flops["fpn"], features = _flops(fpn, c_feats)
+        else:
+            flops["fpn"], features = 0, {"0": c_feats}
         flops["rpn"], _ = _flops(model.rpn.head, list(features.values()))
         flops["box_head"] = sum(_flops(lambda x, st=st: st.box_predictor(st.box_head(x)), rois_box)[0]
                                 for st in box_stages)

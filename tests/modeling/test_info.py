@@ -92,3 +92,16 @@ def test_cascade_counts_all_three_box_stages():
     cascade = model_info(load_config(MINI_CONFIG, ["output=unused", "model.cascade=true"]), size=(128, 160))
     assert cascade["flops"]["box_head"] > 2.5 * plain["flops"]["box_head"]
     assert cascade["params"]["box_head"] > 2.5 * plain["params"]["box_head"]
+
+
+def test_vgg16_without_fpn_is_counted():
+    from helpers import ROOT
+
+    from scratchdet.config import load_config
+    from scratchdet.modeling.info import model_info
+
+    cfg = load_config(ROOT / "configs/paper/faster_rcnn_VGG16_scratch_11x_trainaug.yaml", ["output=unused"])
+    info = model_info(cfg, size=(224, 224))
+    assert info["params"]["fpn"] == 0 and info["flops"]["fpn"] == 0
+    # VGG-16's conv body without its last pool: ~15.3 GMACs at 224x224, i.e. ~30.7 GFLOPs.
+    assert 29e9 < info["flops"]["backbone"] < 32e9
