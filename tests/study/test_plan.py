@@ -62,3 +62,13 @@ def test_pretrain_arm_uses_the_study_pretraining_run(tmp_path):
 def test_bad_specs_name_the_problem(tmp_path, fields, message):
     with pytest.raises(ConfigError, match=message):
         load_study_spec(write_spec(tmp_path, **fields))
+
+
+@pytest.mark.parametrize("name", ["mini.yaml", "small_data_hparams.yaml"])
+def test_shipped_study_specs_plan(name):
+    spec = load_study_spec(ROOT / "configs" / "study" / name)
+    plan = plan_study(spec)
+    arms, sizes, hps = len(spec.arms), len(spec.train_sizes), len(spec.hparams)
+    assert len(plan.runs) == arms * sizes * hps * len(spec.schedules)
+    assert len(plan.trunks) == arms * sizes * hps
+    assert plan.iterations()["fraction"] < 1.0
