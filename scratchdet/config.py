@@ -50,6 +50,11 @@ class DataConfig:
     max_size_test: int = 1333
     flip_prob: float = 0.5
     num_workers: int = 2
+    # Page-locked host memory for loader output, so host-to-GPU copies run asynchronously (CUDA only; ignored on CPU).
+    pin_memory: bool = True
+    # Batch landscape with landscape and portrait with portrait images (within windows of the training stream, so
+    # resume stays exact; data/samplers.py), which cuts the padding the model pads each batch to (issue 5).
+    aspect_ratio_grouping: bool = False
     # Stat every image file when a dataset is opened, so a missing file fails before training, not hours into it.
     check_files: bool = True
     # Training only (issue 6): replace a sample whose image is missing or cannot be decoded by the next readable
@@ -155,6 +160,11 @@ class TrainConfig:
     # With resume=true: start from iteration 0 when the folder has no checkpoint, or its latest one is unreadable
     # (the unreadable run's files are moved to output/discarded_*/), instead of failing (issue 6).
     allow_fresh_start: bool = False
+    # Mixed precision (issue 5): "none" (fp32), "bf16" (autocast, no scaler) or "fp16" (autocast + GradScaler, whose
+    # state is saved in checkpoints). Measured in benchmarks/RESULTS.md.
+    amp: str = "none"
+    # Convolutions in channels_last memory layout (faster with tensor cores; measured in benchmarks/RESULTS.md).
+    channels_last: bool = False
 
 
 @dataclass
@@ -170,6 +180,9 @@ class EvalConfig:
     tta_sizes: list[int] = field(default_factory=lambda: [400, 500, 600, 700, 800, 900, 1000, 1100, 1200])
     tta_max_size: int = 2000
     tta_flip: bool = True
+    # COCO metric implementation: "pycocotools" (the reference) or "faster_coco_eval" (same numbers, faster; see
+    # benchmarks/RESULTS.md for the measured speed and agreement).
+    coco_backend: str = "pycocotools"
 
 
 @dataclass
@@ -275,6 +288,8 @@ def validate_config(cfg: Config) -> None:
     _choice("model.depth", cfg.model.depth, DEPTHS)
     _choice("init", cfg.init, INITS)
     _choice("train.device", cfg.train.device, ("auto", "cpu", "cuda"))
+    _choice("train.amp", cfg.train.amp, ("none", "bf16", "fp16"))
+    _choice("eval.coco_backend", cfg.eval.coco_backend, ("pycocotools", "faster_coco_eval"))
     _choice("pretrained.norm_mismatch", cfg.pretrained.norm_mismatch, ("error", "skip_norm", "load_affine"))
     if not 0.0 <= cfg.pretrained.min_coverage <= 1.0:
         raise ConfigError(f"pretrained.min_coverage={cfg.pretrained.min_coverage} must be in [0, 1]")

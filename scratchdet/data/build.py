@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from scratchdet.config import Config
 from scratchdet.data.coco import CocoDetection
 from scratchdet.data.keypoints import KeypointCocoDetection
-from scratchdet.data.samplers import TrainingSampler
+from scratchdet.data.samplers import TrainingBatchSampler, aspect_groups
 from scratchdet.data.transforms import build_train_transform
 from scratchdet.data.voc import VocDetection
 from scratchdet.errors import ConfigError, DataError
@@ -199,18 +199,19 @@ def collate(batch: list) -> tuple[list, list]:
     return list(images), list(targets)
 
 
-def build_train_loader(dataset: Dataset, cfg: Config, start_iter: int = 0) -> DataLoader:
-    """An endless loader of `train.batch_size` images per step, starting at iteration `start_iter` of the stream."""
-    batch = cfg.train.batch_size
-    sampler = TrainingSampler(len(dataset), cfg.seed, start=start_iter * batch)
+def build_train_loader(dataset: Dataset, cfg: Config, start_iter: int = 0, rank: int = 0,
+                       world_size: int = 1) -> DataLoader:
+    """An endless loader of this process's share (train.batch_size / world_size images) of every iteration's batch,
+    starting at iteration `start_iter` of the stream (data/samplers.py: TrainingBatchSampler)."""
+    groups = aspect_groups(dataset.image_sizes()) if cfg.data.aspect_ratio_grouping else None
+    batches = TrainingBatchSampler(len(dataset), cfg.seed, cfg.train.batch_size, start_iter, rank, world_size, groups)
     workers = cfg.data.num_workers
     return DataLoader(
         dataset,
-        batch_size=batch,
-        sampler=sampler,
+        batch_sampler=batches,
         num_workers=workers,
         collate_fn=collate,
-        pin_memory=torch.cuda.is_available(),
+        pin_memory=cfg.data.pin_memory and torch.cuda.is_available(),
         persistent_workers=False,
         prefetch_factor=2 if workers > 0 else None,
         # Worker seeds come from this generator, not the global RNG, so resuming (which restores the global RNG

@@ -495,6 +495,10 @@ class CocoDetection(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.image_ids)
 
+    def image_sizes(self) -> list[tuple[int, int]]:
+        """(width, height) of every yielded image from the JSON, in index order (aspect-ratio grouping)."""
+        return [(self.coco.imgs[i]["width"], self.coco.imgs[i]["height"]) for i in self.image_ids]
+
     def _read_image(self, image_id: int) -> torch.Tensor:
         img = self.coco.imgs[image_id]
         path = self._image_path(image_id)

@@ -303,6 +303,10 @@ class VocDetection(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.image_ids)
 
+    def image_sizes(self) -> list[tuple[int, int]]:
+        """(width, height) of every yielded image from its XML <size>, in index order (aspect-ratio grouping)."""
+        return [(self._images[i].width, self._images[i].height) for i in self.image_ids]
+
     def _read_image(self, image_id: int) -> torch.Tensor:
         info = self._images[image_id]
         try:

@@ -17,6 +17,7 @@ from torch import nn
 from scratchdet.config import Config
 from scratchdet.engine.checkpoint import latest_checkpoint
 from scratchdet.errors import CheckpointError
+from scratchdet.modeling.vgg_weights import load_vgg16_weights
 from scratchdet.modeling.weights import load_backbone_weights
 
 ZERO_SEEN = {"images": 0, "instances": 0, "pixels": 0}
@@ -63,13 +64,18 @@ def initialize(model: nn.Module, cfg: Config) -> dict:
             raise CheckpointError(f"init=scratch must load nothing, but weights={cfg.weights} was given")
         return {"init": "scratch", "weights": None, "loaded_keys": 0, "pretrain_seen": dict(ZERO_SEEN)}
     path = resolve_weights(cfg.weights)
-    report = load_backbone_weights(
-        model.backbone.body,
-        path,
-        target_norm=cfg.model.norm,
-        min_coverage=cfg.pretrained.min_coverage,
-        norm_mismatch=cfg.pretrained.norm_mismatch,
-    )
+    if cfg.model.backbone == "vgg16":
+        # No norm layers to reconcile; the ImageNet file also fills the box head's fc6/fc7 (original Faster R-CNN).
+        report = load_vgg16_weights(model.backbone.body, path, box_head=model.roi_heads.box_head,
+                                    min_coverage=cfg.pretrained.min_coverage)
+    else:
+        report = load_backbone_weights(
+            model.backbone.body,
+            path,
+            target_norm=cfg.model.norm,
+            min_coverage=cfg.pretrained.min_coverage,
+            norm_mismatch=cfg.pretrained.norm_mismatch,
+        )
     print(report.summary())
     return {
         "init": "pretrained",

@@ -7,8 +7,6 @@ reported as `{"status": "no predictions"}` instead of a misleading 0.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import time
 from collections.abc import Callable, Sequence
 
@@ -16,8 +14,9 @@ import numpy as np
 import pycocotools.mask as mask_util
 import torch
 from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 from torch import nn
+
+from scratchdet.evaluation.backends import cocoeval_stats
 
 # The order of COCOeval.stats for bbox/segm.
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -75,24 +74,19 @@ def coco_metrics(
     *,
     cat_ids: Sequence[int] | None = None,
     kpt_oks_sigmas: Sequence[float] | None = None,
+    backend: str = "pycocotools",
 ) -> dict:
     """Runs COCOeval for one IoU type over `image_ids`; returns {name: percent or None} (see STAT_NAMES).
 
     Keypoints ("keypoints") are named by KEYPOINT_STAT_NAMES and need `kpt_oks_sigmas` (one per keypoint) unless
     they are COCO's 17; `cat_ids` restricts evaluation to these categories (Keypoint R-CNN's one category).
+    `backend` (eval.coco_backend) picks the implementation: "pycocotools" or "faster_coco_eval" (evaluation/
+    backends.py; same numbers, faster).
     """
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress; we print our own table
-        coco_dt = coco_gt.loadRes(results)
-        evaluator = COCOeval(coco_gt, coco_dt, iou_type)
-        evaluator.params.imgIds = list(image_ids)
-        if cat_ids is not None:
-            evaluator.params.catIds = list(cat_ids)
-        if kpt_oks_sigmas is not None:
-            evaluator.params.kpt_oks_sigmas = np.asarray(kpt_oks_sigmas, dtype=np.float64)
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    stats = zip(KEYPOINT_STAT_NAMES if iou_type == "keypoints" else STAT_NAMES, evaluator.stats, strict=True)
+    values = cocoeval_stats(
+        backend, coco_gt, results, iou_type, image_ids, cat_ids=cat_ids, kpt_oks_sigmas=kpt_oks_sigmas
+    )
+    stats = zip(KEYPOINT_STAT_NAMES if iou_type == "keypoints" else STAT_NAMES, values, strict=True)
     return {name: (None if v < 0 else round(float(v) * 100, 3)) for name, v in stats}
 
 
@@ -120,8 +114,11 @@ def run_inference(
     return results
 
 
-def evaluate_results(dataset, results: list[dict], iou_types: Sequence[str], n_images: int) -> dict:
-    """COCO metrics for results on the first `n_images` images of `dataset`; 'no predictions' when empty."""
+def evaluate_results(
+    dataset, results: list[dict], iou_types: Sequence[str], n_images: int, *, backend: str = "pycocotools"
+) -> dict:
+    """COCO metrics for results on the first `n_images` images of `dataset` with the `backend` metric
+    implementation (see coco_metrics); 'no predictions' when empty."""
     image_ids = dataset.image_ids[:n_images]
     report: dict = {"images": len(image_ids), "detections": len(results)}
     if not results:
@@ -132,7 +129,7 @@ def evaluate_results(dataset, results: list[dict], iou_types: Sequence[str], n_i
     kp_cat = getattr(dataset, "keypoint_cat_id", None)
     extra = {} if kp_cat is None else {"cat_ids": [kp_cat], "kpt_oks_sigmas": dataset.kpt_oks_sigmas}
     for iou_type in iou_types:
-        report[iou_type] = coco_metrics(dataset.coco, results, iou_type, image_ids, **extra)
+        report[iou_type] = coco_metrics(dataset.coco, results, iou_type, image_ids, backend=backend, **extra)
     return report
 
 

@@ -15,6 +15,7 @@ from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
 from scratchdet.errors import ConfigError
+from scratchdet.modeling.sync_bn import SyncBatchNorm2d
 
 NormFactory = Callable[[int], nn.Module]
 
@@ -59,11 +60,8 @@ def build_norm(norm: str, gn_groups: int = 32, *, for_backbone_block: bool = Fal
         return FrozenBatchNorm2d
     if norm == "none":
         return ChannelBias if for_backbone_block else None
-    if norm == "SyncBN":
-        raise ConfigError(
-            "model.norm=SyncBN is not available yet: it needs multi-device training (issue 5). "
-            "Use model.norm=GN, which the paper shows works as well at any batch size."
-        )
+    if norm == "SyncBN":  # statistics over every process's images; plain BN when training in one process
+        return SyncBatchNorm2d
     raise ConfigError(f"model.norm={norm!r} is not valid; choose one of GN, SyncBN, BN, FrozenBN, none")
 
 

@@ -8,7 +8,8 @@ Choices, stated because the paper leaves them open:
 - fc6/fc7: model.vgg_fc_dim wide (4096 as in VGG-16 and the original Faster R-CNN), no dropout (Detectron's head).
 - Width: model.stem_width is the first conv's width (64 = VGG-16); narrower values give CPU-sized variants.
 The body is a Sequential laid out like torchvision's `vgg16().features[:30]`, so its keys ("N.weight") are
-torchvision's "features.N.weight"; importing ImageNet VGG weights is not implemented yet (weights.py loads ResNets).
+torchvision's "features.N.weight"; init=pretrained imports ImageNet VGG-16 into it, and fc6/fc7 into the box head as
+the original Faster R-CNN does (vgg_weights.py, called by engine/initialization.py).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.ops import MultiScaleRoIAlign
 
 from scratchdet.config import Config, validate_backbone
-from scratchdet.errors import ConfigError
 
 # torchvision's "D" configuration: conv widths per stage in units of the first width, "M" = 2x2 max-pool.
 VGG16_LAYOUT = (1, 1, "M", 2, 2, "M", 4, 4, 4, "M", 8, 8, 8, "M", 8, 8, 8)
@@ -52,19 +52,18 @@ class VGG16Backbone(nn.Module):
 def build_vgg16_faster_rcnn(cfg: Config, num_classes: int, common: dict) -> FasterRCNN:
     """Returns an uninitialized VGG-16 Faster R-CNN; `common` holds the transform/RPN/RoI-sampling kwargs.
 
+    init=pretrained weights are loaded afterwards, by engine/initialization.py (vgg_weights.py).
+
     Raises:
-        ConfigError: unsupported settings, or init=pretrained (no VGG weight import yet).
+        ConfigError: unsupported settings.
     """
     validate_backbone(cfg)  # also run by load_config; repeated for configs built in code
-    if cfg.init == "pretrained":
-        # Checked here rather than at config load so the paper's pre-trained config stays loadable and documented.
-        raise ConfigError("init=pretrained with model.backbone=vgg16 is not supported yet: the weight loader "
-                          "(scratchdet/modeling/weights.py) handles ResNet bodies only; use init=scratch")
     m = cfg.model
     backbone = VGG16Backbone(m.stem_width)
     anchors = AnchorGenerator((tuple(m.anchor_sizes),), ((0.5, 1.0, 2.0),))
     roi_pool = MultiScaleRoIAlign(featmap_names=["0"], output_size=7, sampling_ratio=2)
-    box_head = TwoMLPHead(backbone.out_channels * 7 * 7, m.vgg_fc_dim)  # fc6, fc7
+    # fc6, fc7; at full width and vgg_fc_dim=4096 they take VGG-16's ImageNet classifier.0/3 under init=pretrained.
+    box_head = TwoMLPHead(backbone.out_channels * 7 * 7, m.vgg_fc_dim)
     return FasterRCNN(
         backbone,
         rpn_anchor_generator=anchors,

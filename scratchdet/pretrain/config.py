@@ -123,10 +123,10 @@ def validate_pretrain_config(cfg: PretrainConfig) -> None:
                           "or data.synthetic=true (generated texture classes)")
     _choice("model.norm", m.norm, PRETRAIN_NORMS)
     if m.norm == "SyncBN":
-        # Same answer as the detector's build_norm: SyncBN needs multi-device training, not implemented yet.
+        # `scratchdet pretrain` runs in one process, where SyncBN would silently be BN: say so instead.
         raise ConfigError(
-            "model.norm=SyncBN is not available yet: it needs multi-device training (issue 5). "
-            "Use model.norm=GN or model.norm=BN (pre-training batches are large enough for BN)."
+            "model.norm=SyncBN: `scratchdet pretrain` trains in one process, where SyncBN is plain BN; use "
+            "model.norm=BN (pre-training batches are large enough for BN) or model.norm=GN"
         )
     _choice("model.depth", m.depth, DEPTHS)
     if m.groups > 1 and m.depth < 50:

@@ -76,9 +76,12 @@ def test_other_norms_build_and_run(norm):
     assert set(out[0]) == {"boxes", "labels", "scores", "masks"}
 
 
-def test_syncbn_says_not_yet():
-    with pytest.raises(ConfigError, match="SyncBN is not available yet"):
-        build_norm("SyncBN")
+def test_syncbn_is_batchnorm_in_one_process():
+    layer = build_norm("SyncBN")(8).train()
+    reference = torch.nn.BatchNorm2d(8).train()
+    x = torch.randn(2, 8, 5, 5)
+    torch.testing.assert_close(layer(x), reference(x))
+    torch.testing.assert_close(layer.running_var, reference.running_var)
 
 
 def test_group_count_falls_back_to_a_divisor():

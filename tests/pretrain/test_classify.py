@@ -100,7 +100,7 @@ def test_shipped_configs_load(name, tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "match"),
     [
-        (["model.norm=SyncBN"], "SyncBN is not available yet"),
+        (["model.norm=SyncBN"], "trains in one process, where SyncBN is plain BN"),
         (["model.norm=FrozenBN"], "model.norm='FrozenBN' is not valid"),
         (["data.root=/x"], "data.root='/x' and data.synthetic=true both given"),
         (["data.synthetic=false"], "no data: set data.root"),

@@ -1,0 +1,166 @@
+"""Multi-process training on torch.distributed (issue 5, part 1): who this process is, and the few collectives the
+training loop needs.
+
+Launch with torchrun, unchanged from the single-process command:
+
+    torchrun --nproc_per_node=8 -m scratchdet train CONFIG ...                       (one machine)
+    torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=HOST:PORT -m scratchdet train ...
+
+torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; without them the process runs alone and nothing here communicates.
+The backend is NCCL when the run uses CUDA and gloo on CPU. train.batch_size stays the global batch (the paper's
+16 images per iteration), so the LR schedule is the same at any world size; each process loads
+train.batch_size / world_size images per iteration (data/samplers.py: TrainingBatchSampler).
+
+Roles: rank 0 alone writes the run folder (logs, checkpoints, evaluation reports); every rank trains and evaluates
+its shard. Failures: every iteration the ranks agree (one small all-reduce) on whether any of them failed to load
+its batch, hit an exception in the forward pass, saw a non-finite loss, or was asked to stop (SIGTERM); then all of
+them stop at the same iteration boundary, before any optimizer step, instead of the healthy ranks hanging in the
+next gradient all-reduce.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from scratchdet.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """This process's place among the training processes (rank 0 of 1 when not launched by torchrun)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def env_world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """train.device (auto | cpu | cuda) -> the device of this process (cuda:LOCAL_RANK under torchrun)."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("train.device=cuda but no CUDA device is visible; use train.device=cpu or auto")
+        if local_rank >= torch.cuda.device_count():
+            raise ConfigError(f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} CUDA devices are "
+                              "visible; lower --nproc_per_node")
+        return torch.device("cuda", local_rank)
+    return torch.device(name)
+
+
+def init_distributed(device_name: str) -> tuple[DistContext, torch.device]:
+    """Joins the process group torchrun describes (if any); returns this process's context and device.
+
+    A process group already initialized by the caller (tests spawning processes themselves) is used as it is.
+    """
+    world = env_world_size()
+    if world == 1 and not (dist.is_available() and dist.is_initialized()):
+        return DistContext(), resolve_device(device_name)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_name, local_rank)
+    if not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return DistContext(dist.get_rank(), dist.get_world_size(), local_rank), device
+
+
+def shutdown_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _collective_device(ctx: DistContext, device: torch.device) -> torch.device:
+    # NCCL communicates CUDA tensors only; gloo takes CPU tensors.
+    return device if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def agree(ctx: DistContext, device: torch.device, *, failed: bool | torch.Tensor, stop: bool) -> tuple[list[int], bool]:
+    """Every rank's failure flag and whether any rank must stop; the only per-iteration synchronization.
+
+    `failed` may be a 0-dim bool tensor on `device` (e.g. "loss is not finite"), so that the single transfer to the
+    host happens here, merged with the cross-rank exchange.
+
+    Returns:
+        (ranks that failed, any rank asked to stop).
+    """
+    if not ctx.enabled:
+        return ([0] if bool(failed) else []), stop
+    where = _collective_device(ctx, device)
+    flags = torch.zeros(ctx.world_size + 1, device=where)
+    flags[ctx.rank] = failed.to(where, torch.float32) if isinstance(failed, torch.Tensor) else float(failed)
+    flags[-1] = float(stop)
+    dist.all_reduce(flags)
+    values = flags.tolist()
+    return [r for r in range(ctx.world_size) if values[r] > 0], values[-1] > 0
+
+
+def all_reduce_sum(ctx: DistContext, device: torch.device, values: list[float], *, mean: bool = False) -> list[float]:
+    """Sums (or averages) a short list of numbers over ranks; one transfer. Floats in float64, so counts stay exact."""
+    if not ctx.enabled:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=_collective_device(ctx, device))
+    dist.all_reduce(t)
+    if mean:
+        t /= ctx.world_size
+    return t.tolist()
+
+
+def all_reduce_tensors(ctx: DistContext, device: torch.device, values: list[torch.Tensor]) -> list[float]:
+    """Averages scalar tensors (losses summed over a log window) over ranks, with one transfer to the host."""
+    if not values:
+        return []
+    stacked = torch.stack([v.detach().float() for v in values])
+    if ctx.enabled:
+        stacked = stacked.to(_collective_device(ctx, device))
+        dist.all_reduce(stacked)
+        stacked /= ctx.world_size
+    return stacked.tolist()
+
+
+def gather_to_main(ctx: DistContext, obj: object) -> list[object] | None:
+    """Every rank's `obj` as a list on rank 0 (rank order), None on the others."""
+    if not ctx.enabled:
+        return [obj]
+    out = [None] * ctx.world_size if ctx.is_main else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
+def all_gather(ctx: DistContext, obj: object) -> list[object]:
+    """Every rank's `obj` on every rank (rank order)."""
+    if not ctx.enabled:
+        return [obj]
+    out: list[object] = [None] * ctx.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_from_main(ctx: DistContext, obj: object) -> object:
+    """Rank 0's `obj` on every rank."""
+    if not ctx.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.enabled:
+        dist.barrier()

@@ -1,0 +1,108 @@
+"""COCO metric backends: pycocotools (the reference) or faster-coco-eval (a C++ reimplementation, same numbers).
+
+Both run the same protocol — COCOeval's evaluate, accumulate and summarize — and return COCOeval's `stats` array
+(fractions in [0, 1], -1 where a metric is undefined, e.g. APs on a set without small objects). faster-coco-eval
+moves the per-image matching and the accumulation into C++ and computes mask IoUs on a thread pool, which is where
+pycocotools spends its time on large validation sets; benchmarks/eval_backends.py measures speed and agreement.
+
+faster-coco-eval is driven through its own COCO class, built from a copy of the ground truth, so that neither
+library sees annotation dicts the other has modified (both write helper fields such as "ignore" or decoded RLEs
+into the annotations they evaluate).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Sequence
+
+import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from scratchdet.errors import ConfigError
+
+BACKENDS = ("pycocotools", "faster_coco_eval")
+IOU_TYPES = ("bbox", "segm", "keypoints")
+
+
+def cocoeval_stats(
+    backend: str,
+    coco_gt: COCO,
+    results: list[dict],
+    iou_type: str,
+    image_ids: Sequence[int],
+    *,
+    cat_ids: Sequence[int] | None = None,
+    kpt_oks_sigmas: Sequence[float] | None = None,
+) -> np.ndarray:
+    """Runs COCOeval with `backend` over `image_ids` and returns its `stats` (12 values, 10 for keypoints).
+
+    Args:
+        backend: "pycocotools" or "faster_coco_eval" (config key eval.coco_backend).
+        coco_gt: the ground truth as a pycocotools COCO object (the dataset's `coco`).
+        results: COCO result dicts (image_id, category_id, score, bbox and/or segmentation and/or keypoints).
+            Like pycocotools' loadRes, the pycocotools backend adds fields (id, area, ...) to these dicts in place.
+        iou_type: "bbox", "segm" or "keypoints".
+        image_ids: the images to evaluate; images without any result count as all misses.
+        cat_ids: restricts evaluation to these categories (default: all categories of `coco_gt`).
+        kpt_oks_sigmas: per-keypoint OKS sigmas (default: COCO's 17 person keypoints).
+    Returns:
+        COCOeval.stats as float64 fractions; -1 marks an undefined metric.
+    """
+    if backend not in BACKENDS:
+        raise ConfigError(f"eval.coco_backend={backend!r} is not a COCO metric backend; choose one of {BACKENDS}")
+    if iou_type not in IOU_TYPES:
+        raise ValueError(f"iou_type {iou_type!r} is not one of {IOU_TYPES}")
+    if backend == "pycocotools":
+        return _pycocotools_stats(coco_gt, results, iou_type, image_ids, cat_ids, kpt_oks_sigmas)
+    return _faster_stats(coco_gt, results, iou_type, image_ids, cat_ids, kpt_oks_sigmas)
+
+
+def _pycocotools_stats(coco_gt, results, iou_type, image_ids, cat_ids, kpt_oks_sigmas) -> np.ndarray:
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress; callers print their own table
+        coco_dt = coco_gt.loadRes(results)
+        evaluator = COCOeval(coco_gt, coco_dt, iou_type)
+        _configure(evaluator.params, image_ids, cat_ids, kpt_oks_sigmas)
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return np.asarray(evaluator.stats, dtype=np.float64)
+
+
+def _faster_stats(coco_gt, results, iou_type, image_ids, cat_ids, kpt_oks_sigmas) -> np.ndarray:
+    try:  # imported here so that the reference backend works on machines without faster-coco-eval
+        from faster_coco_eval import COCO as FasterCOCO
+        from faster_coco_eval import COCOeval_faster
+    except ImportError as exc:
+        raise ConfigError(
+            "eval.coco_backend=faster_coco_eval needs the faster-coco-eval package "
+            "(pip install 'faster-coco-eval>=1.6'), or set eval.coco_backend=pycocotools"
+        ) from exc
+    # Shallow copies of every annotation and result dict: faster-coco-eval stores decoded RLEs and ignore flags in
+    # them, which must not leak into the dataset's pycocotools index or the caller's results.
+    dataset = dict(coco_gt.dataset)
+    dataset["annotations"] = [dict(ann) for ann in coco_gt.dataset.get("annotations", [])]
+    gt = FasterCOCO(dataset, print_function=_silent)
+    dt = gt.loadRes([dict(r) for r in results])
+    evaluator = COCOeval_faster(gt, dt, iou_type, print_function=_silent)
+    # pycocotools evaluates all categories by default, faster-coco-eval (for keypoints) only annotated ones; an
+    # explicit list makes both evaluate the same categories.
+    _configure(evaluator.params, image_ids, sorted(coco_gt.getCatIds()) if cat_ids is None else cat_ids, kpt_oks_sigmas)
+    evaluator.evaluate()
+    evaluator.accumulate()
+    evaluator.summarize()
+    return np.asarray(evaluator.stats, dtype=np.float64)
+
+
+def _configure(params, image_ids, cat_ids, kpt_oks_sigmas) -> None:
+    """Sets the evaluated images, categories and OKS sigmas on either library's (field-compatible) Params."""
+    params.imgIds = list(image_ids)
+    if cat_ids is not None:
+        params.catIds = list(cat_ids)
+    if kpt_oks_sigmas is not None:
+        params.kpt_oks_sigmas = np.asarray(kpt_oks_sigmas, dtype=np.float64)
+
+
+def _silent(*args, **kwargs) -> None:
+    """faster-coco-eval's print_function: it logs every step, callers print their own summary."""

@@ -1,0 +1,84 @@
+"""Runs a function in N gloo processes for the distributed tests (a module on the tests' import path, so that
+spawned children can import the workers by name; pytest's importlib mode gives test modules names they cannot)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _entry(rank: int, world: int, port: int, fn: Callable, args: tuple) -> None:
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+                       "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank)})
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        fn(rank, world, *args)
+    finally:
+        dist.destroy_process_group()
+
+
+def run_in_processes(fn: Callable, world: int, *args) -> None:
+    """Calls fn(rank, world, *args) in `world` spawned processes joined in a gloo group; re-raises a failure."""
+    mp.spawn(_entry, args=(world, _free_port(), fn, args), nprocs=world, join=True)
+
+
+# ---- workers (module level: spawned processes import them by name) ----
+
+def sync_bn_worker(rank: int, world: int, out: str, x: torch.Tensor, split: list[int], seed: int) -> None:
+    """Conv -> SyncBN -> loss on this rank's rows of `x` (split[r] rows for rank r); saves stats and gradients.
+
+    The loss sums over samples, so summed over ranks it is the one-process loss; gradients are summed over ranks
+    (all-reduce SUM), which is DDP's average times the world size.
+    """
+    from scratchdet.modeling.sync_bn import SyncBatchNorm2d
+
+    torch.manual_seed(seed)
+    conv = torch.nn.Conv2d(3, 4, 3, padding=1, bias=False)  # no bias before a norm (its gradient is 0)
+    bn = SyncBatchNorm2d(4)
+    conv, bn = conv.double(), bn.double()  # float64: an exact comparison, no summation-order noise
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-0.5, 0.5)
+    start = sum(split[:rank])
+    local = x[start:start + split[rank]].clone().requires_grad_(True)
+    y = bn(conv(local))
+    loss = (torch.relu(y) ** 2 * torch.arange(1, 5).view(1, 4, 1, 1)).sum()
+    loss.backward()
+    grads = {name: p.grad.clone() for name, p in [*conv.named_parameters(prefix="conv"),
+                                                   *bn.named_parameters(prefix="bn")]}
+    for g in grads.values():
+        dist.all_reduce(g)
+    torch.save({"y": y.detach(), "x_grad": local.grad, "grads": grads, "running_mean": bn.running_mean,
+                "running_var": bn.running_var}, Path(out) / f"rank{rank}.pt")
+
+
+def sharded_eval_worker(rank: int, world: int, out: str, cfg_path: str, overrides: list[str],
+                        weights: str) -> None:
+    """Builds the detector of `cfg_path`, loads `weights`, evaluates with sharded inference, saves the report."""
+    import json
+
+    from scratchdet.config import load_config
+    from scratchdet.data.build import build_val_dataset
+    from scratchdet.engine.distributed import DistContext
+    from scratchdet.evaluation.coco import evaluate
+    from scratchdet.modeling.detector import build_detector
+
+    cfg = load_config(cfg_path, overrides)
+    val = build_val_dataset(cfg)
+    model = build_detector(cfg, val.num_classes)
+    model.load_state_dict(torch.load(weights, weights_only=True))
+    report = evaluate(model, val, torch.device("cpu"), ctx=DistContext(rank, world, rank))
+    Path(out, f"rank{rank}.json").write_text(json.dumps(report))
