@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -63,11 +64,17 @@ def _cmd_data_check(args) -> int:
 
 def _cmd_train(args) -> int:
     from scratchdet.config import load_config
+    from scratchdet.engine.distributed import env_world_size, shutdown_distributed
     from scratchdet.engine.trainer import train
 
     cfg = load_config(args.config, args.overrides)
-    result = train(cfg)
-    print(f"run folder: {result['output']} (config.yaml, metrics.jsonl, checkpoints/, eval/)")
+    try:
+        result = train(cfg)
+    finally:
+        shutdown_distributed()  # under torchrun: leave the process group cleanly, also after an error
+    if int(os.environ.get("RANK", "0")) == 0:
+        processes = f" ({env_world_size()} processes)" if env_world_size() > 1 else ""
+        print(f"run folder: {result['output']}{processes} (config.yaml, metrics.jsonl, checkpoints/, eval/)")
     return 0
 
 

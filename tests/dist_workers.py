@@ -80,5 +80,42 @@ def sharded_eval_worker(rank: int, world: int, out: str, cfg_path: str, override
     val = build_val_dataset(cfg)
     model = build_detector(cfg, val.num_classes)
     model.load_state_dict(torch.load(weights, weights_only=True))
-    report = evaluate(model, val, torch.device("cpu"), ctx=DistContext(rank, world, rank))
+    ctx = DistContext(rank, world, rank)
+    report = evaluate(model, val, torch.device("cpu"), max_images=cfg.eval.max_images, ctx=ctx)
     Path(out, f"rank{rank}.json").write_text(json.dumps(report))
+
+
+def nan_on_rank1_worker(rank: int, world: int, out: str, overrides: list[str]) -> None:
+    """Trains the mini config with rank 1's loss turned NaN at iteration 1; saves each rank's error message."""
+    import json
+
+    from helpers import MINI_CONFIG
+
+    from scratchdet.config import load_config
+    from scratchdet.engine import trainer
+
+    build = trainer.build_detector
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        model = build(*args, **kwargs)
+        forward = model.forward
+
+        def forward_with_nan(images, targets=None):
+            losses = forward(images, targets)
+            if model.training:
+                calls["n"] += 1
+                if rank == 1 and calls["n"] == 2:
+                    losses["loss_classifier"] = losses["loss_classifier"] * float("nan")
+            return losses
+
+        model.forward = forward_with_nan
+        return model
+
+    trainer.build_detector = poisoned
+    try:
+        trainer.train(load_config(MINI_CONFIG, overrides))
+        message = "finished"
+    except Exception as e:
+        message = f"{type(e).__name__}: {e}"
+    Path(out, f"rank{rank}.json").write_text(json.dumps({"message": message, "forward_calls": calls["n"]}))

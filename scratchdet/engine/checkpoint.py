@@ -180,13 +180,21 @@ def check_free_space(folder: str | Path, checkpoint_bytes: int, count: int) -> N
         )
 
 
-def restore_training_state(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-    """Loads model, optimizer and every RNG state from a checkpoint; returns it (iteration, seen, ...) for the rest.
+def restore_training_state(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *,
+                           rank: int = 0, world_size: int = 1, scaler: torch.amp.GradScaler | None = None) -> dict:
+    """Loads model, optimizer, grad scaler and every RNG state from a checkpoint; returns it (iteration, seen, ...).
 
-    Shared by the detection and pre-training loops, so both resume exactly the same way.
+    Shared by the detection and pre-training loops, so both resume exactly the same way. A multi-process run stores
+    every rank's RNG states ("rng_per_rank"); each rank takes its own when the world size is unchanged, else rank
+    0's (the data order is unaffected: it depends on the stream position only).
     """
     state = load_checkpoint(path)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
-    set_rng_state(state["rng"])
+    per_rank = state.get("rng_per_rank")
+    set_rng_state(per_rank[rank] if per_rank is not None and len(per_rank) == world_size else state["rng"])
+    if scaler is not None and scaler.is_enabled():
+        if "scaler" not in state:
+            raise CheckpointError(f"{path} has no grad-scaler state: it was written without train.amp=fp16")
+        scaler.load_state_dict(state["scaler"])
     return state

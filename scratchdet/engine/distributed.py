@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from scratchdet.errors import ConfigError
+from scratchdet.errors import ConfigError, TrainingError
 
 
 @dataclass(frozen=True)
@@ -81,45 +81,57 @@ def init_distributed(device_name: str) -> tuple[DistContext, torch.device]:
     return DistContext(dist.get_rank(), dist.get_world_size(), local_rank), device
 
 
-def shutdown_distributed() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def _collective_device(ctx: DistContext, device: torch.device) -> torch.device:
+def _collective_device(device: torch.device) -> torch.device:
     # NCCL communicates CUDA tensors only; gloo takes CPU tensors.
     return device if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
-def agree(ctx: DistContext, device: torch.device, *, failed: bool | torch.Tensor, stop: bool) -> tuple[list[int], bool]:
-    """Every rank's failure flag and whether any rank must stop; the only per-iteration synchronization.
+_CONTROL: list = []  # the CPU process group for control flags, created once per process
 
-    `failed` may be a 0-dim bool tensor on `device` (e.g. "loss is not finite"), so that the single transfer to the
-    host happens here, merged with the cross-rank exchange.
 
-    Returns:
-        (ranks that failed, any rank asked to stop).
-    """
+def _control_group():
+    """A gloo group for small host-side exchanges (flags, counters): under NCCL they then need no CUDA tensor, so
+    they never wait for the GPU; under gloo it is the default group."""
+    if not _CONTROL:
+        _CONTROL.append(dist.new_group(backend="gloo") if dist.get_backend() == "nccl" else dist.group.WORLD)
+    return _CONTROL[0]
+
+
+def agree_on_host(ctx: DistContext, *, failed: bool, stop: bool) -> tuple[list[int], bool]:
+    """Host-side flags of every rank (e.g. "my batch failed to load", "I got SIGTERM"), exchanged without
+    touching the GPU. Returns (ranks that failed, any rank asked to stop)."""
     if not ctx.enabled:
-        return ([0] if bool(failed) else []), stop
-    where = _collective_device(ctx, device)
-    flags = torch.zeros(ctx.world_size + 1, device=where)
-    flags[ctx.rank] = failed.to(where, torch.float32) if isinstance(failed, torch.Tensor) else float(failed)
-    flags[-1] = float(stop)
-    dist.all_reduce(flags)
+        return ([0] if failed else []), stop
+    flags = torch.zeros(ctx.world_size + 1)
+    flags[ctx.rank], flags[-1] = float(failed), float(stop)
+    dist.all_reduce(flags, group=_control_group())
     values = flags.tolist()
     return [r for r in range(ctx.world_size) if values[r] > 0], values[-1] > 0
 
 
-def all_reduce_sum(ctx: DistContext, device: torch.device, values: list[float], *, mean: bool = False) -> list[float]:
-    """Sums (or averages) a short list of numbers over ranks; one transfer. Floats in float64, so counts stay exact."""
+def ranks_not_finite(ctx: DistContext, device: torch.device, value: torch.Tensor) -> list[int]:
+    """The ranks whose `value` (this iteration's loss) is NaN or infinite.
+
+    This is the training loop's one per-iteration transfer from the device to the host: the loss must be known to
+    be finite before the optimizer step, on every rank at once.
+    """
+    bad = ~torch.isfinite(value.detach())
+    if not ctx.enabled:
+        return [0] if bool(bad) else []
+    where = _collective_device(device)
+    flags = torch.zeros(ctx.world_size, device=where)
+    flags[ctx.rank] = bad.to(where, torch.float32)
+    dist.all_reduce(flags)
+    return [r for r, v in enumerate(flags.tolist()) if v > 0]
+
+
+def all_reduce_sum(ctx: DistContext, values: list[int]) -> list[int]:
+    """Sums a short list of host-side counts over ranks (float64, exact below 2**53)."""
     if not ctx.enabled:
         return list(values)
-    t = torch.tensor(values, dtype=torch.float64, device=_collective_device(ctx, device))
-    dist.all_reduce(t)
-    if mean:
-        t /= ctx.world_size
-    return t.tolist()
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t, group=_control_group())
+    return [int(v) for v in t.tolist()]
 
 
 def all_reduce_tensors(ctx: DistContext, device: torch.device, values: list[torch.Tensor]) -> list[float]:
@@ -128,7 +140,7 @@ def all_reduce_tensors(ctx: DistContext, device: torch.device, values: list[torc
         return []
     stacked = torch.stack([v.detach().float() for v in values])
     if ctx.enabled:
-        stacked = stacked.to(_collective_device(ctx, device))
+        stacked = stacked.to(_collective_device(device))
         dist.all_reduce(stacked)
         stacked /= ctx.world_size
     return stacked.tolist()
@@ -139,7 +151,7 @@ def gather_to_main(ctx: DistContext, obj: object) -> list[object] | None:
     if not ctx.enabled:
         return [obj]
     out = [None] * ctx.world_size if ctx.is_main else None
-    dist.gather_object(obj, out, dst=0)
+    dist.gather_object(obj, out, dst=0, group=_control_group())
     return out
 
 
@@ -148,7 +160,7 @@ def all_gather(ctx: DistContext, obj: object) -> list[object]:
     if not ctx.enabled:
         return [obj]
     out: list[object] = [None] * ctx.world_size
-    dist.all_gather_object(out, obj)
+    dist.all_gather_object(out, obj, group=_control_group())
     return out
 
 
@@ -157,10 +169,32 @@ def broadcast_from_main(ctx: DistContext, obj: object) -> object:
     if not ctx.enabled:
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=0)
+    dist.broadcast_object_list(box, src=0, group=_control_group())
     return box[0]
 
 
-def barrier(ctx: DistContext) -> None:
-    if ctx.enabled:
-        dist.barrier()
+def main_first(ctx: DistContext, fn, *args):
+    """Runs fn(*args) on rank 0 only and returns its result on every rank.
+
+    A failure on rank 0 is re-raised there and reported on the other ranks as a TrainingError naming it, so no
+    rank is left waiting for a result that will not come.
+    """
+    if not ctx.enabled:
+        return fn(*args)
+    outcome: tuple = ("ok", None)
+    if ctx.is_main:
+        try:
+            outcome = ("ok", fn(*args))
+        except Exception as e:
+            broadcast_from_main(ctx, ("error", f"{type(e).__name__}: {e}"))
+            raise
+    kind, value = broadcast_from_main(ctx, outcome)
+    if kind == "error":
+        raise TrainingError(f"rank 0 failed, so rank {ctx.rank} stops too: {value}")
+    return value
+
+
+def shutdown_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    _CONTROL.clear()

@@ -11,7 +11,8 @@ from pathlib import Path
 class MetricsWriter:
     """Appends records to `run_dir/metrics.jsonl` and scalars to `run_dir/tb/`."""
 
-    def __init__(self, run_dir: str | Path, tensorboard: bool = True):
+    def __init__(self, run_dir: str | Path, tensorboard: bool = True, enabled: bool = True):
+        self.enabled = enabled  # False on every training process but rank 0: one writer per run folder
         self.path = Path(run_dir) / "metrics.jsonl"
         self._tb_dir = Path(run_dir) / "tb"
         self._tb = None
@@ -25,6 +26,8 @@ class MetricsWriter:
         return self._tb
 
     def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
         with self.path.open("a") as f:
             f.write(json.dumps(record, allow_nan=True) + "\n")
         tb = self._tensorboard()

@@ -16,7 +16,9 @@ import torch
 from pycocotools.coco import COCO
 from torch import nn
 
+from scratchdet.engine.distributed import DistContext
 from scratchdet.evaluation.backends import cocoeval_stats
+from scratchdet.evaluation.sharding import SINGLE, gather_in_order, shard, share_report
 
 # The order of COCOeval.stats for bbox/segm.
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -92,26 +94,30 @@ def coco_metrics(
 
 @torch.no_grad()
 def run_inference(
-    model: nn.Module, dataset, device: torch.device, max_images: int | None = None, predict: Predictor | None = None
-) -> list[dict]:
+    model: nn.Module, dataset, device: torch.device, max_images: int | None = None, predict: Predictor | None = None,
+    ctx: DistContext = SINGLE,
+) -> list[dict] | None:
     """Runs `model` in eval mode over `dataset` (a CocoDetection with train=False) and returns COCO results.
 
     Images go one at a time at their original size; the model's transform resizes them to the test size and maps
     detections back, so results are in original image coordinates. `predict` (image -> one image's output) replaces
-    the plain `model([image])[0]`, e.g. test-time augmentation (evaluation/tta.py).
+    the plain `model([image])[0]`, e.g. test-time augmentation (evaluation/tta.py). Under distributed training
+    (`ctx`), each rank runs its shard and rank 0 gets every image's results in image order, the others None
+    (evaluation/sharding.py).
     """
     was_training = model.training
     model.eval()
-    results: list[dict] = []
+    per_image: dict[int, list[dict]] = {}
     n = len(dataset) if max_images is None else min(max_images, len(dataset))
     try:
-        for i in range(n):
+        for i in shard(n, ctx):
             image, target = dataset[i]
             output = predict(image.to(device)) if predict is not None else model([image.to(device)])[0]
-            results += detections_to_coco(output, target["image_id"], dataset.label_to_cat_id)
+            per_image[i] = detections_to_coco(output, target["image_id"], dataset.label_to_cat_id)
     finally:
         model.train(was_training)
-    return results
+    ordered = gather_in_order(ctx, per_image)
+    return None if ordered is None else [r for results in ordered for r in results]
 
 
 def evaluate_results(
@@ -134,19 +140,28 @@ def evaluate_results(
 
 
 def evaluate(
-    model: nn.Module, dataset, device: torch.device, *, max_images: int | None = None, predict: Predictor | None = None
+    model: nn.Module, dataset, device: torch.device, *, max_images: int | None = None, predict: Predictor | None = None,
+    ctx: DistContext = SINGLE, backend: str = "pycocotools",
 ) -> dict:
-    """Inference + COCO metrics; bbox always, segm when the model predicts masks. Adds timing to the report."""
+    """Inference + COCO metrics; bbox always, segm when the model predicts masks. Adds timing to the report.
+
+    Under distributed training every rank calls this; inference is sharded, rank 0 scores, all ranks return its
+    report.
+    """
     start = time.perf_counter()
-    results = run_inference(model, dataset, device, max_images, predict)
+    results = run_inference(model, dataset, device, max_images, predict, ctx)
     inference_s = time.perf_counter() - start
-    iou_types = ["bbox"] + (["segm"] if getattr(model.roi_heads, "has_mask", lambda: False)() else [])
-    iou_types += ["keypoints"] if getattr(model.roi_heads, "has_keypoint", lambda: False)() else []
-    n_images = len(dataset) if max_images is None else min(max_images, len(dataset))
-    report = evaluate_results(dataset, results, iou_types, n_images)
-    report["inference_s"] = round(inference_s, 3)
-    report["eval_s"] = round(time.perf_counter() - start - inference_s, 3)
-    return report
+    report = None
+    if results is not None:  # rank 0
+        iou_types = ["bbox"] + (["segm"] if getattr(model.roi_heads, "has_mask", lambda: False)() else [])
+        iou_types += ["keypoints"] if getattr(model.roi_heads, "has_keypoint", lambda: False)() else []
+        n_images = len(dataset) if max_images is None else min(max_images, len(dataset))
+        report = evaluate_results(dataset, results, iou_types, n_images, backend=backend)
+        report["inference_s"] = round(inference_s, 3)
+        report["eval_s"] = round(time.perf_counter() - start - inference_s, 3)
+        if ctx.enabled:
+            report["eval_processes"] = ctx.world_size
+    return share_report(ctx, report)
 
 
 def format_report(report: dict) -> str:

@@ -10,7 +10,7 @@ import torch
 from scratchdet.config import load_config
 from scratchdet.data.build import build_val_dataset
 from scratchdet.engine.checkpoint import latest_checkpoint, load_checkpoint
-from scratchdet.engine.trainer import resolve_device
+from scratchdet.engine.distributed import resolve_device
 from scratchdet.errors import CheckpointError
 from scratchdet.evaluation.coco import evaluate, format_report
 from scratchdet.evaluation.tta import build_tta_predictor
@@ -57,7 +57,8 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | None = None) -> dic
         report = evaluate_voc(model, val_set, device, max_images=cfg.eval.max_images,
                               use_07_metric=voc_use_07_metric(cfg.data), predict=predict)
     else:
-        report = evaluate(model, val_set, device, max_images=cfg.eval.max_images, predict=predict)
+        report = evaluate(model, val_set, device, max_images=cfg.eval.max_images, predict=predict,
+                          backend=cfg.eval.coco_backend)
     report["iter"] = state["iteration"]
     report["checkpoint"] = str(checkpoint)
     report["tta"] = cfg.eval.tta

@@ -24,6 +24,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from scratchdet.engine.distributed import DistContext
+from scratchdet.evaluation.sharding import SINGLE, gather_in_order, shard, share_report
+
 METRIC_NAMES = {True: "VOC07 11-point", False: "VOC10+ area"}
 
 
@@ -156,10 +159,12 @@ def evaluate_voc(
     max_images: int | None = None,
     use_07_metric: bool = True,
     predict: Callable[[torch.Tensor], dict] | None = None,
+    ctx: DistContext = SINGLE,
 ) -> dict:
     """Inference over `dataset` (a VocDetection with train=False, difficult objects kept) and VOC mAP.
 
-    `predict` (image -> one image's output, e.g. test-time augmentation) replaces `model([image])[0]`.
+    `predict` (image -> one image's output, e.g. test-time augmentation) replaces `model([image])[0]`. Under
+    distributed training (`ctx`) inference is sharded, rank 0 scores and every rank returns its report.
 
     Returns:
         {"status": "ok" | "no predictions", "images", "detections", "voc": voc_metrics(...) (when ok),
@@ -169,26 +174,30 @@ def evaluate_voc(
     was_training = model.training
     model.eval()
     n = len(dataset) if max_images is None else min(max_images, len(dataset))
-    detections: dict[int, list] = {}
-    ground_truth: dict[int, dict] = {}
-    n_det = 0
+    per_image: dict[int, tuple] = {}  # index -> (image id, boxes, scores, labels)
     try:
-        for i in range(n):
+        for i in shard(n, ctx):
             image, target = dataset[i]
-            image_id = target["image_id"]
             output = predict(image.to(device)) if predict is not None else model([image.to(device)])[0]
-            boxes = _to_devkit(output["boxes"].detach().cpu().numpy())
-            scores = output["scores"].detach().cpu().numpy().tolist()
-            for box, score, label in zip(boxes, scores, output["labels"].cpu().tolist(), strict=True):
-                detections.setdefault(int(label), []).append((image_id, float(score), box))
-            n_det += len(scores)
-            gt = dataset.ground_truth(image_id)
-            for label in np.unique(gt["labels"]):
-                sel = gt["labels"] == label
-                ground_truth.setdefault(int(label), {})[image_id] = (_to_devkit(gt["boxes"][sel]), gt["difficult"][sel])
+            per_image[i] = (target["image_id"], _to_devkit(output["boxes"].detach().cpu().numpy()),
+                            output["scores"].detach().cpu().numpy().tolist(), output["labels"].cpu().tolist())
     finally:
         model.train(was_training)
     inference_s = time.perf_counter() - start
+    ordered = gather_in_order(ctx, per_image)
+    if ordered is None:  # not rank 0
+        return share_report(ctx, None)
+    detections: dict[int, list] = {}
+    ground_truth: dict[int, dict] = {}
+    n_det = 0
+    for image_id, boxes, scores, labels in ordered:
+        for box, score, label in zip(boxes, scores, labels, strict=True):
+            detections.setdefault(int(label), []).append((image_id, float(score), box))
+        n_det += len(scores)
+        gt = dataset.ground_truth(image_id)
+        for label in np.unique(gt["labels"]):
+            sel = gt["labels"] == label
+            ground_truth.setdefault(int(label), {})[image_id] = (_to_devkit(gt["boxes"][sel]), gt["difficult"][sel])
     report: dict = {"images": n, "detections": n_det}
     if n_det == 0:
         report["status"] = "no predictions"
@@ -197,7 +206,7 @@ def evaluate_voc(
         report["voc"] = voc_metrics(detections, ground_truth, dataset.class_names, use_07_metric=use_07_metric)
     report["inference_s"] = round(inference_s, 3)
     report["eval_s"] = round(time.perf_counter() - start - inference_s, 3)
-    return report
+    return share_report(ctx, report)
 
 
 def format_voc_report(report: dict) -> str:

@@ -35,10 +35,11 @@ from scratchdet.data.classification import (
     build_classification_transform,
 )
 from scratchdet.engine.checkpoint import restore_training_state, rng_state, save_checkpoint
+from scratchdet.engine.distributed import resolve_device
 from scratchdet.engine.metrics import MetricsWriter
 from scratchdet.engine.optim import param_groups
 from scratchdet.engine.run_dir import prepare_run_dir, write_env
-from scratchdet.engine.trainer import resolve_device, seed_everything
+from scratchdet.engine.trainer import seed_everything
 from scratchdet.errors import TrainingError
 from scratchdet.modeling.classifier import ResNetClassifier, build_classifier
 from scratchdet.pretrain.config import PretrainConfig

@@ -1,0 +1,74 @@
+"""Multi-process training on gloo (issue 5 part 1): a 2-process torchrun run of the mini config trains, evaluates
+and resumes, sees the single-process run's images, and every rank stops together on a NaN."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from dist_workers import nan_on_rank1_worker, run_in_processes
+from helpers import MINI_CONFIG, ROOT, tiny_overrides
+
+from scratchdet.config import load_config
+from scratchdet.engine import trainer
+from scratchdet.engine.checkpoint import latest_checkpoint, load_checkpoint
+from scratchdet.engine.metrics import read_metrics
+
+
+def _torchrun(overrides: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "scratchdet", "train", str(MINI_CONFIG), *overrides]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _batches(run) -> dict[int, list[int]]:
+    return {r["iter"]: r["image_ids"] for r in read_metrics(run, "batch")}
+
+
+def test_two_process_run_trains_evaluates_and_resumes(shapes_dir, tmp_path):
+    extra = {"train.batch_size": 4, "train.record_image_ids": "true", "eval.max_images": 5}
+    run = tmp_path / "ddp"
+    first = _torchrun(tiny_overrides(shapes_dir, run, **extra, **{"train.max_iters": 2}))
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "(2 processes)" in first.stdout
+    (start,) = read_metrics(run, "start")
+    assert start["world_size"] == 2
+    (evaluation,) = read_metrics(run, "eval")  # evaluated once, sharded: 5 images over 2 ranks, each once
+    assert evaluation["images"] == 5 and evaluation["eval_processes"] == 2 and evaluation["status"] in (
+        "ok", "no predictions")
+    state = load_checkpoint(latest_checkpoint(run / "checkpoints"))
+    assert state["iteration"] == 2 and len(state["rng_per_rank"]) == 2 and state["world_size"] == 2
+
+    resumed = _torchrun(tiny_overrides(shapes_dir, run, resume="true", **extra, **{"train.max_iters": 4}))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert load_checkpoint(latest_checkpoint(run / "checkpoints"))["iteration"] == 4
+    assert len(read_metrics(run, "eval")) == 2
+
+    # One process with the same global batch sees the same images in the same order, and counts the same samples.
+    single = tmp_path / "single"
+    result = trainer.train(load_config(MINI_CONFIG, tiny_overrides(shapes_dir, single, **extra,
+                                                                   **{"train.max_iters": 4})))
+    assert _batches(run) == _batches(single)
+    assert read_metrics(run, "end")[-1]["seen"] == result["seen"]
+
+
+def test_a_nan_on_one_rank_stops_every_rank_before_the_step(shapes_dir, tmp_path):
+    overrides = tiny_overrides(shapes_dir, tmp_path / "run", **{"train.max_iters": 4})
+    run_in_processes(nan_on_rank1_worker, 2, str(tmp_path), overrides)
+    rank0, rank1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2))
+    assert rank1["message"].startswith("TrainingError: non-finite loss at iteration 1")
+    assert rank0["message"].startswith("TrainingError: non-finite loss on rank(s) [1] at iteration 1")
+    assert rank0["forward_calls"] == rank1["forward_calls"] == 2  # both stopped at the same iteration
+
+
+def test_two_process_syncbn_run_trains(shapes_dir, tmp_path):
+    """model.norm=SyncBN in backbone, FPN and heads, statistics exchanged over gloo (modeling/sync_bn.py)."""
+    run = tmp_path / "syncbn"
+    done = _torchrun(tiny_overrides(shapes_dir, run, **{"model.norm": "SyncBN", "train.batch_size": 2,
+                                                         "train.max_iters": 2, "eval.max_images": 3}))
+    assert done.returncode == 0, done.stderr[-3000:]
+    losses = [r["loss"] for r in read_metrics(run, "train")]
+    assert len(losses) == 2 and all(0 < v < 100 for v in losses)
