@@ -1,0 +1,267 @@
+"""Training and inference throughput of scratchdet's loop vs a plain torchvision loop, same model, same data (issue 5).
+
+    .venv/bin/python benchmarks/train_throughput.py --size 320 --iters 8 --out bench.json
+
+Each measurement runs in its own process (so peak memory is that measurement's alone), in alternation
+ours / plain / ours / plain ... for --repeats rounds (so slow drifts of a shared machine hit both alike):
+
+- ours:    `scratchdet.engine.trainer.train` (the real loop: stream sampler, loss checks, logging, checkpoint at the
+           end) on the R50-FPN-GN Mask R-CNN paper config at reduced size; img/s from its own per-iteration wall
+           times in metrics.jsonl, warm-up iterations excluded.
+- plain:   torchvision's reference detection loop (references/detection/engine.py: train_one_epoch): a DataLoader
+           with shuffle, `sum(model(images, targets).values())`, `.item()` of the losses every iteration,
+           zero_grad / backward / step; the same model built by scratchdet (same init), the same dataset objects
+           (same decoding, resizing, flips) and loader workers.
+- loader:  the training DataLoader alone (decode, resize, flip, collate), no model: the input pipeline's ceiling.
+- infer:   evaluation-mode forward passes over validation images, one image per call, as `scratchdet eval` does.
+- pad:     (no timing) the fraction of padded pixels in the batches the model sees, with and without
+           data.aspect_ratio_grouping.
+
+Peak memory: the process's peak resident set (ru_maxrss) on CPU; torch.cuda.max_memory_allocated on a GPU.
+Prints one markdown row per measurement and writes every number to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "paper" / "mask_rcnn_R50_FPN_GN_scratch_2x.yaml"
+
+
+def _overrides(args, data: Path, out: Path, extra: list[str]) -> list[str]:
+    size = args.size
+    return [f"data.root={data}", f"output={out}", f"data.min_size_train=[{size}]",
+            f"data.max_size_train={int(size * 1.667)}", f"data.min_size_test={size}",
+            f"data.max_size_test={int(size * 1.667)}", f"train.batch_size={args.batch}",
+            f"data.num_workers={args.workers}", f"train.device={args.device}", "train.log_period=1",
+            f"train.max_iters={args.warmup + args.iters}", "eval.max_images=1", *extra]
+
+
+def _peak_memory_mb(device: str) -> float:
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _cfg(args, data: Path, out: Path, extra: list[str]):
+    from scratchdet.config import load_config
+
+    return load_config(CONFIG, _overrides(args, data, out, extra))
+
+
+def measure_ours(args, data: Path, extra: list[str]) -> dict:
+    from scratchdet.engine.metrics import read_metrics
+    from scratchdet.engine.trainer import train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        train(_cfg(args, data, Path(tmp) / "run", extra))
+        times = [r["time_per_iter"] for r in read_metrics(Path(tmp) / "run", "train")][args.warmup:]
+    return {"s_per_iter": statistics.median(times), "img_s": args.batch / statistics.median(times),
+            "peak_mb": _peak_memory_mb(args.device)}
+
+
+def measure_plain(args, data: Path, extra: list[str]) -> dict:
+    import torch
+    from torch.utils.data import DataLoader
+
+    from scratchdet.data.build import build_train_dataset, collate
+    from scratchdet.engine.trainer import MODEL_TARGET_KEYS
+    from scratchdet.modeling.detector import build_detector
+    from scratchdet.engine.initialization import initialize
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = _cfg(args, data, Path(tmp) / "run", extra)
+    torch.manual_seed(cfg.seed)
+    device = torch.device(args.device)
+    dataset = build_train_dataset(cfg)
+    model = build_detector(cfg, dataset.num_classes)
+    initialize(model, cfg)  # the trainer's scratch init (MSRA fill)
+    model.to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=0.0025, momentum=0.9, weight_decay=1e-4)
+    loader = DataLoader(dataset, batch_size=args.batch, shuffle=True, num_workers=args.workers,
+                        collate_fn=collate, pin_memory=device.type == "cuda")
+    times = []
+    batches = iter(loader)
+    for _ in range(args.warmup + args.iters):
+        tick = time.perf_counter()
+        try:
+            images, targets = next(batches)
+        except StopIteration:
+            batches = iter(loader)
+            images, targets = next(batches)
+        images = [img.to(device) for img in images]
+        targets = [{k: t[k].to(device) for k in MODEL_TARGET_KEYS if k in t} for t in targets]
+        loss_dict = model(images, targets)
+        losses = sum(loss_dict.values())
+        loss_value = losses.item()  # the reference logs (and checks) the loss every iteration
+        if not math.isfinite(loss_value):
+            raise SystemExit(f"loss is {loss_value}")
+        _ = {k: v.item() for k, v in loss_dict.items()}  # MetricLogger.update
+        optimizer.zero_grad()
+        losses.backward()
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - tick)
+    times = times[args.warmup:]
+    return {"s_per_iter": statistics.median(times), "img_s": args.batch / statistics.median(times),
+            "peak_mb": _peak_memory_mb(args.device)}
+
+
+def measure_loader(args, data: Path, extra: list[str]) -> dict:
+    from scratchdet.data.build import build_train_dataset, build_train_loader
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = _cfg(args, data, Path(tmp) / "run", extra)
+    dataset = build_train_dataset(cfg)
+    loader = iter(build_train_loader(dataset, cfg))
+    n_batches = 4 * (args.warmup + args.iters)
+    for _ in range(args.warmup):
+        next(loader)
+    tick = time.perf_counter()
+    for _ in range(n_batches):
+        next(loader)
+    elapsed = time.perf_counter() - tick
+    return {"img_s": n_batches * args.batch / elapsed}
+
+
+def measure_infer(args, data: Path, extra: list[str]) -> dict:
+    import torch
+
+    from scratchdet.data.build import build_val_dataset
+    from scratchdet.evaluation.coco import run_inference
+    from scratchdet.modeling.detector import build_detector
+    from scratchdet.engine.initialization import initialize
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = _cfg(args, data, Path(tmp) / "run", extra)
+    torch.manual_seed(cfg.seed)
+    val = build_val_dataset(cfg)
+    model = build_detector(cfg, val.num_classes)
+    initialize(model, cfg)  # the trainer's scratch init (MSRA fill)
+    model.to(args.device)
+    n = min(len(val), args.iters * 2)
+    run_inference(model, val, torch.device(args.device), max_images=1)  # warm-up
+    tick = time.perf_counter()
+    run_inference(model, val, torch.device(args.device), max_images=n)
+    return {"img_s": n / (time.perf_counter() - tick), "peak_mb": _peak_memory_mb(args.device)}
+
+
+def measure_padding(args, data: Path, extra: list[str]) -> dict:
+    """Padded / real pixels of the batches the model pads (to the batch's largest H and W, rounded up to 32)."""
+    from scratchdet.data.build import build_train_dataset, build_train_loader
+
+    out = {}
+    for grouping in ("false", "true"):
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = _cfg(args, data, Path(tmp) / "run", [*extra, f"data.aspect_ratio_grouping={grouping}",
+                                                      "data.num_workers=0"])
+        loader = iter(build_train_loader(build_train_dataset(cfg), cfg))
+        real = padded = 0
+        for _ in range(64):
+            images, _ = next(loader)
+            h = math.ceil(max(i.shape[-2] for i in images) / 32) * 32
+            w = math.ceil(max(i.shape[-1] for i in images) / 32) * 32
+            real += sum(i.shape[-2] * i.shape[-1] for i in images)
+            padded += len(images) * h * w
+        out[f"grouping_{grouping}"] = padded / real - 1
+    return out
+
+
+MODES = {"ours": measure_ours, "plain": measure_plain, "loader": measure_loader, "infer": measure_infer,
+         "pad": measure_padding}
+
+
+def _child(args) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    result = MODES[args.mode](args, Path(args.data), args.extra)
+    print("RESULT " + json.dumps(result))
+
+
+def _run_child(args, mode: str, extra: list[str]) -> dict:
+    cmd = [sys.executable, __file__, "--child", mode, "--data", args.data, *_common(args)]
+    cmd += [f"--extra={e}" for e in extra]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise SystemExit(f"{mode} {extra} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def _common(args) -> list[str]:
+    return [f"--size={args.size}", f"--batch={args.batch}", f"--iters={args.iters}", f"--warmup={args.warmup}",
+            f"--workers={args.workers}", f"--device={args.device}", f"--threads={args.threads}"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", type=int, default=320, help="short side of train and test images")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--iters", type=int, default=8, help="timed iterations per measurement")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2, help="alternating ours/plain rounds")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--options", nargs="*", default=["train.amp=bf16", "train.channels_last=true",
+                                                         "data.aspect_ratio_grouping=true"],
+                        help="each is measured as one more 'ours' row")
+    parser.add_argument("--data", help="a `scratchdet data synth` folder (default: generated in a temp folder)")
+    parser.add_argument("--out", default="train_throughput.json")
+    parser.add_argument("--child", choices=sorted(MODES), dest="mode", help=argparse.SUPPRESS)
+    parser.add_argument("--extra", action="append", default=[], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.mode:
+        return _child(args)
+
+    tmp = tempfile.TemporaryDirectory()
+    if args.data is None:
+        from scratchdet.data.synthetic import write_synthetic_coco
+
+        args.data = str(Path(tmp.name) / "shapes")
+        write_synthetic_coco(args.data, train_images=64, val_images=32, seed=0, min_side=args.size,
+                             max_side=int(args.size * 1.5))
+    results: dict = {"args": {k: v for k, v in vars(args).items() if k not in ("mode", "extra")}, "rounds": []}
+    for _ in range(args.repeats):
+        results["rounds"].append({"ours": _run_child(args, "ours", []), "plain": _run_child(args, "plain", [])})
+    ours = statistics.median(r["ours"]["img_s"] for r in results["rounds"])
+    plain = statistics.median(r["plain"]["img_s"] for r in results["rounds"])
+    results["ratio"] = ours / plain
+    results["options"] = {o: _run_child(args, "ours", [o]) for o in args.options}
+    results["loader"] = _run_child(args, "loader", [])
+    results["infer"] = _run_child(args, "infer", [])
+    results["padding"] = _run_child(args, "pad", [])
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+
+    print("| measurement | img/s | peak MB |\n|---|---|---|")
+    for i, r in enumerate(results["rounds"]):
+        for who in ("ours", "plain"):
+            print(f"| train, {who}, round {i + 1} | {r[who]['img_s']:.3f} | {r[who]['peak_mb']:.0f} |")
+    print(f"| train, ours / plain (median of rounds) | {results['ratio']:.3f} | |")
+    for option, r in results["options"].items():
+        print(f"| train, ours + {option} | {r['img_s']:.3f} | {r['peak_mb']:.0f} |")
+    print(f"| data loader alone | {results['loader']['img_s']:.2f} | |")
+    print(f"| inference | {results['infer']['img_s']:.3f} | {results['infer']['peak_mb']:.0f} |")
+    p = results["padding"]
+    print(f"padded pixels / real pixels: {p['grouping_false']:.3f} without grouping, "
+          f"{p['grouping_true']:.3f} with data.aspect_ratio_grouping")
+    return None
+
+
+if __name__ == "__main__":
+    main()
