@@ -40,7 +40,10 @@ CONFIG = ROOT / "configs" / "paper" / "mask_rcnn_R50_FPN_GN_scratch_2x.yaml"
 
 def _overrides(args, data: Path, out: Path, extra: list[str]) -> list[str]:
     size = args.size
-    return [f"data.root={data}", f"output={out}", f"data.min_size_train=[{size}]",
+    # The paper config names COCO's paths explicitly; point all four at the synthetic folder.
+    paths = [f"data.{split}.{key}={data / name}" for split in ("train", "val")
+             for key, name in (("json", f"instances_{split}.json"), ("images", split))]
+    return [*paths, f"output={out}", f"data.min_size_train=[{size}]",
             f"data.max_size_train={int(size * 1.667)}", f"data.min_size_test={size}",
             f"data.max_size_test={int(size * 1.667)}", f"train.batch_size={args.batch}",
             f"data.num_workers={args.workers}", f"train.device={args.device}", "train.log_period=1",
@@ -77,9 +80,9 @@ def measure_plain(args, data: Path, extra: list[str]) -> dict:
     from torch.utils.data import DataLoader
 
     from scratchdet.data.build import build_train_dataset, collate
+    from scratchdet.engine.initialization import initialize
     from scratchdet.engine.trainer import MODEL_TARGET_KEYS
     from scratchdet.modeling.detector import build_detector
-    from scratchdet.engine.initialization import initialize
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = _cfg(args, data, Path(tmp) / "run", extra)
@@ -142,9 +145,9 @@ def measure_infer(args, data: Path, extra: list[str]) -> dict:
     import torch
 
     from scratchdet.data.build import build_val_dataset
+    from scratchdet.engine.initialization import initialize
     from scratchdet.evaluation.coco import run_inference
     from scratchdet.modeling.detector import build_detector
-    from scratchdet.engine.initialization import initialize
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = _cfg(args, data, Path(tmp) / "run", extra)

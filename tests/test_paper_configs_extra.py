@@ -42,3 +42,39 @@ def test_extra_config_has_the_paper_hyper_parameters(path: Path):
     assert schedule.milestones == (int(n) * 90_000 - 60_000, int(n) * 90_000 - 20_000)
     assert bool(cfg.weights) == (init == "pretrained")
     assert f"{n}x" in path.read_text().split("\n")[0]  # the header names the schedule it configures
+
+
+def _differences(a, b) -> dict:
+    """Keys whose values differ between two configs (flattened), as {key: (a, b)}."""
+    from scratchdet.config import config_to_dict
+    from scratchdet.engine.run_dir import _flat
+
+    fa, fb = _flat(config_to_dict(a)), _flat(config_to_dict(b))
+    return {k: (fa.get(k), fb.get(k)) for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)}
+
+
+@pytest.mark.parametrize("backbone", ["R50", "R101", "X152_8x32d"])
+@pytest.mark.parametrize(("init", "n"), [("scratch", 9), ("pretrained", 6)])
+def test_cascade_configs_are_the_plain_ones_plus_cascade_heads(backbone, init, n):
+    """Fig. 5 / Table 3: cascade + train aug; from scratch the heads switch to cascade for the last 270k."""
+    plain = load_config(ROOT / "configs" / "paper" / f"mask_rcnn_{backbone}_FPN_GN_{init}_{n}x_trainaug.yaml",
+                        ["output=unused"])
+    cascade = load_config(ROOT / "configs" / "paper" / f"cascade_mask_rcnn_{backbone}_FPN_GN_{init}_{n}x_trainaug.yaml",
+                          ["output=unused"])
+    expected = {"model.cascade": (False, True)}
+    if init == "scratch":
+        expected["model.cascade_switch_iters"] = (None, 270000)
+    diff = _differences(plain, cascade)
+    assert diff == expected
+
+
+@pytest.mark.parametrize("init", ["scratch", "pretrained"])
+@pytest.mark.parametrize("n", [2, 3, 4, 5, 6])
+def test_syncbn_configs_differ_from_gn_only_in_the_norm(init, n):
+    """Fig. 4: R50-FPN with SyncBN, everything else as the GN runs (pre-trained: from BN ImageNet weights)."""
+    gn = load_config(ROOT / "configs" / "paper" / f"mask_rcnn_R50_FPN_GN_{init}_{n}x.yaml", ["output=unused"])
+    sync = load_config(ROOT / "configs" / "paper" / f"mask_rcnn_R50_FPN_SyncBN_{init}_{n}x.yaml", ["output=unused"])
+    expected = {"model.norm": ("GN", "SyncBN")}
+    if init == "pretrained":
+        expected["weights"] = ("weights/R-50-GN.pkl", "weights/R-50.pkl")
+    assert _differences(gn, sync) == expected
