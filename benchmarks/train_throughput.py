@@ -16,6 +16,7 @@ ours / plain / ours / plain ... for --repeats rounds (so slow drifts of a shared
 - infer:   evaluation-mode forward passes over validation images, one image per call, as `scratchdet eval` does.
 - pad:     (no timing) the fraction of padded pixels in the batches the model sees, with and without
            data.aspect_ratio_grouping.
+- profile: torch.profiler over three training iterations of the model: self time per operator, the top 15.
 
 Peak memory: the process's peak resident set (ru_maxrss) on CPU; torch.cuda.max_memory_allocated on a GPU.
 Prints one markdown row per measurement and writes every number to --out.
@@ -184,8 +185,52 @@ def measure_padding(args, data: Path, extra: list[str]) -> dict:
     return out
 
 
+def measure_profile(args, data: Path, extra: list[str]) -> dict:
+    """Where a training iteration's time goes: torch.profiler over 3 iterations after 2 warm-up, by operator."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from scratchdet.data.build import build_train_dataset, build_train_loader
+    from scratchdet.engine.initialization import initialize
+    from scratchdet.engine.trainer import MODEL_TARGET_KEYS
+    from scratchdet.modeling.detector import build_detector
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = _cfg(args, data, Path(tmp) / "run", extra)
+    torch.manual_seed(cfg.seed)
+    device = torch.device(args.device)
+    dataset = build_train_dataset(cfg)
+    model = build_detector(cfg, dataset.num_classes)
+    initialize(model, cfg)
+    model.to(device).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0025, momentum=0.9)
+    loader = iter(build_train_loader(dataset, cfg))
+
+    def step():
+        images, targets = next(loader)
+        images = [i.to(device) for i in images]
+        targets = [{k: t[k].to(device) for k in MODEL_TARGET_KEYS if k in t} for t in targets]
+        loss = sum(model(images, targets).values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(2):
+        step()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(3):
+            step()
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)
+    total = sum(getattr(e, key) for e in events)
+    return {"total_ms_per_iter": total / 3 / 1000,
+            "top": [{"op": e.key, "share": getattr(e, key) / total, "ms_per_iter": getattr(e, key) / 3 / 1000}
+                    for e in events[:15]]}
+
+
 MODES = {"ours": measure_ours, "plain": measure_plain, "loader": measure_loader, "infer": measure_infer,
-         "pad": measure_padding}
+         "pad": measure_padding, "profile": measure_profile}
 
 
 def _child(args) -> None:
@@ -249,6 +294,7 @@ def main() -> None:
     results["loader"] = _run_child(args, "loader", [])
     results["infer"] = _run_child(args, "infer", [])
     results["padding"] = _run_child(args, "pad", [])
+    results["profile"] = _run_child(args, "profile", [])
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
 
     print("| measurement | img/s | peak MB |\n|---|---|---|")
@@ -263,6 +309,9 @@ def main() -> None:
     p = results["padding"]
     print(f"padded pixels / real pixels: {p['grouping_false']:.3f} without grouping, "
           f"{p['grouping_true']:.3f} with data.aspect_ratio_grouping")
+    print("profile (self time per operator, share of the iteration):")
+    for e in results["profile"]["top"]:
+        print(f"  {e['op']:<45} {100 * e['share']:5.1f}%  {e['ms_per_iter']:8.1f} ms/iter")
     return None
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from scratchdet.config import load_config
+from scratchdet.config import Config, load_config
 from scratchdet.data.build import build_val_dataset
 from scratchdet.engine.checkpoint import latest_checkpoint, load_checkpoint
 from scratchdet.engine.distributed import resolve_device
@@ -18,12 +19,21 @@ from scratchdet.evaluation.voc import evaluate_voc, format_voc_report, voc_use_0
 from scratchdet.modeling.detector import build_detector
 
 
-def evaluate_run(run_dir: str | Path, overrides: list[str] | None = None) -> dict:
-    """Evaluates the latest checkpoint of `run_dir` (or `checkpoint=PATH` among the overrides) on its val split.
+@dataclass
+class LoadedRun:
+    """A run's checkpoint loaded into its model, with the run's config and validation set."""
 
-    Writes run_dir/eval/iter_XXXXXXX.json (the checkpoint's iteration), prints the metrics table and returns the
-    report with its "path".
-    """
+    cfg: Config
+    model: torch.nn.Module
+    val_set: object
+    device: torch.device
+    checkpoint: Path
+    iteration: int
+
+
+def load_run(run_dir: str | Path, overrides: list[str] | None = None) -> LoadedRun:
+    """Builds the model of `run_dir` from its saved config (+ `overrides`) and loads its latest checkpoint, or
+    the one named by a `checkpoint=PATH` override; `tta=...` is short for `eval.tta=...`."""
     run_dir = Path(run_dir)
     saved = run_dir / "config.yaml"
     if not saved.is_file():
@@ -50,6 +60,18 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | None = None) -> dic
     model.to(device)
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
+    return LoadedRun(cfg, model, val_set, device, checkpoint, int(state["iteration"]))
+
+
+def evaluate_run(run_dir: str | Path, overrides: list[str] | None = None) -> dict:
+    """Evaluates the latest checkpoint of `run_dir` (or `checkpoint=PATH` among the overrides) on its val split.
+
+    Writes run_dir/eval/iter_XXXXXXX.json (the checkpoint's iteration), prints the metrics table and returns the
+    report with its "path".
+    """
+    run_dir = Path(run_dir)
+    loaded = load_run(run_dir, overrides)
+    cfg, model, val_set, device, checkpoint = loaded.cfg, loaded.model, loaded.val_set, loaded.device, loaded.checkpoint
     predict = None
     if cfg.eval.tta:
         predict = build_tta_predictor(model, cfg.eval.tta_sizes, cfg.eval.tta_max_size, cfg.eval.tta_flip)
@@ -59,14 +81,14 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | None = None) -> dic
     else:
         report = evaluate(model, val_set, device, max_images=cfg.eval.max_images, predict=predict,
                           backend=cfg.eval.coco_backend)
-    report["iter"] = state["iteration"]
+    report["iter"] = loaded.iteration
     report["checkpoint"] = str(checkpoint)
     report["tta"] = cfg.eval.tta
     if cfg.eval.tta:
         ev = cfg.eval
         report.update(tta_sizes=list(ev.tta_sizes), tta_max_size=ev.tta_max_size, tta_flip=ev.tta_flip)
     # A TTA report goes beside the plain one instead of overwriting it.
-    out = run_dir / "eval" / f"iter_{state['iteration']:07d}{'_tta' if cfg.eval.tta else ''}.json"
+    out = run_dir / "eval" / f"iter_{loaded.iteration:07d}{'_tta' if cfg.eval.tta else ''}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(format_voc_report(report) if cfg.data.format == "voc" else format_report(report))
