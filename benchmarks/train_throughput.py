@@ -8,10 +8,11 @@ ours / plain / ours / plain ... for --repeats rounds (so slow drifts of a shared
 - ours:    `scratchdet.engine.trainer.train` (the real loop: stream sampler, loss checks, logging, checkpoint at the
            end) on the R50-FPN-GN Mask R-CNN paper config at reduced size; img/s from its own per-iteration wall
            times in metrics.jsonl, warm-up iterations excluded.
-- plain:   torchvision's reference detection loop (references/detection/engine.py: train_one_epoch): a DataLoader
-           with shuffle, `sum(model(images, targets).values())`, `.item()` of the losses every iteration,
-           zero_grad / backward / step; the same model built by scratchdet (same init), the same dataset objects
-           (same decoding, resizing, flips) and loader workers.
+- plain:   torchvision's reference detection loop (references/detection/engine.py: train_one_epoch): a DataLoader,
+           `sum(model(images, targets).values())`, `.item()` of the losses every iteration, zero_grad / backward /
+           step; the same model built by scratchdet (same init), the same dataset objects (same decoding, resizing,
+           flips), loader workers, and the same batches in the same order (scratchdet's sampler), since an
+           iteration's cost depends on its images.
 - loader:  the training DataLoader alone (decode, resize, flip, collate), no model: the input pipeline's ceiling.
 - infer:   evaluation-mode forward passes over validation images, one image per call, as `scratchdet eval` does.
 - pad:     (no timing) the fraction of padded pixels in the batches the model sees, with and without
@@ -81,6 +82,7 @@ def measure_plain(args, data: Path, extra: list[str]) -> dict:
     from torch.utils.data import DataLoader
 
     from scratchdet.data.build import build_train_dataset, collate
+    from scratchdet.data.samplers import TrainingBatchSampler
     from scratchdet.engine.initialization import initialize
     from scratchdet.engine.trainer import MODEL_TARGET_KEYS
     from scratchdet.modeling.detector import build_detector
@@ -95,17 +97,16 @@ def measure_plain(args, data: Path, extra: list[str]) -> dict:
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=0.0025, momentum=0.9, weight_decay=1e-4)
-    loader = DataLoader(dataset, batch_size=args.batch, shuffle=True, num_workers=args.workers,
-                        collate_fn=collate, pin_memory=device.type == "cuda")
+    # The batches of scratchdet's stream (same images, same order, same flips), so that only the loop differs:
+    # per-iteration cost depends on the images' sizes and object counts.
+    batches = TrainingBatchSampler(len(dataset), cfg.seed, args.batch)
+    loader = DataLoader(dataset, batch_sampler=batches, num_workers=args.workers, collate_fn=collate,
+                        pin_memory=device.type == "cuda")
     times = []
-    batches = iter(loader)
+    stream = iter(loader)
     for _ in range(args.warmup + args.iters):
         tick = time.perf_counter()
-        try:
-            images, targets = next(batches)
-        except StopIteration:
-            batches = iter(loader)
-            images, targets = next(batches)
+        images, targets = next(stream)
         images = [img.to(device) for img in images]
         targets = [{k: t[k].to(device) for k in MODEL_TARGET_KEYS if k in t} for t in targets]
         loss_dict = model(images, targets)
@@ -268,7 +269,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--options", nargs="*", default=["train.amp=bf16", "train.channels_last=true",
                                                          "data.aspect_ratio_grouping=true"],
-                        help="each is measured as one more 'ours' row")
+                        help="each is measured as one more 'ours' row; 'a=1 b=2' sets both")
     parser.add_argument("--data", help="a `scratchdet data synth` folder (default: generated in a temp folder)")
     parser.add_argument("--out", default="train_throughput.json")
     parser.add_argument("--child", choices=sorted(MODES), dest="mode", help=argparse.SUPPRESS)
@@ -290,7 +291,7 @@ def main() -> None:
     ours = statistics.median(r["ours"]["img_s"] for r in results["rounds"])
     plain = statistics.median(r["plain"]["img_s"] for r in results["rounds"])
     results["ratio"] = ours / plain
-    results["options"] = {o: _run_child(args, "ours", [o]) for o in args.options}
+    results["options"] = {o: _run_child(args, "ours", o.split()) for o in args.options}  # "a=1 b=2": both
     results["loader"] = _run_child(args, "loader", [])
     results["infer"] = _run_child(args, "infer", [])
     results["padding"] = _run_child(args, "pad", [])

@@ -19,7 +19,7 @@ import os
 import sys
 from pathlib import Path
 
-from scratchdet.errors import Preempted, ScratchdetError
+from scratchdet.errors import ConfigError, Preempted, ScratchdetError
 
 
 def _cmd_data_synth(args) -> int:
@@ -78,10 +78,21 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _single_process(command: str) -> None:
+    """Refuses `command` under torchrun: only `train` coordinates several processes; the others would each write
+    the same folder."""
+    from scratchdet.engine.distributed import env_world_size
+
+    if env_world_size() > 1:
+        raise ConfigError(f"`scratchdet {command}` runs in one process, but WORLD_SIZE={env_world_size()} (torchrun); "
+                          f"run it without torchrun (only `scratchdet train` trains on several processes)")
+
+
 def _cmd_pretrain(args) -> int:
     from scratchdet.pretrain.classify import pretrain
     from scratchdet.pretrain.config import load_pretrain_config
 
+    _single_process("pretrain")
     result = pretrain(load_pretrain_config(args.config, args.overrides))
     print(f"run folder: {result['output']}; fine-tune from it with init=pretrained weights={result['output']}")
     return 0
@@ -90,6 +101,7 @@ def _cmd_pretrain(args) -> int:
 def _cmd_study(args) -> int:
     from scratchdet.study.runner import run_study
 
+    _single_process("study")
     study_dir = run_study(args.spec, args.overrides)
     print(f"study folder: {study_dir}; report: {study_dir}/report/report.html")
     return 0

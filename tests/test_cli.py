@@ -40,3 +40,10 @@ def test_user_errors_are_one_line_without_traceback(tmp_path, capsys):
     bad.write_text('{"images": [')
     assert main(["data", "check", str(bad)]) == 2
     assert str(bad) in capsys.readouterr().err
+
+
+def test_commands_other_than_train_refuse_torchrun(monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for argv in (["pretrain", "configs/pretrain/mini_R18_GN_synth.yaml"], ["study", "configs/study/mini.yaml"]):
+        assert main(argv) == 2
+        assert "runs in one process, but WORLD_SIZE=2" in capsys.readouterr().err

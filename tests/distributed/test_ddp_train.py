@@ -72,3 +72,23 @@ def test_two_process_syncbn_run_trains(shapes_dir, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     losses = [r["loss"] for r in read_metrics(run, "train")]
     assert len(losses) == 2 and all(0 < v < 100 for v in losses)
+
+
+def test_two_node_rendezvous_trains(shapes_dir, tmp_path):
+    """Multi-node launch, unchanged: two torchrun agents ("nodes", one process each) meet at a c10d rendezvous."""
+    from dist_workers import _free_port
+
+    run = tmp_path / "nodes"
+    overrides = tiny_overrides(shapes_dir, run, **{"train.max_iters": 1, "eval.max_images": 2})
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    port = _free_port()
+    agents = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", "--rdzv_backend=c10d",
+         f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=scratchdet-test", "-m", "scratchdet", "train",
+         str(MINI_CONFIG), *overrides], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)]
+    outputs = [a.communicate(timeout=600) for a in agents]
+    for agent, (_, err) in zip(agents, outputs, strict=True):
+        assert agent.returncode == 0, err[-3000:]
+    assert read_metrics(run, "start")[0]["world_size"] == 2
+    assert load_checkpoint(latest_checkpoint(run / "checkpoints"))["iteration"] == 1
