@@ -110,6 +110,16 @@ def _setup_run_folder(cfg: Config, device: torch.device, world_size: int):
     return resume_from
 
 
+def _place(model: nn.Module, cfg: Config, ctx: DistContext, device: torch.device) -> None:
+    """Moves `model` to its device and memory layout, in place; on CUDA under torchrun, SyncBN becomes torch's fused
+    nn.SyncBatchNorm (the same Parameter objects, so an optimizer built before stays valid)."""
+    model.to(device)
+    if cfg.train.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if cfg.model.norm == "SyncBN" and device.type == "cuda" and ctx.enabled:
+        use_native_sync_bn(model)  # converts the children in place (the top module is never a norm layer)
+
+
 def _wrap(model: nn.Module, ctx: DistContext, device: torch.device) -> nn.Module:
     """The module the loop calls: DDP over the model under torchrun, the model itself otherwise.
 
@@ -153,16 +163,13 @@ def train(cfg: Config) -> dict:
         pretrain_seen = init_record["pretrain_seen"]
     if ctx.enabled:  # different RPN/RoI sampling draws per process (the model itself is identical: same seed)
         seed_everything(cfg.seed + 1_000_003 * ctx.rank)
-    model.to(device)
-    if cfg.train.channels_last:
-        model.to(memory_format=torch.channels_last)
-    if cfg.model.norm == "SyncBN" and device.type == "cuda" and ctx.enabled:
-        model = use_native_sync_bn(model)  # torch's fused CUDA kernels; the same parameters and buffers
+    _place(model, cfg, ctx, device)
     schedule = schedule_from_config(cfg)
     end_iter = min(schedule.max_iters, cfg.train.max_iters or schedule.max_iters)
     switch_iter = cascade_switch_iter(cfg, schedule.max_iters)  # model.cascade_switch_iters (issue 7)
     if resume_from is not None and resume_needs_cascade(resume_from, switch_iter):
         convert_model(model, cfg)  # the checkpoint holds cascade heads: rebuild them before loading it
+        _place(model, cfg, ctx, device)
     optimizer = build_optimizer(model, cfg.solver, schedule.base_lr)
     amp_dtype = AMP_DTYPES[cfg.train.amp]
     # fp16 needs loss scaling (its range underflows small gradients); bf16 has float32's range and does not.
@@ -255,6 +262,8 @@ def train(cfg: Config) -> dict:
             lr = schedule.lr_at(iteration)
             if iteration == switch_iter:  # paper: cascade heads for the final K iterations (engine/cascade_switch.py)
                 optimizer = switch_in_run(model, optimizer, cfg, iteration, lr, metrics)
+                _place(model, cfg, ctx, device)  # the new heads (the optimizer keeps the same Parameter objects)
+                del train_model  # the old DDP's reducer removes its gradient hooks when it is freed
                 train_model = _wrap(model, ctx, device)  # new parameters: DDP must register them
             for group in optimizer.param_groups:
                 group["lr"] = lr

@@ -92,3 +92,18 @@ def test_two_node_rendezvous_trains(shapes_dir, tmp_path):
         assert agent.returncode == 0, err[-3000:]
     assert read_metrics(run, "start")[0]["world_size"] == 2
     assert load_checkpoint(latest_checkpoint(run / "checkpoints"))["iteration"] == 1
+
+
+def test_two_process_run_switches_to_cascade_heads_and_resumes(shapes_dir, tmp_path):
+    """The late cascade switch under DDP: the model is re-wrapped around the new heads (mini schedule at batch 2 is
+    1440 iterations; K = 1439 switches at iteration index 1), and a resume after the switch rebuilds them."""
+    run = tmp_path / "cascade"
+    extra = {"model.cascade": "true", "model.cascade_switch_iters": 1439, "eval.max_images": 2}
+    first = _torchrun(tiny_overrides(shapes_dir, run, **extra, **{"train.max_iters": 3}))
+    assert first.returncode == 0, first.stderr[-3000:]
+    (switch,) = read_metrics(run, "switch")
+    assert switch["iter"] == 1
+    assert len(read_metrics(run, "train")) == 3
+    resumed = _torchrun(tiny_overrides(shapes_dir, run, resume="true", **extra, **{"train.max_iters": 4}))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert len(read_metrics(run, "switch")) == 1 and len(read_metrics(run, "train")) == 4
