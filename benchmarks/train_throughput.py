@@ -77,14 +77,16 @@ def measure_ours(args, data: Path, extra: list[str]) -> dict:
             "peak_mb": _peak_memory_mb(args.device)}
 
 
-def measure_plain(args, data: Path, extra: list[str]) -> dict:
+def _plain_setup(args, data: Path, extra: list[str]):
+    """The plain loop's pieces: config, device, the scratchdet-built model with the trainer's init, SGD, and a
+    DataLoader over scratchdet's batches (same images, same order, same flips: an iteration's cost depends on its
+    images, so only the loop may differ)."""
     import torch
     from torch.utils.data import DataLoader
 
     from scratchdet.data.build import build_train_dataset, collate
     from scratchdet.data.samplers import TrainingBatchSampler
     from scratchdet.engine.initialization import initialize
-    from scratchdet.engine.trainer import MODEL_TARGET_KEYS
     from scratchdet.modeling.detector import build_detector
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -97,11 +99,18 @@ def measure_plain(args, data: Path, extra: list[str]) -> dict:
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=0.0025, momentum=0.9, weight_decay=1e-4)
-    # The batches of scratchdet's stream (same images, same order, same flips), so that only the loop differs:
-    # per-iteration cost depends on the images' sizes and object counts.
     batches = TrainingBatchSampler(len(dataset), cfg.seed, args.batch)
     loader = DataLoader(dataset, batch_sampler=batches, num_workers=args.workers, collate_fn=collate,
                         pin_memory=device.type == "cuda")
+    return device, model, optimizer, loader
+
+
+def measure_plain(args, data: Path, extra: list[str]) -> dict:
+    import torch
+
+    from scratchdet.engine.trainer import MODEL_TARGET_KEYS
+
+    device, model, optimizer, loader = _plain_setup(args, data, extra)
     times = []
     stream = iter(loader)
     for _ in range(args.warmup + args.iters):
@@ -188,24 +197,12 @@ def measure_padding(args, data: Path, extra: list[str]) -> dict:
 
 def measure_profile(args, data: Path, extra: list[str]) -> dict:
     """Where a training iteration's time goes: torch.profiler over 3 iterations after 2 warm-up, by operator."""
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from scratchdet.data.build import build_train_dataset, build_train_loader
-    from scratchdet.engine.initialization import initialize
     from scratchdet.engine.trainer import MODEL_TARGET_KEYS
-    from scratchdet.modeling.detector import build_detector
 
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = _cfg(args, data, Path(tmp) / "run", extra)
-    torch.manual_seed(cfg.seed)
-    device = torch.device(args.device)
-    dataset = build_train_dataset(cfg)
-    model = build_detector(cfg, dataset.num_classes)
-    initialize(model, cfg)
-    model.to(device).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.0025, momentum=0.9)
-    loader = iter(build_train_loader(dataset, cfg))
+    device, model, optimizer, batches = _plain_setup(args, data, extra)
+    loader = iter(batches)
 
     def step():
         images, targets = next(loader)

@@ -37,12 +37,9 @@ def run_in_processes(fn: Callable, world: int, *args) -> None:
 
 # ---- workers (module level: spawned processes import them by name) ----
 
-def sync_bn_worker(rank: int, world: int, out: str, x: torch.Tensor, split: list[int], seed: int) -> None:
-    """Conv -> SyncBN -> loss on this rank's rows of `x` (split[r] rows for rank r); saves stats and gradients.
-
-    The loss sums over samples, so summed over ranks it is the one-process loss; gradients are summed over ranks
-    (all-reduce SUM), which is DDP's average times the world size.
-    """
+def conv_bn_step(x: torch.Tensor, seed: int) -> dict:
+    """Conv -> SyncBatchNorm2d -> a per-sample-summed loss on `x`, backward; the outputs, input gradient, parameter
+    gradients and running statistics. The same computation for one process (the reference) and for each rank."""
     from scratchdet.modeling.sync_bn import SyncBatchNorm2d
 
     torch.manual_seed(seed)
@@ -52,17 +49,26 @@ def sync_bn_worker(rank: int, world: int, out: str, x: torch.Tensor, split: list
     with torch.no_grad():
         bn.weight.uniform_(0.5, 1.5)
         bn.bias.uniform_(-0.5, 0.5)
-    start = sum(split[:rank])
-    local = x[start:start + split[rank]].clone().requires_grad_(True)
-    y = bn(conv(local))
-    loss = (torch.relu(y) ** 2 * torch.arange(1, 5).view(1, 4, 1, 1)).sum()
-    loss.backward()
+    x = x.clone().requires_grad_(True)
+    y = bn(conv(x))
+    (torch.relu(y) ** 2 * torch.arange(1, 5).view(1, 4, 1, 1)).sum().backward()
     grads = {name: p.grad.clone() for name, p in [*conv.named_parameters(prefix="conv"),
                                                    *bn.named_parameters(prefix="bn")]}
-    for g in grads.values():
+    return {"y": y.detach(), "x_grad": x.grad, "grads": grads, "running_mean": bn.running_mean,
+            "running_var": bn.running_var}
+
+
+def sync_bn_worker(rank: int, world: int, out: str, x: torch.Tensor, split: list[int], seed: int) -> None:
+    """`conv_bn_step` on this rank's rows of `x` (split[r] rows for rank r); saves its results.
+
+    The loss sums over samples, so summed over ranks it is the one-process loss; gradients are summed over ranks
+    (all-reduce SUM), which is DDP's average times the world size.
+    """
+    start = sum(split[:rank])
+    result = conv_bn_step(x[start:start + split[rank]], seed)
+    for g in result["grads"].values():
         dist.all_reduce(g)
-    torch.save({"y": y.detach(), "x_grad": local.grad, "grads": grads, "running_mean": bn.running_mean,
-                "running_var": bn.running_var}, Path(out) / f"rank{rank}.pt")
+    torch.save(result, Path(out) / f"rank{rank}.pt")
 
 
 def sharded_eval_worker(rank: int, world: int, out: str, cfg_path: str, overrides: list[str],

@@ -30,7 +30,15 @@ import torch
 from torch import nn
 
 from scratchdet.errors import CheckpointError
-from scratchdet.modeling.weights import WeightReport, _as_tensor, _first, _read_object, _strip_prefix, _unwrap
+from scratchdet.modeling.weights import (
+    WeightReport,
+    _as_tensor,
+    _first,
+    _read_object,
+    _strip_prefix,
+    _unwrap,
+    compare_by_name,
+)
 
 VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
 BODY_PREFIX = "features."
@@ -119,14 +127,7 @@ def audit_vgg16(tensors: Mapping[str, torch.Tensor], target: Mapping[str, torch.
         {"matched", "missing", "shape_mismatched", "unexpected"} as sorted name lists, and "coverage": matched
         elements of the body (features.*) / all body elements.
     """
-    matched, missing, mismatched = [], [], []
-    for key, value in target.items():
-        if key not in tensors:
-            missing.append(key)
-        elif tuple(tensors[key].shape) != tuple(value.shape):
-            mismatched.append(key)
-        else:
-            matched.append(key)
+    matched, missing, mismatched = compare_by_name(tensors, target)
     body = [k for k in target if k.startswith(BODY_PREFIX)]
     total = sum(target[k].numel() for k in body)
     loaded = sum(target[k].numel() for k in matched if k.startswith(BODY_PREFIX))

@@ -414,6 +414,20 @@ def read_weight_file(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def compare_by_name(tensors: Mapping[str, torch.Tensor],
+                    target: Mapping[str, torch.Tensor]) -> tuple[list[str], list[str], list[str]]:
+    """Target keys found in `tensors` with the same shape, missing from them, and present with another shape."""
+    matched, missing, mismatched = [], [], []
+    for key, value in target.items():
+        if key not in tensors:
+            missing.append(key)
+        elif tuple(tensors[key].shape) != tuple(value.shape):
+            mismatched.append(key)
+        else:
+            matched.append(key)
+    return matched, missing, mismatched
+
+
 def describe_body(body: nn.Module) -> str:
     """"ResNet-50", "ResNeXt-101 32x8d", ... for messages; the class name for bodies of another shape."""
     try:
@@ -538,14 +552,7 @@ def load_backbone_weights(
     if source.source_norm == "BN-affine":
         synthesized = _synthesize_running_stats(tensors, target, body)
 
-    matched, missing, mismatched = [], [], []
-    for key, value in target.items():
-        if key not in tensors:
-            missing.append(key)
-        elif tuple(tensors[key].shape) != tuple(value.shape):
-            mismatched.append(key)
-        else:
-            matched.append(key)
+    matched, missing, mismatched = compare_by_name(tensors, target)
     total = sum(v.numel() for v in target.values())
     loaded = sum(target[k].numel() for k in matched)
     report = WeightReport(
