@@ -115,10 +115,15 @@ def _cmd_report(args) -> int:
 
 
 def _cmd_eval(args) -> int:
+    from scratchdet.engine.distributed import shutdown_distributed
     from scratchdet.evaluation.run import evaluate_run
 
-    report = evaluate_run(args.run_dir, args.overrides)
-    print(f"wrote {report['path']}")
+    try:
+        report = evaluate_run(args.run_dir, args.overrides)
+    finally:
+        shutdown_distributed()  # under torchrun (sharded evaluation)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"wrote {report['path']}")
     return 0
 
 

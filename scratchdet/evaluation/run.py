@@ -11,7 +11,7 @@ import torch
 from scratchdet.config import Config, load_config
 from scratchdet.data.build import build_val_dataset
 from scratchdet.engine.checkpoint import latest_checkpoint, load_checkpoint
-from scratchdet.engine.distributed import resolve_device
+from scratchdet.engine.distributed import DistContext, init_distributed
 from scratchdet.errors import CheckpointError
 from scratchdet.evaluation.coco import evaluate, format_report
 from scratchdet.evaluation.tta import build_tta_predictor
@@ -29,6 +29,7 @@ class LoadedRun:
     device: torch.device
     checkpoint: Path
     iteration: int
+    ctx: DistContext  # this process's place under torchrun (evaluation is then sharded over the processes)
 
 
 def load_run(run_dir: str | Path, overrides: list[str] | None = None) -> LoadedRun:
@@ -50,7 +51,7 @@ def load_run(run_dir: str | Path, overrides: list[str] | None = None) -> LoadedR
     if checkpoint is None:
         raise CheckpointError(f"{run_dir}/checkpoints has no checkpoint to evaluate; train first")
     state = load_checkpoint(checkpoint)
-    device = resolve_device(cfg.train.device)
+    ctx, device = init_distributed(cfg.train.device)
     val_set = build_val_dataset(cfg)
     model = build_detector(cfg, val_set.num_classes, getattr(val_set, "num_keypoints", None))
     try:
@@ -60,27 +61,29 @@ def load_run(run_dir: str | Path, overrides: list[str] | None = None) -> LoadedR
     model.to(device)
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
-    return LoadedRun(cfg, model, val_set, device, checkpoint, int(state["iteration"]))
+    return LoadedRun(cfg, model, val_set, device, checkpoint, int(state["iteration"]), ctx)
 
 
 def evaluate_run(run_dir: str | Path, overrides: list[str] | None = None) -> dict:
     """Evaluates the latest checkpoint of `run_dir` (or `checkpoint=PATH` among the overrides) on its val split.
 
     Writes run_dir/eval/iter_XXXXXXX.json (the checkpoint's iteration), prints the metrics table and returns the
-    report with its "path".
+    report with its "path". Under torchrun (`torchrun --nproc_per_node=N -m scratchdet eval RUN`) every process
+    evaluates its shard of the images and rank 0 scores, prints and writes.
     """
     run_dir = Path(run_dir)
     loaded = load_run(run_dir, overrides)
     cfg, model, val_set, device, checkpoint = loaded.cfg, loaded.model, loaded.val_set, loaded.device, loaded.checkpoint
+    ctx = loaded.ctx
     predict = None
     if cfg.eval.tta:
         predict = build_tta_predictor(model, cfg.eval.tta_sizes, cfg.eval.tta_max_size, cfg.eval.tta_flip)
     if cfg.data.format == "voc":  # VOC mAP, report key "voc" (issue 7 part 7)
         report = evaluate_voc(model, val_set, device, max_images=cfg.eval.max_images,
-                              use_07_metric=voc_use_07_metric(cfg.data), predict=predict)
+                              use_07_metric=voc_use_07_metric(cfg.data), predict=predict, ctx=ctx)
     else:
         report = evaluate(model, val_set, device, max_images=cfg.eval.max_images, predict=predict,
-                          backend=cfg.eval.coco_backend)
+                          backend=cfg.eval.coco_backend, ctx=ctx)
     report["iter"] = loaded.iteration
     report["checkpoint"] = str(checkpoint)
     report["tta"] = cfg.eval.tta
@@ -89,8 +92,9 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | None = None) -> dic
         report.update(tta_sizes=list(ev.tta_sizes), tta_max_size=ev.tta_max_size, tta_flip=ev.tta_flip)
     # A TTA report goes beside the plain one instead of overwriting it.
     out = run_dir / "eval" / f"iter_{loaded.iteration:07d}{'_tta' if cfg.eval.tta else ''}.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(format_voc_report(report) if cfg.data.format == "voc" else format_report(report))
+    if ctx.is_main:
+        out.parent.mkdir(exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
+        print(format_voc_report(report) if cfg.data.format == "voc" else format_report(report))
     report["path"] = str(out)
     return report

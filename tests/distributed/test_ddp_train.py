@@ -15,6 +15,7 @@ from scratchdet.config import load_config
 from scratchdet.engine import trainer
 from scratchdet.engine.checkpoint import latest_checkpoint, load_checkpoint
 from scratchdet.engine.metrics import read_metrics
+from scratchdet.evaluation.run import evaluate_run
 
 
 def _torchrun(overrides: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
@@ -53,6 +54,20 @@ def test_two_process_run_trains_evaluates_and_resumes(shapes_dir, tmp_path):
                                                                    **{"train.max_iters": 4})))
     assert _batches(run) == _batches(single)
     assert read_metrics(run, "end")[-1]["seen"] == result["seen"]
+
+    # `scratchdet eval` under torchrun: sharded over 2 processes, the report of a single-process eval.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    sharded = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                              "-m", "scratchdet", "eval", str(run)], cwd=ROOT, env=env, capture_output=True,
+                             text=True, timeout=600)
+    assert sharded.returncode == 0, sharded.stderr[-3000:]
+    assert sharded.stdout.count("wrote ") == 1  # rank 0 alone prints and writes
+    sharded_report = json.loads((run / "eval" / "iter_0000004.json").read_text())
+    assert sharded_report["eval_processes"] == 2
+    single_report = evaluate_run(run)
+    timing = ("inference_s", "eval_s", "eval_processes", "path")
+    assert {k: v for k, v in sharded_report.items() if k not in timing} == {
+        k: v for k, v in single_report.items() if k not in timing}
 
 
 def test_a_nan_on_one_rank_stops_every_rank_before_the_step(shapes_dir, tmp_path):
