@@ -60,7 +60,11 @@ def _peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def _cfg(args, data: Path, out: Path, extra: list[str]):
+# Runs that only read the config (no training) never write their output folder.
+UNUSED_OUTPUT = Path(tempfile.gettempdir()) / "scratchdet-benchmark-unused"
+
+
+def _cfg(args, data: Path, extra: list[str], out: Path = UNUSED_OUTPUT):
     from scratchdet.config import load_config
 
     return load_config(CONFIG, _overrides(args, data, out, extra))
@@ -71,7 +75,7 @@ def measure_ours(args, data: Path, extra: list[str]) -> dict:
     from scratchdet.engine.trainer import train
 
     with tempfile.TemporaryDirectory() as tmp:
-        train(_cfg(args, data, Path(tmp) / "run", extra))
+        train(_cfg(args, data, extra, Path(tmp) / "run"))
         times = [r["time_per_iter"] for r in read_metrics(Path(tmp) / "run", "train")][args.warmup:]
     return {"s_per_iter": statistics.median(times), "img_s": args.batch / statistics.median(times),
             "peak_mb": _peak_memory_mb(args.device)}
@@ -89,8 +93,7 @@ def _plain_setup(args, data: Path, extra: list[str]):
     from scratchdet.engine.initialization import initialize
     from scratchdet.modeling.detector import build_detector
 
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = _cfg(args, data, Path(tmp) / "run", extra)
+    cfg = _cfg(args, data, extra)
     torch.manual_seed(cfg.seed)
     device = torch.device(args.device)
     dataset = build_train_dataset(cfg)
@@ -138,8 +141,7 @@ def measure_plain(args, data: Path, extra: list[str]) -> dict:
 def measure_loader(args, data: Path, extra: list[str]) -> dict:
     from scratchdet.data.build import build_train_dataset, build_train_loader
 
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = _cfg(args, data, Path(tmp) / "run", extra)
+    cfg = _cfg(args, data, extra)
     dataset = build_train_dataset(cfg)
     loader = iter(build_train_loader(dataset, cfg))
     n_batches = 4 * (args.warmup + args.iters)
@@ -160,8 +162,7 @@ def measure_infer(args, data: Path, extra: list[str]) -> dict:
     from scratchdet.evaluation.coco import run_inference
     from scratchdet.modeling.detector import build_detector
 
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = _cfg(args, data, Path(tmp) / "run", extra)
+    cfg = _cfg(args, data, extra)
     torch.manual_seed(cfg.seed)
     val = build_val_dataset(cfg)
     model = build_detector(cfg, val.num_classes)
@@ -180,9 +181,7 @@ def measure_padding(args, data: Path, extra: list[str]) -> dict:
 
     out = {}
     for grouping in ("false", "true"):
-        with tempfile.TemporaryDirectory() as tmp:
-            cfg = _cfg(args, data, Path(tmp) / "run", [*extra, f"data.aspect_ratio_grouping={grouping}",
-                                                      "data.num_workers=0"])
+        cfg = _cfg(args, data, [*extra, f"data.aspect_ratio_grouping={grouping}", "data.num_workers=0"])
         loader = iter(build_train_loader(build_train_dataset(cfg), cfg))
         real = padded = 0
         for _ in range(64):

@@ -128,16 +128,12 @@ def build_train_dataset(cfg: Config) -> CocoDetection | SkipUnreadableImages:
     With data.skip_bad_images, wrapped in SkipUnreadableImages (missing files are then counted, not fatal).
     """
     d = cfg.data
+    transform = build_train_transform(d.min_size_train, d.max_size_train, d.flip_prob)
+    check_files = d.check_files and not d.skip_bad_images  # with the skip policy, missing files are counted instead
     if d.format == "voc":  # PASCAL VOC XML (issue 7 part 7): boxes only, difficult objects excluded
-        dataset = VocDetection(
-            _voc_root(cfg), d.voc_train_sets, train=True, subset=d.train_subset, subset_seed=d.subset_seed,
-            transform=build_train_transform(d.min_size_train, d.max_size_train, d.flip_prob),
-            check_files=d.check_files and not d.skip_bad_images,
-        )
-        if d.skip_bad_images:
-            return SkipUnreadableImages(dataset, d.max_skip_fraction, check_files=d.check_files)
-        return dataset
-    if cfg.model.arch == "keypoint_rcnn":  # one keypoint category, [N, K, 3] keypoint targets
+        dataset = VocDetection(_voc_root(cfg), d.voc_train_sets, train=True, subset=d.train_subset,
+                               subset_seed=d.subset_seed, transform=transform, check_files=check_files)
+    elif cfg.model.arch == "keypoint_rcnn":  # one keypoint category, [N, K, 3] keypoint targets
         dataset = KeypointCocoDetection(
             _require(d.train.json, "data.train.json"),
             _require(d.train.images, "data.train.images"),
@@ -146,22 +142,20 @@ def build_train_dataset(cfg: Config) -> CocoDetection | SkipUnreadableImages:
             kpt_oks_sigmas=cfg.eval.kpt_oks_sigmas,
             subset=d.train_subset,
             subset_seed=d.subset_seed,
-            transform=build_train_transform(d.min_size_train, d.max_size_train, d.flip_prob),
-            check_files=d.check_files and not d.skip_bad_images,
+            transform=transform,
+            check_files=check_files,
         )
-        if d.skip_bad_images:
-            return SkipUnreadableImages(dataset, d.max_skip_fraction, check_files=d.check_files)
-        return dataset
-    dataset = CocoDetection(
-        _require(d.train.json, "data.train.json"),
-        _require(d.train.images, "data.train.images"),
-        train=True,
-        subset=d.train_subset,
-        subset_seed=d.subset_seed,
-        transform=build_train_transform(d.min_size_train, d.max_size_train, d.flip_prob),
-        load_masks=cfg.model.arch == "mask_rcnn",
-        check_files=d.check_files and not d.skip_bad_images,
-    )
+    else:
+        dataset = CocoDetection(
+            _require(d.train.json, "data.train.json"),
+            _require(d.train.images, "data.train.images"),
+            train=True,
+            subset=d.train_subset,
+            subset_seed=d.subset_seed,
+            transform=transform,
+            load_masks=cfg.model.arch == "mask_rcnn",
+            check_files=check_files,
+        )
     if d.skip_bad_images:
         return SkipUnreadableImages(dataset, d.max_skip_fraction, check_files=d.check_files)
     return dataset

@@ -1,4 +1,5 @@
-"""COCO evaluation with pycocotools: bbox and segm AP, AP50, AP75, APs/m/l and AR (PAPER.md, "metrics").
+"""COCO evaluation: bbox, segm and keypoint AP, AP50, AP75, APs/m/l and AR (PAPER.md, "metrics"), computed by
+pycocotools or faster-coco-eval (`eval.coco_backend`, evaluation/backends.py).
 
 Numbers are reported in percent (0-100), as in the paper's tables. A metric COCOeval cannot compute (e.g. APs on
 a set without small objects, which pycocotools marks -1) is None, and a model that predicts nothing at all is
@@ -16,9 +17,9 @@ import torch
 from pycocotools.coco import COCO
 from torch import nn
 
-from scratchdet.engine.distributed import DistContext
+from scratchdet.engine.distributed import DistContext, broadcast_from_main  # rank 0's report to every rank
 from scratchdet.evaluation.backends import cocoeval_stats
-from scratchdet.evaluation.sharding import SINGLE, gather_in_order, shard, share_report
+from scratchdet.evaluation.sharding import SINGLE, gather_in_order, shard
 
 # The order of COCOeval.stats for bbox/segm.
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -161,7 +162,7 @@ def evaluate(
         report["eval_s"] = round(time.perf_counter() - start - inference_s, 3)
         if ctx.enabled:
             report["eval_processes"] = ctx.world_size
-    return share_report(ctx, report)
+    return broadcast_from_main(ctx, report)
 
 
 def format_report(report: dict) -> str:

@@ -8,7 +8,7 @@ image order, so the metrics are computed from exactly the list a single process 
 
 from __future__ import annotations
 
-from scratchdet.engine.distributed import DistContext, broadcast_from_main, gather_to_main
+from scratchdet.engine.distributed import DistContext, gather_to_main
 
 SINGLE = DistContext()
 
@@ -27,8 +27,3 @@ def gather_in_order(ctx: DistContext, per_index: dict[int, object]) -> list[obje
     for part in parts:
         merged.update(part)
     return [merged[i] for i in sorted(merged)]
-
-
-def share_report(ctx: DistContext, report: dict | None) -> dict:
-    """Rank 0's report on every rank, so every process returns the same result."""
-    return broadcast_from_main(ctx, report)

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from scratchdet.engine.distributed import DistContext
-from scratchdet.evaluation.sharding import SINGLE, gather_in_order, shard, share_report
+from scratchdet.engine.distributed import DistContext, broadcast_from_main  # rank 0's report to every rank
+from scratchdet.evaluation.sharding import SINGLE, gather_in_order, shard
 
 METRIC_NAMES = {True: "VOC07 11-point", False: "VOC10+ area"}
 
@@ -186,7 +186,7 @@ def evaluate_voc(
     inference_s = time.perf_counter() - start
     ordered = gather_in_order(ctx, per_image)
     if ordered is None:  # not rank 0
-        return share_report(ctx, None)
+        return broadcast_from_main(ctx, None)
     detections: dict[int, list] = {}
     ground_truth: dict[int, dict] = {}
     n_det = 0
@@ -206,7 +206,7 @@ def evaluate_voc(
         report["voc"] = voc_metrics(detections, ground_truth, dataset.class_names, use_07_metric=use_07_metric)
     report["inference_s"] = round(inference_s, 3)
     report["eval_s"] = round(time.perf_counter() - start - inference_s, 3)
-    return share_report(ctx, report)
+    return broadcast_from_main(ctx, report)
 
 
 def format_voc_report(report: dict) -> str:

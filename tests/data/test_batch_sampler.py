@@ -49,3 +49,21 @@ def test_grouped_stream_resumes_exactly_mid_window():
 
 def test_aspect_groups():
     assert aspect_groups([(640, 480), (480, 640), (500, 500)]) == [0, 1, 0]
+
+
+def test_grouped_loader_on_the_synthetic_set_batches_one_orientation(shapes_dir, tmp_path):
+    """data.aspect_ratio_grouping through build_train_loader: sizes come from the JSON (dataset.image_sizes)."""
+    from helpers import MINI_CONFIG, tiny_overrides
+
+    from scratchdet.config import load_config
+    from scratchdet.data.build import build_train_dataset, build_train_loader
+
+    cfg = load_config(MINI_CONFIG, tiny_overrides(shapes_dir, tmp_path / "r", **{"data.aspect_ratio_grouping": "true",
+                                                                                  "train.batch_size": 4}))
+    dataset = build_train_dataset(cfg)
+    groups = aspect_groups(dataset.image_sizes())
+    assert 0 < sum(groups) < len(groups)  # the synthetic set has both orientations
+    loader = iter(build_train_loader(dataset, cfg))
+    batches = [next(loader)[0] for _ in range(GROUP_WINDOW_ITERS)]
+    orientations = [{img.shape[-1] >= img.shape[-2] for img in images} for images in batches]
+    assert sum(len(o) > 1 for o in orientations) <= 1  # at most one mixed batch in the window

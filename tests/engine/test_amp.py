@@ -1,5 +1,5 @@
-"""Mixed precision (issue 5 part 4): bf16 and fp16 autocast train on CPU; the fp16 grad scaler's state is saved in
-checkpoints and restored on resume."""
+"""Speed switches (issue 5 part 4): bf16 and fp16 autocast train on CPU, the fp16 grad scaler's state is saved in
+checkpoints and restored on resume, and channels_last lays out the convolution weights."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from helpers import MINI_CONFIG, tiny_overrides
 from scratchdet.config import load_config
 from scratchdet.engine import trainer
 from scratchdet.engine.checkpoint import latest_checkpoint, load_checkpoint
+from scratchdet.engine.distributed import DistContext
 from scratchdet.engine.metrics import read_metrics
+from scratchdet.modeling.detector import build_detector
 
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
@@ -44,3 +46,16 @@ def test_fp16_resume_restores_the_grad_scaler(shapes_dir, tmp_path, monkeypatch)
     trainer.train(load_config(MINI_CONFIG, tiny_overrides(shapes_dir, out, resume="true", **overrides,
                                                           **{"train.max_iters": 2})))
     assert restored == saved
+
+
+def test_channels_last_places_conv_weights_and_trains(shapes_dir, tmp_path):
+    """train.channels_last: every 4-d weight in channels_last layout (trainer._place), and a run trains with it."""
+    cfg = load_config(MINI_CONFIG, tiny_overrides(shapes_dir, tmp_path / "cl", **{"train.channels_last": "true",
+                                                                                   "train.max_iters": 2}))
+    model = build_detector(cfg, 5)
+    trainer._place(model, cfg, DistContext(), torch.device("cpu"))
+    weights = [p for p in model.parameters() if p.dim() == 4]
+    assert weights and all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
+    trainer.train(cfg)
+    losses = [r["loss"] for r in read_metrics(cfg.output, "train")]
+    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
