@@ -1,7 +1,7 @@
 """The `scratchdet` command: parse arguments, build the config, call the library. No logic of its own.
 
     scratchdet data synth --out DIR [--train-images N --val-images M --seed S --format coco|voc]
-    scratchdet data check JSON [--images DIR]
+    scratchdet data check JSON [--images DIR] [--decode] [--against OTHER_JSON] [--json]
     scratchdet data synth --task classify --out DIR
     scratchdet pretrain CONFIG [key=value ...]
     scratchdet train CONFIG [key=value ...]
@@ -52,13 +52,17 @@ def _cmd_data_synth(args) -> int:
 
 
 def _cmd_data_check(args) -> int:
-    from scratchdet.data.coco import CocoDetection
+    from scratchdet.data.check import check_dataset, format_check_report
 
     images = args.images or str(Path(args.json).parent)
-    for train in (True, False):
-        dataset = CocoDetection(args.json, images, train=train, load_masks=False, check_files=not args.no_files)
-        print(f"as {'a training' if train else 'an evaluation'} split:")
-        print(json.dumps(dataset.summary.to_dict(), indent=2))
+    report = check_dataset(args.json, images, masks=not args.boxes_only, gt_area=args.gt_area, against=args.against,
+                           check_files=not args.no_files, decode=args.decode, workers=args.workers)
+    print(json.dumps(report.to_dict(), indent=2) if args.json_output else format_check_report(report))
+    if report.problems:
+        counts = ", ".join(f"{kind} {n}" for kind, n in report.counts().items())
+        print(f"error: {len(report.problems)} problem(s) in {args.json} that training or evaluation would refuse "
+              f"or score wrongly ({counts}); see the list above", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -158,7 +162,17 @@ def build_parser() -> argparse.ArgumentParser:
     check = data.add_parser("check", help="validate a COCO json and print what cleaning would drop")
     check.add_argument("json")
     check.add_argument("--images", help="image folder (default: the json's folder)")
-    check.add_argument("--no-files", action="store_true", help="do not check that image files exist")
+    check.add_argument("--no-files", action="store_true", help="do not check the image files")
+    check.add_argument("--decode", action="store_true",
+                       help="fully decode every image (finds truncated files a header read misses; slower)")
+    check.add_argument("--workers", type=int, default=None, help="threads for the image checks (default: CPUs, <= 8)")
+    check.add_argument("--against", metavar="OTHER_JSON",
+                       help="another split's COCO file: its categories must be the same (e.g. train vs val)")
+    check.add_argument("--boxes-only", action="store_true",
+                       help="the file is used for boxes only (Faster R-CNN): do not require usable masks")
+    check.add_argument("--gt-area", choices=("check", "file", "geometry"), default="check",
+                       help="data.gt_area: how a stored area that disagrees with the geometry is treated")
+    check.add_argument("--json", dest="json_output", action="store_true", help="print the report as JSON")
     check.set_defaults(func=_cmd_data_check)
 
     train = sub.add_parser("train", help="train a detector (from scratch or fine-tuned)")

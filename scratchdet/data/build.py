@@ -16,6 +16,7 @@ from scratchdet.data.coco import CocoDetection
 from scratchdet.data.keypoints import KeypointCocoDetection
 from scratchdet.data.samplers import TrainingBatchSampler, aspect_groups
 from scratchdet.data.transforms import build_train_transform
+from scratchdet.data.validate import check_same_categories
 from scratchdet.data.voc import VocDetection
 from scratchdet.errors import ConfigError, DataError
 
@@ -144,6 +145,7 @@ def build_train_dataset(cfg: Config) -> CocoDetection | SkipUnreadableImages:
             subset_seed=d.subset_seed,
             transform=transform,
             check_files=check_files,
+            gt_area=d.gt_area,
         )
     else:
         dataset = CocoDetection(
@@ -155,6 +157,7 @@ def build_train_dataset(cfg: Config) -> CocoDetection | SkipUnreadableImages:
             transform=transform,
             load_masks=cfg.model.arch == "mask_rcnn",
             check_files=check_files,
+            gt_area=d.gt_area,
         )
     if d.skip_bad_images:
         return SkipUnreadableImages(dataset, d.max_skip_fraction, check_files=d.check_files)
@@ -177,14 +180,46 @@ def build_val_dataset(cfg: Config) -> CocoDetection:
             keypoint_category=d.keypoint_category,
             kpt_oks_sigmas=cfg.eval.kpt_oks_sigmas,
             check_files=d.check_files,
+            gt_area=d.gt_area,
         )
     return CocoDetection(
         _require(d.val.json, "data.val.json"),
         _require(d.val.images, "data.val.images"),
         train=False,
-        load_masks=False,
+        load_masks=False,  # the metric reads the ground truth from the file, not from decoded masks
         check_files=d.check_files,
+        # Mask AP rasterizes every ground-truth region: refuse unusable ones now, not at the first evaluation.
+        segm_eval=cfg.model.arch == "mask_rcnn",
+        gt_area=d.gt_area,
     )
+
+
+def category_map(dataset) -> dict[int, str] | None:
+    """A detection dataset's category id -> name over the classes the model predicts; None for formats whose
+    classes are fixed by name (VOC)."""
+    label_to_cat_id = getattr(dataset, "label_to_cat_id", None)
+    coco = getattr(dataset, "coco", None)
+    if label_to_cat_id is None or coco is None:
+        return None
+    return {int(cat_id): coco.cats[cat_id]["name"] for cat_id in label_to_cat_id.values()}
+
+
+def check_categories(train_set, val_set) -> None:
+    """Refuses a validation split whose categories differ from the training split's (DataError listing them).
+
+    The model's label k is the k-th category of the training file, and evaluation writes label k with the
+    validation file's id for k: the two maps must be one map, or a class is scored as another in silence.
+    """
+    train_map, val_map = category_map(train_set), category_map(val_set)
+    if train_map is None or val_map is None:
+        return
+    check_same_categories(train_map, str(train_set.json_path), val_map, str(val_set.json_path))
+    train_kps, val_kps = getattr(train_set, "keypoint_names", None), getattr(val_set, "keypoint_names", None)
+    if train_kps is not None and val_kps is not None and tuple(train_kps) != tuple(val_kps):
+        # Keypoint k of the model is keypoint k of the training file; OKS compares it with val's keypoint k.
+        raise DataError(f"the keypoint names of {train_set.json_path} {list(train_kps)} and of "
+                        f"{val_set.json_path} {list(val_kps)} differ (names or order); give both files the same "
+                        "'keypoints' list", path=str(val_set.json_path), field="keypoints")
 
 
 def collate(batch: list) -> tuple[list, list]:

@@ -28,6 +28,7 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from scratchdet.data.images import read_image
 from scratchdet.data.samplers import TrainingSampler
 from scratchdet.errors import ConfigError, DataError
 
@@ -223,16 +224,7 @@ class ImageFolderClassification(Dataset):
     def read_image(self, index: int) -> torch.Tensor:
         """Decoded image `index` as uint8 [3, H, W] RGB."""
         path = self.samples[index][0]
-        try:
-            with Image.open(path) as pil:
-                rgb = pil.convert("RGB")  # convert() forces the full decode, so truncation surfaces here
-        except FileNotFoundError:
-            raise DataError("image file disappeared since the folder was listed", path=path) from None
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-            raise DataError(
-                f"cannot decode image ({e}); the file is corrupt or truncated, replace it", path=path
-            ) from None
-        return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+        return read_image(path, dtype=torch.uint8)
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
         """Sample `key` (an index, or `(index, sample_seed)`; the seed defaults to the index)."""

@@ -13,6 +13,7 @@ Structural problems (bad JSON, duplicate or unknown ids, negative box sizes, mis
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import io
 import json
@@ -27,10 +28,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from pycocotools.coco import COCO
 
+from scratchdet.data.images import read_image
 from scratchdet.data.masks import decode_mask
+from scratchdet.data.validate import (
+    GT_AREA_POLICIES,
+    Problem,
+    annotation_id_note,
+    area_problems,
+    clean_eval_segmentations,
+    geometric_areas,
+    raise_first,
+)
 from scratchdet.errors import ConfigError, DataError
 
 # transform(image, target, rng) -> (image, target); see scratchdet/data/transforms.py.
@@ -49,6 +59,13 @@ class DatasetSummary:
     `polygon_parts_dropped` counts short polygons removed from annotations that kept at least one valid polygon.
     `annotations_used` counts the instances in the images this dataset yields. Polygons are checked only when
     masks are loaded.
+
+    Checks of the whole file (data/validate.py): `area_mismatches` counts annotations whose stored area disagrees
+    with their geometry (refused in an evaluation split unless data.gt_area says otherwise),
+    `areas_from_geometry` the areas replaced under data.gt_area=geometry, `eval_polygon_parts_dropped` the short
+    polygons removed from the evaluation copy of the masks. `categories` is the file's [id, name] list (compared
+    across splits and with a run's checkpoint); `notes` are facts about the file that change nothing but are worth
+    knowing (e.g. annotation ids that COCOeval cannot represent and that evaluation shifts).
     """
 
     path: str
@@ -64,6 +81,11 @@ class DatasetSummary:
     subset: int | None = None
     polygon_parts_dropped: int = 0
     annotations_used: int = 0
+    area_mismatches: int = 0
+    areas_from_geometry: int = 0
+    eval_polygon_parts_dropped: int = 0
+    categories: list = dataclasses.field(default_factory=list)
+    notes: list = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict:
         """Plain JSON-serializable dict of all counts."""
@@ -239,10 +261,10 @@ def _validate_annotation(ann: dict, images: dict[int, dict], cat_ids: set[int], 
     iscrowd = ann.setdefault("iscrowd", 0)
     if iscrowd not in (0, 1) or isinstance(iscrowd, float):
         raise DataError(f"'iscrowd' must be 0 or 1, got {iscrowd!r}", field="iscrowd", **where)
-    # COCOeval reads 'area' (area ranges) and 'iscrowd' of every ground-truth annotation; default them here so a
-    # box-only file evaluates instead of failing deep inside pycocotools. Missing area = box area.
-    area = ann.setdefault("area", float(bbox[2] * bbox[3]))
-    if not _is_number(area) or area < 0:
+    # COCOeval reads 'area' (area ranges) and 'iscrowd' of every ground-truth annotation; a missing area is filled
+    # in by load_coco_json from the geometry, so a box-only file evaluates instead of failing inside pycocotools.
+    area = ann.get("area")
+    if area is not None and (not _is_number(area) or area < 0):
         raise DataError(f"'area' must be a finite number >= 0, got {area!r}", field="area", **where)
     if "segmentation" in ann:
         _validate_segmentation(ann["segmentation"], img, ann_id, path)
@@ -255,7 +277,8 @@ def load_coco_json(json_path: str | os.PathLike) -> dict:
     Checks top-level keys, unique image/annotation/category ids, that annotations refer to known images and
     categories, boxes ([x, y, width, height], absolute pixels) of 4 finite numbers with non-negative size, positive
     integer image sizes and well-formed segmentations (polygons or RLE of the image's size). Fills in the optional
-    fields COCOeval needs: missing 'iscrowd' = 0, missing 'area' = box width * height. Runs in linear time.
+    fields COCOeval needs: missing 'iscrowd' = 0, missing 'area' = the area of the segmentation (polygon area or
+    RLE pixel count), or box width * height without one (data/validate.py `geometric_areas`). Runs in linear time.
 
     Args:
         json_path: path of the annotation JSON.
@@ -291,6 +314,10 @@ def load_coco_json(json_path: str | os.PathLike) -> dict:
     cat_ids = {cat["id"] for cat in entries["categories"]}
     for ann in entries["annotations"]:
         _validate_annotation(ann, images, cat_ids, path)
+    # Missing area = the geometry's area (mask area when there is a segmentation, else box area): COCO's meaning.
+    no_area = [ann for ann in entries["annotations"] if ann.get("area") is None]
+    for ann, area in zip(no_area, geometric_areas(no_area, images).tolist(), strict=True):
+        ann["area"] = area
     return data
 
 
@@ -302,6 +329,61 @@ def _build_coco(data: dict) -> COCO:
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
     return coco
+
+
+def audit_annotations(data: dict, summary: DatasetSummary, *, train: bool, segm_eval: bool,
+                      gt_area: str) -> tuple[list[Problem], list[Problem]]:
+    """Runs the whole-file checks of data/validate.py on a file loaded by `load_coco_json`; fills `summary`.
+
+    In place: areas become the geometry's under gt_area="geometry"; with `segm_eval`, polygons of fewer than 3
+    points are dropped from the annotations so both metric backends rasterize the same masks.
+
+    Args:
+        train: a training split (stored areas are unused in training: mismatches are counted, never refused).
+        segm_eval: the split is scored with mask AP, so every annotation needs a rasterizable region.
+        gt_area: data.gt_area: "check" refuses area mismatches in an evaluation split, "file" keeps the file's
+            areas, "geometry" replaces every area by the geometry's.
+
+    Returns:
+        (every problem found, the ones loading must refuse).
+
+    Raises:
+        ConfigError: gt_area is not one of GT_AREA_POLICIES.
+    """
+    if gt_area not in GT_AREA_POLICIES:
+        raise ConfigError(f"data.gt_area={gt_area!r} is not valid; choose one of {', '.join(GT_AREA_POLICIES)}")
+    anns = data["annotations"]
+    images = {img["id"]: img for img in data["images"]}
+    summary.categories = [[cat["id"], cat["name"]] for cat in sorted(data["categories"], key=lambda c: c["id"])]
+    note = annotation_id_note(anns)
+    if note:
+        summary.notes.append(note)
+    geometric = geometric_areas(anns, images)
+    areas = area_problems(anns, geometric, images)
+    summary.area_mismatches = len(areas)
+    if gt_area == "geometry":
+        for ann, area in zip(anns, geometric.tolist(), strict=True):
+            ann["area"] = area
+        summary.areas_from_geometry = len(anns)
+    fatal = areas if gt_area == "check" and not train else []
+    problems = list(areas)
+    if segm_eval:
+        segs, summary.eval_polygon_parts_dropped = clean_eval_segmentations(anns)
+        problems += segs
+        fatal = fatal + segs
+    return problems, fatal
+
+
+def _no_usable_images_error(summary: DatasetSummary, what: str) -> DataError:
+    reasons = {"images_without_annotations": "images without a usable annotation", "crowd_excluded":
+               "crowd regions excluded", "boxes_outside_dropped": "boxes outside their image",
+               "degenerate_boxes_dropped": "boxes under 1 px", "invalid_polygons_dropped":
+               "annotations without a polygon of >= 3 points"}
+    counts = summary.to_dict()
+    why = ", ".join(f"{counts[k]} {text}" for k, text in reasons.items() if counts.get(k))
+    return DataError(f"no usable training images: {summary.images_total} images, {summary.annotations_total} "
+                     f"annotations, none left after cleaning ({why or 'the file has no images'}); training needs at "
+                     f"least one image with a {what}", path=summary.path)
 
 
 @dataclass
@@ -399,6 +481,8 @@ class CocoDetection(torch.utils.data.Dataset):
         transform: Transform | None = None,
         load_masks: bool = True,
         check_files: bool = True,
+        segm_eval: bool = False,
+        gt_area: str = "check",
     ):
         """Load, validate and clean the dataset.
 
@@ -412,9 +496,16 @@ class CocoDetection(torch.utils.data.Dataset):
             transform: called as `transform(image, target, rng)`; rng is `random.Random(sample_seed)`.
             load_masks: decode instance masks; False for box-only training and datasets without masks.
             check_files: check that every yielded image file exists, so a bad path fails now, not hours in.
+            segm_eval: this split is scored with mask AP: every annotation needs a region pycocotools can
+                rasterize (data/validate.py `clean_eval_segmentations`), checked now rather than at the first
+                evaluation.
+            gt_area: data.gt_area, what to do with stored areas that disagree with the geometry (see
+                `audit_annotations`).
 
         Raises:
-            DataError: on structural problems, missing image files or a subset larger than the usable images.
+            DataError: on structural problems, missing image files, a subset larger than the usable images, a
+                training split with no usable image, or (evaluation split) an area or segmentation the metric
+                would score wrongly.
             ConfigError: if subset < 1.
         """
         self.json_path = str(json_path)
@@ -423,7 +514,11 @@ class CocoDetection(torch.utils.data.Dataset):
         self.transform = transform
         self.load_masks = load_masks
         data = load_coco_json(self.json_path)
+        summary = DatasetSummary(self.json_path, len(data["images"]), annotations_total=len(data["annotations"]))
+        self.problems, fatal = audit_annotations(data, summary, train=train, segm_eval=segm_eval, gt_area=gt_area)
+        raise_first(fatal, self.json_path)
         self.coco = _build_coco(data)
+        self.coco.source_path = self.json_path  # named by the metric code's errors (evaluation/backends.py)
 
         cat_ids = sorted(self.coco.cats)
         self.cat_id_to_label = {cat_id: label for label, cat_id in enumerate(cat_ids, start=1)}
@@ -431,7 +526,6 @@ class CocoDetection(torch.utils.data.Dataset):
         self.class_names = ["__background__"] + [self.coco.cats[cat_id]["name"] for cat_id in cat_ids]
         self.num_classes = len(self.class_names)
 
-        summary = DatasetSummary(self.json_path, len(self.coco.imgs), annotations_total=len(self.coco.anns))
         self._instances: dict[int, _Instances] = {}
         for image_id in sorted(self.coco.imgs):
             anns = self.coco.imgToAnns.get(image_id, [])
@@ -443,11 +537,18 @@ class CocoDetection(torch.utils.data.Dataset):
             self._instances[image_id] = inst
         self._finalize(summary, subset, subset_seed, check_files)
 
-    def _finalize(self, summary: DatasetSummary, subset: int | None, subset_seed: int, check_files: bool) -> None:
+    def _finalize(self, summary: DatasetSummary, subset: int | None, subset_seed: int, check_files: bool,
+                  usable: str = "box of at least 1x1 px") -> None:
         """Draws the subset from self._instances (sorted by id), checks files, completes the summary.
 
-        Shared with subclasses that filter the instances first (data/keypoints.py).
+        Shared with subclasses that filter the instances first (data/keypoints.py); `usable` says what a training
+        image needs, for the error when none has it.
+
+        Raises:
+            DataError: a training split left with no image (before anything else is done with it).
         """
+        if self.train and not self._instances:
+            raise _no_usable_images_error(summary, usable)
         self.image_ids = self._select_subset(list(self._instances), subset, subset_seed)
         if subset is not None:
             chosen = set(self.image_ids)
@@ -501,33 +602,8 @@ class CocoDetection(torch.utils.data.Dataset):
 
     def _read_image(self, image_id: int) -> torch.Tensor:
         img = self.coco.imgs[image_id]
-        path = self._image_path(image_id)
-        try:
-            with Image.open(path) as pil:
-                rgb = pil.convert("RGB")  # convert() forces the full decode, so truncation surfaces here
-        except FileNotFoundError:
-            raise DataError(
-                f"image file not found: {path}", path=self.json_path, image_id=image_id, field="file_name"
-            ) from None
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-            # PIL reports truncated/corrupt files as OSError, some broken PNG chunks as SyntaxError.
-            raise DataError(
-                f"cannot decode image file {path}: {e}; the file is corrupt or truncated, replace it",
-                path=self.json_path,
-                image_id=image_id,
-                field="file_name",
-            ) from None
-        for field, actual, expected in (("width", rgb.width, img["width"]), ("height", rgb.height, img["height"])):
-            if actual != expected:
-                raise DataError(
-                    f"image file {path} is {rgb.width}x{rgb.height} (WxH) but the annotation says "
-                    f"{img['width']}x{img['height']}; fix the JSON or the image",
-                    path=self.json_path,
-                    image_id=image_id,
-                    field=field,
-                )
-        array = np.array(rgb, dtype=np.uint8)  # [H, W, 3], a writable copy
-        return torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
+        return read_image(self._image_path(image_id), where={"path": self.json_path, "image_id": image_id},
+                          expected_size=(img["width"], img["height"]))
 
     def _masks(self, image_id: int, inst: _Instances, height: int, width: int) -> torch.Tensor:
         masks = np.zeros((len(inst.segmentations), height, width), dtype=np.uint8)

@@ -32,6 +32,7 @@ import torch
 from PIL import Image
 
 from scratchdet.data.coco import Transform, _is_int, load_coco_json
+from scratchdet.data.images import read_image
 from scratchdet.errors import ConfigError, DataError
 
 # The 20 VOC classes in the devkit's order; label k (1..20) is VOC_CLASSES[k - 1], 0 is background.
@@ -309,19 +310,8 @@ class VocDetection(torch.utils.data.Dataset):
 
     def _read_image(self, image_id: int) -> torch.Tensor:
         info = self._images[image_id]
-        try:
-            with Image.open(info.jpeg) as pil:
-                rgb = pil.convert("RGB")
-        except FileNotFoundError:
-            raise DataError(f"image file not found: {info.jpeg}", path=str(info.xml), image_id=info.name,
-                            field="file_name") from None
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-            raise DataError(f"cannot decode image file {info.jpeg}: {e}; replace it", path=str(info.xml),
-                            image_id=info.name, field="file_name") from None
-        if (rgb.width, rgb.height) != (info.width, info.height):
-            raise DataError(f"image file {info.jpeg} is {rgb.width}x{rgb.height} but <size> says "
-                            f"{info.width}x{info.height}", path=str(info.xml), image_id=info.name, field="size")
-        return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)
+        return read_image(info.jpeg, where={"path": str(info.xml), "image_id": info.name},
+                          expected_size=(info.width, info.height))
 
     def ground_truth(self, image_id: int) -> dict[str, np.ndarray]:
         """Evaluation ground truth of one image: "boxes" [N, 4] 0-based XYXY, "labels" [N], "difficult" [N]."""

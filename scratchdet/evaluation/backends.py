@@ -20,6 +20,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from scratchdet.data.validate import clean_eval_segmentations, raise_first
 from scratchdet.errors import ConfigError
 
 BACKENDS = ("pycocotools", "faster_coco_eval")
@@ -54,9 +55,46 @@ def cocoeval_stats(
         raise ConfigError(f"eval.coco_backend={backend!r} is not a COCO metric backend; choose one of {BACKENDS}")
     if iou_type not in IOU_TYPES:
         raise ValueError(f"iou_type {iou_type!r} is not one of {IOU_TYPES}")
+    coco_gt = metric_ground_truth(coco_gt, iou_type)
     if backend == "pycocotools":
         return _pycocotools_stats(coco_gt, results, iou_type, image_ids, cat_ids, kpt_oks_sigmas)
     return _faster_stats(coco_gt, results, iou_type, image_ids, cat_ids, kpt_oks_sigmas)
+
+
+def metric_ground_truth(coco_gt: COCO, iou_type: str = "bbox") -> COCO:
+    """The ground truth COCOeval can score: `coco_gt` itself, or a copy whose annotation ids start at 1.
+
+    For "segm", every annotation must also have a region pycocotools can rasterize: polygons of fewer than 3
+    points are dropped from `coco_gt` in place (they enclose nothing; data/validate.py), and an annotation left
+    without a region raises DataError, naming it, instead of a pycocotools traceback (or, in faster-coco-eval, a
+    different score for the same file). Datasets loaded for mask evaluation were checked this way already.
+
+    COCOeval records each match as the matched ground truth's annotation id in a zero-initialised array and treats
+    a 0 there as "unmatched" (pycocotools `evaluateImg`/`accumulate`; faster-coco-eval follows it), so a detection
+    matched to an annotation with id 0 counts as a false positive: three perfect boxes with ids 0, 1, 2 score 44 AP
+    instead of 100 (cocoapi issue 507). Results never refer to annotation ids, so shifting every id by the same
+    amount changes nothing else. The copy (shallow: annotation dicts copied, their geometry shared) is built once
+    per index and cached on it.
+    """
+    anns = coco_gt.dataset.get("annotations", [])
+    if iou_type == "segm":
+        problems, _ = clean_eval_segmentations(anns)
+        raise_first(problems, getattr(coco_gt, "source_path", "the ground truth"))
+    low = min((ann["id"] for ann in anns), default=1)
+    if low >= 1:
+        return coco_gt
+    cached = getattr(coco_gt, "_scratchdet_shifted_ids", None)
+    if cached is not None and cached[0] == (id(anns), len(anns)):
+        return cached[1]
+    shift = 1 - low
+    dataset = dict(coco_gt.dataset)
+    dataset["annotations"] = [{**ann, "id": ann["id"] + shift} for ann in anns]
+    shifted = COCO()
+    shifted.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):
+        shifted.createIndex()
+    coco_gt._scratchdet_shifted_ids = ((id(anns), len(anns)), shifted)
+    return shifted
 
 
 def _pycocotools_stats(coco_gt, results, iou_type, image_ids, cat_ids, kpt_oks_sigmas) -> np.ndarray:

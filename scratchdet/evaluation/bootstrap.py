@@ -22,9 +22,12 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from scratchdet.evaluation.backends import metric_ground_truth
+
 
 def _evaluated(coco_gt: COCO, results: list[dict], iou_type: str, image_ids: Sequence[int],
                cat_ids: Sequence[int] | None) -> COCOeval:
+    coco_gt = metric_ground_truth(coco_gt, iou_type)  # annotation ids COCOeval can represent
     with contextlib.redirect_stdout(io.StringIO()):
         coco_dt = coco_gt.loadRes(copy.deepcopy(results)) if results else COCO()
         evaluator = COCOeval(coco_gt, coco_dt, iou_type)
