@@ -55,7 +55,8 @@ def _cmd_data_check(args) -> int:
     from scratchdet.data.check import check_dataset, format_check_report
 
     images = args.images or str(Path(args.json).parent)
-    report = check_dataset(args.json, images, masks=not args.boxes_only, gt_area=args.gt_area, against=args.against,
+    masks = False if args.boxes_only else True if args.masks else None
+    report = check_dataset(args.json, images, masks=masks, gt_area=args.gt_area, against=args.against,
                            check_files=not args.no_files, decode=args.decode, workers=args.workers)
     print(json.dumps(report.to_dict(), indent=2) if args.json_output else format_check_report(report))
     if report.problems:
@@ -170,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="another split's COCO file: its categories must be the same (e.g. train vs val)")
     check.add_argument("--boxes-only", action="store_true",
                        help="the file is used for boxes only (Faster R-CNN): do not require usable masks")
+    check.add_argument("--masks", action="store_true",
+                       help="the file is used for Mask R-CNN: require usable masks (default: when any annotation "
+                            "has a segmentation)")
     check.add_argument("--gt-area", choices=("check", "file", "geometry"), default="check",
                        help="data.gt_area: how a stored area that disagrees with the geometry is treated")
     check.add_argument("--json", dest="json_output", action="store_true", help="print the report as JSON")

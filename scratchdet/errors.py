@@ -39,6 +39,7 @@ class DataError(ScratchdetError):
         if field is not None:
             where.append(f"field '{field}'")
         super().__init__(f"{message} ({', '.join(where)})" if where else message)
+        self.message = message  # without the location, for reports that print the location in their own column
         self.path = path
         self.image_id = image_id
         self.ann_id = ann_id

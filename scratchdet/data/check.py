@@ -58,7 +58,7 @@ def _image_problem(image: dict, path: Path, where: dict, decode: bool) -> tuple[
         kind = {"file_name": "unreadable_image", "mode": "unsupported_pixel_mode"}.get(e.field or "", "image_size")
         if "not found" in str(e):
             kind = "missing_image"
-        return Problem(kind, str(e), image_id=image["id"], field=e.field), None
+        return Problem(kind, e.message, image_id=image["id"], field=e.field), None
     if (header.width, header.height) != (image["width"], image["height"]):
         hint = "fix the JSON or the image"
         if header.oriented and (header.stored_width, header.stored_height) == (image["width"], image["height"]):
@@ -97,7 +97,7 @@ def check_images(data: dict, image_dir: Path, json_path: str, report: CheckRepor
                             "them as displayed (rotated), as annotation tools show them")
 
 
-def check_dataset(json_path: str | Path, image_dir: str | Path, *, masks: bool = True, gt_area: str = "check",
+def check_dataset(json_path: str | Path, image_dir: str | Path, *, masks: bool | None = None, gt_area: str = "check",
                   against: str | Path | None = None, check_files: bool = True, decode: bool = False,
                   workers: int | None = None, progress: bool = True) -> CheckReport:
     """Checks a COCO file as a training split and as an evaluation split, and its images.
@@ -105,7 +105,8 @@ def check_dataset(json_path: str | Path, image_dir: str | Path, *, masks: bool =
     Args:
         json_path: the COCO annotation file.
         image_dir: the folder its file_name entries are relative to.
-        masks: check segmentations as mask training and mask AP need them (Mask R-CNN).
+        masks: check segmentations as mask training and mask AP need them (Mask R-CNN); None = when any
+            annotation of the file has a segmentation (a file without any is a box-only file).
         gt_area: data.gt_area, as training would use it.
         against: another COCO file (e.g. the other split) whose categories must be the same.
         check_files: check the image files at all.
@@ -119,6 +120,10 @@ def check_dataset(json_path: str | Path, image_dir: str | Path, *, masks: bool =
     path = str(json_path)
     report = CheckReport(path)
     data = load_coco_json(path)
+    if masks is None:
+        masks = any("segmentation" in ann for ann in data["annotations"])
+        if not masks:
+            report.notes.append("no annotation has a segmentation: checked as a box-only file (Faster R-CNN)")
     # The evaluation split's rules are the stricter ones (areas, rasterizable masks): what they refuse is a problem.
     found, fatal = audit_annotations(copy.deepcopy(data), DatasetSummary(path), train=False, segm_eval=masks,
                                      gt_area=gt_area)
@@ -134,7 +139,7 @@ def check_dataset(json_path: str | Path, image_dir: str | Path, *, masks: bool =
                                     gt_area="file")
         except DataError as e:
             kind = "no_usable_training_images" if "no usable training images" in str(e) else f"{role}_split"
-            report.problems.append(Problem(kind, str(e), image_id=e.image_id, ann_id=e.ann_id, field=e.field))
+            report.problems.append(Problem(kind, e.message, image_id=e.image_id, ann_id=e.ann_id, field=e.field))
             continue
         report.summaries[role] = dataset.summary.to_dict()
         for note in dataset.summary.notes:
@@ -175,8 +180,8 @@ def format_check_report(report: CheckReport) -> str:
         lines.append(f"{kind} ({len(of_kind)}):")
         for p in of_kind[:SHOWN_PER_KIND]:
             where = ", ".join(f"{k} {v}" for k, v in (("image id", p.image_id), ("annotation id", p.ann_id),
-                                                      ("field", p.field)) if v is not None)
-            lines.append(f"  - {p.message}" + (f" ({where})" if where and where not in p.message else ""))
+                                                      ("field", repr(p.field) if p.field else None)) if v is not None)
+            lines.append(f"  - [{where or report.path}] {p.message}")
         if len(of_kind) > SHOWN_PER_KIND:
             lines.append(f"  ... {len(of_kind) - SHOWN_PER_KIND} more (--json lists all)")
     return "\n".join(lines)
