@@ -10,12 +10,17 @@ Key names listed in issue 2 ("Stable names") are relied on by scripts and the st
 from __future__ import annotations
 
 import copy
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, NamedTuple
 
+import yaml
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from scratchdet.data.keypoint_flip import check_flip_map
 from scratchdet.errors import ConfigError
 
 NORMS = ("GN", "SyncBN", "BN", "FrozenBN", "none")
@@ -36,7 +41,8 @@ class SplitConfig:
 @dataclass
 class DataConfig:
     # A folder written by `scratchdet data synth` (or laid out the same way): root/instances_{train,val}.json and
-    # root/{train,val}/. Explicit data.train.* / data.val.* paths win over it.
+    # root/{train,val}/. Explicit data.train.* / data.val.* paths win over it when both come from the same place
+    # (file, or command line); data.root given on the command line replaces paths from the file (load_config).
     root: str | None = None
     train: SplitConfig = field(default_factory=SplitConfig)
     val: SplitConfig = field(default_factory=SplitConfig)
@@ -62,6 +68,10 @@ class DataConfig:
     skip_bad_images: bool = False
     # With skip_bad_images: fail once more than this fraction of the training images turned out unreadable.
     max_skip_fraction: float = 0.01
+    # A stored annotation 'area' that disagrees with its mask or box (data/validate.py) changes COCO AP's size bins
+    # and OKS: "check" refuses it in an evaluation split (training never uses it, and counts it), "file" keeps the
+    # file's values, "geometry" uses the area of the segmentation (or box) instead of the field.
+    gt_area: str = "check"
     # Dataset format (issue 7 part 7): "coco" (data.train/val JSON) or "voc" (PASCAL VOC XML, scratchdet/data/voc.py).
     format: str = "coco"
     # VOC: folder holding VOC<year>/ (VOCdevkit); None = data.root. Sets are "YEAR_SPLIT" names; the paper trains
@@ -74,6 +84,10 @@ class DataConfig:
     # model.arch=keypoint_rcnn trains one category (name or id), as Detectron trains COCO person keypoints; other
     # categories are ignored (scratchdet/data/keypoints.py). None = the only category that declares "keypoints".
     keypoint_category: str | None = None
+    # Keypoints a horizontal flip swaps, as [name_a, name_b] pairs ([name, name]: no mirror), for names whose side
+    # is not spelt in a recognised way (left_eye, l_eye, leftEye, eye_left, eye_l, LShoulder, ...;
+    # data/keypoint_flip.py). Unlisted names are paired by those spellings; lateral-looking leftovers are refused.
+    keypoint_flip_map: list[list[str]] = field(default_factory=list)
 
 
 @dataclass
@@ -100,12 +114,17 @@ class ModelConfig:
     box_head_fc: int = 1024
     mask_head_convs: int = 4
     anchor_sizes: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512])
+    # RPN top-k: pre-NMS counts are per FPN level and image, post-NMS counts per image (torchvision's RPN).
+    # Detectron kept TRAIN.RPN_POST_NMS_TOP_N=2000 per 2-image GPU batch, ~1000 per image; detectron2 writes that
+    # as POST_NMS_TOPK_TRAIN=1000 per image (docs/FIDELITY.md). Single-level (VGG-16) RPNs keep 2000 per image.
     rpn_pre_nms_top_n_train: int = 2000
-    rpn_post_nms_top_n_train: int = 2000
+    rpn_post_nms_top_n_train: int = 1000
     rpn_pre_nms_top_n_test: int = 1000
     rpn_post_nms_top_n_test: int = 1000
     rpn_batch_size_per_image: int = 256
     box_batch_size_per_image: int = 512
+    # Detections kept per image. COCO AP scores the 100 best-scored per image (COCOeval params.maxDets[-1]; keypoint
+    # AP the 20 best), so more than 100 are kept but never scored: load_config warns.
     box_detections_per_img: int = 100
     box_score_thresh: float = 0.05
     # Keypoint R-CNN head (model.arch=keypoint_rcnn): convs of 3x3, each followed by model.norm (Detectron: 8 x 512).
@@ -121,6 +140,18 @@ class ModelConfig:
     # (paper: cascade from scratch, K = 270k); None = cascade from iteration 0. K counts the run's iterations at
     # train.batch_size (not rescaled like schedule.unit_iters): switch at schedule max_iters - K.
     cascade_switch_iters: int | None = None
+    # Input convention (docs/WEIGHTS.md, "Input conventions"): the dataset's RGB 0..1 images are put in input_format
+    # channel order (RGB | BGR), multiplied by pixel_scale (1.0: 0..1, 255.0: 0..255), then normalized with
+    # pixel_mean / pixel_std (3 values each, in the scaled units and input_format order). stride_in_1x1: each ResNet
+    # stage downsamples in its first block's 1x1 conv (MSRA's ResNets; Detectron RESNETS.STRIDE_1X1) instead of the
+    # 3x3 (torchvision, FAIR). None = follow the weight file with init=pretrained, else torchvision's convention
+    # (RGB, 1.0, ImageNet mean/std, false); `scratchdet train` fills them in, so config.yaml records what ran, and
+    # refuses explicit values that conflict with a file whose convention is known.
+    input_format: str | None = None
+    pixel_scale: float | None = None
+    pixel_mean: list[float] | None = None
+    pixel_std: list[float] | None = None
+    stride_in_1x1: bool | None = None
 
 
 @dataclass
@@ -232,19 +263,108 @@ def load_structured(schema: type, path: str | Path | None, overrides: list[str] 
                 raise ConfigError(f"override {bad[0]!r} is not of the form key=value (e.g. train.max_iters=100)")
             parts.append(OmegaConf.from_dotlist(list(overrides)))
         return OmegaConf.to_object(OmegaConf.merge(*parts))
-    except (OmegaConfBaseException, TypeError, ValueError) as e:
+    except (OmegaConfBaseException, TypeError, ValueError, yaml.YAMLError) as e:  # YAMLError: e.g. `key=[1,2`
         where = f" in {path}" if path is not None else ""
         raise ConfigError(f"invalid {what}{where}: {e}".replace("\n", "; ")) from None
 
 
+def override_keys(overrides: Sequence[str] | None) -> set[str]:
+    """The dotted keys that `key=value` overrides set; a mapping value counts as its leaves (`data.train={json: a}`
+    sets data.train.json). The overrides must be well-formed (load_structured checks them first)."""
+    return set(_leaves(OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides or []))))) - {""}
+
+
+def _leaves(node: Any, prefix: str = "") -> Iterator[str]:
+    if isinstance(node, dict) and node:
+        for key, value in node.items():
+            yield from _leaves(value, f"{prefix}.{key}" if prefix else str(key))
+    else:
+        yield prefix
+
+
+def _get(cfg: Any, key: str) -> Any:
+    for name in key.split("."):
+        cfg = getattr(cfg, name)
+    return cfg
+
+
+def _set(cfg: Any, key: str, value: Any) -> None:
+    *parents, name = key.split(".")
+    setattr(_get(cfg, ".".join(parents)) if parents else cfg, name, value)
+
+
+class CommandLineWins(NamedTuple):
+    """A command-line setting that contradicts a setting of the file (or a default), which then gives way:
+    when `key` is given on the command line with a value for which `applies` holds, and `loser` is not,
+    `loser` (if it holds a value) becomes `replacement(cfg)`."""
+
+    key: str
+    applies: Callable[[Any], bool]
+    loser: str
+    replacement: Callable[[Any], Any]
+
+
+def command_line_wins(cfg: Any, path: str | Path | None, overrides: Sequence[str] | None,
+                      rules: Sequence[CommandLineWins]) -> list[str]:
+    """Applies `rules` to a loaded config, so a setting given on the command line is never overruled in silence by
+    the file (README, "Configs and overrides"); warns one line listing each replaced value, where it came from and
+    what replaced it. Returns the replaced keys.
+    """
+    given = override_keys(overrides)
+    file_keys: set[str] | None = None
+    replaced: dict[str, list[str]] = {}  # winning key -> "loser=old (origin) replaced by new"
+    for rule in rules:
+        if rule.key not in given or rule.loser in given or not rule.applies(_get(cfg, rule.key)):
+            continue
+        old, new = _get(cfg, rule.loser), rule.replacement(cfg)
+        if old is None or old == new:  # nothing set there to contradict the command line
+            continue
+        _set(cfg, rule.loser, new)
+        if file_keys is None:
+            file_keys = set(_leaves(OmegaConf.to_container(OmegaConf.load(path)))) if path is not None else set()
+        origin = f"set in {path}" if rule.loser in file_keys else "the default"
+        replaced.setdefault(rule.key, []).append(f"{rule.loser}={old} ({origin}) is replaced by {new}")
+    for key, changes in replaced.items():
+        warnings.warn(f"{key}={_get(cfg, key)} is given on the command line and wins: {'; '.join(changes)}",
+                      stacklevel=3)
+    return [change.partition("=")[0] for changes in replaced.values() for change in changes]
+
+
+def _is_set(value: Any) -> bool:
+    return value is not None
+
+
+def _root_path(root: str, split: str, kind: str) -> str:
+    """The `data synth` layout: root/instances_{split}.json and root/{split}/."""
+    return str(Path(root) / (f"instances_{split}.json" if kind == "json" else split))
+
+
+# data.root on the command line gives every dataset path (README: `scratchdet train CONFIG data.root=DIR`), also
+# over a paper config's data.train/val paths; init=scratch drops the file's weights; model.cascade=false drops the
+# file's cascade switch.
+DETECTION_COMMAND_LINE_WINS: tuple[CommandLineWins, ...] = (
+    *(CommandLineWins("data.root", _is_set, f"data.{split}.{kind}",
+                      lambda cfg, split=split, kind=kind: _root_path(cfg.data.root, split, kind))
+      for split in ("train", "val") for kind in ("json", "images")),
+    CommandLineWins("data.root", _is_set, "data.voc_root", lambda cfg: cfg.data.root),
+    CommandLineWins("init", lambda value: value == "scratch", "weights", lambda cfg: None),
+    CommandLineWins("model.cascade", lambda value: value is False, "model.cascade_switch_iters", lambda cfg: None),
+)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Merges the YAML file at `path` and dotted `key=value` overrides over the defaults, then validates.
+
+    A setting given in `overrides` (the command line) wins over the file also where it implies other keys
+    (DETECTION_COMMAND_LINE_WINS, e.g. data.root over the file's data.train/val paths); one warning lists what
+    it replaced.
 
     Raises:
         ConfigError: unknown key, wrong type, missing file, or a value outside its valid choices.
     """
     cfg = load_structured(Config, path, overrides)
     assert isinstance(cfg, Config)
+    command_line_wins(cfg, path, overrides, DETECTION_COMMAND_LINE_WINS)
     resolve_data_paths(cfg)
     validate_config(cfg)
     return cfg
@@ -259,16 +379,19 @@ def config_to_dict(cfg: Config) -> dict:
 
 
 def resolve_data_paths(cfg: Config) -> None:
-    """Fills data.train/val paths from data.root (the `data synth` layout) where they are not given."""
+    """Fills data.train/val paths from data.root (the `data synth` layout) where they are not given.
+
+    A path given beside data.root wins; load_config has already replaced the file's paths when data.root came from
+    the command line.
+    """
     if cfg.data.root is None:
         return
-    root = Path(cfg.data.root)
     for split_name in ("train", "val"):
         split: SplitConfig = getattr(cfg.data, split_name)
         if split.json is None:
-            split.json = str(root / f"instances_{split_name}.json")
+            split.json = _root_path(cfg.data.root, split_name, "json")
         if split.images is None:
-            split.images = str(root / split_name)
+            split.images = _root_path(cfg.data.root, split_name, "images")
 
 
 def _choice(key: str, value, choices) -> None:
@@ -290,6 +413,7 @@ def validate_config(cfg: Config) -> None:
     _choice("train.device", cfg.train.device, ("auto", "cpu", "cuda"))
     _choice("train.amp", cfg.train.amp, ("none", "bf16", "fp16"))
     _choice("eval.coco_backend", cfg.eval.coco_backend, ("pycocotools", "faster_coco_eval"))
+    _choice("data.gt_area", cfg.data.gt_area, ("check", "file", "geometry"))
     _choice("pretrained.norm_mismatch", cfg.pretrained.norm_mismatch, ("error", "skip_norm", "load_affine"))
     if not 0.0 <= cfg.pretrained.min_coverage <= 1.0:
         raise ConfigError(f"pretrained.min_coverage={cfg.pretrained.min_coverage} must be in [0, 1]")
@@ -305,7 +429,8 @@ def validate_config(cfg: Config) -> None:
         raise ConfigError(f"model.groups={cfg.model.groups} (ResNeXt) needs a bottleneck depth (50/101/152)")
     for key in ("train.batch_size", "solver.base_lr", "schedule.multiplier", "schedule.unit_iters",
                 "solver.reference_batch", "model.stem_width", "model.fpn_channels", "model.gn_groups",
-                "train.max_iters", "data.train_subset", "data.max_size_train", "data.min_size_test"):
+                "train.max_iters", "data.train_subset", "data.max_size_train", "data.min_size_test",
+                "model.box_detections_per_img"):
         section, name = key.split(".")
         _positive(key, getattr(getattr(cfg, section), name))
     if not cfg.data.min_size_train or any(s <= 0 for s in cfg.data.min_size_train):
@@ -319,6 +444,47 @@ def validate_config(cfg: Config) -> None:
     _validate_voc(cfg)
     _validate_cascade(cfg)
     validate_backbone(cfg)
+    _validate_keypoint_flip_map(cfg)
+    _warn_unscored_detections(cfg)
+    validate_input_convention(cfg.model)
+
+
+# COCOeval scores at most maxDets[-1] detections per image, the best by score: Params.maxDets = [1, 10, 100] for
+# bbox and segm, [20] for keypoints (pycocotools cocoeval.py, setDetParams / setKpParams).
+COCO_MAX_DETS = 100
+COCO_KEYPOINT_MAX_DETS = 20
+
+
+def _warn_unscored_detections(cfg: Config) -> None:
+    """Warns, once per config load, when model.box_detections_per_img keeps detections that COCO AP never scores.
+
+    Said here, where the value is set, not at every evaluation. Keypoint R-CNN's default of 100 is not warned
+    about: keypoint AP scores the best 20 (COCO's keypoint protocol) and box AP still scores all 100. VOC mAP
+    ranks every detection, so data.format=voc has no limit.
+    """
+    n = cfg.model.box_detections_per_img
+    if cfg.data.format != "coco" or n <= COCO_MAX_DETS:
+        return
+    keypoints = f"; keypoint AP the best {COCO_KEYPOINT_MAX_DETS}" if cfg.model.arch == "keypoint_rcnn" else ""
+    warnings.warn(
+        f"model.box_detections_per_img={n} keeps more detections per image than COCO AP scores: COCOeval "
+        f"(params.maxDets=[1, 10, {COCO_MAX_DETS}]) scores only the best {COCO_MAX_DETS} by score{keypoints}, so up "
+        f"to {n - COCO_MAX_DETS} per image are never scored; set model.box_detections_per_img={COCO_MAX_DETS} "
+        "unless something other than COCO AP reads the extra detections",
+        stacklevel=3,
+    )
+
+
+def _validate_keypoint_flip_map(cfg: Config) -> None:
+    """data.keypoint_flip_map: [name_a, name_b] pairs, each name once, and only where keypoints are trained; the
+    names are checked against the file when the dataset opens (data/keypoints.py)."""
+    pairs = cfg.data.keypoint_flip_map
+    if not pairs:
+        return
+    if cfg.model.arch != "keypoint_rcnn":
+        raise ConfigError(f"data.keypoint_flip_map={pairs} is set but model.arch={cfg.model.arch!r} trains no "
+                          "keypoints; drop it, or set model.arch=keypoint_rcnn")
+    check_flip_map(pairs)
 
 
 def copy_config(cfg: Config) -> Config:
@@ -377,3 +543,25 @@ def validate_backbone(cfg: Config) -> None:
         raise ConfigError(f"model.backbone=vgg16 builds Faster R-CNN only; set model.arch=faster_rcnn, got {m.arch!r}")
     if m.cascade:
         raise ConfigError("model.cascade=true is not implemented for model.backbone=vgg16")
+
+
+def validate_input_convention(m, prefix: str = "model") -> None:
+    """Checks the input-convention keys of a model section (detection or pre-training); None means "not set".
+
+    Raises:
+        ConfigError: naming the key, the value and what is valid.
+    """
+    if m.input_format is not None:
+        _choice(f"{prefix}.input_format", m.input_format, ("RGB", "BGR"))
+    _positive(f"{prefix}.pixel_scale", m.pixel_scale)
+    for key in ("pixel_mean", "pixel_std"):
+        values = getattr(m, key)
+        if values is not None and len(values) != 3:
+            raise ConfigError(f"{prefix}.{key}={list(values)} needs 3 values, one per channel in "
+                              f"{prefix}.input_format order")
+    if m.pixel_std is not None and any(s <= 0 for s in m.pixel_std):
+        raise ConfigError(f"{prefix}.pixel_std={list(m.pixel_std)} must be positive")
+    if m.stride_in_1x1 and (getattr(m, "backbone", "resnet") != "resnet" or m.depth < 50):
+        what = "VGG-16" if getattr(m, "backbone", "resnet") != "resnet" else f"ResNet-{m.depth} (basic blocks)"
+        raise ConfigError(f"{prefix}.stride_in_1x1=true moves each stage's stride into the first bottleneck's 1x1 "
+                          f"conv; {what} has no such conv: set {prefix}.stride_in_1x1=false")

@@ -6,7 +6,9 @@ Keypoint R-CNN is trained on one category, as Detectron trains COCO person keypo
 the file's only category that declares "keypoints".
 
 Targets gain "keypoints" float32 [N, K, 3] (x, y in absolute pixels, visibility 0/1/2; unlabelled joints are all
-zero, the COCO convention) and "keypoint_flip_map" (left_*/right_* swap for RandomHorizontalFlip). For training,
+zero, the COCO convention) and "keypoint_flip_map" (flip[i] = the keypoint that keypoint i becomes, for
+RandomHorizontalFlip; from data.keypoint_flip_map and the recognised spellings of a side, data/keypoint_flip.py; names
+that look lateral but cannot be paired are refused, and the pairs used are recorded in the summary). For training,
 instances without any labelled keypoint are dropped (counted in `summary.no_keypoints_dropped`), and images left
 without instances are skipped, as in Detectron.
 """
@@ -16,13 +18,14 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 
 from scratchdet.data.coco import CocoDetection, DatasetSummary, Transform, _Instances, _is_number
-from scratchdet.data.synthetic import KEYPOINT_NAMES, KEYPOINT_OKS_SIGMAS, keypoint_flip_map
+from scratchdet.data.keypoint_flip import flip_indices, keypoint_flip_pairs
+from scratchdet.data.synthetic import KEYPOINT_NAMES, KEYPOINT_OKS_SIGMAS
 from scratchdet.errors import ConfigError, DataError
 
 COCO_PERSON_KEYPOINT_NAMES: tuple[str, ...] = (
@@ -45,6 +48,8 @@ class KeypointDatasetSummary(DatasetSummary):
     keypoint_category_id: int = 0
     other_categories_ignored: int = 0  # instances of other categories (the keypoint detector does not see them)
     no_keypoints_dropped: int = 0  # keypoint-category instances without any labelled keypoint
+    # The names a horizontal flip swaps ([name_a, name_b] pairs); every other keypoint keeps its name.
+    keypoint_flip_pairs: list[list[str]] = field(default_factory=list)
 
 
 def resolve_keypoint_category(coco_cats: dict[int, dict], requested: str | int | None, path: str) -> int:
@@ -135,23 +140,30 @@ class KeypointCocoDetection(CocoDetection):
         train: bool,
         keypoint_category: str | int | None = None,
         kpt_oks_sigmas: Sequence[float] | None = None,
+        keypoint_flip_map: Sequence[Sequence[str]] = (),
         subset: int | None = None,
         subset_seed: int = 0,
         transform: Transform | None = None,
         check_files: bool = True,
+        gt_area: str = "check",
     ):
         """Load, validate and restrict the dataset (see CocoDetection for the shared arguments).
 
         Args:
             keypoint_category: name or id of the category to train; None = the only category with keypoints.
             kpt_oks_sigmas: OKS sigmas override (one per keypoint); None = COCO's / the synthetic walker's.
+            keypoint_flip_map: data.keypoint_flip_map, [name_a, name_b] pairs that swap under a horizontal flip
+                ([name, name]: no mirror); they come before the recognised spellings (data/keypoint_flip.py).
 
         Raises:
-            ConfigError: unknown or ambiguous category, or sigmas that do not fit.
-            DataError: malformed keypoints, or a subset larger than the usable images.
+            ConfigError: unknown or ambiguous category, sigmas that do not fit, or a keypoint_flip_map pair that
+                names an unknown keypoint or repeats one.
+            DataError: malformed keypoints, keypoint names that look lateral but cannot be paired, or a subset
+                larger than the usable images.
         """
         # Subset and file checks run after the restriction, on the images that still have keypoint instances.
-        super().__init__(json_path, image_dir, train=train, transform=None, load_masks=False, check_files=False)
+        super().__init__(json_path, image_dir, train=train, transform=None, load_masks=False, check_files=False,
+                         gt_area=gt_area)
         path = self.json_path
         cat_id = resolve_keypoint_category(self.coco.cats, keypoint_category, path)
         cat = self.coco.cats[cat_id]
@@ -159,16 +171,21 @@ class KeypointCocoDetection(CocoDetection):
         self.keypoint_names = tuple(cat["keypoints"])
         self.num_keypoints = len(self.keypoint_names)
         self.kpt_oks_sigmas = oks_sigmas_for(self.keypoint_names, kpt_oks_sigmas, path)
-        try:
-            flip_map = keypoint_flip_map(self.keypoint_names)
-        except ValueError as e:
-            raise DataError(f"category {cat_id} ({cat['name']}): {e}", path=path, field="keypoints") from None
+        category = f"category {cat_id} ({cat['name']}): "
+        try:  # ConfigError (a bad data.keypoint_flip_map pair) passes through, naming the file and the category
+            flip_pairs = keypoint_flip_pairs(self.keypoint_names, keypoint_flip_map, f"{path}, {category}")
+        except ValueError as e:  # UnpairedKeypointsError, or duplicate names: the file's to fix (or the flip map)
+            message = category + str(e).removeprefix(f"{path}, {category}")
+            raise DataError(message, path=path, field="keypoints") from None
+        flip_map = flip_indices(self.keypoint_names, flip_pairs)
         self.cat_id_to_label = {cat_id: 1}
         self.label_to_cat_id = {1: cat_id}
         self.class_names = ["__background__", cat["name"]]
         self.num_classes = 2
 
-        summary = KeypointDatasetSummary(**asdict(self.summary), keypoint_category_id=cat_id)
+        summary = KeypointDatasetSummary(**asdict(self.summary), keypoint_category_id=cat_id,
+                                         keypoint_flip_pairs=[list(p) for p in flip_pairs])
+        summary.categories = [[cat_id, cat["name"]]]  # the one category the model predicts
         keypoints: dict[int, np.ndarray] = {}
         kept_instances: dict[int, _Instances] = {}
         for image_id in sorted(self.coco.imgs):
@@ -198,5 +215,6 @@ class KeypointCocoDetection(CocoDetection):
             )
             keypoints[image_id] = np.stack(kps) if kps else np.zeros((0, self.num_keypoints, 3), np.float32)
         self._instances = kept_instances
-        self._finalize(summary, subset, subset_seed, check_files)
+        self._finalize(summary, subset, subset_seed, check_files,
+                       usable=f"'{cat['name']}' instance with at least one labelled keypoint")
         self.transform = _AddKeypoints(keypoints, flip_map, transform)

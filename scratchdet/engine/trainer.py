@@ -21,8 +21,8 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from scratchdet.config import Config
-from scratchdet.data.build import build_train_dataset, build_train_loader, build_val_dataset
-from scratchdet.engine.cascade_switch import cascade_switch_iter, convert_model, resume_needs_cascade, switch_in_run
+from scratchdet.data.build import build_train_dataset, build_train_loader, build_val_dataset, check_categories
+from scratchdet.engine.cascade_switch import cascade_switch_iter, switch_in_run
 from scratchdet.engine.checkpoint import (
     check_free_space,
     estimate_checkpoint_bytes,
@@ -41,8 +41,9 @@ from scratchdet.engine.distributed import (
     main_first,
     ranks_not_finite,
 )
-from scratchdet.engine.initialization import initialize
+from scratchdet.engine.initialization import initialize, resolve_input_convention
 from scratchdet.engine.metrics import MetricsWriter
+from scratchdet.engine.model_state import MODEL_STATE_KEY, record_model_state, resume_model_
 from scratchdet.engine.optim import build_optimizer
 from scratchdet.engine.preemption import StopRequest
 from scratchdet.engine.run_dir import prepare_run_dir, write_env
@@ -139,17 +140,20 @@ def train(cfg: Config) -> dict:
     Under torchrun every process calls this (engine/distributed.py); the summary is the same on every rank.
     """
     out = Path(cfg.output)
+    resolve_input_convention(cfg)  # model.input_* / stride_in_1x1 from the weight file, before config.yaml and model
     ctx, device = init_distributed(cfg.train.device)
     if cfg.train.batch_size % ctx.world_size:
         raise ConfigError(f"train.batch_size={cfg.train.batch_size} (the global batch) does not divide by the "
                           f"{ctx.world_size} training processes; choose a multiple of {ctx.world_size}")
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
-    resume_from = main_first(ctx, _setup_run_folder, cfg, device, ctx.world_size)
-    seed_everything(cfg.seed)
-
+    # The data is loaded and checked before the run folder is touched: a file that cannot be trained or scored
+    # (no usable image, categories that differ between the splits, ...) fails without leaving a half-made run.
     train_set = build_train_dataset(cfg)
     val_set = build_val_dataset(cfg)
+    check_categories(train_set, val_set)
+    resume_from = main_first(ctx, _setup_run_folder, cfg, device, ctx.world_size)
+    seed_everything(cfg.seed)
     if ctx.is_main:
         for name, dataset in (("train", train_set), ("val", val_set)):
             (out / f"dataset_{name}.json").write_text(json.dumps(dataset.summary.to_dict(), indent=2) + "\n")
@@ -167,8 +171,8 @@ def train(cfg: Config) -> dict:
     schedule = schedule_from_config(cfg)
     end_iter = min(schedule.max_iters, cfg.train.max_iters or schedule.max_iters)
     switch_iter = cascade_switch_iter(cfg, schedule.max_iters)  # model.cascade_switch_iters (issue 7)
-    if resume_from is not None and resume_needs_cascade(resume_from, switch_iter):
-        convert_model(model, cfg)  # the checkpoint holds cascade heads: rebuild them before loading it
+    # On resume: the heads the checkpoint holds (cascade after the switch), built before it loads, then placed.
+    if resume_from is not None and resume_model_(model, cfg, resume_from, switch_iter):
         _place(model, cfg, ctx, device)
     optimizer = build_optimizer(model, cfg.solver, schedule.base_lr)
     amp_dtype = AMP_DTYPES[cfg.train.amp]
@@ -200,6 +204,9 @@ def train(cfg: Config) -> dict:
                  "seen": seen,
                  "pretrain_seen": pretrain_seen,  # carried along so fine-tuned totals include the pre-training
                  "rng": rngs[0]}
+        # What the model was (cascade heads? classes?), so every loader rebuilds it (engine/model_state.py).
+        state[MODEL_STATE_KEY] = record_model_state(model, train_set.num_classes,
+                                                    getattr(train_set, "num_keypoints", None))
         if ctx.enabled:
             state["rng_per_rank"] = rngs
             state["world_size"] = ctx.world_size

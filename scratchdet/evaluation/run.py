@@ -9,14 +9,15 @@ from pathlib import Path
 import torch
 
 from scratchdet.config import Config, load_config
-from scratchdet.data.build import build_val_dataset
+from scratchdet.data.build import build_val_dataset, category_map
+from scratchdet.data.validate import check_same_categories
 from scratchdet.engine.checkpoint import latest_checkpoint, load_checkpoint
 from scratchdet.engine.distributed import DistContext, init_distributed
+from scratchdet.engine.model_state import build_model_for_checkpoint
 from scratchdet.errors import CheckpointError
 from scratchdet.evaluation.coco import evaluate, format_report
 from scratchdet.evaluation.tta import build_tta_predictor
 from scratchdet.evaluation.voc import evaluate_voc, format_voc_report, voc_use_07_metric
-from scratchdet.modeling.detector import build_detector
 
 
 @dataclass
@@ -32,9 +33,34 @@ class LoadedRun:
     ctx: DistContext  # this process's place under torchrun (evaluation is then sharded over the processes)
 
 
+def check_run_categories(run_dir: Path, val_set) -> None:
+    """Refuses evaluation data whose categories differ from those the run trained on (its dataset_train.json):
+    the model's label k is the training file's k-th category, written into results with that category's id.
+
+    Runs written before the training categories were recorded are not checked (nothing to compare with).
+
+    Raises:
+        DataError: listing the differences.
+    """
+    record = run_dir / "dataset_train.json"
+    trained = json.loads(record.read_text()).get("categories") if record.is_file() else None
+    evaluated = category_map(val_set)
+    if not trained or evaluated is None:
+        return
+    check_same_categories({int(cat_id): name for cat_id, name in trained},
+                          f"the training data of {run_dir} ({record.name})", evaluated, str(val_set.json_path))
+
+
 def load_run(run_dir: str | Path, overrides: list[str] | None = None) -> LoadedRun:
     """Builds the model of `run_dir` from its saved config (+ `overrides`) and loads its latest checkpoint, or
-    the one named by a `checkpoint=PATH` override; `tta=...` is short for `eval.tta=...`."""
+    the one named by a `checkpoint=PATH` override; `tta=...` is short for `eval.tta=...`.
+
+    The model is the one the run had when it wrote that checkpoint (engine/model_state.py): cascade heads after the
+    late switch, the training set's class count.
+
+    Raises:
+        CheckpointError: not a run folder, no checkpoint, or a checkpoint that does not fit the config's model.
+    """
     run_dir = Path(run_dir)
     saved = run_dir / "config.yaml"
     if not saved.is_file():
@@ -53,11 +79,8 @@ def load_run(run_dir: str | Path, overrides: list[str] | None = None) -> LoadedR
     state = load_checkpoint(checkpoint)
     ctx, device = init_distributed(cfg.train.device)
     val_set = build_val_dataset(cfg)
-    model = build_detector(cfg, val_set.num_classes, getattr(val_set, "num_keypoints", None))
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise CheckpointError(f"{checkpoint} does not fit the model of {saved}: {str(e)[:500]}") from None
+    check_run_categories(run_dir, val_set)
+    model = build_model_for_checkpoint(cfg, state, checkpoint, saved)
     model.to(device)
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)

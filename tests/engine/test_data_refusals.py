@@ -1,0 +1,58 @@
+"""Data that cannot be trained or scored correctly is refused before a run folder exists, and `scratchdet eval`
+refuses evaluation data whose categories differ from the run's training data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from helpers import MINI_CONFIG, tiny_overrides
+
+from scratchdet.config import load_config
+from scratchdet.engine.trainer import train
+from scratchdet.errors import DataError
+from scratchdet.evaluation.run import evaluate_run
+
+
+def _swapped_val(shapes_dir, tmp_path):
+    """The validation file with the names of its first two categories swapped (same ids, other meaning)."""
+    data = json.loads((shapes_dir / "instances_val.json").read_text())
+    cats = sorted(data["categories"], key=lambda c: c["id"])
+    cats[0]["name"], cats[1]["name"] = cats[1]["name"], cats[0]["name"]
+    path = tmp_path / "val_swapped.json"
+    path.write_text(json.dumps(data))
+    return path, cats
+
+
+def test_train_refuses_splits_with_different_categories_before_writing_anything(shapes_dir, tmp_path):
+    path, cats = _swapped_val(shapes_dir, tmp_path)
+    run = tmp_path / "run"
+    cfg = load_config(MINI_CONFIG, tiny_overrides(shapes_dir, run, **{"train.max_iters": 1,
+                                                                       "data.val.json": str(path)}))
+    with pytest.raises(DataError, match=f"id {cats[0]['id']} is '{cats[1]['name']}' in the first"):
+        train(cfg)
+    assert not run.exists()
+
+
+def test_train_refuses_a_training_file_with_no_usable_image_before_writing_anything(shapes_dir, tmp_path):
+    data = json.loads((shapes_dir / "instances_train.json").read_text())
+    for ann in data["annotations"]:
+        ann["iscrowd"] = 1
+    path = tmp_path / "train_crowd.json"
+    path.write_text(json.dumps(data))
+    run = tmp_path / "run"
+    cfg = load_config(MINI_CONFIG, tiny_overrides(shapes_dir, run, **{"train.max_iters": 1,
+                                                                       "data.train.json": str(path)}))
+    with pytest.raises(DataError, match="no usable training images"):
+        train(cfg)
+    assert not run.exists()
+
+
+def test_eval_refuses_data_whose_categories_differ_from_the_run(shapes_dir, tmp_path):
+    run = tmp_path / "run"
+    train(load_config(MINI_CONFIG, tiny_overrides(shapes_dir, run, **{"train.max_iters": 1})))
+    assert json.loads((run / "dataset_train.json").read_text())["categories"]
+    path, _ = _swapped_val(shapes_dir, tmp_path)
+    with pytest.raises(DataError, match="the training data of .* and .*val_swapped.json .* differ"):
+        evaluate_run(run, [f"data.val.json={path}", "eval.max_images=1"])
+    assert evaluate_run(run, ["eval.max_images=1"])["status"] in ("ok", "no predictions")
