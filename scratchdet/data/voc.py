@@ -242,6 +242,12 @@ class VocDetection(torch.utils.data.Dataset):
                         continue
                 self._images[image_id] = image
                 candidates.append(image_id)
+        if train and not candidates:  # stop before a run folder exists, as for COCO files
+            raise DataError(
+                f"no usable training images: {summary.images_total} images, {summary.annotations_total} objects, "
+                f"none left after cleaning ({summary.difficult_excluded} difficult objects excluded, "
+                f"{summary.degenerate_boxes_dropped} boxes under 1 px dropped); training needs at least one image "
+                "with a non-difficult object", path=self.json_path)
         self.image_ids = self._select_subset(candidates, subset, subset_seed)
         self.image_names = {i: self._images[i].name for i in self.image_ids}
         if check_files:

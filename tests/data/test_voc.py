@@ -147,3 +147,11 @@ def test_paper_voc_configs(arm, iters, drops):
     assert cfg.data.voc_train_sets == ["2007_trainval", "2012_train"] and cfg.data.voc_val_sets == ["2012_val"]
     schedule = schedule_from_config(cfg)
     assert (schedule.max_iters, schedule.milestones) == (iters, drops)
+
+
+def test_a_training_split_with_only_difficult_objects_is_refused_with_the_reasons(tmp_path):
+    _write_layout(tmp_path, 2007, "trainval", {"000001": _obj("dog", (1, 1, 10, 5), difficult=1),
+                                               "000002": _obj("cat", (2, 2, 9, 8), difficult=1)})
+    with pytest.raises(DataError, match="no usable training images: 2 images, 2 objects.*2 difficult objects"):
+        VocDetection(tmp_path, ["2007_trainval"], train=True)
+    assert len(VocDetection(tmp_path, ["2007_trainval"], train=False)) == 2
