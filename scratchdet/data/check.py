@@ -82,7 +82,8 @@ def check_images(data: dict, image_dir: Path, json_path: str, report: CheckRepor
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = list(tqdm(pool.map(one, images), total=len(images), desc="decode" if decode else "image headers",
-                            unit="img", disable=not progress, file=sys.stderr, mininterval=0.5))
+                            unit="img", disable=None if progress else True, file=sys.stderr,
+                            mininterval=0.5))  # None: drawn on a terminal only, not into logs
     oriented = Counter()
     for problem, header in results:
         if problem is not None:
