@@ -51,13 +51,23 @@ def _cmd_data_synth(args) -> int:
     return 0
 
 
+def _json_arg(value: str | None, flag: str):
+    if value is None:
+        return None
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{flag} {value!r} is not JSON ({e.msg}), e.g. '[[\"lhip\", \"rhip\"]]'") from None
+
+
 def _cmd_data_check(args) -> int:
     from scratchdet.data.check import check_dataset, format_check_report
 
     images = args.images or str(Path(args.json).parent)
     masks = False if args.boxes_only else True if args.masks else None
     report = check_dataset(args.json, images, masks=masks, gt_area=args.gt_area, against=args.against,
-                           check_files=not args.no_files, decode=args.decode, workers=args.workers)
+                           check_files=not args.no_files, decode=args.decode, workers=args.workers,
+                           keypoint_flip_map=_json_arg(args.keypoint_flip_map, "--keypoint-flip-map"))
     print(json.dumps(report.to_dict(), indent=2) if args.json_output else format_check_report(report))
     if report.problems:
         counts = ", ".join(f"{kind} {n}" for kind, n in report.counts().items())
@@ -176,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "has a segmentation)")
     check.add_argument("--gt-area", choices=("check", "file", "geometry"), default="check",
                        help="data.gt_area: how a stored area that disagrees with the geometry is treated")
+    check.add_argument("--keypoint-flip-map", metavar="JSON",
+                       help='data.keypoint_flip_map as JSON, e.g. \'[["lhip", "rhip"]]\', for keypoint names whose '
+                            "left/right pairing is not recognised")
     check.add_argument("--json", dest="json_output", action="store_true", help="print the report as JSON")
     check.set_defaults(func=_cmd_data_check)
 

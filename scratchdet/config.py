@@ -312,7 +312,8 @@ def command_line_wins(cfg: Any, path: str | Path | None, overrides: Sequence[str
     """
     given = override_keys(overrides)
     file_keys: set[str] | None = None
-    replaced: dict[str, list[str]] = {}  # winning key -> "loser=old (origin) replaced by new"
+    losers: list[str] = []
+    replaced: dict[str, list[str]] = {}  # winning key -> what it replaced, as "loser=old (origin) is replaced by new"
     for rule in rules:
         if rule.key not in given or rule.loser in given or not rule.applies(_get(cfg, rule.key)):
             continue
@@ -320,14 +321,16 @@ def command_line_wins(cfg: Any, path: str | Path | None, overrides: Sequence[str
         if old is None or old == new:  # nothing set there to contradict the command line
             continue
         _set(cfg, rule.loser, new)
+        losers.append(rule.loser)
         if file_keys is None:
             file_keys = set(_leaves(OmegaConf.to_container(OmegaConf.load(path)))) if path is not None else set()
-        origin = f"set in {path}" if rule.loser in file_keys else "the default"
+        origin = "in the file" if rule.loser in file_keys else "the default"
         replaced.setdefault(rule.key, []).append(f"{rule.loser}={old} ({origin}) is replaced by {new}")
     for key, changes in replaced.items():
-        warnings.warn(f"{key}={_get(cfg, key)} is given on the command line and wins: {'; '.join(changes)}",
+        file = f" (file {path})" if any("(in the file)" in c for c in changes) else ""
+        warnings.warn(f"{key}={_get(cfg, key)} is given on the command line and wins: {'; '.join(changes)}{file}",
                       stacklevel=3)
-    return [change.partition("=")[0] for changes in replaced.values() for change in changes]
+    return losers
 
 
 def _is_set(value: Any) -> bool:

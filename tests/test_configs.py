@@ -75,3 +75,118 @@ def test_overrides_and_errors_name_the_key():
         load_config(MINI_CONFIG, ["output=x", "model.norm"])
     with pytest.raises(ConfigError, match="init=pretrained needs weights"):
         load_config(MINI_CONFIG, ["output=x", "init=pretrained"])
+
+
+# --- A command-line setting wins over the file, also where it implies other keys ------------------------------------
+
+PAPER_R50 = ROOT / "configs/paper/mask_rcnn_R50_FPN_GN_scratch_6x.yaml"  # sets the four data.train/val paths
+
+
+def test_override_keys_are_the_leaves_the_command_line_sets():
+    from scratchdet.config import override_keys
+
+    keys = override_keys(["data.root=/d", "data.val={json: v.json, images: v}", "data.min_size_train=[1,2]"])
+    assert keys == {"data.root", "data.val.json", "data.val.images", "data.min_size_train"}
+    assert override_keys(None) == set()
+
+
+def test_command_line_data_root_replaces_the_files_dataset_paths():
+    # README: `scratchdet train CONFIG data.root=DIR` reads DIR/instances_{train,val}.json and DIR/{train,val}/.
+    with pytest.warns(UserWarning, match=r"data.root=/d is given on the command line and wins: data.train.json="
+                                         r"datasets/coco/annotations/instances_train2017.json \(in the file\) is "
+                                         r"replaced by /d/instances_train.json; .*\(file .*_6x.yaml\)$") as caught:
+        cfg = load_config(PAPER_R50, ["output=x", "data.root=/d"])
+    assert (cfg.data.train.json, cfg.data.train.images) == ("/d/instances_train.json", "/d/train")
+    assert (cfg.data.val.json, cfg.data.val.images) == ("/d/instances_val.json", "/d/val")
+    assert len(caught) == 1  # one line for all four paths
+    for old in ("train2017.json", "datasets/coco/train2017", "val2017.json", "datasets/coco/val2017"):
+        assert old in str(caught[0].message)
+    # A path given on the command line beside data.root still wins over data.root; only the others are replaced.
+    with pytest.warns(UserWarning, match="data.root=/d") as caught:
+        cfg = load_config(PAPER_R50, ["output=x", "data.root=/d", "data.val.json=/elsewhere/v.json"])
+    assert (cfg.data.val.json, cfg.data.val.images, cfg.data.train.json) == (
+        "/elsewhere/v.json", "/d/val", "/d/instances_train.json")
+    assert "data.val.json" not in str(caught[0].message)
+
+
+def test_data_root_and_paths_from_the_same_file_keep_the_explicit_path(tmp_path, recwarn):
+    config = tmp_path / "c.yaml"
+    config.write_text("data:\n  root: /r\n  train:\n    json: /t/train.json\n")
+    cfg = load_config(config, ["output=x"])
+    assert (cfg.data.train.json, cfg.data.train.images, cfg.data.val.json) == (
+        "/t/train.json", "/r/train", "/r/instances_val.json")
+    assert not [w for w in recwarn if "wins" in str(w.message)]
+
+
+def test_eval_override_of_data_root_replaces_the_saved_runs_paths(tmp_path):
+    # `scratchdet eval RUN data.root=DIR` loads RUN/config.yaml, which holds the paths resolved at training time.
+    from scratchdet.config import config_to_yaml
+
+    saved = tmp_path / "config.yaml"
+    saved.write_text(config_to_yaml(load_config(MINI_CONFIG, ["output=run", "data.root=/old"])))
+    with pytest.warns(UserWarning, match=r"data.val.json=/old/instances_val.json \(in the file\) is replaced by "
+                                         rf"/new/instances_val.json.*\(file {saved}\)"):
+        cfg = load_config(saved, ["data.root=/new"])
+    assert (cfg.data.val.json, cfg.data.val.images) == ("/new/instances_val.json", "/new/val")
+
+
+def test_command_line_wins_for_voc_root_weights_and_cascade_switch():
+    voc = ROOT / "configs/mini/faster_rcnn_R18_FPN_GN_voc_scratch.yaml"  # voc_root: data/shapes
+    with pytest.warns(UserWarning, match=r"data.voc_root=data/shapes \(in the file\) is replaced by /voc"):
+        assert load_config(voc, ["output=x", "data.root=/voc"]).data.voc_root == "/voc"
+    pretrained = ROOT / "configs/paper/mask_rcnn_R50_FPN_GN_pretrained_2x.yaml"  # weights: weights/R-50-GN.pkl
+    with pytest.warns(UserWarning, match=r"init=scratch .* weights=weights/R-50-GN.pkl \(in the file\) is replaced"):
+        cfg = load_config(pretrained, ["output=x", "init=scratch"])
+    assert (cfg.init, cfg.weights) == ("scratch", None)
+    with pytest.raises(ConfigError, match="drop one of them"):  # both on the command line: still refused
+        load_config(pretrained, ["output=x", "init=scratch", "weights=w.pth"])
+    cascade = ROOT / "configs/paper/cascade_mask_rcnn_R50_FPN_GN_scratch_9x_trainaug.yaml"  # switch at 270000
+    with pytest.warns(UserWarning, match=r"model.cascade_switch_iters=270000 \(in the file\) is replaced by None"):
+        cfg = load_config(cascade, ["output=x", "model.cascade=false"])
+    assert cfg.model.cascade is False and cfg.model.cascade_switch_iters is None
+
+
+# --- Detections kept beyond what COCO AP scores are said once, at config load ----------------------------------------
+
+
+def test_coco_max_dets_are_pycocotools_params():
+    from pycocotools.cocoeval import Params
+
+    from scratchdet.config import COCO_KEYPOINT_MAX_DETS, COCO_MAX_DETS
+
+    assert Params(iouType="bbox").maxDets[-1] == Params(iouType="segm").maxDets[-1] == COCO_MAX_DETS == 100
+    assert Params(iouType="keypoints").maxDets == [COCO_KEYPOINT_MAX_DETS] == [20]
+
+
+def test_more_detections_than_coco_scores_warn_once_naming_key_value_and_limit(recwarn):
+    with pytest.warns(UserWarning, match=r"model.box_detections_per_img=250 keeps more detections .* \("
+                                         r"params.maxDets=\[1, 10, 100\]\) scores only the best 100 by score, so up to "
+                                         r"150 per image are never scored") as caught:
+        load_config(MINI_CONFIG, ["output=x", "model.box_detections_per_img=250"])
+    assert len([w for w in caught if "box_detections_per_img" in str(w.message)]) == 1
+    recwarn.clear()
+    load_config(MINI_CONFIG, ["output=x", "model.box_detections_per_img=100"])
+    load_config(ROOT / "configs/mini/faster_rcnn_R18_FPN_GN_voc_scratch.yaml",  # VOC mAP ranks every detection
+                ["output=x", "model.box_detections_per_img=300"])
+    load_config(ROOT / "configs/mini/keypoint_rcnn_R18_FPN_GN_scratch.yaml", ["output=x"])  # 100: box AP scores all
+    assert not [w for w in recwarn if "box_detections_per_img" in str(w.message)]
+    with pytest.warns(UserWarning, match="keypoint AP the best 20"):
+        load_config(ROOT / "configs/mini/keypoint_rcnn_R18_FPN_GN_scratch.yaml",
+                    ["output=x", "model.box_detections_per_img=101"])
+    with pytest.raises(ConfigError, match="model.box_detections_per_img=0 must be positive"):
+        load_config(MINI_CONFIG, ["output=x", "model.box_detections_per_img=0"])
+
+
+# --- data.keypoint_flip_map is validated where it is set ----------------------------------------------------------
+
+
+def test_keypoint_flip_map_config_is_validated():
+    kp = ROOT / "configs/mini/keypoint_rcnn_R18_FPN_GN_scratch.yaml"
+    cfg = load_config(kp, ["output=x", "data.keypoint_flip_map=[[LEye,REye],[tail,tail]]"])
+    assert cfg.data.keypoint_flip_map == [["LEye", "REye"], ["tail", "tail"]]
+    with pytest.raises(ConfigError, match=r"must be two keypoint names"):
+        load_config(kp, ["output=x", "data.keypoint_flip_map=[[LEye,REye,Nose]]"])
+    with pytest.raises(ConfigError, match=r"names 'LEye' more than once"):
+        load_config(kp, ["output=x", "data.keypoint_flip_map=[[LEye,REye],[LEye,LEar]]"])
+    with pytest.raises(ConfigError, match=r"model.arch='mask_rcnn' trains no keypoints"):
+        load_config(MINI_CONFIG, ["output=x", "data.keypoint_flip_map=[[a,b]]"])

@@ -22,8 +22,9 @@ from tqdm import tqdm
 
 from scratchdet.data.coco import CocoDetection, DatasetSummary, audit_annotations, load_coco_json
 from scratchdet.data.images import ImageHeader, describe_orientation, probe_image, read_image
+from scratchdet.data.keypoint_flip import keypoint_flip_pairs
 from scratchdet.data.validate import Problem, category_differences
-from scratchdet.errors import DataError
+from scratchdet.errors import ConfigError, DataError
 
 # How many problems of one kind the text report lists; the counts always cover all of them.
 SHOWN_PER_KIND = 10
@@ -98,9 +99,25 @@ def check_images(data: dict, image_dir: Path, json_path: str, report: CheckRepor
                             "them as displayed (rotated), as annotation tools show them")
 
 
+def keypoint_name_problems(data: dict, path: str, flip_map: list | None = None) -> list[Problem]:
+    """Keypoint categories whose left/right names cannot be paired for the horizontal flip (data/keypoint_flip.py),
+    which Keypoint R-CNN training would refuse: a flip that swaps nothing teaches the wrong side."""
+    problems = []
+    for cat in data["categories"]:
+        names = cat.get("keypoints")
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            continue
+        try:
+            keypoint_flip_pairs(names, flip_map or (), f"category {cat['id']} ({cat.get('name')!r}): ")
+        except (ValueError, ConfigError) as e:
+            problems.append(Problem("keypoint_flip_names", str(e), field="keypoints"))
+    return problems
+
+
 def check_dataset(json_path: str | Path, image_dir: str | Path, *, masks: bool | None = None, gt_area: str = "check",
                   against: str | Path | None = None, check_files: bool = True, decode: bool = False,
-                  workers: int | None = None, progress: bool = True) -> CheckReport:
+                  workers: int | None = None, progress: bool = True,
+                  keypoint_flip_map: list | None = None) -> CheckReport:
     """Checks a COCO file as a training split and as an evaluation split, and its images.
 
     Args:
@@ -113,7 +130,9 @@ def check_dataset(json_path: str | Path, image_dir: str | Path, *, masks: bool |
         check_files: check the image files at all.
         decode: fully decode every image (slow; finds truncated files a header read misses).
         workers: threads for the image checks (default: min(8, CPUs)).
-        progress: show a progress bar on stderr.
+        progress: show a progress bar on stderr (on a terminal).
+        keypoint_flip_map: data.keypoint_flip_map, [[name_a, name_b], ...] pairs for keypoint names the rule does
+            not recognise.
 
     Raises:
         DataError: the file is structurally broken (load_coco_json's first error); everything else is reported.
@@ -146,6 +165,7 @@ def check_dataset(json_path: str | Path, image_dir: str | Path, *, masks: bool |
         for note in dataset.summary.notes:
             if note not in report.notes:
                 report.notes.append(note)
+    report.problems += keypoint_name_problems(data, path, keypoint_flip_map)
     if against is not None:
         other = load_coco_json(str(against))
         mine = {c["id"]: c["name"] for c in data["categories"]}

@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from scratchdet.data.keypoint_flip import flip_indices, keypoint_flip_pairs
 from scratchdet.errors import ConfigError
 
 # The walker faces the viewer, as COCO people mostly do: its own left limbs are on the image's right.
@@ -95,30 +96,20 @@ class _Instance:
 
 
 def keypoint_flip_map(names: Sequence[str]) -> list[int]:
-    """Index of each keypoint's horizontal mirror: left_* <-> right_*, any other name maps to itself.
+    """Index of each keypoint's horizontal mirror, by the rule of data/keypoint_flip.py (left_*/right_* and the
+    other common spellings of a side); names without a side map to themselves.
 
     Args:
         names: keypoint names, e.g. `KEYPOINT_NAMES` or COCO's 17 person keypoints.
 
     Returns:
         flip[i] = index of the keypoint that keypoint i becomes after a horizontal flip.
+
+    Raises:
+        ValueError: duplicate names, or names that look lateral but have no recognisable mirror
+            (keypoint_flip.UnpairedKeypointsError).
     """
-    index = {name: i for i, name in enumerate(names)}
-    if len(index) != len(names):
-        raise ValueError(f"keypoint names must be unique, got {list(names)}")
-    flip = []
-    for i, name in enumerate(names):
-        if name.startswith("left_"):
-            mirror = "right_" + name[len("left_") :]
-        elif name.startswith("right_"):
-            mirror = "left_" + name[len("right_") :]
-        else:
-            flip.append(i)
-            continue
-        if mirror not in index:
-            raise ValueError(f"keypoint '{name}' (index {i}) has no mirrored counterpart '{mirror}' in {list(names)}")
-        flip.append(index[mirror])
-    return flip
+    return flip_indices(names, keypoint_flip_pairs(names))
 
 
 def write_synthetic_coco(

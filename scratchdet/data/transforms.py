@@ -103,7 +103,9 @@ class RandomHorizontalFlip:
     """Mirror the sample left-right with probability `prob`.
 
     Boxes map as x1' = W - x2, x2' = W - x1; keypoints as x' = W - x and are re-ordered with
-    target["keypoint_flip_map"] (a left eye becomes a right eye), if present. Invisible keypoints (visibility 0)
+    target["keypoint_flip_map"] (a left eye becomes a right eye), which must be there: without it a flip cannot know
+    which keypoints change sides, and mirroring x alone would teach the wrong side (DataError; the identity map
+    list(range(K)) says no keypoint has a side). Invisible keypoints (visibility 0)
     stay all-zero, the COCO convention. Exactly one rng.random() is drawn per call, flipped or not, so the rng
     stream of later transforms does not depend on this one's outcome.
     """
@@ -132,11 +134,15 @@ class RandomHorizontalFlip:
         if "keypoints" in target:
             kps = target["keypoints"].clone()
             flip_map = target.get("keypoint_flip_map")
-            if flip_map is not None:
-                if sorted(flip_map) != list(range(kps.shape[1])):
-                    msg = f"keypoint_flip_map {list(flip_map)} is not a permutation of the {kps.shape[1]} keypoints"
-                    raise DataError(msg, path=target.get("file"), image_id=target.get("image_id"), field="keypoints")
-                kps = kps[:, list(flip_map)]
+            where = {"path": target.get("file"), "image_id": target.get("image_id"), "field": "keypoints"}
+            if flip_map is None:
+                raise DataError("the target has keypoints but no keypoint_flip_map, so a flip cannot tell which "
+                                "keypoints change sides; add target['keypoint_flip_map'] (list(range(K)) if none has a "
+                                "side)", **where)
+            if sorted(flip_map) != list(range(kps.shape[1])):
+                msg = f"keypoint_flip_map {list(flip_map)} is not a permutation of the {kps.shape[1]} keypoints"
+                raise DataError(msg, **where)
+            kps = kps[:, list(flip_map)]
             invisible = kps[..., 2] == 0
             kps[..., 0] = width - kps[..., 0]
             kps[invisible] = 0

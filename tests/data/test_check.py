@@ -90,3 +90,13 @@ def test_no_usable_training_image_and_boxes_only(tmp_path, capsys):
     box_only["annotations"][0]["segmentation"] = [[4, 4, 14, 4, 14, 14]]  # one has masks: the others need them
     path = _write(tmp_path, box_only, name="mixed.json")
     assert main(["data", "check", str(path)]) == 2
+
+
+def test_keypoint_names_whose_sides_cannot_be_paired(tmp_path, capsys):
+    spec = _spec()
+    spec["categories"][0]["keypoints"] = ["nose", "lhip", "rhip"]
+    path = _write(tmp_path, spec)
+    assert main(["data", "check", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert "keypoint_flip_names 1" in captured.err and "lhip" in captured.out
+    assert main(["data", "check", str(path), "--keypoint-flip-map", '[["lhip", "rhip"]]']) == 0

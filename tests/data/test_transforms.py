@@ -137,9 +137,13 @@ def test_flip_mirrors_and_permutes_keypoints():
     _, out = RandomHorizontalFlip(1.0)(image, target, random.Random(0))
     # The new "left" keypoint is the mirrored old "right" one and vice versa; invisible ones stay zero.
     assert out["keypoints"].tolist() == [[[12.0, 4.0, 1.0], [18.0, 3.0, 2.0], [0.0, 0.0, 0.0]]]
-    del target["keypoint_flip_map"]
+    target["keypoint_flip_map"] = [0, 1, 2]  # no keypoint has a side: only x is mirrored
     _, out = RandomHorizontalFlip(1.0)(image, target, random.Random(0))
     assert out["keypoints"].tolist() == [[[18.0, 3.0, 2.0], [12.0, 4.0, 1.0], [0.0, 0.0, 0.0]]]
+    del target["keypoint_flip_map"]  # a flip that cannot know the sides refuses instead of keeping them wrong
+    with pytest.raises(DataError, match="no keypoint_flip_map"):
+        RandomHorizontalFlip(1.0)(image, target, random.Random(0))
+    assert RandomHorizontalFlip(0.0)(image, target, random.Random(0))[1]["keypoints"].tolist()[0][0] == [2.0, 3.0, 2.0]
     target["keypoint_flip_map"] = [1, 0]
     with pytest.raises(DataError, match="keypoint_flip_map"):
         RandomHorizontalFlip(1.0)(image, target, random.Random(0))

@@ -68,3 +68,26 @@ def test_detections_to_coco_converts_boxes_labels_and_masks():
     rle = {"size": r["segmentation"]["size"], "counts": r["segmentation"]["counts"].encode()}
     assert mask_util.area(rle) == 15
     assert np.array_equal(mask_util.decode(rle), (mask[0, 0] > 0.5).numpy().astype(np.uint8))
+
+
+@pytest.mark.parametrize("backend", ["pycocotools", "faster_coco_eval"])
+def test_coco_ap_scores_only_the_best_100_detections_per_image_by_score(backend):
+    # Why model.box_detections_per_img > 100 warns (config.py): COCOeval keeps the 100 best-scored detections per
+    # image whatever their order in the results, so a 101st never counts, even a perfect one.
+    pytest.importorskip(backend)
+    from scratchdet.data.coco import _build_coco
+    from scratchdet.evaluation.coco import coco_metrics
+
+    gt = {"images": [{"id": 1, "width": 200, "height": 200, "file_name": "a.png"}],
+          "categories": [{"id": 1, "name": "thing"}],
+          "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10.0, 10.0, 50.0, 50.0],
+                           "area": 2500.0, "iscrowd": 0}]}
+    coco = _build_coco(gt)
+    decoy = {"image_id": 1, "category_id": 1, "bbox": [120.0, 120.0, 50.0, 50.0]}  # IoU 0 with the object
+    perfect = {"image_id": 1, "category_id": 1, "bbox": [10.0, 10.0, 50.0, 50.0], "score": 0.5}
+    decoys = [{**decoy, "score": 0.9 - 0.001 * k} for k in range(100)]
+    at_100 = coco_metrics(coco, [perfect, *decoys[:99]], "bbox", [1], backend=backend)  # perfect listed first
+    at_101 = coco_metrics(coco, [perfect, *decoys], "bbox", [1], backend=backend)
+    assert at_100["AP"] == pytest.approx(1.0, abs=1e-3)  # recall 1 at rank 100: precision 1/100 at every recall
+    assert at_100["AR100"] == pytest.approx(100.0)
+    assert at_101["AP"] == 0.0 and at_101["AR100"] == 0.0

@@ -16,7 +16,7 @@ from scratchdet.data.keypoints import COCO_PERSON_OKS_SIGMAS, KeypointCocoDetect
 from scratchdet.data.synthetic import KEYPOINT_NAMES, KEYPOINT_OKS_SIGMAS, keypoint_flip_map
 from scratchdet.data.transforms import RandomHorizontalFlip
 from scratchdet.engine import trainer
-from scratchdet.errors import ConfigError
+from scratchdet.errors import ConfigError, DataError
 from scratchdet.evaluation.coco import KEYPOINT_STAT_NAMES, coco_metrics
 from scratchdet.modeling.detector import build_detector
 from scratchdet.modeling.keypoint_head import KeypointRCNNConvNormHead
@@ -145,3 +145,133 @@ def test_keypoint_rcnn_trains_and_reports_keypoint_ap(shapes_dir, tmp_path):
     assert result is not None
     summary = json.loads((tmp_path / "run" / "dataset_train.json").read_text())
     assert summary["keypoint_category_id"] == 13 and summary["other_categories_ignored"] > 0
+
+
+# --- Keypoint sides: the flip map from the names' spelling, data.keypoint_flip_map, or a refusal ---------------------
+
+
+@pytest.mark.parametrize(
+    ("names", "pairs"),
+    [
+        (["nose", "l_eye", "r_eye"], [("l_eye", "r_eye")]),
+        (["nose", "left-eye", "right-eye"], [("left-eye", "right-eye")]),
+        (["rightEye", "leftEye"], [("leftEye", "rightEye")]),
+        (["EyeRight", "EyeLeft", "Neck"], [("EyeLeft", "EyeRight")]),
+        (["eye_left", "eye_right", "hip_r", "hip_l"], [("eye_left", "eye_right"), ("hip_l", "hip_r")]),
+        (["L_shoulder", "R_shoulder", "LEFT_KNEE", "RIGHT_KNEE"],
+         [("L_shoulder", "R_shoulder"), ("LEFT_KNEE", "RIGHT_KNEE")]),
+        # OpenPose BODY_25 order, abridged: right side first.
+        (["Nose", "Neck", "RShoulder", "RElbow", "LShoulder", "LElbow", "MidHip", "RBigToe", "LBigToe"],
+         [("LShoulder", "RShoulder"), ("LElbow", "RElbow"), ("LBigToe", "RBigToe")]),
+        (["hand_left_thumb2", "hand_right_thumb2", "LED", "tail"], [("hand_left_thumb2", "hand_right_thumb2")]),
+    ],
+)
+def test_common_spellings_of_a_side_are_paired(names, pairs):
+    from scratchdet.data.keypoint_flip import flip_indices, keypoint_flip_pairs
+
+    assert keypoint_flip_pairs(names) == pairs
+    flip = flip_indices(names, pairs)
+    assert [flip[f] for f in flip] == list(range(len(names)))  # an involution
+    swapped = {names[i]: names[j] for i, j in enumerate(flip) if i != j}
+    assert swapped == {**dict(pairs), **{b: a for a, b in pairs}}
+
+
+@pytest.mark.parametrize(
+    ("names", "unpaired"),
+    [
+        (["head", "left_paw"], ["left_paw"]),  # no right_paw
+        (["leftfoot", "rightfoot", "nose"], ["leftfoot", "rightfoot"]),  # side inside a word: not guessed
+        (["lhip", "rhip", "nose"], ["lhip", "rhip"]),  # l/r twins without a separator
+        (["left_eye", "LEye", "right_eye"], ["left_eye", "LEye", "right_eye"]),  # two left eyes: ambiguous
+        (["L_eye", "eye_R"], ["L_eye", "eye_R"]),  # side tokens at different places
+    ],
+)
+def test_names_that_look_lateral_but_cannot_be_paired_are_refused(names, unpaired):
+    from scratchdet.data.keypoint_flip import UnpairedKeypointsError, keypoint_flip_pairs
+
+    with pytest.raises(UnpairedKeypointsError, match="data.keypoint_flip_map") as caught:
+        keypoint_flip_pairs(names)
+    assert caught.value.names == unpaired
+
+
+def test_explicit_flip_map_pairs_first_and_marks_names_without_a_mirror():
+    from scratchdet.data.keypoint_flip import keypoint_flip_pairs
+
+    names = ["leftfoot", "rightfoot", "bright_spot", "left_eye", "right_eye", "right_eye_x", "left_eye_x"]
+    explicit = [["leftfoot", "rightfoot"], ["bright_spot", "bright_spot"], ["left_eye", "left_eye_x"]]
+    with pytest.raises(ValueError, match=r"\['right_eye', 'right_eye_x'\]"):  # their recognised partners are taken
+        keypoint_flip_pairs(names, explicit)
+    explicit.append(["right_eye", "right_eye_x"])
+    assert keypoint_flip_pairs(names, explicit) == [
+        ("leftfoot", "rightfoot"), ("left_eye", "left_eye_x"), ("right_eye", "right_eye_x")]
+    with pytest.raises(ConfigError, match=r"names \['nose'\], which the category does not declare"):
+        keypoint_flip_pairs(names, [["nose", "leftfoot"]])
+
+
+def _write_keypoint_coco(root, names: list[str]) -> tuple:
+    """One 40x20 image with one instance: keypoint k at x = 2 + 4k, y = 10, all visible."""
+    from PIL import Image
+
+    (root / "img").mkdir(parents=True)
+    Image.new("RGB", (40, 20), (90, 90, 90)).save(root / "img" / "a.png")
+    kps = [v for k in range(len(names)) for v in (2.0 + 4 * k, 10.0, 2)]
+    data = {
+        "images": [{"id": 1, "file_name": "a.png", "width": 40, "height": 20}],
+        "categories": [{"id": 3, "name": "animal", "keypoints": names}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [1.0, 2.0, 36.0, 16.0], "area": 576.0,
+                         "iscrowd": 0, "keypoints": kps, "num_keypoints": len(names)}],
+    }
+    path = root / "kp.json"
+    path.write_text(json.dumps(data))
+    return path, root / "img"
+
+
+def test_dataset_flips_openpose_names_and_records_the_pairs(tmp_path):
+    names = ["Nose", "REye", "LEye", "tail"]
+    json_path, images = _write_keypoint_coco(tmp_path, names)
+    ds = KeypointCocoDetection(json_path, images, train=True, transform=RandomHorizontalFlip(1.0),
+                               kpt_oks_sigmas=[0.1] * 4)
+    assert ds.summary.keypoint_flip_pairs == [["LEye", "REye"]]
+    assert ds.summary.to_dict()["keypoint_flip_pairs"] == [["LEye", "REye"]]
+    _, target = ds[0]
+    # Before the flip: Nose x=2, REye x=6, LEye x=10, tail x=14. After: x' = 40 - x, and the eyes trade names.
+    assert target["keypoints"][0, :, 0].tolist() == [38.0, 30.0, 34.0, 26.0]
+    assert target["keypoint_flip_map"] == [0, 2, 1, 3]
+
+
+def test_dataset_refuses_unpairable_names_naming_file_category_and_names(tmp_path):
+    json_path, images = _write_keypoint_coco(tmp_path, ["nose", "leftpaw", "rightpaw"])
+    with pytest.raises(DataError, match=r"category 3 \(animal\): keypoints \['leftpaw', 'rightpaw'\] look like one "
+                                        r"side .*set data.keypoint_flip_map.*file .*kp.json"):
+        KeypointCocoDetection(json_path, images, train=True, kpt_oks_sigmas=[0.1] * 3)
+    ds = KeypointCocoDetection(json_path, images, train=True, transform=RandomHorizontalFlip(1.0),
+                               kpt_oks_sigmas=[0.1] * 3, keypoint_flip_map=[["leftpaw", "rightpaw"]])
+    assert ds.summary.keypoint_flip_pairs == [["leftpaw", "rightpaw"]]
+    assert ds[0][1]["keypoints"][0, :, 0].tolist() == [38.0, 30.0, 34.0]
+    with pytest.raises(ConfigError, match=r"kp.json, category 3 \(animal\): data.keypoint_flip_map names \['paw'\]"):
+        KeypointCocoDetection(json_path, images, train=True, kpt_oks_sigmas=[0.1] * 3,
+                              keypoint_flip_map=[["paw", "rightpaw"]])
+
+
+def test_config_keypoint_flip_map_reaches_the_dataset(tmp_path):
+    json_path, images = _write_keypoint_coco(tmp_path, ["nose", "leftpaw", "rightpaw"])
+    paths = [f"data.{split}.{kind}={json_path if kind == 'json' else images}"
+             for split in ("train", "val") for kind in ("json", "images")]
+    cfg = load_config(KP_MINI, ["output=x", "data.keypoint_category=animal", "eval.kpt_oks_sigmas=[0.1,0.1,0.1]",
+                                "data.keypoint_flip_map=[[leftpaw,rightpaw]]", *paths])
+    assert build_train_dataset(cfg).summary.keypoint_flip_pairs == [["leftpaw", "rightpaw"]]
+    assert build_val_dataset(cfg).summary.keypoint_flip_pairs == [["leftpaw", "rightpaw"]]
+
+
+def test_keypoint_ap_scores_only_the_best_20_detections_per_image():
+    # COCOeval's keypoint maxDets is 20: a perfect detection ranked 21st by score is never scored.
+    coco, results = _kp_gt(0.0)
+    perfect = [r for r in results if r["image_id"] == 1]
+    far = {"image_id": 1, "category_id": 5, "bbox": [60, 60, 30, 30], "keypoints": [75.0, 75.0, 2, 80.0, 75.0, 2]}
+    decoys = [{**far, "score": 0.99 - 0.001 * k} for k in range(19)]
+    at_20 = coco_metrics(coco, [*decoys, {**perfect[0], "score": 0.5}], "keypoints", [1], cat_ids=[5],
+                         kpt_oks_sigmas=[0.1, 0.1])
+    at_21 = coco_metrics(coco, [*decoys, {**far, "score": 0.98}, {**perfect[0], "score": 0.5}], "keypoints", [1],
+                         cat_ids=[5], kpt_oks_sigmas=[0.1, 0.1])
+    assert at_20["AP"] == pytest.approx(100 / 20, abs=1e-3)  # recall 1 reached at rank 20: precision 1/20
+    assert at_21["AP"] == 0.0
