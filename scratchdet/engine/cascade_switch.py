@@ -10,9 +10,9 @@ Momentum: the new SGD keeps the momentum buffers of every parameter that survive
 mask head, stage 1's box head and classifier); stage 1's new class-agnostic regressor and stages 2-3 start with
 none, as a fresh SGD would. The LR is the schedule's, set by the trainer every iteration.
 
-Resume: a checkpoint written after the switch holds cascade heads, so the trainer converts the freshly built plain
-model before loading it (`resume_needs_cascade`); one written exactly at the switch iteration still holds plain
-heads and the loop switches on its first iteration.
+Resume: a checkpoint written after the switch holds cascade heads, and records it ("model_state"); the trainer and
+every other loader rebuild the model it holds through engine/model_state.py. One written exactly at the switch
+iteration still holds plain heads and the loop switches on its first iteration.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import torch
 from torch import nn
 
 from scratchdet.config import Config
-from scratchdet.engine.checkpoint import load_checkpoint
 from scratchdet.engine.metrics import MetricsWriter
 from scratchdet.engine.optim import build_optimizer
 from scratchdet.modeling.cascade import carry_momentum, switch_iteration, switch_to_cascade_
@@ -35,11 +34,6 @@ def cascade_switch_iter(cfg: Config, max_iters: int) -> int | None:
     if not cfg.model.cascade:
         return None
     return switch_iteration(max_iters, cfg.model.cascade_switch_iters)
-
-
-def resume_needs_cascade(checkpoint: Path, switch_iter: int | None) -> bool:
-    """True when the checkpoint was written after the switch (it holds cascade heads)."""
-    return switch_iter is not None and int(load_checkpoint(checkpoint)["iteration"]) > switch_iter
 
 
 def convert_model(model: nn.Module, cfg: Config) -> None:

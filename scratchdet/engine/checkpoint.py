@@ -189,7 +189,12 @@ def restore_training_state(path: str | Path, model: torch.nn.Module, optimizer: 
     0's (the data order is unaffected: it depends on the stream position only).
     """
     state = load_checkpoint(path)
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:  # e.g. the training set's class count changed since the checkpoint was written
+        detail = " ".join(str(e).split())
+        raise CheckpointError(f"{path} does not fit the model being resumed: {detail[:500]}; resume with the config "
+                              "and data the run was started with") from None
     optimizer.load_state_dict(state["optimizer"])
     per_rank = state.get("rng_per_rank")
     set_rng_state(per_rank[rank] if per_rank is not None and len(per_rank) == world_size else state["rng"])

@@ -14,11 +14,14 @@ import shutil
 from pathlib import Path
 
 from scratchdet.config import Config, config_to_dict, config_to_yaml, load_config
+from scratchdet.engine.cascade_switch import cascade_switch_iter
 from scratchdet.engine.checkpoint import POINTER
+from scratchdet.engine.initialization import apply_input_convention
 from scratchdet.engine.metrics import read_metrics
 from scratchdet.engine.run_dir import config_diff
 from scratchdet.engine.schedule import Schedule, schedule_from_config
 from scratchdet.errors import CheckpointError
+from scratchdet.modeling.detector import configured_input_convention
 
 # Keys on which a fork may differ from its trunk, beyond those any resume may change (run_dir.RESUMABLE_KEYS).
 FORKABLE_KEYS = ("schedule.multiplier",)
@@ -40,6 +43,21 @@ def check_same_lr_until(a: Schedule, b: Schedule, iteration: int) -> None:
         )
 
 
+def check_same_heads_until(trunk_cfg: Config, a: Schedule, cfg: Config, b: Schedule, iteration: int) -> None:
+    """Raises CheckpointError unless the trunk and the fork had the same box heads at every iteration before
+    `iteration`: with the late cascade switch at max_iters - model.cascade_switch_iters, schedules of different
+    lengths switch at different iterations, so they share the computation only up to the earlier switch (the
+    checkpoint written at a switch iteration still holds plain heads).
+    """
+    sa, sb = cascade_switch_iter(trunk_cfg, a.max_iters), cascade_switch_iter(cfg, b.max_iters)
+    switches = [s for s in (sa, sb) if s is not None]
+    if sa != sb and switches and iteration > min(switches):
+        raise CheckpointError(
+            f"cannot fork at iteration {iteration}: the trunk switches to cascade heads at iteration {sa} and this "
+            f"run at {sb}, so their models differ after iteration {min(switches)}; fork at or before it"
+        )
+
+
 def fork_run(trunk_dir: str | Path, iteration: int, cfg: Config) -> Path:
     """Creates the run folder `cfg.output` as the continuation of the trunk's checkpoint at `iteration`.
 
@@ -49,17 +67,22 @@ def fork_run(trunk_dir: str | Path, iteration: int, cfg: Config) -> Path:
 
     Raises:
         CheckpointError: the trunk lacks that checkpoint, its config differs in more than the schedule length, or
-            the two schedules' LRs differ before `iteration`.
+            the two schedules' LRs or box heads (late cascade switch) differ before `iteration`.
     """
     trunk_dir, out = Path(trunk_dir), Path(cfg.output)
     source = trunk_dir / "checkpoints" / f"model_{iteration:07d}.pth"
     if not source.is_file():
         raise CheckpointError(f"trunk {trunk_dir} has no checkpoint at iteration {iteration} ({source.name})")
     trunk_cfg = load_config(trunk_dir / "config.yaml")
+    # The fork continues the trunk's network: input-convention keys it leaves unset take the trunk's values
+    # (explicit ones must agree, like every other key), so its config.yaml records what runs.
+    apply_input_convention(cfg, configured_input_convention(trunk_cfg))
     diff = [d for d in config_diff(config_to_dict(trunk_cfg), config_to_dict(cfg)) if not d.startswith(FORKABLE_KEYS)]
     if diff:
         raise CheckpointError(f"{out} cannot fork from {trunk_dir}; configs differ in:\n  " + "\n  ".join(diff))
-    check_same_lr_until(schedule_from_config(trunk_cfg), schedule_from_config(cfg), iteration)
+    trunk_schedule, schedule = schedule_from_config(trunk_cfg), schedule_from_config(cfg)
+    check_same_lr_until(trunk_schedule, schedule, iteration)
+    check_same_heads_until(trunk_cfg, trunk_schedule, cfg, schedule, iteration)
 
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     (out / "eval").mkdir(exist_ok=True)

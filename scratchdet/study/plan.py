@@ -2,7 +2,12 @@
 
 Runs are the product arms x train_sizes x hparams x schedules. Runs that differ only in the schedule form a group;
 with share_trunk, a group trains one trunk at the base LR up to the latest first-drop of its schedules and each
-schedule forks its tail from the trunk checkpoint at its own first drop.
+schedule forks its tail from the trunk checkpoint at its own first drop (or at its late cascade switch, when that
+comes first).
+
+Every run gets the same input convention and stride placement (model.input_format, pixel_scale, pixel_mean,
+pixel_std, stride_in_1x1): those the pre-trained arms' weights were trained with, so the scratch arm trains the same
+network on the same inputs and only the initialization differs (PAPER.md: the controlled comparison).
 """
 
 from __future__ import annotations
@@ -11,7 +16,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from scratchdet.config import Config, load_config
+from scratchdet.engine.cascade_switch import cascade_switch_iter
+from scratchdet.engine.initialization import apply_input_convention, resolve_input_convention
 from scratchdet.engine.schedule import schedule_from_config
+from scratchdet.errors import ConfigError
+from scratchdet.modeling.detector import configured_input_convention
+from scratchdet.modeling.input_convention import FileConvention, InputConvention
 from scratchdet.study.fork import first_drop
 from scratchdet.study.spec import ArmSpec, StudySpec
 
@@ -49,6 +59,7 @@ class Plan:
     runs: list[PlannedRun]
     trunks: list[PlannedTrunk]
     pretrain: dict[str, str]  # arm name -> relative path of the pre-training run the study performs
+    input_convention: dict = field(default_factory=dict)  # model.* values every run uses, and which arm set them
 
     def iterations(self) -> dict:
         """Iterations trained with the shared trunks vs. training every run separately."""
@@ -65,6 +76,7 @@ class Plan:
             "runs": [asdict(r) for r in self.runs],
             "trunks": [asdict(t) for t in self.trunks],
             "pretrain": self.pretrain,
+            "input_convention": self.input_convention,
             "iterations": self.iterations(),
         }
 
@@ -85,9 +97,75 @@ def run_config(base_config: str, overrides: list[str], output: Path, extra: list
     return load_config(base_config, [*overrides, f"output={output}", *(extra or [])])
 
 
-def plan_study(spec: StudySpec) -> Plan:
-    """Expands `spec` into runs (validated configs) and trunks; nothing is trained here."""
+def _pretrain_convention(arm: ArmSpec) -> FileConvention:
+    """The convention of a pre-training the study runs: its config's model.* keys (recorded in its checkpoints)."""
+    from scratchdet.pretrain.config import load_pretrain_config  # imported here: it pulls in the pre-training stack
+
+    cfg = load_pretrain_config(arm.pretrain_config, [*arm.pretrain_overrides, "output=unused"])
+    return FileConvention(InputConvention.from_values(vars(cfg.model)), True,
+                          f"the study's pre-training of arm {arm.name!r} ({arm.pretrain_config})")
+
+
+def study_input_convention(spec: StudySpec, study_dir: Path, *,
+                           check_sources: bool = True) -> tuple[InputConvention | None, str]:
+    """The convention every run of the study uses, and where it comes from.
+
+    The pre-trained arms decide: a weights file's convention (modeling/input_convention.py), or the pre-training
+    config's for a pre-training the study runs; model.* keys set in the spec or base config must agree with them.
+    Without pre-trained arms, the base config's (torchvision's where unset). With check_sources=False, a weights
+    file or pre-training config that is not there yet leaves the convention unresolved (None).
+
+    Raises:
+        ConfigError: pre-trained arms whose weights need different conventions, or a conflicting explicit key.
+        CheckpointError: a weights file that is missing or unreadable.
+    """
+    root = [f"data.root={spec.data_root}"] if spec.data_root else []
+    found: dict[str, InputConvention] = {}
+    for arm in spec.arms:
+        if arm.init != "pretrained":
+            continue
+        source = arm.weights or arm.pretrain_config
+        if not check_sources and not Path(source).exists():
+            return None, (f"unresolved: {source} (arm {arm.name!r}) is not there yet; `scratchdet study` reads it "
+                          "before training any run")
+        cfg = run_config(spec.base_config, [*root, *spec.overrides, *arm_overrides(arm, study_dir)], study_dir)
+        if arm.weights:
+            resolve_input_convention(cfg)
+        else:
+            file = _pretrain_convention(arm)
+            apply_input_convention(cfg, file.convention, file, arm.pretrain_config)
+        found[arm.name] = configured_input_convention(cfg)
+    if not found:
+        first = spec.arms[0]
+        cfg = run_config(spec.base_config, [*root, *spec.overrides, *arm_overrides(first, study_dir)], study_dir)
+        resolve_input_convention(cfg)
+        return configured_input_convention(cfg), "the base config (no arm loads weights)"
+    (name, conv), *others = found.items()
+    differ = [(n, c) for n, c in others if not c.same_network(conv)]
+    if differ:
+        raise ConfigError(
+            f"study arms {name!r} and {differ[0][0]!r} load weights trained with different input conventions "
+            f"({conv.describe()} vs {differ[0][1].describe()}): a scratch arm cannot match both, so the comparison "
+            "would not be controlled; run them in separate studies"
+        )
+    return conv, f"the weights of arm {name!r}"
+
+
+def plan_study(spec: StudySpec, *, check_sources: bool = True) -> Plan:
+    """Expands `spec` into runs (validated configs) and trunks; nothing is trained here.
+
+    Args:
+        check_sources: False plans even when a pre-trained arm's weights file or pre-training config is not there
+            yet (inspecting a plan); the runs then carry no input-convention keys, so `scratchdet study` never
+            trains from such a plan.
+
+    Raises:
+        ConfigError: an invalid run config, or pre-trained arms that need different input conventions.
+        CheckpointError: a pre-trained arm's weights file that is missing or unreadable (its convention is read).
+    """
     study_dir = Path(spec.output)
+    convention, convention_origin = study_input_convention(spec, study_dir, check_sources=check_sources)
+    convention_overrides = convention.overrides() if convention else []
     runs: list[PlannedRun] = []
     trunks: list[PlannedTrunk] = []
     pretrain = {a.name: f"pretrain/{a.name}" for a in spec.arms if a.init == "pretrained" and not a.weights}
@@ -98,31 +176,40 @@ def plan_study(spec: StudySpec) -> Plan:
             for hp in spec.hparams:
                 group = f"{arm.name}_{size_label}" + (f"_{hp.name}" if many_hparams else "")
                 root = [f"data.root={spec.data_root}"] if spec.data_root else []
-                overrides = [*root, *spec.overrides, *arm_overrides(arm, study_dir), *hp.overrides]
+                overrides = [*root, *spec.overrides, *convention_overrides, *arm_overrides(arm, study_dir),
+                             *hp.overrides]
                 if size is not None:
                     overrides.append(f"data.train_subset={size}")
                 group_runs = []
                 for n in spec.schedules:
                     name = f"{group}_{_label(n)}"
                     run_overrides = [*overrides, f"schedule.multiplier={n:g}"]
-                    schedule = schedule_from_config(run_config(spec.base_config, run_overrides, study_dir / name))
+                    cfg = run_config(spec.base_config, run_overrides, study_dir / name)
+                    schedule = schedule_from_config(cfg)
+                    # The shareable part ends at the first LR drop or at the late cascade switch, whichever is
+                    # first: schedules of different lengths switch at different iterations (fork.py).
+                    switch = cascade_switch_iter(cfg, schedule.max_iters)
+                    fork_iter = first_drop(schedule) if switch is None else min(first_drop(schedule), switch)
                     group_runs.append(PlannedRun(
                         name=name, arm=arm.name, init=arm.init, schedule=float(n), train_size=size,
                         train_size_label=size_label, hparams=hp.name, hparams_overrides=list(hp.overrides),
                         overrides=run_overrides, path=f"runs/{name}", max_iters=schedule.max_iters,
-                        fork_iter=first_drop(schedule),
+                        fork_iter=fork_iter,
                     ))
-                if spec.share_trunk and len(group_runs) > 1:
-                    longest = max(group_runs, key=lambda r: r.max_iters)
+                # A run that switches to cascade at iteration 0 shares nothing with the others: it trains alone.
+                sharing = [r for r in group_runs if r.fork_iter]
+                if spec.share_trunk and len(sharing) > 1:
+                    longest = max(sharing, key=lambda r: r.max_iters)
                     trunk = PlannedTrunk(
                         name=group, path=f"trunks/{group}", overrides=list(longest.overrides),
-                        iters=max(r.fork_iter for r in group_runs), forks=sorted({r.fork_iter for r in group_runs}),
+                        iters=max(r.fork_iter for r in sharing), forks=sorted({r.fork_iter for r in sharing}),
                     )
                     trunks.append(trunk)
-                    for r in group_runs:
+                    for r in sharing:
                         r.trunk = trunk.path
-                else:
-                    for r in group_runs:
+                for r in group_runs:
+                    if r.trunk is None:
                         r.fork_iter = None
                 runs += group_runs
-    return Plan(name=spec.name, base_config=spec.base_config, runs=runs, trunks=trunks, pretrain=pretrain)
+    return Plan(name=spec.name, base_config=spec.base_config, runs=runs, trunks=trunks, pretrain=pretrain,
+                input_convention={**(convention.to_dict() if convention else {}), "from": convention_origin})
