@@ -5,6 +5,13 @@
 through the audited loader (modeling/weights.py), with every other hyper-parameter unchanged: the controlled
 comparison of the paper. The record also carries the samples the pre-training saw, so "pre-train + fine-tune"
 totals can be set against "from scratch" (PAPER.md, "Sample accounting", Fig. 2).
+
+Input conventions (modeling/input_convention.py): a pre-trained network must be fed as it was trained, and its
+stride placement changes the network that is built, so `resolve_input_convention(cfg)` runs before the detector is
+built (the trainer calls it first): it fills the unset model.input_format / pixel_scale / pixel_mean / pixel_std /
+stride_in_1x1 keys from the weight file (init=pretrained) or with torchvision's convention (init=scratch), and
+refuses explicit values that conflict with a file whose convention is known. `initialize` checks the built model
+against the file again and records the convention and its source in init.json.
 """
 
 from __future__ import annotations
@@ -12,13 +19,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import yaml
 from torch import nn
 
-from scratchdet.config import Config
+from scratchdet.config import Config, validate_input_convention
 from scratchdet.engine.checkpoint import latest_checkpoint
-from scratchdet.errors import CheckpointError
+from scratchdet.errors import CheckpointError, ConfigError
+from scratchdet.modeling.input_convention import (
+    CONVENTION_KEYS,
+    TORCHVISION,
+    FileConvention,
+    InputConvention,
+    convention_mismatch,
+    model_input_convention,
+)
 from scratchdet.modeling.vgg_weights import load_vgg16_weights
-from scratchdet.modeling.weights import load_backbone_weights
+from scratchdet.modeling.weights import load_backbone_weights, read_weight_convention
 
 ZERO_SEEN = {"images": 0, "instances": 0, "pixels": 0}
 
@@ -57,17 +73,105 @@ def resolve_weights(weights: str | Path) -> Path:
     return path
 
 
+def _saved_convention(cfg: Config) -> InputConvention | None:
+    """The convention in the config.yaml of the run being resumed (keys it lacks: torchvision's, the only one
+    scratchdet had before recording them), or None when there is nothing to resume."""
+    saved = Path(cfg.output) / "config.yaml"
+    if not (cfg.resume and saved.is_file()):
+        return None
+    model = (yaml.safe_load(saved.read_text()) or {}).get("model") or {}
+    return InputConvention.from_values(model)
+
+
+def apply_input_convention(cfg: Config, base: InputConvention, file: FileConvention | None = None,
+                           path: str | Path | None = None) -> dict:
+    """Fills cfg.model's unset convention keys from `base` (in place); returns where each value came from.
+
+    Args:
+        base: the values unset keys take (the file's, torchvision's, or a resumed run's).
+        file: the weight file's convention, when a file is loaded: explicit keys must agree with it if it is known.
+        path: the weight file, for messages.
+
+    Raises:
+        ConfigError: explicit keys that conflict with a known file convention, or values invalid for the model
+            (e.g. stride_in_1x1 for a basic-block ResNet).
+    """
+    m = cfg.model
+    given = [k for k in CONVENTION_KEYS if getattr(m, k) is not None]
+    # The four pixel keys describe one map (order, scale, then mean and std in those units), so a partly given set is
+    # completed from `base` and checked against the file as a whole: e.g. pixel_scale=1.0 alone with a 0..255 file
+    # mean is refused, while torchvision's 0..1 values given for a file written in 0..255 units are accepted.
+    used = InputConvention.from_values({k: getattr(m, k) for k in given}, default=base)
+    if file is not None:
+        problem = convention_mismatch(used, file, path, given_keys=given)
+        if problem:
+            raise ConfigError(problem)
+    for key, value in used.to_dict().items():
+        setattr(m, key, value)
+    validate_input_convention(m)
+    return {k: "config" if k in given else "default" for k in CONVENTION_KEYS}
+
+
+def resolve_input_convention(cfg: Config) -> dict:
+    """Fills the unset model.* convention keys of `cfg` in place, before the detector is built; returns a record.
+
+    init=pretrained: the weight file's convention (read from the file: Detectron/detectron2 layouts, a recorded
+    one, or the run folder of a scratchdet file); init=scratch: torchvision's; a resumed run: its saved config's.
+
+    Returns:
+        {model key: value, ..., "source": {key: where it came from}, "weights_file": the file's convention or None}.
+
+    Raises:
+        ConfigError: an explicit key conflicts with a file whose convention is known (the message names the key,
+            the value given and what the file needs).
+        CheckpointError: the weight file is missing or unreadable.
+    """
+    saved = _saved_convention(cfg)
+    file, path = None, None
+    if saved is not None:
+        base, origin = saved, "the resumed run's config.yaml"
+    elif cfg.init == "pretrained" and cfg.weights:
+        path = resolve_weights(cfg.weights)
+        file = read_weight_convention(path)
+        base, origin = file.convention, f"weights file {path.name}"
+    else:
+        base, origin = TORCHVISION, "torchvision's convention (the default without a weight file)"
+    source = apply_input_convention(cfg, base, file, path)
+    return {**{k: getattr(cfg.model, k) for k in CONVENTION_KEYS},
+            "source": {k: origin if v == "default" else "config" for k, v in source.items()},
+            "weights_file": file.to_dict() if file else None}
+
+
+def convention_record(used: InputConvention, file: dict | None) -> dict:
+    """init.json's account of the convention the model ran with, and where it came from."""
+    if file is None:
+        source = ("torchvision's convention (the default without a weight file)" if used.same_network(TORCHVISION)
+                  else "config (model.* keys)")
+    elif used.same_network(InputConvention.from_values(file)):
+        source = "weights file" + ("" if file["known"] else " (assumed: the file does not say; see weights_file)")
+    else:
+        source = "config (model.* keys), overriding the weights file's assumed convention"
+    return {**used.to_dict(), "source": source, "weights_file": file}
+
+
 def initialize(model: nn.Module, cfg: Config) -> dict:
-    """Loads cfg.weights into the backbone when init=pretrained; returns the record written to init.json."""
+    """Loads cfg.weights into the backbone when init=pretrained; returns the record written to init.json.
+
+    Raises:
+        CheckpointError: unreadable or unsafe file, failed audit, or a model built for another input convention
+            than the file's (known) one.
+    """
+    used = model_input_convention(model)
     if cfg.init == "scratch":
         if cfg.weights:
             raise CheckpointError(f"init=scratch must load nothing, but weights={cfg.weights} was given")
-        return {"init": "scratch", "weights": None, "loaded_keys": 0, "pretrain_seen": dict(ZERO_SEEN)}
+        return {"init": "scratch", "weights": None, "loaded_keys": 0, "pretrain_seen": dict(ZERO_SEEN),
+                "input_convention": convention_record(used, None)}
     path = resolve_weights(cfg.weights)
     if cfg.model.backbone == "vgg16":
         # No norm layers to reconcile; the ImageNet file also fills the box head's fc6/fc7 (original Faster R-CNN).
         report = load_vgg16_weights(model.backbone.body, path, box_head=model.roi_heads.box_head,
-                                    min_coverage=cfg.pretrained.min_coverage)
+                                    min_coverage=cfg.pretrained.min_coverage, input_convention=used)
     else:
         report = load_backbone_weights(
             model.backbone.body,
@@ -75,6 +179,7 @@ def initialize(model: nn.Module, cfg: Config) -> dict:
             target_norm=cfg.model.norm,
             min_coverage=cfg.pretrained.min_coverage,
             norm_mismatch=cfg.pretrained.norm_mismatch,
+            input_convention=used,
         )
     print(report.summary())
     return {
@@ -83,4 +188,5 @@ def initialize(model: nn.Module, cfg: Config) -> dict:
         "loaded_keys": len(report.matched),
         "report": report.to_dict(),
         "pretrain_seen": pretrain_seen(path, report.source_format),
+        "input_convention": convention_record(used, report.input_convention),
     }

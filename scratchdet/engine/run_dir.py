@@ -58,9 +58,22 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
+# Keys added after run folders existed, with the value every run written before them used: a saved config.yaml
+# without the key (or with null there, in either config) compares as that value (torchvision's input convention,
+# the only one scratchdet had then, and what a model is built with when the keys are unset).
+ADDED_KEYS = {
+    "model.input_format": "RGB", "model.pixel_scale": 1.0, "model.pixel_mean": [0.485, 0.456, 0.406],
+    "model.pixel_std": [0.229, 0.224, 0.225], "model.stride_in_1x1": False,
+}
+
+
 def config_diff(saved: dict, current: dict) -> list[str]:
     """Lines `key: saved -> current` for every differing key outside RESUMABLE_KEYS."""
     a, b = _flat(saved), _flat(current)
+    for key, legacy in ADDED_KEYS.items():
+        for flat in (a, b):
+            if (key in a or key in b) and flat.get(key) is None:
+                flat[key] = legacy  # unset means what the model is built with then (modeling/detector.py)
     return [
         f"{k}: {a.get(k)!r} -> {b.get(k)!r}"
         for k in sorted(set(a) | set(b))

@@ -2,7 +2,10 @@
 
 The module names are torchvision's (conv1, bn1, layer1..layer4, and its BasicBlock/Bottleneck classes), so a
 torchvision ImageNet state_dict loads by name (issue 3). What torchvision's own ResNet class cannot do, and why this
-file exists: a stem narrower than 64 channels for CPU-sized models, and GN/none instead of BN in every block.
+file exists: a stem narrower than 64 channels for CPU-sized models, GN/none instead of BN in every block, and the
+stride of each stage in the first block's 1x1 conv (`stride_in_1x1`), as MSRA's ResNets in Detectron's R-50.pkl /
+R-101.pkl were trained (torchvision's Bottleneck, "ResNet v1.5", strides in the 3x3; Detectron RESNETS.STRIDE_1X1).
+Moving the stride changes no weight shape or name, only what the network computes.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ class ResNet(nn.Module):
     """A ResNet/ResNeXt body returning nothing but its stages (no pooling or classifier).
 
     Input [B, 3, H, W]; layer1..layer4 have strides 4, 8, 16, 32 and `stage_channels` channels.
+    With stride_in_1x1, the first block of layer2..layer4 downsamples in conv1 (1x1) instead of conv2 (3x3);
+    bottleneck depths only (ValueError for basic blocks, which have no 1x1 conv).
     """
 
     def __init__(
@@ -36,6 +41,7 @@ class ResNet(nn.Module):
         stem_width: int = 64,
         groups: int = 1,
         width_per_group: int = 64,
+        stride_in_1x1: bool = False,
     ):
         super().__init__()
         if depth not in RESNET_SPECS:
@@ -43,6 +49,9 @@ class ResNet(nn.Module):
         block, blocks_per_stage = RESNET_SPECS[depth]
         if block is BasicBlock and (groups != 1 or width_per_group != 64):
             raise ValueError(f"ResNet-{depth} uses basic blocks, which have no groups/width_per_group")
+        if block is BasicBlock and stride_in_1x1:
+            raise ValueError(f"ResNet-{depth} uses basic blocks, which have no 1x1 conv to put the stride in")
+        self.stride_in_1x1 = stride_in_1x1
         self.groups = groups
         self.base_width = width_per_group
         self.dilation = 1
@@ -68,6 +77,10 @@ class ResNet(nn.Module):
             )
         kwargs = dict(groups=self.groups, base_width=self.base_width, norm_layer=self.norm_layer)
         layers = [block(self.inplanes, planes, stride, downsample, **kwargs)]
+        if self.stride_in_1x1 and stride != 1:
+            # Same modules and names, so weights load by name; only the conv that subsamples changes (the shortcut
+            # keeps its stride-2 1x1 either way, in Caffe2's branch1 as in torchvision's downsample).
+            layers[0].conv1.stride, layers[0].conv2.stride = (stride, stride), (1, 1)
         self.inplanes = planes * block.expansion
         layers += [block(self.inplanes, planes, **kwargs) for _ in range(1, n_blocks)]
         return nn.Sequential(*layers)

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from scratchdet.modeling.backbones import ResNet
-from scratchdet.modeling.detector import IMAGE_MEAN, IMAGE_STD
 from scratchdet.modeling.init import msra_fill_
+from scratchdet.modeling.input_convention import TORCHVISION, InputConvention
 from scratchdet.modeling.norm import NormFactory, build_norm
 
 if TYPE_CHECKING:  # imported for the type hint only: scratchdet.pretrain imports this module
@@ -25,8 +25,9 @@ if TYPE_CHECKING:  # imported for the type hint only: scratchdet.pretrain import
 class ResNetClassifier(ResNet):
     """ResNet/ResNeXt body -> global average pooling -> fc.
 
-    Input [B, 3, H, W] RGB in [0, 1] (any H, W >= 32); it is normalized inside with the detector's mean and std, so
-    the pre-trained weights see the same input statistics in the detector (whose transform normalizes alike).
+    Input [B, 3, H, W] RGB in [0, 1] (any H, W >= 32); it is converted inside to `input_convention` (channel order,
+    scale, mean/std; torchvision's by default) exactly as the detector's transform converts it, and the ResNet puts
+    its strides where the convention says, so the weights see the same inputs and network in the detector.
     Output: logits [B, num_classes].
     """
 
@@ -39,17 +40,24 @@ class ResNetClassifier(ResNet):
         stem_width: int = 64,
         groups: int = 1,
         width_per_group: int = 64,
+        input_convention: InputConvention = TORCHVISION,
     ):
         super().__init__(depth, norm_layer=norm_layer, stem_width=stem_width, groups=groups,
-                         width_per_group=width_per_group)
+                         width_per_group=width_per_group, stride_in_1x1=input_convention.stride_in_1x1)
+        self.input_convention = input_convention
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(self.stage_channels[-1], num_classes)
         # Non-persistent: kept out of the state_dict, which must stay torchvision's layout.
-        self.register_buffer("pixel_mean", torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(IMAGE_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_mean", torch.tensor(input_convention.pixel_mean).view(1, 3, 1, 1),
+                             persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(input_convention.pixel_std).view(1, 3, 1, 1), persistent=False)
         init_classifier_(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_convention.input_format == "BGR":
+            x = x.flip(1)
+        if self.input_convention.pixel_scale != 1.0:
+            x = x * self.input_convention.pixel_scale
         x = (x - self.pixel_mean) / self.pixel_std
         features = super().forward(x)
         return self.fc(torch.flatten(self.avgpool(features), 1))
@@ -82,4 +90,5 @@ def build_classifier(cfg: PretrainConfig, num_classes: int) -> ResNetClassifier:
         stem_width=m.stem_width,
         groups=m.groups,
         width_per_group=m.width_per_group,
+        input_convention=InputConvention.from_values(vars(m)),
     )

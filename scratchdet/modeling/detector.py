@@ -7,6 +7,10 @@ model.backbone=vgg16 builds the original Faster R-CNN instead (vgg.py): conv5_3,
 Resizing: at training time the data pipeline resizes (scratchdet.data.transforms), so augmentation is reproducible
 from the sampler and the pixels seen are known; the model's transform skips resizing then. At test time the model's
 transform resizes to data.min_size_test / max_size_test and maps boxes and masks back to the original image size.
+
+Input convention: the model's transform takes the dataset's RGB 0..1 images and converts them to the backbone's
+convention (model.input_format, pixel_scale, pixel_mean, pixel_std) before normalizing, and the ResNet puts each
+stage's stride where model.stride_in_1x1 says (input_convention.py); unset keys mean torchvision's convention.
 """
 
 from __future__ import annotations
@@ -23,13 +27,35 @@ from scratchdet.config import Config
 from scratchdet.modeling.backbones import ResNet
 from scratchdet.modeling.cascade import switch_to_cascade_
 from scratchdet.modeling.init import init_detector_
+from scratchdet.modeling.input_convention import (
+    CONVENTION_KEYS,
+    TORCHVISION_MEAN,
+    TORCHVISION_STD,
+    InputConvention,
+    InputConventionTransform,
+)
 from scratchdet.modeling.keypoint_head import KeypointRCNNConvNormHead, KeypointRCNNPredictor
 from scratchdet.modeling.norm import build_norm
 from scratchdet.modeling.vgg import build_vgg16_faster_rcnn
 
-# torchvision's normalization of [0, 1] RGB input. Applied to both arms alike, so the comparison stays controlled.
-IMAGE_MEAN = [0.485, 0.456, 0.406]
-IMAGE_STD = [0.229, 0.224, 0.225]
+# torchvision's normalization of [0, 1] RGB input: the convention when model.pixel_mean/pixel_std are unset.
+IMAGE_MEAN = list(TORCHVISION_MEAN)
+IMAGE_STD = list(TORCHVISION_STD)
+
+
+def configured_input_convention(cfg: Config) -> InputConvention:
+    """The convention the model.* keys describe; unset (None) keys take torchvision's values."""
+    return InputConvention.from_values({k: getattr(cfg.model, k) for k in CONVENTION_KEYS})
+
+
+def build_transform(cfg: Config) -> InputConventionTransform:
+    """torchvision's GeneralizedRCNNTransform (test-time resize, batching) with the configured pixel conversion."""
+    conv = configured_input_convention(cfg)
+    return InputConventionTransform(
+        cfg.data.min_size_test, cfg.data.max_size_test, list(conv.pixel_mean), list(conv.pixel_std),
+        input_format=conv.input_format, pixel_scale=conv.pixel_scale,
+        _skip_resize=True,  # training images arrive resized by the data pipeline (see module docstring)
+    )
 
 
 def build_backbone(cfg: Config) -> BackboneWithFPN:
@@ -41,6 +67,7 @@ def build_backbone(cfg: Config) -> BackboneWithFPN:
         stem_width=m.stem_width,
         groups=m.groups,
         width_per_group=m.width_per_group,
+        stride_in_1x1=bool(m.stride_in_1x1),
     )
     body.freeze(m.freeze_at)  # before wrapping: IntermediateLayerGetter keeps the children, not the class
     fpn = BackboneWithFPN(
@@ -57,11 +84,12 @@ def build_backbone(cfg: Config) -> BackboneWithFPN:
 def transform_and_sampling_kwargs(cfg: Config) -> dict:
     """FasterRCNN kwargs every backbone shares: test-time resize, pixel normalization, RPN/RoI sampling and limits."""
     m = cfg.model
+    conv = configured_input_convention(cfg)  # build_detector then swaps in build_transform's channel order / scale
     return dict(
         min_size=cfg.data.min_size_test,
         max_size=cfg.data.max_size_test,
-        image_mean=IMAGE_MEAN,
-        image_std=IMAGE_STD,
+        image_mean=list(conv.pixel_mean),
+        image_std=list(conv.pixel_std),
         rpn_pre_nms_top_n_train=m.rpn_pre_nms_top_n_train,
         rpn_post_nms_top_n_train=m.rpn_post_nms_top_n_train,
         rpn_pre_nms_top_n_test=m.rpn_pre_nms_top_n_test,
@@ -86,6 +114,7 @@ def build_detector(cfg: Config, num_classes: int, num_keypoints: int | None = No
     if m.backbone == "vgg16":
         # The original Faster R-CNN on conv5_3, no FPN and no normalization (vgg.py); same MSRA init below.
         model = build_vgg16_faster_rcnn(cfg, num_classes, transform_and_sampling_kwargs(cfg))
+        model.transform = build_transform(cfg)
         init_detector_(model)
         return model
     backbone = build_backbone(cfg)
@@ -127,6 +156,7 @@ def build_detector(cfg: Config, num_classes: int, num_keypoints: int | None = No
         )
     else:
         raise ValueError(f"model.arch={m.arch!r} is not valid; choose mask_rcnn, faster_rcnn or keypoint_rcnn")
+    model.transform = build_transform(cfg)  # torchvision's, plus the channel order and scale of the convention
     init_detector_(model)  # requires_grad flags set by freeze() are untouched by init
     if m.cascade and m.cascade_switch_iters is None:
         # Cascade heads from iteration 0; with cascade_switch_iters the trainer switches late (engine/trainer.py).

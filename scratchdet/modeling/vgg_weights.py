@@ -30,7 +30,9 @@ import torch
 from torch import nn
 
 from scratchdet.errors import CheckpointError
+from scratchdet.modeling.input_convention import InputConvention, convention_mismatch, detect_file_convention
 from scratchdet.modeling.weights import (
+    _META_KEYS,
     WeightReport,
     _as_tensor,
     _first,
@@ -156,6 +158,7 @@ def load_vgg16_weights(
     *,
     box_head: nn.Module | None = None,
     min_coverage: float = 0.99,
+    input_convention: InputConvention | None = None,
 ) -> WeightReport:
     """Loads ImageNet VGG-16 weights into a VGG16Backbone body, and fc6/fc7 into `box_head` where shapes match.
 
@@ -165,15 +168,29 @@ def load_vgg16_weights(
             or a scratchdet checkpoint of a VGG-16 detector.
         box_head: the detector's TwoMLPHead (`model.roi_heads.box_head`); None loads the body only.
         min_coverage: fraction of the body's elements the file must fill; below it nothing is loaded.
+        input_convention: the model's input convention; given, a file whose known convention differs is refused
+            (a scratchdet VGG run records its own in its config.yaml; torchvision's file is RGB 0..1, ImageNet
+            mean/std).
 
     Returns:
         The audit (torchvision vgg16 names); coverage is of the body only.
 
     Raises:
-        CheckpointError: unreadable, unsafe or Caffe file, or body coverage below min_coverage.
+        CheckpointError: unreadable, unsafe or Caffe file, body coverage below min_coverage, or another input
+            convention than the file's.
     """
     path = Path(path)
-    tensors, source_format, ignored, unexpected = read_vgg16_file(path)
+    obj, _ = _read_object(path)
+    entries, wrapper = _unwrap(obj, path)
+    tensors, source_format, ignored, unexpected = _convert(entries, wrapper, path)
+    detector = any(str(k).removeprefix("module.").startswith(_DETECTOR_BODY) for k in entries)
+    meta = {k: obj[k] for k in _META_KEYS if k in obj} if isinstance(obj, Mapping) else {}
+    file_convention = detect_file_convention(path, layout="scratchdet-detector" if detector else source_format,
+                                             source_norm="none", grouped=False, meta=meta)
+    problem = input_convention and convention_mismatch(input_convention, file_convention, path,
+                                                       what=f"the model built for {path.name}")
+    if problem:
+        raise CheckpointError(problem)
     target = vgg16_targets(body, box_head)
     audit = audit_vgg16(tensors, target)
     report = WeightReport(
@@ -187,6 +204,7 @@ def load_vgg16_weights(
         shape_mismatched=audit["shape_mismatched"],
         ignored=ignored,
         coverage=audit["coverage"],
+        input_convention=file_convention.to_dict(),
     )
     if report.coverage < min_coverage:
         shapes = [f"{k} (file {list(tensors[k].shape)} vs model {list(target[k].shape)})"

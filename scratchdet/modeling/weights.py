@@ -9,6 +9,9 @@ Every file is read into one naming, torchvision's (conv1, bn1, layer1.0.downsamp
 also the name of our ResNet body's state (backbones.py). Loading a file never runs code from it: torch files go
 through `torch.load(weights_only=True)` and Detectron pickles through an unpickler that admits numpy arrays only.
 What happens to BN statistics across norm types is documented in docs/WEIGHTS.md.
+
+Reading a file also tells the input convention and stride placement its network was trained with
+(input_convention.py): from a record in the file, its run folder, or its layout (Caffe2 names, norm layers, groups).
 """
 
 from __future__ import annotations
@@ -28,6 +31,12 @@ from torch import nn
 
 from scratchdet.errors import CheckpointError
 from scratchdet.modeling.backbones import RESNET_SPECS
+from scratchdet.modeling.input_convention import (
+    FileConvention,
+    InputConvention,
+    convention_mismatch,
+    detect_file_convention,
+)
 
 TARGET_NORMS = ("GN", "BN", "FrozenBN", "SyncBN", "none")
 NORM_MISMATCH_POLICIES = ("error", "skip_norm", "load_affine")
@@ -79,6 +88,8 @@ class WeightReport:
             norm entries dropped by the norm-mismatch policy.
         synthesized: running stats set by the BN-affine convention (mean 0, var 1 - eps).
         coverage: loaded elements / all elements of the body's state (num_batches_tracked excluded).
+        input_convention: the input convention and stride placement the file's network was trained with
+            (FileConvention.to_dict(): the model.* values, whether they are known or assumed, and why).
     """
 
     path: str
@@ -92,6 +103,7 @@ class WeightReport:
     ignored: list[str] = field(default_factory=list)
     synthesized: list[str] = field(default_factory=list)
     coverage: float = 0.0
+    input_convention: dict | None = None
 
     def to_dict(self) -> dict:
         """A JSON-ready dict of all fields (for the run folder's records)."""
@@ -111,6 +123,10 @@ class WeightReport:
             lines.append(f"  running stats set to mean 0 / var 1-eps (BN-affine source): {len(self.synthesized)}")
         if self.ignored:
             lines.append(f"  ignored (classifier, heads, metadata, norms dropped by the policy): {len(self.ignored)}")
+        if self.input_convention:
+            conv = InputConvention.from_values(self.input_convention)
+            how = "known" if self.input_convention["known"] else "ASSUMED"
+            lines.append(f"  input convention ({how}): {conv.describe()}: {self.input_convention['origin']}")
         return "\n".join(lines)
 
 
@@ -123,6 +139,8 @@ class _Source:
     source_norm: str
     ignored: list[str]
     unexpected: list[str]  # file names that look like backbone weights but follow no known layout
+    layout: str = "torchvision"  # input_convention.detect_file_convention's layouts
+    meta: dict = field(default_factory=dict)  # top-level metadata: __author__, scratchdet's input_convention record
 
 
 def _first(keys: list[str], n: int = 5) -> str:
@@ -355,6 +373,9 @@ def _convert(entries: dict, container: str, wrapper: str | None) -> _Source:
         source_format = "detectron"
     else:
         source_format = "scratchdet" if wrapper == "model" else "torchvision"
+    layout = ("scratchdet-detector" if detector else "detectron2-detector" if d2_detector and not caffe2 else
+              "caffe2" if caffe2 else "detectron2" if d2 else "scratchdet" if source_format == "scratchdet" else
+              "torchvision")
 
     for raw, value in entries.items():
         name: str | None = raw
@@ -384,13 +405,32 @@ def _convert(entries: dict, container: str, wrapper: str | None) -> _Source:
             raise CheckpointError(f"two entries of the file map to {name} (one is {raw}); the file is inconsistent")
         else:
             tensors[name] = tensor
-    return _Source(tensors, source_format, _source_norm(tensors, c2_kinds), sorted(ignored), sorted(unexpected))
+    return _Source(tensors, source_format, _source_norm(tensors, c2_kinds), sorted(ignored), sorted(unexpected),
+                   layout)
+
+
+# Top-level entries kept beside the weights: detectron2's writer name, scratchdet's recorded input convention.
+_META_KEYS = ("__author__", "matching_heuristics", "input_convention")
+
+
+def _grouped(tensors: Mapping[str, torch.Tensor]) -> bool:
+    """True for a ResNeXt: a bottleneck's 3x3 conv maps width -> width, so its weight is [w, w / groups, 3, 3]."""
+    return any(re.match(r"^layer\d+\.\d+\.conv2\.weight$", k) and v.dim() == 4 and v.shape[1] != v.shape[0]
+               and tuple(v.shape[2:]) == (3, 3) for k, v in tensors.items())
+
+
+def _file_convention(source: _Source, path: Path) -> FileConvention:
+    return detect_file_convention(path, layout=source.layout, source_norm=source.source_norm,
+                                  grouped=_grouped(source.tensors), meta=source.meta)
 
 
 def _read(path: Path) -> _Source:
     obj, container = _read_object(path)
     entries, wrapper = _unwrap(obj, path)
-    return _convert(entries, container, wrapper)
+    source = _convert(entries, container, wrapper)
+    if isinstance(obj, Mapping):
+        source.meta = {k: obj[k] for k in _META_KEYS if k in obj}
+    return source
 
 
 def read_weight_file(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
@@ -407,6 +447,16 @@ def read_weight_file(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
     """
     source = _read(Path(path))
     return source.tensors, source.source_format
+
+
+def read_weight_convention(path: str | Path) -> FileConvention:
+    """The input convention and stride placement the network in `path` was trained with (input_convention.py).
+
+    Raises:
+        CheckpointError: the file is missing, unreadable, unsafe, or records an unreadable convention.
+    """
+    path = Path(path)
+    return _file_convention(_read(path), path)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -510,6 +560,7 @@ def load_backbone_weights(
     target_norm: str,
     min_coverage: float = 0.99,
     norm_mismatch: str = "error",
+    input_convention: InputConvention | None = None,
 ) -> WeightReport:
     """Loads pre-trained weights into a ResNet/ResNeXt body after auditing the match.
 
@@ -519,12 +570,15 @@ def load_backbone_weights(
         target_norm: the body's normalization: GN | BN | FrozenBN | SyncBN | none.
         min_coverage: fraction of the body's state elements the file must fill; below it nothing is loaded.
         norm_mismatch: error | skip_norm | load_affine, for BN-family weights into GN or back (docs/WEIGHTS.md).
+        input_convention: the convention the model feeds the body with (input_convention.model_input_convention);
+            given, a file whose known convention differs is refused before anything is loaded.
 
     Returns:
         The audit; print `report.summary()`, store `report.to_dict()`.
 
     Raises:
-        CheckpointError: unreadable or unsafe file, norm mismatch under "error", or coverage below min_coverage.
+        CheckpointError: unreadable or unsafe file, norm mismatch under "error", coverage below min_coverage, or
+            an input convention other than the file's (known) one.
     """
     if target_norm not in TARGET_NORMS:
         raise ValueError(f"target_norm={target_norm!r} is not valid; choose one of {', '.join(TARGET_NORMS)}")
@@ -542,6 +596,13 @@ def load_backbone_weights(
             f"{body_family}-type; pass the norm the body was built with (model.norm)"
         )
     source = _read(path)
+    file_convention = _file_convention(source, path)
+    if input_convention is not None:
+        problem = convention_mismatch(input_convention, file_convention, path, what=f"the model built for {path.name}")
+        if problem:
+            raise CheckpointError(f"{problem}. (The detector is built from these keys, so resolve them before "
+                                  "building it: engine.initialization.resolve_input_convention, as `scratchdet "
+                                  "train` does.)")
     tensors = dict(source.tensors)
     ignored = list(source.ignored)
     for key in [k for k in tensors if k.startswith("fc.") and k not in target]:
@@ -567,6 +628,7 @@ def load_backbone_weights(
         ignored=sorted(ignored),
         synthesized=synthesized,
         coverage=loaded / total if total else 0.0,
+        input_convention=file_convention.to_dict(),
     )
     if report.coverage < min_coverage:
         shapes = [f"{k} (file {list(tensors[k].shape)} vs body {list(target[k].shape)})"

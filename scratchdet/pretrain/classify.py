@@ -150,11 +150,14 @@ def backbone_description(cfg: PretrainConfig, model: ResNetClassifier) -> dict:
     """What the weights are, and the detection config values under which they load by name."""
     m = cfg.model
     keys = ("depth", "groups", "width_per_group", "stem_width", "norm", "gn_groups")
+    convention = model.input_convention
     return {
         **{k: getattr(m, k) for k in keys},
         "stage_channels": list(model.stage_channels),
         "layout": "torchvision ResNet state_dict: conv1, bn1, layer1..layer4, fc (fc is not part of the detector)",
-        "detector_overrides": [f"model.{k}={getattr(m, k)}" for k in keys],
+        # The convention is also recorded in the checkpoints, from which a detector fills these keys by itself.
+        "input_convention": convention.to_dict(),
+        "detector_overrides": [f"model.{k}={getattr(m, k)}" for k in keys] + convention.overrides(),
     }
 
 
@@ -198,6 +201,8 @@ def pretrain(cfg: PretrainConfig) -> dict:
     def checkpoint(iteration: int) -> Path:
         return save_checkpoint(out / "checkpoints", iteration, {
             "model": model.state_dict(),  # torchvision ResNet layout
+            # Read back by a detector loading this checkpoint (modeling/input_convention.py), so it is fed alike.
+            "input_convention": model.input_convention.to_dict(),
             "optimizer": optimizer.state_dict(),
             "iteration": iteration,
             "seen": seen,

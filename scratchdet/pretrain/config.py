@@ -14,9 +14,18 @@ from pathlib import Path
 
 from omegaconf import MISSING
 
-from scratchdet.config import DEPTHS, _choice, _positive, load_structured
+from scratchdet.config import (
+    DEPTHS,
+    CommandLineWins,
+    _choice,
+    _positive,
+    command_line_wins,
+    load_structured,
+    validate_input_convention,
+)
 from scratchdet.data.classification import TEXTURE_CLASSES
 from scratchdet.errors import ConfigError
+from scratchdet.modeling.input_convention import TORCHVISION_MEAN, TORCHVISION_STD
 
 # FrozenBN is left out: frozen statistics of a randomly initialized network would never be learned.
 PRETRAIN_NORMS = ("GN", "BN", "SyncBN", "none")
@@ -49,6 +58,13 @@ class PretrainModelConfig:
     stem_width: int = 64
     norm: str = "GN"
     gn_groups: int = 32
+    # The input convention and stride placement the backbone is trained with (same meaning as the detection keys;
+    # docs/WEIGHTS.md, "Input conventions"). Recorded in the checkpoints, so a detector loading them follows it.
+    input_format: str = "RGB"
+    pixel_scale: float = 1.0
+    pixel_mean: list[float] = field(default_factory=lambda: list(TORCHVISION_MEAN))
+    pixel_std: list[float] = field(default_factory=lambda: list(TORCHVISION_STD))
+    stride_in_1x1: bool = False
 
 
 @dataclass
@@ -101,14 +117,30 @@ class PretrainConfig:
     eval: PretrainEvalConfig = field(default_factory=PretrainEvalConfig)
 
 
+# Pairs of which a run uses one: given on the command line, one replaces the other's value from the file or the
+# defaults (`scratchdet pretrain configs/pretrain/mini_R18_GN_synth.yaml data.root=DIR` trains on DIR), so a
+# command-line setting never loses to the file (scratchdet/config.py command_line_wins). Both on the command line
+# are still refused by validate_pretrain_config.
+PRETRAIN_COMMAND_LINE_WINS: tuple[CommandLineWins, ...] = (
+    CommandLineWins("data.root", lambda value: value is not None, "data.synthetic", lambda cfg: False),
+    CommandLineWins("data.synthetic", lambda value: value is True, "data.root", lambda cfg: None),
+    CommandLineWins("train.iters", lambda value: value is not None, "train.epochs", lambda cfg: None),
+    CommandLineWins("train.epochs", lambda value: value is not None, "train.iters", lambda cfg: None),
+)
+
+
 def load_pretrain_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PretrainConfig:
     """Merges the YAML file at `path` and dotted `key=value` overrides over the defaults, then validates.
+
+    A command-line data.root (data.synthetic=true) replaces the file's data.synthetic (data.root), and
+    train.iters (train.epochs) the file's or default train.epochs (train.iters), with one warning.
 
     Raises:
         ConfigError: unknown key, wrong type, missing file, or a value outside its valid choices.
     """
     cfg = load_structured(PretrainConfig, path, overrides, "pre-training config")
     assert isinstance(cfg, PretrainConfig)
+    command_line_wins(cfg, path, overrides, PRETRAIN_COMMAND_LINE_WINS)
     validate_pretrain_config(cfg)
     return cfg
 
@@ -129,6 +161,7 @@ def validate_pretrain_config(cfg: PretrainConfig) -> None:
             "model.norm=BN (pre-training batches are large enough for BN) or model.norm=GN"
         )
     _choice("model.depth", m.depth, DEPTHS)
+    validate_input_convention(m)
     if m.groups > 1 and m.depth < 50:
         raise ConfigError(f"model.groups={m.groups} (ResNeXt) needs a bottleneck depth (50/101/152)")
     _choice("solver.lr_schedule", s.lr_schedule, LR_SCHEDULES)

@@ -19,12 +19,15 @@ is what makes the comparison controlled (PAPER.md: same hyper-parameters for bot
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
 from omegaconf import MISSING
+from omegaconf.errors import OmegaConfBaseException
 
-from scratchdet.config import load_structured
+from scratchdet.config import load_structured, override_keys
 from scratchdet.errors import ConfigError
 
 
@@ -61,9 +64,44 @@ class StudySpec:
     share_trunk: bool = True
 
 
+# Run overrides that name the dataset paths data_root gives (data.root, data.train.*, data.val.*, data.voc_root).
+_DATA_PATH_KEYS = ("data.root", "data.train.json", "data.train.images", "data.val.json", "data.val.images",
+                   "data.voc_root")
+
+
+def _override_sets(override: str, keys: tuple[str, ...]) -> bool:
+    """Whether a `key=value` run override sets any of `keys` (a malformed one is left for load_config to report)."""
+    try:
+        return bool(override_keys([override]) & set(keys))
+    except (OmegaConfBaseException, ValueError, yaml.YAMLError):
+        return override.partition("=")[0].strip() in keys
+
+
+def _sets_data_paths(override: str) -> bool:
+    return _override_sets(override, _DATA_PATH_KEYS)
+
+
 def load_study_spec(path: str | Path, overrides: list[str] | None = None) -> StudySpec:
-    """Reads a study spec YAML (plus dotted overrides such as output=runs/x) and validates it."""
+    """Reads a study spec YAML (plus dotted overrides such as output=runs/x) and validates it.
+
+    `data_root=DIR` on the command line wins over dataset paths among the file's run overrides (`overrides`,
+    `hparams[*].overrides`): they are dropped, with one warning naming them, so every run reads DIR.
+
+    Raises:
+        ConfigError: bad keys or values, or data_root and a data-path override set in the same place.
+    """
     spec = load_structured(StudySpec, path, overrides, "study spec")
+    given = override_keys(overrides)
+    if "data_root" in given and spec.data_root:
+        lists = [] if "overrides" in given else [("overrides", spec.overrides)]
+        if "hparams" not in given:
+            lists += [(f"hparams[{hp.name}].overrides", hp.overrides) for hp in spec.hparams]
+        dropped = [f"{where}: {o}" for where, items in lists for o in items if _sets_data_paths(o)]
+        for _, items in lists:
+            items[:] = [o for o in items if not _sets_data_paths(o)]
+        if dropped:
+            warnings.warn(f"data_root={spec.data_root} is given on the command line and wins: dropped the run "
+                          f"overrides {dropped} of {path}", stacklevel=2)
     validate_spec(spec, str(path))
     return spec
 
@@ -88,3 +126,10 @@ def validate_spec(spec: StudySpec, path: str = "spec") -> None:
     hp_names = [h.name for h in spec.hparams]
     if len(set(hp_names)) != len(hp_names):
         raise ConfigError(f"{path}: hparams names must be unique, got {hp_names}")
+    if spec.data_root:
+        # Runs get data.root=data_root first, then these overrides, so a data.root among them would win in silence.
+        clash = [o for o in [*spec.overrides, *(o for hp in spec.hparams for o in hp.overrides)]
+                 if _override_sets(o, ("data.root",))]
+        if clash:
+            raise ConfigError(f"{path}: data_root={spec.data_root} and the run override {clash[0]!r} both set "
+                              "data.root; give one of them")

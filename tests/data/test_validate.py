@@ -15,9 +15,9 @@ import pytest
 from scratchdet.data.build import check_categories
 from scratchdet.data.coco import CocoDetection, load_coco_json
 from scratchdet.data.validate import area_tolerance, geometric_areas
+from scratchdet.errors import DataError
 from scratchdet.evaluation.backends import BACKENDS
 from scratchdet.evaluation.coco import evaluate_results
-from scratchdet.errors import DataError
 
 COCO_TINY = Path(__file__).resolve().parents[3] / "shared" / "data" / "coco_tiny"
 

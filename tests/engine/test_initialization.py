@@ -2,9 +2,10 @@ import json
 
 import pytest
 import torch
+import yaml
 from helpers import MINI_CONFIG, tiny_overrides
 
-from scratchdet.config import load_config
+from scratchdet.config import config_to_yaml, load_config
 from scratchdet.data.build import build_train_dataset
 from scratchdet.data.samplers import TrainingSampler
 from scratchdet.data.transforms import resized_shape
@@ -79,3 +80,30 @@ def test_samples_seen_equal_the_hand_computed_sum(tiny_config):
         expected["pixels"] += h * w
         expected["instances"] += sum(1 for a in dataset.coco.imgToAnns[image_id] if not a.get("iscrowd", 0))
     assert state["seen"] == expected
+
+
+def test_resume_keeps_the_saved_convention_and_accepts_folders_saved_before_the_keys(tmp_path):
+    from scratchdet.config import config_to_dict
+    from scratchdet.engine.initialization import resolve_input_convention
+    from scratchdet.engine.run_dir import config_diff
+    from scratchdet.modeling.input_convention import CONVENTION_KEYS
+
+    out = tmp_path / "run"
+    out.mkdir()
+    bgr = ["model.input_format=BGR", "model.pixel_scale=255.0", "model.pixel_mean=[1.0,2.0,3.0]",
+           "model.pixel_std=[1.0,1.0,1.0]"]
+    saved = load_config(MINI_CONFIG, [f"output={out}", *bgr])
+    (out / "config.yaml").write_text(config_to_yaml(saved))
+    resumed = load_config(MINI_CONFIG, [f"output={out}", "resume=true"])
+    record = resolve_input_convention(resumed)  # what ran, without reading any weight file again
+    assert resumed.model.input_format == "BGR" and record["source"]["pixel_mean"] == "the resumed run's config.yaml"
+    # A folder written before these keys existed ran torchvision's convention; resuming it is no config change.
+    legacy = config_to_dict(load_config(MINI_CONFIG, [f"output={out}"]))
+    for key in CONVENTION_KEYS:
+        del legacy["model"][key]
+    (out / "config.yaml").write_text(yaml.safe_dump(legacy))
+    again = load_config(MINI_CONFIG, [f"output={out}", "resume=true"])
+    resolve_input_convention(again)
+    assert again.model.pixel_mean == [0.485, 0.456, 0.406] and again.model.stride_in_1x1 is False
+    assert config_diff(legacy, config_to_dict(again)) == []
+    assert config_diff(legacy, config_to_dict(resumed)) != []  # but another convention is a change

@@ -102,9 +102,9 @@ def test_shipped_configs_load(name, tmp_path):
     [
         (["model.norm=SyncBN"], "trains in one process, where SyncBN is plain BN"),
         (["model.norm=FrozenBN"], "model.norm='FrozenBN' is not valid"),
-        (["data.root=/x"], "data.root='/x' and data.synthetic=true both given"),
+        (["data.root=/x", "data.synthetic=true"], "data.root='/x' and data.synthetic=true both given"),
         (["data.synthetic=false"], "no data: set data.root"),
-        (["train.iters=10"], "give exactly one schedule length"),
+        (["train.iters=10", "train.epochs=2"], "give exactly one schedule length"),
         (["solver.lr_schedule=poly"], "solver.lr_schedule='poly' is not valid"),
         (["solver.batch_sise=3"], "batch_sise"),
         (["data.synthetic_classes=20"], "data.synthetic_classes=20"),
@@ -113,6 +113,26 @@ def test_shipped_configs_load(name, tmp_path):
 def test_bad_config_values_name_the_key(overrides, match, tmp_path):
     with pytest.raises(ConfigError, match=match):
         load_pretrain_config(MINI_PRETRAIN, [f"output={tmp_path}", *overrides])
+
+
+def test_command_line_data_and_schedule_length_win_over_the_file(tmp_path):
+    # mini_R18_GN_synth.yaml sets data.synthetic: true and train.epochs: 2; the README's
+    # `scratchdet pretrain CONFIG data.root=DIR` must train on DIR, and train.iters=N must set the length.
+    with pytest.warns(UserWarning, match=r"data.root=/x is given on the command line and wins: data.synthetic=True "
+                                         r"\(in the file\) is replaced by False \(file .*mini_R18_GN_synth.yaml\)"):
+        cfg = load_pretrain_config(MINI_PRETRAIN, [f"output={tmp_path}", "data.root=/x"])
+    assert cfg.data.root == "/x" and cfg.data.synthetic is False
+    with pytest.warns(UserWarning, match=r"train.epochs=2.0 \(in the file\) is replaced by None"):
+        cfg = load_pretrain_config(MINI_PRETRAIN, [f"output={tmp_path}", "train.iters=10"])
+    assert cfg.train.iters == 10 and cfg.train.epochs is None
+    # The default epochs=100 gives way too, and the warning says it was the default.
+    with pytest.warns(UserWarning, match=r"train.epochs=100.0 \(the default\) is replaced by None"):
+        cfg = load_pretrain_config(None, [f"output={tmp_path}", "data.synthetic=true", "train.iters=7"])
+    assert (cfg.train.iters, cfg.train.epochs, cfg.data.root) == (7, None, None)
+    r50 = PRETRAIN_CONFIGS / "R50_GN_imagenet.yaml"  # root: datasets/imagenet in the file
+    with pytest.warns(UserWarning, match=r"data.root=datasets/imagenet \(in the file\) is replaced by None"):
+        cfg = load_pretrain_config(r50, [f"output={tmp_path}", "data.synthetic=true"])
+    assert cfg.data.synthetic is True and cfg.data.root is None
 
 
 def test_schedules_warm_up_then_cosine_or_step(tmp_path):
