@@ -62,12 +62,18 @@ def _json_arg(value: str | None, flag: str):
 
 def _cmd_data_check(args) -> int:
     from scratchdet.data.check import check_dataset, format_check_report
+    from scratchdet.errors import DataError
 
     images = args.images or str(Path(args.json).parent)
     masks = False if args.boxes_only else True if args.masks else None
-    report = check_dataset(args.json, images, masks=masks, gt_area=args.gt_area, against=args.against,
-                           check_files=not args.no_files, decode=args.decode, workers=args.workers,
-                           keypoint_flip_map=_json_arg(args.keypoint_flip_map, "--keypoint-flip-map"))
+    try:
+        report = check_dataset(args.json, images, masks=masks, gt_area=args.gt_area, against=args.against,
+                               check_files=not args.no_files, decode=args.decode, workers=args.workers,
+                               keypoint_flip_map=_json_arg(args.keypoint_flip_map, "--keypoint-flip-map"))
+    except DataError as e:  # structurally broken: nothing else can be checked; a JSON reader still gets JSON
+        if args.json_output:
+            print(json.dumps({"path": args.json, "error": str(e), "field": e.field}, indent=2))
+        raise
     print(json.dumps(report.to_dict(), indent=2) if args.json_output else format_check_report(report))
     if report.problems:
         counts = ", ".join(f"{kind} {n}" for kind, n in report.counts().items())

@@ -174,6 +174,14 @@ def check_dataset(json_path: str | Path, image_dir: str | Path, *, masks: bool |
             report.problems.append(Problem("category_mismatch", f"categories differ from {against}: {line} (first = "
                                            f"{path}); a detector trained on one is scored wrongly on the other",
                                            field="categories"))
+        their_cats = {c["id"]: c for c in other["categories"]}
+        for cat in data["categories"]:
+            a, b = cat.get("keypoints"), their_cats.get(cat["id"], {}).get("keypoints")
+            if a is not None and b is not None and list(a) != list(b):
+                # Keypoint k of the model is keypoint k of the training file; OKS compares it with keypoint k here.
+                report.problems.append(Problem("keypoint_mismatch", f"category {cat['id']}'s keypoint names differ "
+                                               f"from {against} (names or order): {list(a)} vs {list(b)}",
+                                               field="keypoints"))
     if check_files:
         check_images(data, Path(image_dir), path, report, decode=decode, workers=workers, progress=progress)
     return report

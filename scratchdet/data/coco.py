@@ -31,7 +31,7 @@ import torch
 from pycocotools.coco import COCO
 
 from scratchdet.data.images import read_image
-from scratchdet.data.masks import decode_mask
+from scratchdet.data.masks import decode_mask, rle_string_total
 from scratchdet.data.validate import (
     GT_AREA_POLICIES,
     Problem,
@@ -229,6 +229,13 @@ def _validate_segmentation(seg: Any, img: dict, ann_id: int, path: str) -> None:
     elif not isinstance(counts, (str, bytes)) or not counts:
         raise DataError(
             "malformed RLE segmentation: 'counts' must be a compressed string or a list of integers", **where
+        )
+    elif rle_string_total(counts) != expected[0] * expected[1]:
+        # pycocotools would decode it into garbage or overrun its buffer, and its IoU can loop forever on it.
+        raise DataError(
+            f"malformed compressed RLE: 'counts' does not decode to height*width = {expected[0] * expected[1]} "
+            "pixels (a corrupt or non-ASCII string, or one encoded for another size); re-encode the mask",
+            **where,
         )
 
 

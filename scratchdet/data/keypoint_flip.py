@@ -7,13 +7,15 @@ come, in this order, from
 
 1. the explicit pairs of `data.keypoint_flip_map` ([[name_a, name_b], ...]; [name, name] says a name has no mirror);
 2. recognised spellings of a side: the word "left"/"right" as a token anywhere in the name (left_eye, left-eye,
-   leftEye, LeftEye, eye_left, eyeLeft, EyeLeft, hand_left_thumb) or the letter "l"/"r" as its first or last token
-   (l_eye, L_shoulder, LShoulder as OpenPose writes it, eye_l, eye_R). Names are cut into tokens at separators
-   (_ - . space :) and case changes; two names pair when their tokens agree, case aside, except for the side token,
-   which must sit at the same place and name the other side;
+   leftEye, LeftEye, eye_left, eyeLeft, EyeLeft, hand_left_thumb) or the letter "l"/"r" as a token of its own
+   anywhere (l_eye, L_shoulder, LShoulder as OpenPose writes it, eye_l, eye_R, thumb_L_tip, hand.L.001 as Blender
+   writes it, or just "L" and "R"), except beside digits alone (L1..L5, lumbar vertebrae). Names are cut into
+   tokens at separators (_ - . space :) and case changes; two names pair when their tokens agree, case aside,
+   except for the side token, which must sit at the same place and name the other side;
 3. every other name maps to itself, unless it still looks lateral: it contains "left"/"right" inside a word
    (leftfoot), has a side token but no partner (left_paw without right_paw) or several, or differs from another
-   name only in a first or last letter l <-> r (lhip, rhip). Those are refused: any guess could teach the wrong side.
+   name only in a first or last letter l <-> r (lhip, rhip), or in such a letter of one token (FL_foot, FR_foot:
+   front left/right). Those are refused: any guess could teach the wrong side.
 """
 
 from __future__ import annotations
@@ -62,9 +64,13 @@ def _side(tokens: list[str]) -> tuple[str, int] | None:
     words = [(i, _SIDE_WORDS[t]) for i, t in enumerate(lowered) if t in _SIDE_WORDS]
     if len(words) == 1:
         return words[0][1], words[0][0]
-    if words or len(tokens) < 2:
+    if words:
         return None
-    letters = [(i, _SIDE_LETTERS[lowered[i]]) for i in {0, len(tokens) - 1} if lowered[i] in _SIDE_LETTERS]
+    if len(tokens) == 1:  # a name that is just "L" or "R"
+        return (_SIDE_LETTERS[lowered[0]], 0) if lowered[0] in _SIDE_LETTERS else None
+    if not any(t.isalpha() and t not in _SIDE_LETTERS for t in lowered):
+        return None  # "L1", "L5": a vertebra (lumbar 1, 5), not a side
+    letters = [(i, _SIDE_LETTERS[t]) for i, t in enumerate(lowered) if t in _SIDE_LETTERS]
     return (letters[0][1], letters[0][0]) if len(letters) == 1 else None
 
 
@@ -77,7 +83,29 @@ def looks_lateral(name: str, names: Sequence[str] = ()) -> bool:
     swap = {"l": "r", "r": "l", "L": "R", "R": "L"}
     if len(name) > 1 and name[0] in swap and swap[name[0]] + name[1:] in names:
         return True
-    return len(name) > 1 and name[-1] in swap and name[:-1] + swap[name[-1]] in names
+    if len(name) > 1 and name[-1] in swap and name[:-1] + swap[name[-1]] in names:
+        return True
+    # A token that starts or ends with the side letter and has a twin with the other letter: FL_foot / FR_foot
+    # (front left / front right, legged-robot naming), where the token itself names no side we can read.
+    tokens = name_tokens(name)
+    for i, token in enumerate(tokens):
+        for j in {0, len(token) - 1}:
+            if len(token) > 1 and token[j] in swap:
+                twin = token[:j] + swap[token[j]] + token[j + 1:]
+                if _join_like(name, tokens, i, twin) in names:
+                    return True
+    return False
+
+
+def _join_like(name: str, tokens: list[str], index: int, replacement: str) -> str:
+    """`name` with its token `index` replaced, separators and all (tokens are contiguous substrings of it)."""
+    start = 0
+    for i, token in enumerate(tokens):
+        start = name.index(token, start)
+        if i == index:
+            return name[:start] + replacement + name[start + len(token):]
+        start += len(token)
+    return name
 
 
 def check_flip_map(

@@ -76,9 +76,13 @@ def _polygon_areas(polygons: list[list[float]]) -> np.ndarray:
     return areas
 
 
+SHOELACE_SUSPECT_FRACTION = 0.05  # polygon area below this fraction of the box area: rasterized instead
+
+
 def geometric_areas(annotations: list[dict], images: Mapping[int, dict]) -> np.ndarray:
-    """The area each annotation's geometry gives, in pixels: polygon area (sum of the polygons' shoelace areas),
-    RLE pixel count, or box width * height when there is no segmentation (COCO's convention for `area`).
+    """The area each annotation's geometry gives, in pixels: polygon area (sum of the polygons' shoelace areas;
+    the rasterized pixel count where that is below 5% of the box, e.g. a self-intersecting polygon), RLE pixel
+    count, or box width * height when there is no segmentation (COCO's convention for `area`).
 
     Annotations must have passed `load_coco_json`'s structural checks.
     """
@@ -101,7 +105,19 @@ def geometric_areas(annotations: list[dict], images: Mapping[int, dict]) -> np.n
             areas[i] = float(w) * float(h)
     if polygons:
         areas += np.bincount(np.asarray(owners), weights=_polygon_areas(polygons), minlength=len(annotations))
+        # A self-intersecting polygon (a figure 8) has a shoelace area near 0 while pycocotools fills both lobes; an
+        # area far below the box's is rasterized to tell the two apart (rare: thin diagonal objects, real figure 8s).
+        for i in sorted(set(owners)):
+            _, _, w, h = annotations[i]["bbox"]
+            if areas[i] < SHOELACE_SUSPECT_FRACTION * w * h:
+                areas[i] = _raster_area(annotations[i]["segmentation"], images[annotations[i]["image_id"]])
     return areas
+
+
+def _raster_area(polygons: list, image: dict) -> float:
+    """Pixels pycocotools fills for the polygons (of >= 3 points) of one annotation."""
+    valid = [p for p in polygons if len(p) >= 6]
+    return float(mask_util.area(mask_util.merge(mask_util.frPyObjects(valid, image["height"], image["width"]))))
 
 
 def area_tolerance(geometric: np.ndarray) -> np.ndarray:
@@ -119,10 +135,9 @@ def _agrees_with_raster(stored: float, polygons: list, image: dict) -> bool:
     # Files made from masks (and the synthetic set) store the pixel count of the rasterized polygon, which can
     # differ from the polygon's area by more than the band on thin shapes. Checked only where the polygon area
     # disagreed, so the cost stays off the common path.
-    valid = [p for p in polygons if len(p) >= 6]
-    if not valid:
+    if not any(len(p) >= 6 for p in polygons):
         return False
-    raster = float(mask_util.area(mask_util.merge(mask_util.frPyObjects(valid, image["height"], image["width"]))))
+    raster = _raster_area(polygons, image)
     return abs(stored - raster) <= float(area_tolerance(np.array([raster]))[0])
 
 

@@ -61,6 +61,9 @@ def cocoeval_stats(
     return _faster_stats(coco_gt, results, iou_type, image_ids, cat_ids, kpt_oks_sigmas)
 
 
+_MAX_ANN_ID = 2**31 - 1  # every metric implementation stores ids this large exactly
+
+
 def metric_ground_truth(coco_gt: COCO, iou_type: str = "bbox") -> COCO:
     """The ground truth COCOeval can score: `coco_gt` itself, or a copy whose annotation ids start at 1.
 
@@ -72,23 +75,24 @@ def metric_ground_truth(coco_gt: COCO, iou_type: str = "bbox") -> COCO:
     COCOeval records each match as the matched ground truth's annotation id in a zero-initialised array and treats
     a 0 there as "unmatched" (pycocotools `evaluateImg`/`accumulate`; faster-coco-eval follows it), so a detection
     matched to an annotation with id 0 counts as a false positive: three perfect boxes with ids 0, 1, 2 score 44 AP
-    instead of 100 (cocoapi issue 507). Results never refer to annotation ids, so shifting every id by the same
-    amount changes nothing else. The copy (shallow: annotation dicts copied, their geometry shared) is built once
-    per index and cached on it.
+    instead of 100 (cocoapi issue 507). faster-coco-eval also keeps ids in 64-bit integers, and 64-bit hash ids
+    (>= 2**63) score 0 AP there. So whenever an id lies outside 1..2**31-1 the ids are renumbered 1..N in their
+    order; results never refer to annotation ids, so nothing else changes. The copy (shallow: annotation dicts
+    copied, their geometry shared) is built once per index and cached on it.
     """
     anns = coco_gt.dataset.get("annotations", [])
     if iou_type == "segm":
         problems, _ = clean_eval_segmentations(anns)
         raise_first(problems, getattr(coco_gt, "source_path", "the ground truth"))
-    low = min((ann["id"] for ann in anns), default=1)
-    if low >= 1:
+    ids = [ann["id"] for ann in anns]
+    if all(1 <= i <= _MAX_ANN_ID for i in ids):
         return coco_gt
     cached = getattr(coco_gt, "_scratchdet_shifted_ids", None)
     if cached is not None and cached[0] == (id(anns), len(anns)):
         return cached[1]
-    shift = 1 - low
+    new_id = {old: rank for rank, old in enumerate(sorted(ids), start=1)}  # order kept, 1..N
     dataset = dict(coco_gt.dataset)
-    dataset["annotations"] = [{**ann, "id": ann["id"] + shift} for ann in anns]
+    dataset["annotations"] = [{**ann, "id": new_id[ann["id"]]} for ann in anns]
     shifted = COCO()
     shifted.dataset = dataset
     with contextlib.redirect_stdout(io.StringIO()):
@@ -118,15 +122,21 @@ def _faster_stats(coco_gt, results, iou_type, image_ids, cat_ids, kpt_oks_sigmas
             "(pip install 'faster-coco-eval>=1.6'), or set eval.coco_backend=pycocotools"
         ) from exc
     # Shallow copies of every annotation and result dict: faster-coco-eval stores decoded RLEs and ignore flags in
-    # them, which must not leak into the dataset's pycocotools index or the caller's results.
+    # them, which must not leak into the dataset's pycocotools index or the caller's results. Image ids are
+    # renumbered 1..N in the copies: its C++ core fails on ids >= 2**63 and, for masks, on negative ones, while
+    # pycocotools takes any integer; a consistent renumbering of ground truth, results and imgIds changes no number.
+    image_index = {old: new for new, old in enumerate(sorted(coco_gt.imgs), start=1)}
     dataset = dict(coco_gt.dataset)
-    dataset["annotations"] = [dict(ann) for ann in coco_gt.dataset.get("annotations", [])]
+    dataset["images"] = [{**img, "id": image_index[img["id"]]} for img in coco_gt.dataset.get("images", [])]
+    dataset["annotations"] = [{**ann, "image_id": image_index[ann["image_id"]]}
+                              for ann in coco_gt.dataset.get("annotations", [])]
     gt = FasterCOCO(dataset, print_function=_silent)
-    dt = gt.loadRes([dict(r) for r in results])
+    dt = gt.loadRes([{**r, "image_id": image_index.get(r["image_id"], r["image_id"])} for r in results])
     evaluator = COCOeval_faster(gt, dt, iou_type, print_function=_silent)
     # pycocotools evaluates all categories by default, faster-coco-eval (for keypoints) only annotated ones; an
     # explicit list makes both evaluate the same categories.
-    _configure(evaluator.params, image_ids, sorted(coco_gt.getCatIds()) if cat_ids is None else cat_ids, kpt_oks_sigmas)
+    _configure(evaluator.params, [image_index[i] for i in image_ids],
+               sorted(coco_gt.getCatIds()) if cat_ids is None else cat_ids, kpt_oks_sigmas)
     evaluator.evaluate()
     evaluator.accumulate()
     evaluator.summarize()

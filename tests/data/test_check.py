@@ -100,3 +100,35 @@ def test_keypoint_names_whose_sides_cannot_be_paired(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "keypoint_flip_names 1" in captured.err and "lhip" in captured.out
     assert main(["data", "check", str(path), "--keypoint-flip-map", '[["lhip", "rhip"]]']) == 0
+    other = _spec()
+    other["categories"][0]["keypoints"] = ["nose", "rhip", "lhip"]  # same names, another order
+    other_path = tmp_path / "other.json"
+    other_path.write_text(json.dumps(other))
+    assert main(["data", "check", str(path), "--keypoint-flip-map", '[["lhip", "rhip"]]',
+                 "--against", str(other_path)]) == 2
+    assert "keypoint_mismatch 1" in capsys.readouterr().err
+
+
+def test_corrupt_compressed_rle_is_refused_at_load_not_left_to_hang_the_metric(tmp_path, capsys):
+    import pycocotools.mask as mask_util
+
+    mask = np.zeros((32, 32), np.uint8)
+    mask[4:14, 4:14] = 1
+    counts = mask_util.encode(np.asfortranarray(mask))["counts"].decode()
+    spec = _spec()
+    for corrupt in (counts + "0", counts[:-1] + "\u00e9", "3" + counts[1:]):  # extra run, non-ASCII, longer first run
+        spec["annotations"][0]["segmentation"] = {"size": [32, 32], "counts": corrupt}
+        path = _write(tmp_path, spec)
+        assert main(["data", "check", str(path)]) == 2
+        captured = capsys.readouterr()
+        assert "malformed compressed RLE" in captured.err and "annotation id 1" in captured.err
+    spec["annotations"][0]["segmentation"] = {"size": [32, 32], "counts": counts}
+    assert main(["data", "check", str(_write(tmp_path, spec))]) == 0
+
+
+def test_json_report_of_a_structurally_broken_file(tmp_path, capsys):
+    path = tmp_path / "broken.json"
+    path.write_text('{"images": [')
+    assert main(["data", "check", str(path), "--json"]) == 2
+    report = json.loads(capsys.readouterr().out)
+    assert report["path"] == str(path) and "not valid JSON" in report["error"]

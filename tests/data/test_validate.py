@@ -39,7 +39,7 @@ def _perfect(spec: dict) -> list[dict]:
 # --- annotation ids ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("first_ann_id", [0, -5, 1])
+@pytest.mark.parametrize("first_ann_id", [0, -5, 1, 2**63])  # 2**63: 64-bit hash ids
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_perfect_detections_score_100_whatever_the_annotation_ids(write_coco, first_ann_id, backend):
     spec = _boxes_spec(first_ann_id)
@@ -49,6 +49,20 @@ def test_perfect_detections_score_100_whatever_the_annotation_ids(write_coco, fi
     assert report["bbox"]["AP"] == 100.0 and report["bbox"]["AR100"] == 100.0
     assert ds.coco.anns[first_ann_id]["id"] == first_ann_id  # the dataset's own index keeps the file's ids
     assert bool(ds.summary.notes) == (first_ann_id < 1)
+
+
+@pytest.mark.parametrize("image_ids", [(-7, -3), (2**63, 2**63 + 5), (0, 1)])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_perfect_boxes_and_masks_score_100_whatever_the_image_ids(write_coco, image_ids, backend):
+    spec = _masks_spec()
+    old_to_new = dict(zip((1, 2), image_ids, strict=True))
+    for img in spec["images"]:
+        img["id"] = old_to_new[img["id"]]
+    for ann in spec["annotations"]:
+        ann["image_id"] = old_to_new[ann["image_id"]]
+    ds = CocoDetection(*write_coco(spec), train=False, load_masks=False, segm_eval=True)
+    report = evaluate_results(ds, _perfect(spec), ["bbox", "segm"], len(ds), backend=backend)
+    assert report["bbox"]["AP"] == 100.0 and report["segm"]["AP"] == 100.0
 
 
 # --- evaluation masks ----------------------------------------------------------------------------------------------
@@ -158,6 +172,22 @@ def test_tolerance_accepts_rasterized_areas_and_rejects_box_areas_for_masks():
     tol = area_tolerance(geometric)
     assert (tol >= 0.3 * geometric).all() or tol[0] > 25  # small objects: rasterization differs a lot
     assert (1.6 * geometric[1:] - geometric[1:] > tol[1:]).all()  # box area ~1.6x the mask area: refused
+
+
+def test_a_self_intersecting_polygon_gets_the_area_pycocotools_fills(write_coco):
+    spec = _masks_spec()
+    ann = spec["annotations"][2]  # box [8, 10, 40, 30] on a 64x64 image
+    ann["segmentation"] = [[8, 10, 48, 40, 48, 10, 8, 40]]  # a bow tie: the shoelace sum cancels to 0
+    del ann["area"]
+    data = load_coco_json(write_coco(spec)[0])
+    filled = data["annotations"][2]["area"]
+    assert filled > 500  # two triangles of ~300 px each, as rasterized, not 0
+    ann["area"] = filled
+    fixed = CocoDetection(*write_coco(spec, name="bowtie.json"), train=False, load_masks=False, gt_area="geometry")
+    assert fixed.coco.anns[3]["area"] == filled and fixed.summary.area_mismatches == 0
+    ann["area"] = 0.0  # what an exporter summing signed polygon areas writes: refused
+    with pytest.raises(DataError, match="stored area 0 px"):
+        CocoDetection(*write_coco(spec, name="bowtie0.json"), train=False, load_masks=False)
 
 
 def test_missing_area_is_the_mask_area_not_the_box_area(write_coco):

@@ -164,6 +164,12 @@ def test_keypoint_rcnn_trains_and_reports_keypoint_ap(shapes_dir, tmp_path):
         (["Nose", "Neck", "RShoulder", "RElbow", "LShoulder", "LElbow", "MidHip", "RBigToe", "LBigToe"],
          [("LShoulder", "RShoulder"), ("LElbow", "RElbow"), ("LBigToe", "RBigToe")]),
         (["hand_left_thumb2", "hand_right_thumb2", "LED", "tail"], [("hand_left_thumb2", "hand_right_thumb2")]),
+        # The side letter in the middle: Blender's .L/.R with a .001 suffix, and thumb_L_tip.
+        (["hand.L.001", "hand.R.001", "thumb_R_tip", "thumb_L_tip"],
+         [("hand.L.001", "hand.R.001"), ("thumb_L_tip", "thumb_R_tip")]),
+        (["L", "R", "C"], [("L", "R")]),
+        # Vertebrae are not sides: L1..L5 (lumbar) beside C7, T1, S1.
+        (["C7", "T1", "L1", "L2", "L5", "S1"], []),
     ],
 )
 def test_common_spellings_of_a_side_are_paired(names, pairs):
@@ -184,6 +190,8 @@ def test_common_spellings_of_a_side_are_paired(names, pairs):
         (["lhip", "rhip", "nose"], ["lhip", "rhip"]),  # l/r twins without a separator
         (["left_eye", "LEye", "right_eye"], ["left_eye", "LEye", "right_eye"]),  # two left eyes: ambiguous
         (["L_eye", "eye_R"], ["L_eye", "eye_R"]),  # side tokens at different places
+        # Legged robots: front/rear left/right. "RL" starts with R (rear), so no letter can be trusted.
+        (["FL_foot", "FR_foot", "RL_foot", "RR_foot", "base"], ["FL_foot", "FR_foot", "RL_foot", "RR_foot"]),
     ],
 )
 def test_names_that_look_lateral_but_cannot_be_paired_are_refused(names, unpaired):
