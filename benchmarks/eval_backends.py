@@ -1,4 +1,4 @@
-"""COCO metric backends compared: pycocotools vs faster-coco-eval, speed and agreement (scratchdet issue 5).
+"""COCO metric backends compared: pycocotools vs faster-coco-eval, speed and agreement.
 
     .venv/bin/python benchmarks/eval_backends.py --images 500 --out eval_backends_500.json
 

@@ -1,4 +1,4 @@
-"""Training and inference throughput of scratchdet's loop vs a plain torchvision loop, same model, same data (issue 5).
+"""Training and inference throughput of scratchdet's loop vs a plain torchvision loop, same model, same data.
 
     .venv/bin/python benchmarks/train_throughput.py --size 320 --iters 8 --out bench.json
 

@@ -40,7 +40,7 @@ def _cmd_data_synth(args) -> int:
     print(json.dumps(summary, indent=2))
     print(f"wrote {args.out}/instances_train.json, {args.out}/instances_val.json and images; "
           f"use it with data.root={args.out}")
-    if args.format == "voc":  # issue 7 part 7: the same scenes also in PASCAL VOC layout, beside the COCO files
+    if args.format == "voc":  # the same scenes also in PASCAL VOC layout, beside the COCO files
         from scratchdet.data.voc import write_voc_layout
 
         voc = write_voc_layout(args.out, args.out, year=2007)

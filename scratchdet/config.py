@@ -4,12 +4,12 @@ A run is described by exactly one YAML file (no `_base_` inheritance, DESIGN.md 
 defaults below, then by command-line overrides such as `model.norm=none train.max_iters=200`. The defaults are the
 paper's settings (PAPER.md, "The system"); `configs/mini/` overrides them down to CPU size.
 
-Key names listed in issue 2 ("Stable names") are relied on by scripts and the study; rename only with a reason.
+Key names are an interface: YAML files, study specs (configs/study/), command lines and scripts address them by
+dotted name, and config.yaml in old run folders holds them; rename only with a reason.
 """
 
 from __future__ import annotations
 
-import copy
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -59,12 +59,13 @@ class DataConfig:
     # Page-locked host memory for loader output, so host-to-GPU copies run asynchronously (CUDA only; ignored on CPU).
     pin_memory: bool = True
     # Batch landscape with landscape and portrait with portrait images (within windows of the training stream, so
-    # resume stays exact; data/samplers.py), which cuts the padding the model pads each batch to (issue 5).
+    # resume stays exact; data/samplers.py), which cuts the padding the model pads each batch to
+    # (benchmarks/RESULTS.md).
     aspect_ratio_grouping: bool = False
     # Stat every image file when a dataset is opened, so a missing file fails before training, not hours into it.
     check_files: bool = True
-    # Training only (issue 6): replace a sample whose image is missing or cannot be decoded by the next readable
-    # one, logging each skip, instead of failing. Evaluation always fails on an unreadable image.
+    # Training only (docs/RELIABILITY.md, promise 8): replace a sample whose image is missing or cannot be decoded
+    # by the next readable one, logging each skip, instead of failing. Evaluation always fails on an unreadable image.
     skip_bad_images: bool = False
     # With skip_bad_images: fail once more than this fraction of the training images turned out unreadable.
     max_skip_fraction: float = 0.01
@@ -72,7 +73,7 @@ class DataConfig:
     # and OKS: "check" refuses it in an evaluation split (training never uses it, and counts it), "file" keeps the
     # file's values, "geometry" uses the area of the segmentation (or box) instead of the field.
     gt_area: str = "check"
-    # Dataset format (issue 7 part 7): "coco" (data.train/val JSON) or "voc" (PASCAL VOC XML, scratchdet/data/voc.py).
+    # Dataset format: "coco" (data.train/val JSON) or "voc" (PASCAL VOC XML, scratchdet/data/voc.py).
     format: str = "coco"
     # VOC: folder holding VOC<year>/ (VOCdevkit); None = data.root. Sets are "YEAR_SPLIT" names; the paper trains
     # on trainval07 + train12 and evaluates on val12 (PAPER.md, VOC row).
@@ -106,7 +107,8 @@ class ModelConfig:
     stem_width: int = 64
     norm: str = "GN"
     gn_groups: int = 32
-    # 0 = every stage trains. From scratch nothing may be frozen (issue 2: frozen random stages cost ~3 AP).
+    # 0 = every stage trains. From scratch nothing may be frozen: a frozen stage would keep its random weights
+    # (Detectron TRAIN.FREEZE_AT 0 for scratch; docs/FIDELITY.md, "frozen stages").
     freeze_at: int = 0
     fpn_channels: int = 256
     # "4conv1fc" box head with GN (paper): box_head_convs=4, box_head_fc=1024; box_head_convs=0 gives the 2fc head.
@@ -181,7 +183,8 @@ class TrainConfig:
     batch_size: int = 16  # images per iteration, over all devices
     max_iters: int | None = None  # stop early (smoke runs, shared trunks); the LR schedule is unchanged by it
     checkpoint_period: int = 5000
-    # Also checkpoint at these iterations: the study saves a shared trunk at each schedule's first LR drop (issue 4).
+    # Also checkpoint at these iterations: the study saves a shared trunk at each schedule's first LR drop
+    # (study/plan.py).
     extra_checkpoints: list[int] = field(default_factory=list)
     log_period: int = 20
     device: str = "auto"  # auto | cpu | cuda
@@ -189,9 +192,10 @@ class TrainConfig:
     # Write {"type": "batch", "iter": i, "image_ids": [...]} to metrics.jsonl for every iteration (audits data order).
     record_image_ids: bool = False
     # With resume=true: start from iteration 0 when the folder has no checkpoint, or its latest one is unreadable
-    # (the unreadable run's files are moved to output/discarded_*/), instead of failing (issue 6).
+    # (the unreadable run's files are moved to output/discarded_*/), instead of failing (docs/RELIABILITY.md,
+    # promise 4).
     allow_fresh_start: bool = False
-    # Mixed precision (issue 5): "none" (fp32), "bf16" (autocast, no scaler) or "fp16" (autocast + GradScaler, whose
+    # Mixed precision: "none" (fp32), "bf16" (autocast, no scaler) or "fp16" (autocast + GradScaler, whose
     # state is saved in checkpoints). Measured in benchmarks/RESULTS.md.
     amp: str = "none"
     # Convolutions in channels_last memory layout (faster with tensor cores; measured in benchmarks/RESULTS.md).
@@ -205,7 +209,7 @@ class EvalConfig:
     batch_size: int = 1
     # OKS sigmas for keypoint AP, one per keypoint; None = COCO person's or the synthetic walker's (by names).
     kpt_oks_sigmas: list[float] | None = None
-    # Test-time augmentation for `scratchdet eval RUN tta=true` (issue 7; merge in scratchdet/evaluation/tta.py).
+    # Test-time augmentation for `scratchdet eval RUN tta=true` (PAPER.md, Fig. 5; merge in evaluation/tta.py).
     # Defaults are Detectron's R-50-FPN TTA: short sides 400..1200 step 100, long side <= 2000, plus h-flip.
     tta: bool = False
     tta_sizes: list[int] = field(default_factory=lambda: [400, 500, 600, 700, 800, 900, 1000, 1100, 1200])
@@ -488,10 +492,6 @@ def _validate_keypoint_flip_map(cfg: Config) -> None:
         raise ConfigError(f"data.keypoint_flip_map={pairs} is set but model.arch={cfg.model.arch!r} trains no "
                           "keypoints; drop it, or set model.arch=keypoint_rcnn")
     check_flip_map(pairs)
-
-
-def copy_config(cfg: Config) -> Config:
-    return copy.deepcopy(cfg)
 
 
 def _validate_voc(cfg: Config) -> None:

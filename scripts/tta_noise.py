@@ -1,4 +1,4 @@
-"""Does test-time augmentation change AP by more than the test set's noise? (issue 7, part 3)
+"""Does test-time augmentation change AP by more than the test set's noise? (docs/RESULTS.md, "Test-time augmentation")
 
     .venv/bin/python scripts/tta_noise.py RUN_DIR [key=value ...] [--n-boot 500] [--out tta_noise.json]
 

@@ -1,6 +1,6 @@
-"""A learning test, not a smoke test (issue 2): the CPU-sized GN model, trained from random init on 16 synthetic
-images, must detect those images' objects well. Budgeted at about 3 minutes on 2 CPU cores (measured, see
-docs/RESULTS.md); the test asserts what was learned, never how long it took."""
+"""A learning test, not a smoke test (docs/RESULTS.md, "Learning test"): the CPU-sized GN model, trained from random
+init on 16 synthetic images, must detect those images' objects well. Budgeted at about 3 minutes on 2 CPU cores
+(measured, see docs/RESULTS.md); the test asserts what was learned, never how long it took."""
 
 import pytest
 from helpers import MINI_CONFIG

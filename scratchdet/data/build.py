@@ -1,7 +1,7 @@
 """From config to datasets and loaders: the one place that translates data.* keys into arguments (style rule 2).
 
-Also the training-only skip policy for unreadable images (data.skip_bad_images, issue 6 promise 8), a wrapper
-around the training dataset so it applies to any dataset type and never to evaluation.
+Also the training-only skip policy for unreadable images (data.skip_bad_images; docs/RELIABILITY.md, promise 8), a
+wrapper around the training dataset so it applies to any dataset type and never to evaluation.
 """
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ def build_train_dataset(cfg: Config) -> CocoDetection | SkipUnreadableImages:
     d = cfg.data
     transform = build_train_transform(d.min_size_train, d.max_size_train, d.flip_prob)
     check_files = d.check_files and not d.skip_bad_images  # with the skip policy, missing files are counted instead
-    if d.format == "voc":  # PASCAL VOC XML (issue 7 part 7): boxes only, difficult objects excluded
+    if d.format == "voc":  # PASCAL VOC XML: boxes only, difficult objects excluded
         dataset = VocDetection(_voc_root(cfg), d.voc_train_sets, train=True, subset=d.train_subset,
                                subset_seed=d.subset_seed, transform=transform, check_files=check_files)
     elif cfg.model.arch == "keypoint_rcnn":  # one keypoint category, [N, K, 3] keypoint targets

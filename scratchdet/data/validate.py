@@ -215,7 +215,7 @@ def clean_eval_segmentations(annotations: list[dict]) -> tuple[list[Problem], in
 
 def annotation_id_note(annotations: list[dict]) -> str | None:
     """A note when annotation ids include values < 1, which COCOeval cannot represent (it stores the matched
-    ground truth's id and reads 0 as "unmatched"; cocoapi issue 507). scratchdet's metric code evaluates a copy with
+    ground truth's id and reads 0 as "unmatched"; cocoapi#507). scratchdet's metric code evaluates a copy with
     shifted ids (evaluation/backends.py `metric_ground_truth`), so the note is informational."""
     low = [a["id"] for a in annotations if a["id"] < 1]
     if not low:

@@ -5,7 +5,7 @@ Layout inside a run folder: `checkpoints/model_0001234.pth` (1234 = iterations f
 it, renames it into place, and only then moves the pointer, so a kill at any moment leaves the previous checkpoint
 loadable. Only the pointer decides what is loaded: a temp file left by a kill (`.model_*.pth.*.tmp`) is never read,
 and the next save deletes it (one writer per run folder, so any temp file found then is a dead one). See
-docs/RELIABILITY.md (issue 6, promises 1, 2, 4 and 9).
+docs/RELIABILITY.md, promises 1, 2, 4 and 9.
 """
 
 from __future__ import annotations
@@ -70,11 +70,8 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(folder: str | Path, iteration: int, state: dict, keep: int | None = None) -> Path:
+def save_checkpoint(folder: str | Path, iteration: int, state: dict) -> Path:
     """Atomically writes `state` as model_{iteration:07d}.pth in `folder` and points last_checkpoint at it.
-
-    Args:
-        keep: if given, delete all but the newest `keep` checkpoints after the pointer has moved.
 
     Raises:
         CheckpointError: the write failed (full disk, read-only folder, I/O error); the message says that the
@@ -101,9 +98,6 @@ def save_checkpoint(folder: str | Path, iteration: int, state: dict, keep: int |
             f"{step} checkpoint {path} failed ({type(e).__name__}: {e}); {kept}. Fix the cause (full disk? "
             "read-only folder?) and rerun with resume=true"
         ) from None
-    if keep is not None:
-        for old in sorted(folder.glob("model_*.pth"))[:-keep]:
-            old.unlink(missing_ok=True)
     return path
 
 

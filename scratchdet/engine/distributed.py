@@ -1,5 +1,5 @@
-"""Multi-process training on torch.distributed (issue 5, part 1): who this process is, and the few collectives the
-training loop needs.
+"""Multi-process training on torch.distributed: who this process is, and the few collectives the training loop
+needs.
 
 Launch with torchrun, unchanged from the single-process command:
 
@@ -12,10 +12,12 @@ The backend is NCCL when the run uses CUDA and gloo on CPU. train.batch_size sta
 train.batch_size / world_size images per iteration (data/samplers.py: TrainingBatchSampler).
 
 Roles: rank 0 alone writes the run folder (logs, checkpoints, evaluation reports); every rank trains and evaluates
-its shard. Failures: every iteration the ranks agree (one small all-reduce) on whether any of them failed to load
-its batch, hit an exception in the forward pass, saw a non-finite loss, or was asked to stop (SIGTERM); then all of
-them stop at the same iteration boundary, before any optimizer step, instead of the healthy ranks hanging in the
-next gradient all-reduce.
+its shard. Failures: every iteration the ranks agree, before the forward pass, on whether any of them failed to
+load its batch or was asked to stop (SIGTERM) (`agree_on_host`, one small host-side all-reduce), and after it on
+whether any saw a non-finite loss (`ranks_not_finite`); then all of them stop at the same iteration boundary, before
+any optimizer step, instead of the healthy ranks hanging in the next gradient all-reduce. An exception inside one
+rank's forward pass (e.g. out of memory) is not agreed on: torchrun stops the whole group when that process exits
+with an error (docs/RELIABILITY.md, "Not covered yet").
 """
 
 from __future__ import annotations

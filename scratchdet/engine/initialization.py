@@ -1,4 +1,4 @@
-"""Applies `init` to a freshly built detector and records what happened (issue 3, parts 3-4).
+"""Applies `init` to a freshly built detector and records what happened (docs/RELIABILITY.md, promise 5).
 
 `init=scratch` loads nothing: the MSRA initialization of modeling/init.py stands, and the record says so.
 `init=pretrained weights=PATH` loads the backbone from a published ImageNet file or a `scratchdet pretrain` run

@@ -1,5 +1,16 @@
 """Run metrics: one JSON object per line in metrics.jsonl (the source of truth for curves and reports), mirrored to
-TensorBoard for browsing. Records have a "type": "train" (losses, LR, samples seen), "eval" (AP), or "error"."""
+TensorBoard for browsing. Every record has a "type":
+
+- "start": first and end iteration, schedule, dataset sizes (detection runs also: init, world size, AMP);
+- "train": losses, LR, times and samples seen, every train.log_period iterations;
+- "eval": the evaluation report (COCO AP, VOC mAP, or pre-training top-1/top-5);
+- "switch": the late switch to cascade heads (engine/cascade_switch.py);
+- "skip": an unreadable image replaced (data.skip_bad_images);
+- "batch": the image ids of one iteration (train.record_image_ids);
+- "preempted": SIGTERM/SIGINT, with the iteration checkpointed;
+- "end": the last iteration and the samples seen.
+
+A forked run (study/fork.py) starts with its trunk's "start", "train" and "eval" records, marked "forked_from"."""
 
 from __future__ import annotations
 

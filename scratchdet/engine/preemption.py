@@ -1,4 +1,4 @@
-"""Graceful stop on SIGTERM / SIGINT (issue 6, promise 3).
+"""Graceful stop on SIGTERM / SIGINT (docs/RELIABILITY.md, promise 3).
 
 Cluster schedulers send SIGTERM some time before killing a job. The handler only records the request; the training
 loop checks it at each iteration boundary, saves a checkpoint and raises `Preempted`, so nothing but the current

@@ -39,8 +39,9 @@ RESUMABLE_KEYS = {
     "resume", "output", "train.max_iters", "train.log_period", "train.checkpoint_period", "train.extra_checkpoints",
     "train.device",
     "train.num_threads", "data.num_workers", "data.check_files", "eval.period", "eval.max_images", "eval.batch_size",
-    # Issue 6: logging and start-up policy. Skipping bad images may be switched on to get past an image that broke
-    # a run: images read before were all readable, so the iterations already done are unchanged.
+    # Logging and start-up policy (docs/RELIABILITY.md, promises 4 and 8). Skipping bad images may be switched on
+    # to get past an image that broke a run: images read before were all readable, so the iterations already done
+    # are unchanged.
     "train.record_image_ids", "train.allow_fresh_start", "data.skip_bad_images", "data.max_skip_fraction",
 }
 

@@ -2,7 +2,8 @@
 
 1x = 90k iterations at batch 16 and Nx = N x 90k. Whatever N, the LR is divided by 10 at the last 60k and again at
 the last 20k iterations, so every Nx schedule keeps the base LR until 60k iterations before its end (2x: 180k, drops
-at 120k and 160k; 6x: 540k, drops at 480k and 520k). That fixed tail is what lets schedules share a trunk (issue 4).
+at 120k and 160k; 6x: 540k, drops at 480k and 520k). That fixed tail is what lets schedules share a trunk
+(study/plan.py).
 
 At another batch size B the linear scaling rule applies (Goyal et al.): LR x B/16, and every iteration count
 (length, tails, warm-up) x 16/B, so the number of images seen at each LR stays the same.

@@ -54,7 +54,7 @@ from scratchdet.evaluation.sharding import SINGLE
 from scratchdet.modeling.detector import build_detector
 from scratchdet.modeling.sync_bn import use_native_sync_bn
 
-MODEL_TARGET_KEYS = ("boxes", "labels", "masks", "keypoints")  # keypoints: Keypoint R-CNN (issue 7)
+MODEL_TARGET_KEYS = ("boxes", "labels", "masks", "keypoints")  # keypoints: Keypoint R-CNN (model.arch=keypoint_rcnn)
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # train.amp
 
 
@@ -85,7 +85,7 @@ def run_evaluation(model, val_set, cfg: Config, device, iteration: int, out: Pat
     rank 0 alone writes it.
     """
     if cfg.data.format == "voc":
-        # Imported here so the COCO path and its imports stay exactly as they were (issue 7 part 7).
+        # Imported here: only VOC runs need the VOC evaluator.
         from scratchdet.evaluation.voc import evaluate_voc, format_voc_report, voc_use_07_metric
 
         report = evaluate_voc(model, val_set, device, max_images=cfg.eval.max_images,
@@ -170,7 +170,7 @@ def train(cfg: Config) -> dict:
     _place(model, cfg, ctx, device)
     schedule = schedule_from_config(cfg)
     end_iter = min(schedule.max_iters, cfg.train.max_iters or schedule.max_iters)
-    switch_iter = cascade_switch_iter(cfg, schedule.max_iters)  # model.cascade_switch_iters (issue 7)
+    switch_iter = cascade_switch_iter(cfg, schedule.max_iters)  # model.cascade_switch_iters (PAPER.md)
     # On resume: the heads the checkpoint holds (cascade after the switch), built before it loads, then placed.
     if resume_from is not None and resume_model_(model, cfg, resume_from, switch_iter):
         _place(model, cfg, ctx, device)
@@ -187,7 +187,8 @@ def train(cfg: Config) -> dict:
         start_iter, seen, pretrain_seen = state["iteration"], state["seen"], state["pretrain_seen"]
         if ctx.is_main:
             tqdm.write(f"resuming {out} from {resume_from.name} (iteration {start_iter})")
-    # Issue 6, promise 9: a disk too full for this run's checkpoints fails now, not at a save hours into the run.
+    # A disk too full for this run's checkpoints fails now, not at a save hours into the run (docs/RELIABILITY.md,
+    # promise 9).
     n_checkpoints = planned_checkpoints(start_iter, end_iter, cfg.train.checkpoint_period, cfg.train.extra_checkpoints)
     main_first(ctx, check_free_space, out / "checkpoints", estimate_checkpoint_bytes(model), n_checkpoints)
     train_model = _wrap(model, ctx, device)
@@ -253,7 +254,7 @@ def train(cfg: Config) -> dict:
                 metrics.write({"type": "preempted", "iter": iteration, "signal": stop.signum or signal.SIGTERM})
                 progress.close()
                 raise Preempted(stop.signum or signal.SIGTERM, iteration, str(path))
-            if cfg.data.skip_bad_images:  # issue 6: every replaced unreadable image is logged and counted run-wide
+            if cfg.data.skip_bad_images:  # logged and counted run-wide (docs/RELIABILITY.md, promise 8)
                 for skip in [r for rank_skips in all_gather(ctx, train_set.record_skips(targets)) for r in rank_skips]:
                     metrics.write({"type": "skip", "iter": iteration, **skip})
             if cfg.train.record_image_ids:  # "iter" = 0-based index of the iteration that consumes this batch

@@ -75,7 +75,7 @@ def metric_ground_truth(coco_gt: COCO, iou_type: str = "bbox") -> COCO:
     COCOeval records each match as the matched ground truth's annotation id in a zero-initialised array and treats
     a 0 there as "unmatched" (pycocotools `evaluateImg`/`accumulate`; faster-coco-eval follows it), so a detection
     matched to an annotation with id 0 counts as a false positive: three perfect boxes with ids 0, 1, 2 score 44 AP
-    instead of 100 (cocoapi issue 507). faster-coco-eval also keeps ids in 64-bit integers, and 64-bit hash ids
+    instead of 100 (cocoapi#507). faster-coco-eval also keeps ids in 64-bit integers, and 64-bit hash ids
     (>= 2**63) score 0 AP there. So whenever an id lies outside 1..2**31-1 the ids are renumbered 1..N in their
     order; results never refer to annotation ids, so nothing else changes. The copy (shallow: annotation dicts
     copied, their geometry shared) is built once per index and cached on it.

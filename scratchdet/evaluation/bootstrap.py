@@ -1,6 +1,6 @@
 """Is an AP difference bigger than the test set's noise? A paired bootstrap over images.
 
-Two result lists on the same images (e.g. without and with test-time augmentation, issue 7) are compared by
+Two result lists on the same images (e.g. without and with test-time augmentation) are compared by
 resampling the images with replacement many times and recomputing both APs on each resample: the spread of the
 difference is the part of it that comes from which images happen to be in the test set. "Paired": both APs of a
 replicate use the same resampled images, so what the two have in common cancels.

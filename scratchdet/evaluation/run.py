@@ -70,7 +70,7 @@ def load_run(run_dir: str | Path, overrides: list[str] | None = None) -> LoadedR
     for o in [o for o in overrides if o.startswith("checkpoint=")]:
         checkpoint = Path(o.split("=", 1)[1])
         overrides.remove(o)
-    # `tta=true` is the short form of eval.tta=true (issue 7: `scratchdet eval RUN tta=true`).
+    # `tta=true` is the short form of eval.tta=true, so `scratchdet eval RUN tta=true` works (README.md).
     overrides = [f"eval.{o}" if o.startswith("tta=") else o for o in overrides]
     cfg = load_config(saved, overrides)
     checkpoint = checkpoint or latest_checkpoint(run_dir / "checkpoints")
@@ -101,7 +101,7 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | None = None) -> dic
     predict = None
     if cfg.eval.tta:
         predict = build_tta_predictor(model, cfg.eval.tta_sizes, cfg.eval.tta_max_size, cfg.eval.tta_flip)
-    if cfg.data.format == "voc":  # VOC mAP, report key "voc" (issue 7 part 7)
+    if cfg.data.format == "voc":  # VOC mAP, report key "voc" (data.format=voc)
         report = evaluate_voc(model, val_set, device, max_images=cfg.eval.max_images,
                               use_07_metric=voc_use_07_metric(cfg.data), predict=predict, ctx=ctx)
     else:

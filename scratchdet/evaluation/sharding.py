@@ -1,4 +1,4 @@
-"""Sharded evaluation (issue 5, part 3): each training process runs inference on its own images, rank 0 scores.
+"""Sharded evaluation: each training process runs inference on its own images, rank 0 scores.
 
 Rank r of W takes images r, r + W, r + 2W, ... of the first n: every image exactly once, no padding duplicates
 (DistributedSampler pads to a multiple of W, which would count some images twice in AP), and a world size that

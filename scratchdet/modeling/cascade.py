@@ -1,4 +1,4 @@
-"""Cascade R-CNN box heads (Cai & Vasconcelos, CVPR 2018) on top of torchvision's RoIHeads (issue 7, part 1).
+"""Cascade R-CNN box heads (Cai & Vasconcelos, CVPR 2018) on top of torchvision's RoIHeads (PAPER.md, Fig. 5, Table 3).
 
 Three box stages, each with its own 4conv1fc box head (same design and norm as the plain head) and predictor.
 Stage t is trained with foreground IoU threshold 0.5 / 0.6 / 0.7 and box regression weights (10, 10, 5, 5) /
@@ -16,8 +16,8 @@ Choices, and where they come from:
 - Inference: each stage refines the previous stage's boxes; the class scores are the mean of the three stages'
   softmax scores, applied to the last stage's boxes (Cascade R-CNN Sec. 4.3 "ensemble"; Detectron2).
 - Mask head: on the last stage's positive samples for training (IoU >= 0.7 with their GT) and on the final boxes
-  at test time. Detectron2 instead trains the mask head on stage 1's samples; the brief of issue 7 asks for the
-  last stage, which gives the mask head better-aligned boxes.
+  at test time. Detectron2 instead trains the mask head on stage 1's samples; the last stage's are used here, so the
+  mask head trains on the better-aligned boxes it is applied to at test time.
 - Keypoint heads are not supported with cascade (ValueError).
 
 Why `forward` is overridden: torchvision's `RoIHeads.forward` runs one box stage and then the mask branch inline.

@@ -146,7 +146,7 @@ def build_detector(cfg: Config, num_classes: int, num_keypoints: int | None = No
     elif m.arch == "keypoint_rcnn":
         if not num_keypoints:
             raise ValueError("model.arch=keypoint_rcnn needs num_keypoints (the dataset's keypoint count)")
-        # torchvision's KeypointRCNNHeads has no norm option; this head puts model.norm after each conv (issue 7).
+        # torchvision's KeypointRCNNHeads has no norm option; this head puts model.norm after each conv ("gn-all").
         kp_layers = [m.keypoint_head_channels] * m.keypoint_head_convs
         model = KeypointRCNN(
             backbone,

@@ -1,4 +1,4 @@
-"""Parameter and FLOP counts of a configured detector (`scratchdet model-info CONFIG`, issue 7 part 6).
+"""Parameter and FLOP counts of a configured detector (`scratchdet model-info CONFIG`).
 
 PAPER.md: ResNeXt-152 32x8d has "~4x the FLOPs of R101"; this module makes that checkable for our models.
 

@@ -1,4 +1,4 @@
-"""Keypoint R-CNN head with the model's normalization (issue 7, part 4; the paper's keypoint experiment, Fig. 6).
+"""Keypoint R-CNN head with the model's normalization (the paper's keypoint experiment, PAPER.md, Fig. 6).
 
 torchvision's KeypointRCNNHeads is 8 x (conv3x3 512, ReLU) with no norm option. The paper uses GN in every head
 ("gn-all", PAPER.md), so this head is the same stack with the chosen norm after every conv; the conv bias is off

@@ -1,4 +1,4 @@
-"""ImageNet VGG-16 weights into the VGG-16 Faster R-CNN: conv1_1..conv5_3 and the box head's fc6/fc7 (issue 7 part 5).
+"""ImageNet VGG-16 weights into the VGG-16 Faster R-CNN: conv1_1..conv5_3 and the box head's fc6/fc7.
 
 The paper's pre-trained VGG-16 arm fine-tunes from ImageNet weights, and the original Faster R-CNN initializes not
 only the convolutions but also fc6/fc7 from VGG-16's first two classifier layers; only fc8 (the 1000-way ImageNet

@@ -1,4 +1,4 @@
-"""Forking a schedule's LR tail from a shared trunk (issue 4, part 2).
+"""Forking a schedule's LR tail from a shared trunk.
 
 Every Nx schedule keeps the base LR until 60k iterations (at batch 16) before its own end (PAPER.md, "schedule"), so
 runs that differ only in N are the same computation up to their first LR drop. The study trains one trunk at the

@@ -1,4 +1,4 @@
-"""Expanding a study spec into runs and shared trunks, with the iteration accounting (issue 4, parts 1-2).
+"""Expanding a study spec into runs and shared trunks, with the iteration accounting.
 
 Runs are the product arms x train_sizes x hparams x schedules. Runs that differ only in the schedule form a group;
 with share_trunk, a group trains one trunk at the base LR up to the latest first-drop of its schedules and each

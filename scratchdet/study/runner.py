@@ -1,4 +1,4 @@
-"""`scratchdet study SPEC.yaml`: plan, then run what is not done yet, then write the report (issue 4).
+"""`scratchdet study SPEC.yaml`: plan, then run what is not done yet, then write the report.
 
 Resumable at every level: a finished pre-training, trunk or run is skipped, an interrupted one resumes from its last
 checkpoint, a run not started forks from its trunk. Killing the study and rerunning the same command finishes it.

@@ -1,4 +1,4 @@
-"""The study spec: which controlled comparison to run (issue 4, part 1).
+"""The study spec: which controlled comparison to run.
 
 A spec names one base config and the axes to vary over it; everything not on an axis is identical across runs, which
 is what makes the comparison controlled (PAPER.md: same hyper-parameters for both initializations). Example:

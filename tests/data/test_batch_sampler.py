@@ -1,4 +1,4 @@
-"""TrainingBatchSampler (issue 5): rank slices of the global batch, and resumable aspect-ratio grouping."""
+"""TrainingBatchSampler: rank slices of the global batch, and resumable aspect-ratio grouping."""
 
 from __future__ import annotations
 

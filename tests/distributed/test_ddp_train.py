@@ -1,5 +1,5 @@
-"""Multi-process training on gloo (issue 5 part 1): a 2-process torchrun run of the mini config trains, evaluates
-and resumes, sees the single-process run's images, and every rank stops together on a NaN."""
+"""Multi-process training on gloo (docs/RELIABILITY.md, promise 12): a 2-process torchrun run of the mini config
+trains, evaluates and resumes, sees the single-process run's images, and every rank stops together on a NaN."""
 
 from __future__ import annotations
 

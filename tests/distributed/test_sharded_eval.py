@@ -1,4 +1,4 @@
-"""Sharded evaluation (issue 5 part 3): 3 gloo processes over 7 images give the single-process report exactly."""
+"""Sharded evaluation: 3 gloo processes over 7 images give the single-process report exactly."""
 
 from __future__ import annotations
 

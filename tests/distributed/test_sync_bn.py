@@ -1,4 +1,4 @@
-"""SyncBN on gloo (issue 5 part 2): 2 processes x 1 image give the statistics and gradients of 1 process x 2."""
+"""SyncBN on gloo: 2 processes x 1 image give the statistics and gradients of 1 process x 2."""
 
 from __future__ import annotations
 

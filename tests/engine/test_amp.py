@@ -1,5 +1,5 @@
-"""Speed switches (issue 5 part 4): bf16 and fp16 autocast train on CPU, the fp16 grad scaler's state is saved in
-checkpoints and restored on resume, and channels_last lays out the convolution weights."""
+"""Speed switches (train.amp, train.channels_last): bf16 and fp16 autocast train on CPU, the fp16 grad scaler's state
+is saved in checkpoints and restored on resume, and channels_last lays out the convolution weights."""
 
 from __future__ import annotations
 

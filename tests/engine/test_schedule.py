@@ -41,7 +41,7 @@ def test_lr_factor_warmup_and_drops():
 
 
 def test_every_schedule_shares_the_base_lr_trunk():
-    # The fixed tails mean 2x..6x all run at the base LR until 60k before their own end (issue 4's shared trunk).
+    # The fixed tails mean 2x..6x all run at the base LR until 60k before their own end (the study's shared trunk).
     for n in range(2, 7):
         s = build_schedule(n, 16)
         assert s.max_iters - s.milestones[0] == 60_000

@@ -1,4 +1,4 @@
-"""Test-time augmentation (issue 7, part 3): the merge on hand-made boxes, the flip convention, the model passes,
+"""Test-time augmentation (PAPER.md, Fig. 5): the merge on hand-made boxes, the flip convention, the model passes,
 and `scratchdet eval RUN tta=true` end to end on a tiny trained run."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Cascade R-CNN heads (issue 7, part 1): stage thresholds and weights, score averaging, late switch and resume."""
+"""Cascade R-CNN heads: stage thresholds and weights, score averaging, late switch and resume."""
 
 from __future__ import annotations
 

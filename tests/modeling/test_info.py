@@ -1,4 +1,4 @@
-"""`model_info` / `scratchdet model-info`: parameter and FLOP counts (issue 7 part 6).
+"""`model_info` / `scratchdet model-info`: parameter and FLOP counts.
 
 Counting runs on the meta device (no memory, ~1 s for X152 at 800x1333), so the paper's claim is checked at the
 paper's input size directly rather than scaled from a small one.

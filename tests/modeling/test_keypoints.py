@@ -1,4 +1,4 @@
-"""Keypoint R-CNN (issue 7, part 4): GN keypoint head, keypoint data and flips, OKS keypoint AP, a short run."""
+"""Keypoint R-CNN (PAPER.md, Fig. 6): GN keypoint head, keypoint data and flips, OKS keypoint AP, a short run."""
 
 import json
 import math

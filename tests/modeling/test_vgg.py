@@ -1,4 +1,5 @@
-"""VGG-16 Faster R-CNN without normalization (issue 7 part 5): structure, init, refusals, training, paper configs."""
+"""VGG-16 Faster R-CNN without normalization (PAPER.md, VGG-16 row): structure, init, refusals, training,
+paper configs."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 6, promises 1 and 9: a kill or a failed write during a save never costs the previous checkpoint.
+"""docs/RELIABILITY.md, promises 1 and 9: a kill or a failed write during a save never costs the previous checkpoint.
 
 A child process saves checkpoint 1, then dies (SIGKILL) at a chosen moment of saving checkpoint 2. The previous
 checkpoint must stay loadable through last_checkpoint and the dead temp file must never be used; the next save

@@ -1,5 +1,5 @@
-"""Issue 6, promise 9: a full disk or a read-only output folder is a clear error before training starts, and a
-failed save mid-run keeps the previous checkpoint (save_checkpoint itself: test_atomic_checkpoint.py)."""
+"""docs/RELIABILITY.md, promise 9: a full disk or a read-only output folder is a clear error before training starts,
+and a failed save mid-run keeps the previous checkpoint (save_checkpoint itself: test_atomic_checkpoint.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Issue 6, promise 2: N straight iterations == N/2 + kill -9 + resume + N/2, bitwise, with the same image ids.
+"""N straight iterations == N/2 + kill -9 + resume + N/2, bitwise, with the same image ids (docs/RELIABILITY.md,
+promise 2: exact resume).
 
 Every run is its own process with one thread (the same arithmetic in each); the interrupted one is SIGKILLed right
 after its iteration-N/2 checkpoint is saved: no cleanup, no atexit, exactly what a crash or an OOM killer does.
@@ -28,8 +29,8 @@ from scratchdet.engine import trainer
 kill_at = int(os.environ["KILL_AT"])
 real_save = trainer.save_checkpoint
 
-def save_then_die(folder, iteration, state, keep=None):
-    path = real_save(folder, iteration, state, keep)
+def save_then_die(folder, iteration, state):
+    path = real_save(folder, iteration, state)
     if iteration == kill_at:
         os.kill(os.getpid(), signal.SIGKILL)
     return path

@@ -1,4 +1,4 @@
-"""Issue 6, promise 10: malformed COCO JSON ends in success or our own error, never a library traceback.
+"""docs/RELIABILITY.md, promise 10: malformed COCO JSON ends in success or our own error, never a library traceback.
 
 Hypothesis mutates a small valid COCO dict (deletions, type changes, duplicated entries, out-of-range values) or
 writes random bytes, then hands the file to `CocoDetection` (constructed for training and for evaluation, every sample

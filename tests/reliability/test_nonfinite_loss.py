@@ -1,4 +1,4 @@
-"""Issue 6, promise 6: a non-finite loss stops training before the optimizer step.
+"""docs/RELIABILITY.md, promise 6: a non-finite loss stops training before the optimizer step.
 
 (The message's iteration, loss values and image ids are tested in tests/engine/test_trainer.py.) Here: after the
 error the parameters are bit for bit those of the previous step, so nothing NaN ever reaches the weights.

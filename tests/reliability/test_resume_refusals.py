@@ -1,4 +1,5 @@
-"""Issue 6, promise 4: resume=true never silently starts fresh, also when the latest checkpoint is unreadable.
+"""resume=true never silently starts fresh, also when the latest checkpoint is unreadable (docs/RELIABILITY.md,
+promise 4).
 
 (resume without any checkpoint and resume with a changed config are tested in tests/engine/test_trainer.py.)
 An unreadable checkpoint is an error naming the file; `train.allow_fresh_start=true` is the explicit way to start

@@ -1,4 +1,4 @@
-"""Issue 6, promise 11, for training checkpoints: resuming from a crafted checkpoint never runs its code.
+"""docs/RELIABILITY.md, promise 11, for training checkpoints: resuming from a crafted checkpoint never runs its code.
 
 (Weight files and Detectron pickles: tests/modeling/test_weights.py.)
 """

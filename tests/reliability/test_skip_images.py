@@ -1,4 +1,4 @@
-"""Issue 6, promise 8: image failures are loud; the opt-in skip policy is bounded, logged and training-only.
+"""docs/RELIABILITY.md, promise 8: image failures are loud; the opt-in skip policy is bounded, logged and training-only.
 
 (A missing or corrupt image raising DataError with its path: tests/data/test_coco.py.)
 """

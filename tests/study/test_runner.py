@@ -1,4 +1,4 @@
-"""A study killed midway and rerun finishes without redoing finished work (issue 4)."""
+"""A study killed midway and rerun finishes without redoing finished work."""
 
 import json
 
