@@ -16,6 +16,7 @@ against the file again and records the convention and its source in init.json.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -27,6 +28,8 @@ from scratchdet.engine.checkpoint import latest_checkpoint
 from scratchdet.errors import CheckpointError, ConfigError
 from scratchdet.modeling.input_convention import (
     CONVENTION_KEYS,
+    DETECTRON_FAIR,
+    PIXEL_KEYS,
     TORCHVISION,
     FileConvention,
     InputConvention,
@@ -106,6 +109,20 @@ def apply_input_convention(cfg: Config, base: InputConvention, file: FileConvent
         problem = convention_mismatch(used, file, path, given_keys=given)
         if problem:
             raise ConfigError(problem)
+    given_pixels = [k for k in PIXEL_KEYS if k in given]
+    if given_pixels and len(given_pixels) < len(PIXEL_KEYS) and not used.same_pixels(base):
+        # e.g. input_format=BGR alone would apply an RGB-ordered mean to BGR channels, pixel_scale=255 alone a
+        # 0..1 mean to 0..255 pixels: the completed set would not be the map the user meant.
+        missing = [f"model.{k}" for k in PIXEL_KEYS if k not in given]
+        raise ConfigError(
+            f"{', '.join(f'model.{k}' for k in given_pixels)} given without {', '.join(missing)}: the four keys "
+            f"describe one pixel map (channel order, scale, then mean and std in that order and those units), and "
+            f"completing it with {base.describe()} would mix conventions; give all four, e.g. "
+            + " ".join(DETECTRON_FAIR.overrides()[:4]) + " (Detectron's)")
+    if "stride_in_1x1" not in given and used.stride_in_1x1 and (m.backbone != "resnet" or m.depth < 50):
+        # A bottleneck file's placement means nothing to a basic-block body; the weight audit then says the file
+        # does not fit this depth, which is the real problem.
+        used = dataclasses.replace(used, stride_in_1x1=False)
     for key, value in used.to_dict().items():
         setattr(m, key, value)
     validate_input_convention(m)
@@ -182,6 +199,8 @@ def initialize(model: nn.Module, cfg: Config) -> dict:
             input_convention=used,
         )
     print(report.summary())
+    if report.input_convention and not used.same_network(InputConvention.from_values(report.input_convention)):
+        print(f"  the model runs with the config's convention instead: {used.describe()}")
     return {
         "init": "pretrained",
         "weights": str(path),

@@ -52,6 +52,7 @@ from scratchdet.errors import ConfigError, Preempted, TrainingError
 from scratchdet.evaluation.coco import evaluate, format_report
 from scratchdet.evaluation.sharding import SINGLE
 from scratchdet.modeling.detector import build_detector
+from scratchdet.modeling.input_convention import model_input_convention
 from scratchdet.modeling.sync_bn import use_native_sync_bn
 
 MODEL_TARGET_KEYS = ("boxes", "labels", "masks", "keypoints")  # keypoints: Keypoint R-CNN (model.arch=keypoint_rcnn)
@@ -208,6 +209,9 @@ def train(cfg: Config) -> dict:
         # What the model was (cascade heads? classes?), so every loader rebuilds it (engine/model_state.py).
         state[MODEL_STATE_KEY] = record_model_state(model, train_set.num_classes,
                                                     getattr(train_set, "num_keypoints", None))
+        # The pixels and stride the weights were trained with, so a copy of this file away from its run folder
+        # still fine-tunes as the same network (modeling/input_convention.py reads it back).
+        state["input_convention"] = model_input_convention(model).to_dict()
         if ctx.enabled:
             state["rng_per_rank"] = rngs
             state["world_size"] = ctx.world_size

@@ -14,10 +14,11 @@ from scratchdet.data.validate import check_same_categories
 from scratchdet.engine.checkpoint import latest_checkpoint, load_checkpoint
 from scratchdet.engine.distributed import DistContext, init_distributed
 from scratchdet.engine.model_state import build_model_for_checkpoint
-from scratchdet.errors import CheckpointError
+from scratchdet.errors import CheckpointError, ConfigError
 from scratchdet.evaluation.coco import evaluate, format_report
 from scratchdet.evaluation.tta import build_tta_predictor
 from scratchdet.evaluation.voc import evaluate_voc, format_voc_report, voc_use_07_metric
+from scratchdet.modeling.input_convention import CONVENTION_KEYS, InputConvention
 
 
 @dataclass
@@ -59,7 +60,9 @@ def load_run(run_dir: str | Path, overrides: list[str] | None = None) -> LoadedR
     late switch, the training set's class count.
 
     Raises:
-        CheckpointError: not a run folder, no checkpoint, or a checkpoint that does not fit the config's model.
+        CheckpointError: not a run folder, no checkpoint, or a checkpoint that does not fit the config's model
+            (including one recorded with another input convention).
+        ConfigError: overrides of the input convention keys that would turn the weights into another network.
     """
     run_dir = Path(run_dir)
     saved = run_dir / "config.yaml"
@@ -73,10 +76,23 @@ def load_run(run_dir: str | Path, overrides: list[str] | None = None) -> LoadedR
     # `tta=true` is the short form of eval.tta=true, so `scratchdet eval RUN tta=true` works (README.md).
     overrides = [f"eval.{o}" if o.startswith("tta=") else o for o in overrides]
     cfg = load_config(saved, overrides)
+    trained, asked = (InputConvention.from_values({k: getattr(c.model, k) for k in CONVENTION_KEYS})
+                      for c in (load_config(saved), cfg))
+    if not asked.same_network(trained):
+        # These keys change the network's function without changing a tensor shape: the weights would load and
+        # compute something else.
+        raise ConfigError(f"the run trained with {trained.describe()} (its config.yaml); the overrides ask for "
+                          f"{asked.describe()}, another network for the same weights: drop the model.* input "
+                          "convention overrides")
     checkpoint = checkpoint or latest_checkpoint(run_dir / "checkpoints")
     if checkpoint is None:
         raise CheckpointError(f"{run_dir}/checkpoints has no checkpoint to evaluate; train first")
     state = load_checkpoint(checkpoint)
+    recorded = state.get("input_convention")
+    if recorded is not None and not asked.same_network(InputConvention.from_values(recorded)):
+        raise CheckpointError(f"{checkpoint} was trained with {InputConvention.from_values(recorded).describe()}, "
+                              f"but {saved} feeds {asked.describe()}: it is another run's checkpoint; evaluate it "
+                              "from its own run folder")
     ctx, device = init_distributed(cfg.train.device)
     val_set = build_val_dataset(cfg)
     check_run_categories(run_dir, val_set)
@@ -109,6 +125,7 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | None = None) -> dic
                           backend=cfg.eval.coco_backend, ctx=ctx)
     report["iter"] = loaded.iteration
     report["checkpoint"] = str(checkpoint)
+    report["overrides"] = list(overrides or [])  # what this evaluation changed from the run's own config
     report["tta"] = cfg.eval.tta
     if cfg.eval.tta:
         ev = cfg.eval

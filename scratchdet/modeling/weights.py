@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import codecs
 import collections
+import dataclasses
 import pickle
 import re
 import zipfile
@@ -28,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torchvision.models.resnet import Bottleneck
 
 from scratchdet.errors import CheckpointError
 from scratchdet.modeling.backbones import RESNET_SPECS
@@ -126,7 +128,7 @@ class WeightReport:
         if self.input_convention:
             conv = InputConvention.from_values(self.input_convention)
             how = "known" if self.input_convention["known"] else "ASSUMED"
-            lines.append(f"  input convention ({how}): {conv.describe()}: {self.input_convention['origin']}")
+            lines.append(f"  the file's input convention ({how}): {conv.describe()}: {self.input_convention['origin']}")
         return "\n".join(lines)
 
 
@@ -598,7 +600,12 @@ def load_backbone_weights(
     source = _read(path)
     file_convention = _file_convention(source, path)
     if input_convention is not None:
-        problem = convention_mismatch(input_convention, file_convention, path, what=f"the model built for {path.name}")
+        checked = file_convention
+        if not any(isinstance(m, Bottleneck) for m in body.modules()):
+            # A basic-block body has no 1x1 conv to hold the stride; the audit below reports the depth mismatch.
+            checked = dataclasses.replace(file_convention, convention=dataclasses.replace(
+                file_convention.convention, stride_in_1x1=input_convention.stride_in_1x1))
+        problem = convention_mismatch(input_convention, checked, path, what=f"the model built for {path.name}")
         if problem:
             raise CheckpointError(f"{problem}. (The detector is built from these keys, so resolve them before "
                                   "building it: engine.initialization.resolve_input_convention, as `scratchdet "

@@ -42,6 +42,7 @@ from scratchdet.engine.run_dir import prepare_run_dir, write_env
 from scratchdet.engine.trainer import seed_everything
 from scratchdet.errors import TrainingError
 from scratchdet.modeling.classifier import ResNetClassifier, build_classifier
+from scratchdet.modeling.input_convention import TORCHVISION
 from scratchdet.pretrain.config import PretrainConfig
 
 SUMMARY_FILE = "pretrain_summary.json"
@@ -281,7 +282,12 @@ def pretrain(cfg: PretrainConfig) -> dict:
     metrics.close()
 
     weights = out / WEIGHTS_FILE
-    _save_weights(weights, model.state_dict())
+    # torchvision's convention: a plain torchvision-layout state_dict, loadable anywhere. Any other convention is
+    # recorded beside the tensors, so the file, copied out of its run folder, cannot be fed the wrong pixels.
+    plain = model.input_convention.same_network(TORCHVISION)
+    _save_weights(weights, model.state_dict() if plain else
+                  {"state_dict": model.state_dict(), "input_convention": model.input_convention.to_dict()})
+    layout = "torchvision layout" if plain else "torchvision names under 'state_dict', with its 'input_convention'"
     summary = {
         "output": str(out),
         "iterations": end_iter,
@@ -302,6 +308,6 @@ def pretrain(cfg: PretrainConfig) -> dict:
     summary_path = out / SUMMARY_FILE
     summary_path.write_text(json.dumps(summary, indent=2) + "\n")
     tqdm.write(f"pre-training results: {summary_path} (top-1 {report['top1']:.2f}%, top-5 {report['top5']:.2f}%); "
-               f"weights (torchvision layout): {weights}; curves: {out / 'metrics.jsonl'}")
+               f"weights ({layout}): {weights}; curves: {out / 'metrics.jsonl'}")
     return {"output": str(out), "iter": end_iter, "seen": seen, "eval": report, "summary": str(summary_path),
             "weights": str(weights), "finished": summary["finished"]}

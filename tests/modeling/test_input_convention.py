@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
 
 import numpy as np
 import pytest
@@ -23,9 +24,10 @@ from scratchdet.config import load_config
 from scratchdet.engine import trainer
 from scratchdet.engine.initialization import initialize, resolve_input_convention
 from scratchdet.errors import CheckpointError, ConfigError
+from scratchdet.evaluation.run import evaluate_run
 from scratchdet.modeling.backbones import ResNet
 from scratchdet.modeling.detector import build_detector
-from scratchdet.modeling.input_convention import InputConventionTransform, model_input_convention
+from scratchdet.modeling.input_convention import DETECTRON_MSRA, InputConventionTransform, model_input_convention
 from scratchdet.modeling.norm import build_norm
 from scratchdet.modeling.weights import read_weight_convention
 
@@ -439,7 +441,37 @@ def test_pretrain_records_its_convention_and_the_detector_follows_it(tmp_path):
         resolved = resolve_input_convention(cfg)
         assert (cfg.model.input_format, cfg.model.pixel_std) == ("BGR", [57.0, 57.0, 58.0])
         assert resolved["weights_file"]["known"] is True
-    assert read_weight_convention(out / "classifier_final.pth").origin.startswith("the model.* keys of the run's")
+    # The flat weights record a non-torchvision convention themselves, so a copy away from the run folder keeps it.
+    copy = tmp_path / "elsewhere" / "my_backbone.pth"
+    copy.parent.mkdir()
+    shutil.copy(out / "classifier_final.pth", copy)
+    copied = read_weight_convention(copy)
+    assert copied.known and copied.convention.input_format == "BGR" and "recorded in the file" in copied.origin
     with pytest.raises(ConfigError, match="model.input_format='RGB'"):
         resolve_input_convention(load_config(MINI_CONFIG, [f"output={tmp_path}/d2", "init=pretrained",
                                                            f"weights={out}", "model.input_format=RGB"]))
+
+
+def test_a_detection_checkpoint_copied_out_of_its_run_keeps_its_convention(shapes_dir, tmp_path, msra_file):
+    run = tmp_path / "msra_run"
+    cfg = load_config(MINI_CONFIG, [*tiny_overrides(shapes_dir, run, **{"train.max_iters": 1}), "init=pretrained",
+                                    f"weights={msra_file}", "model.depth=50", "model.stem_width=16",
+                                    "model.norm=FrozenBN"])
+    trainer.train(cfg)
+    copy = tmp_path / "det_copy.pth"
+    shutil.copy(run / "checkpoints" / "model_0000001.pth", copy)
+    found = read_weight_convention(copy)
+    assert found.known and found.convention.same_network(DETECTRON_MSRA)
+    with pytest.raises(ConfigError, match="give all four"):  # a partial pixel map would mix conventions
+        resolve_input_convention(load_config(MINI_CONFIG, [f"output={tmp_path}/p", "model.input_format=BGR"]))
+    # Evaluating the run with another convention would run another network on the same weights: refused.
+    with pytest.raises(ConfigError, match="another network for the same weights"):
+        evaluate_run(run, ["model.stride_in_1x1=false", "eval.max_images=1"])
+
+
+def test_a_bottleneck_file_into_a_basic_block_body_fails_on_depth_not_on_the_stride(tmp_path, msra_file):
+    cfg = pretrained_config(tmp_path, msra_file, 16, "FrozenBN", "model.depth=18")
+    resolve_input_convention(cfg)
+    assert cfg.model.stride_in_1x1 is False
+    with pytest.raises(CheckpointError, match="covers only"):
+        initialize(build_detector(cfg, 3), cfg)
