@@ -85,7 +85,7 @@ def _cmd_data_check(args) -> int:
 
 def _cmd_train(args) -> int:
     from scratchdet.config import load_config
-    from scratchdet.engine.distributed import env_world_size, shutdown_distributed
+    from scratchdet.distributed import env_world_size, shutdown_distributed
     from scratchdet.engine.trainer import train
 
     cfg = load_config(args.config, args.overrides)
@@ -102,7 +102,7 @@ def _cmd_train(args) -> int:
 def _single_process(command: str) -> None:
     """Refuses `command` under torchrun: only `train` coordinates several processes; the others would each write
     the same folder."""
-    from scratchdet.engine.distributed import env_world_size
+    from scratchdet.distributed import env_world_size
 
     if env_world_size() > 1:
         raise ConfigError(f"`scratchdet {command}` runs in one process, but WORLD_SIZE={env_world_size()} (torchrun); "
@@ -136,8 +136,8 @@ def _cmd_report(args) -> int:
 
 
 def _cmd_eval(args) -> int:
-    from scratchdet.engine.distributed import shutdown_distributed
-    from scratchdet.evaluation.run import evaluate_run
+    from scratchdet.distributed import shutdown_distributed
+    from scratchdet.engine.run_eval import evaluate_run
 
     try:
         report = evaluate_run(args.run_dir, args.overrides)

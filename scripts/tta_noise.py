@@ -15,9 +15,9 @@ import json
 import time
 from pathlib import Path
 
+from scratchdet.engine.run_eval import load_run
 from scratchdet.evaluation.bootstrap import paired_bootstrap
 from scratchdet.evaluation.coco import run_inference
-from scratchdet.evaluation.run import load_run
 from scratchdet.evaluation.tta import build_tta_predictor
 
 

@@ -78,7 +78,7 @@ def sharded_eval_worker(rank: int, world: int, out: str, cfg_path: str, override
 
     from scratchdet.config import load_config
     from scratchdet.data.build import build_val_dataset
-    from scratchdet.engine.distributed import DistContext
+    from scratchdet.distributed import DistContext
     from scratchdet.evaluation.coco import evaluate
     from scratchdet.modeling.detector import build_detector
 

@@ -8,7 +8,7 @@ checkpoint what the model was when it wrote it, under "model_state":
     {"cascade": bool, "num_classes": K + 1 (background included), "num_keypoints": int | None}
 
 and every loader builds its model here, from that record: the trainer's resume (and so a study fork's first
-resume), `scratchdet eval RUN` plain and with TTA (evaluation/run.py `load_run`), and scripts/tta_noise.py through
+resume), `scratchdet eval RUN` plain and with TTA (engine/run_eval.py `load_run`), and scripts/tta_noise.py through
 `load_run`. The record, not the run's config, decides: the config says when a switch is due, the checkpoint says
 what happened. The class count is the training set's, which is what the heads were built with, whatever the
 validation set lists.

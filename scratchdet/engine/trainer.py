@@ -22,16 +22,8 @@ from tqdm import tqdm
 
 from scratchdet.config import Config
 from scratchdet.data.build import build_train_dataset, build_train_loader, build_val_dataset, check_categories
-from scratchdet.engine.cascade_switch import cascade_switch_iter, switch_in_run
-from scratchdet.engine.checkpoint import (
-    check_free_space,
-    estimate_checkpoint_bytes,
-    planned_checkpoints,
-    restore_training_state,
-    rng_state,
-    save_checkpoint,
-)
-from scratchdet.engine.distributed import (
+from scratchdet.distributed import (
+    SINGLE,
     DistContext,
     agree_on_host,
     all_gather,
@@ -41,6 +33,15 @@ from scratchdet.engine.distributed import (
     main_first,
     ranks_not_finite,
 )
+from scratchdet.engine.cascade_switch import cascade_switch_iter, switch_in_run
+from scratchdet.engine.checkpoint import (
+    check_free_space,
+    estimate_checkpoint_bytes,
+    planned_checkpoints,
+    restore_training_state,
+    rng_state,
+    save_checkpoint,
+)
 from scratchdet.engine.initialization import initialize, resolve_input_convention
 from scratchdet.engine.metrics import MetricsWriter
 from scratchdet.engine.model_state import MODEL_STATE_KEY, record_model_state, resume_model_
@@ -49,8 +50,7 @@ from scratchdet.engine.preemption import StopRequest
 from scratchdet.engine.run_dir import prepare_run_dir, write_env
 from scratchdet.engine.schedule import schedule_from_config
 from scratchdet.errors import ConfigError, Preempted, TrainingError
-from scratchdet.evaluation.coco import evaluate, format_report
-from scratchdet.evaluation.sharding import SINGLE
+from scratchdet.evaluation.split import evaluate_split
 from scratchdet.modeling.detector import build_detector
 from scratchdet.modeling.input_convention import model_input_convention
 from scratchdet.modeling.sync_bn import use_native_sync_bn
@@ -85,17 +85,7 @@ def run_evaluation(model, val_set, cfg: Config, device, iteration: int, out: Pat
     COCO AP for data.format=coco; VOC mAP (report key "voc") for data.format=voc. Every rank returns the report;
     rank 0 alone writes it.
     """
-    if cfg.data.format == "voc":
-        # Imported here: only VOC runs need the VOC evaluator.
-        from scratchdet.evaluation.voc import evaluate_voc, format_voc_report, voc_use_07_metric
-
-        report = evaluate_voc(model, val_set, device, max_images=cfg.eval.max_images,
-                              use_07_metric=voc_use_07_metric(cfg.data), ctx=ctx)
-        text = format_voc_report(report)
-    else:
-        report = evaluate(model, val_set, device, max_images=cfg.eval.max_images, ctx=ctx,
-                          backend=cfg.eval.coco_backend)
-        text = format_report(report)
+    report, text = evaluate_split(model, val_set, cfg, device, ctx=ctx)
     report["iter"] = iteration
     if ctx.is_main:
         (out / "eval").mkdir(exist_ok=True)
@@ -138,7 +128,7 @@ def _wrap(model: nn.Module, ctx: DistContext, device: torch.device) -> nn.Module
 def train(cfg: Config) -> dict:
     """Trains (or resumes) the run described by `cfg`; returns a summary with the last evaluation report.
 
-    Under torchrun every process calls this (engine/distributed.py); the summary is the same on every rank.
+    Under torchrun every process calls this (distributed.py); the summary is the same on every rank.
     """
     out = Path(cfg.output)
     resolve_input_convention(cfg)  # model.input_* / stride_in_1x1 from the weight file, before config.yaml and model

@@ -17,9 +17,9 @@ import torch
 from pycocotools.coco import COCO
 from torch import nn
 
-from scratchdet.engine.distributed import DistContext, broadcast_from_main  # rank 0's report to every rank
+from scratchdet.distributed import SINGLE, DistContext, broadcast_from_main  # rank 0's report to every rank
 from scratchdet.evaluation.backends import cocoeval_stats
-from scratchdet.evaluation.sharding import SINGLE, gather_in_order, shard
+from scratchdet.evaluation.sharding import gather_in_order, shard
 
 # The order of COCOeval.stats for bbox/segm.
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")

@@ -8,9 +8,7 @@ image order, so the metrics are computed from exactly the list a single process 
 
 from __future__ import annotations
 
-from scratchdet.engine.distributed import DistContext, gather_to_main
-
-SINGLE = DistContext()
+from scratchdet.distributed import DistContext, gather_to_main
 
 
 def shard(n: int, ctx: DistContext) -> range:

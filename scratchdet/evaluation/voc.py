@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from scratchdet.engine.distributed import DistContext, broadcast_from_main  # rank 0's report to every rank
-from scratchdet.evaluation.sharding import SINGLE, gather_in_order, shard
+from scratchdet.distributed import SINGLE, DistContext, broadcast_from_main  # rank 0's report to every rank
+from scratchdet.evaluation.sharding import gather_in_order, shard
 
 METRIC_NAMES = {True: "VOC07 11-point", False: "VOC10+ area"}
 

@@ -34,8 +34,8 @@ from scratchdet.data.classification import (
     build_classification_train_loader,
     build_classification_transform,
 )
+from scratchdet.distributed import resolve_device
 from scratchdet.engine.checkpoint import restore_training_state, rng_state, save_checkpoint
-from scratchdet.engine.distributed import resolve_device
 from scratchdet.engine.metrics import MetricsWriter
 from scratchdet.engine.optim import param_groups
 from scratchdet.engine.run_dir import prepare_run_dir, write_env

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from scratchdet.study.findings import ARM_NAMES, ARMS, CAUGHT_UP_AP, SEEN_KEYS, SizePoint
 
 if TYPE_CHECKING:
-    from scratchdet.study.report import RunData
+    from scratchdet.study.results import RunData
 
 IOU_LABELS = {"bbox": "bbox AP (%)", "segm": "mask AP (%)"}
 ARM_COLORS = {"scratch": "tab:blue", "pretrained": "tab:orange"}

@@ -1,7 +1,7 @@
 """What the study's numbers say, as sentences computed from them (PAPER.md, "Findings the tooling must be able to
 show"). Every sentence names the numbers it rests on; where a comparison cannot be made it says why instead.
 
-Runs are duck-typed `report.RunData` objects (name, init, schedule, label, size_label, hparams, final(), curve(),
+Runs are duck-typed `results.RunData` objects (name, init, schedule, label, size_label, hparams, final(), curve(),
 loss_curve(), finished, ...). Only finished runs whose last evaluation has a bbox AP enter comparisons.
 """
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from scratchdet.study.report import RunData
+    from scratchdet.study.results import RunData
 
 ARMS = ("scratch", "pretrained")
 ARM_NAMES = {"scratch": "scratch", "pretrained": "pre-trained"}

@@ -15,7 +15,7 @@ from scratchdet.config import load_config
 from scratchdet.engine import trainer
 from scratchdet.engine.checkpoint import latest_checkpoint, load_checkpoint
 from scratchdet.engine.metrics import read_metrics
-from scratchdet.evaluation.run import evaluate_run
+from scratchdet.engine.run_eval import evaluate_run
 
 
 def _torchrun(overrides: list[str], nproc: int = 2) -> subprocess.CompletedProcess:

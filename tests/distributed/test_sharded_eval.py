@@ -10,7 +10,7 @@ from helpers import MINI_CONFIG, tiny_overrides
 
 from scratchdet.config import load_config
 from scratchdet.data.build import build_val_dataset
-from scratchdet.engine.distributed import DistContext
+from scratchdet.distributed import DistContext
 from scratchdet.evaluation.coco import evaluate
 from scratchdet.evaluation.sharding import shard
 from scratchdet.modeling.detector import build_detector

@@ -8,9 +8,9 @@ import torch
 from helpers import MINI_CONFIG, tiny_overrides
 
 from scratchdet.config import load_config
+from scratchdet.distributed import DistContext
 from scratchdet.engine import trainer
 from scratchdet.engine.checkpoint import latest_checkpoint, load_checkpoint
-from scratchdet.engine.distributed import DistContext
 from scratchdet.engine.metrics import read_metrics
 from scratchdet.modeling.detector import build_detector
 

@@ -9,9 +9,9 @@ import pytest
 from helpers import MINI_CONFIG, tiny_overrides
 
 from scratchdet.config import load_config
+from scratchdet.engine.run_eval import evaluate_run
 from scratchdet.engine.trainer import train
 from scratchdet.errors import DataError
-from scratchdet.evaluation.run import evaluate_run
 
 
 def _swapped_val(shapes_dir, tmp_path):

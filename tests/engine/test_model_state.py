@@ -27,8 +27,8 @@ from scratchdet.engine.model_state import (
     is_cascade,
 )
 from scratchdet.engine.optim import build_optimizer
+from scratchdet.engine.run_eval import evaluate_run, load_run
 from scratchdet.errors import CheckpointError
-from scratchdet.evaluation.run import evaluate_run, load_run
 from scratchdet.modeling.detector import build_detector
 from scratchdet.modeling.sync_bn import use_native_sync_bn
 from scratchdet.study.fork import fork_run

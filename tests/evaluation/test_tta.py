@@ -13,8 +13,8 @@ from helpers import MINI_CONFIG, tiny_overrides
 
 from scratchdet.config import load_config
 from scratchdet.engine import trainer
+from scratchdet.engine.run_eval import evaluate_run
 from scratchdet.errors import ConfigError
-from scratchdet.evaluation.run import evaluate_run
 from scratchdet.evaluation.tta import (
     build_tta_predictor,
     merge_detections,

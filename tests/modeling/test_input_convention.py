@@ -23,8 +23,8 @@ from helpers import MINI_CONFIG, tiny_overrides
 from scratchdet.config import load_config
 from scratchdet.engine import trainer
 from scratchdet.engine.initialization import initialize, resolve_input_convention
+from scratchdet.engine.run_eval import evaluate_run
 from scratchdet.errors import CheckpointError, ConfigError
-from scratchdet.evaluation.run import evaluate_run
 from scratchdet.modeling.backbones import ResNet
 from scratchdet.modeling.detector import build_detector
 from scratchdet.modeling.input_convention import DETECTRON_MSRA, InputConventionTransform, model_input_convention

@@ -13,7 +13,8 @@ import pytest
 
 from scratchdet.errors import ScratchdetError
 from scratchdet.study import figures, findings
-from scratchdet.study.report import load_study, write_report
+from scratchdet.study.report import write_report
+from scratchdet.study.results import load_study
 
 UNIT = 60  # iterations of 1x in these toy studies
 BATCH = 4

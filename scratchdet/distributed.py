@@ -48,6 +48,11 @@ class DistContext:
         return self.world_size > 1
 
 
+
+# The context of a process not launched by torchrun: rank 0 of 1, nothing to agree on.
+SINGLE = DistContext()
+
+
 def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 

@@ -11,13 +11,12 @@ import torch
 from scratchdet.config import Config, load_config
 from scratchdet.data.build import build_val_dataset, category_map
 from scratchdet.data.validate import check_same_categories
+from scratchdet.distributed import DistContext, init_distributed
 from scratchdet.engine.checkpoint import latest_checkpoint, load_checkpoint
-from scratchdet.engine.distributed import DistContext, init_distributed
 from scratchdet.engine.model_state import build_model_for_checkpoint
 from scratchdet.errors import CheckpointError, ConfigError
-from scratchdet.evaluation.coco import evaluate, format_report
+from scratchdet.evaluation.split import evaluate_split
 from scratchdet.evaluation.tta import build_tta_predictor
-from scratchdet.evaluation.voc import evaluate_voc, format_voc_report, voc_use_07_metric
 from scratchdet.modeling.input_convention import CONVENTION_KEYS, InputConvention
 
 
@@ -117,12 +116,7 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | None = None) -> dic
     predict = None
     if cfg.eval.tta:
         predict = build_tta_predictor(model, cfg.eval.tta_sizes, cfg.eval.tta_max_size, cfg.eval.tta_flip)
-    if cfg.data.format == "voc":  # VOC mAP, report key "voc" (data.format=voc)
-        report = evaluate_voc(model, val_set, device, max_images=cfg.eval.max_images,
-                              use_07_metric=voc_use_07_metric(cfg.data), predict=predict, ctx=ctx)
-    else:
-        report = evaluate(model, val_set, device, max_images=cfg.eval.max_images, predict=predict,
-                          backend=cfg.eval.coco_backend, ctx=ctx)
+    report, text = evaluate_split(model, val_set, cfg, device, predict=predict, ctx=ctx)
     report["iter"] = loaded.iteration
     report["checkpoint"] = str(checkpoint)
     report["overrides"] = list(overrides or [])  # what this evaluation changed from the run's own config
@@ -135,6 +129,6 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | None = None) -> dic
     if ctx.is_main:
         out.parent.mkdir(exist_ok=True)
         out.write_text(json.dumps(report, indent=2) + "\n")
-        print(format_voc_report(report) if cfg.data.format == "voc" else format_report(report))
+        print(text)
     report["path"] = str(out)
     return report

@@ -1,0 +1,275 @@
+"""A study folder read back: every planned run with its records, curves and sample counts (`load_study`).
+
+What `scratchdet report` (report.py), the findings (findings.py) and the figures (figures.py) are computed from;
+kept apart from them so that they all depend on this module and on nothing of each other's but what they call.
+Reads plan.json, runs/*/metrics.jsonl (a forked run's trunk records included), init.json and eval/*.json.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from scratchdet.engine.metrics import read_metrics
+from scratchdet.errors import ScratchdetError
+
+# A drop of at least this factor between two logged LRs is an LR step (warm-up only ever raises the LR).
+LR_DROP_FACTOR = 0.5
+
+
+def metric_value(value) -> float | None:
+    """A metric as float, or None when absent or not finite (COCOeval's 'cannot compute')."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def schedule_label(schedule: float | None) -> str:
+    """2.0 -> "2x", 0.5 -> "0.5x"."""
+    return "?x" if schedule is None else f"{schedule:g}x"
+
+
+@dataclass
+class RunData:
+    """One planned run with its de-duplicated records (trunk records before the fork included)."""
+
+    name: str
+    arm: str
+    init: str
+    schedule: float | None
+    size_label: str
+    train_size: int | None
+    hparams: str
+    overrides: list | dict
+    path: Path
+    max_iters: int | None = None
+    plan_train_images: int | None = None
+    records: list[dict] = field(default_factory=list)
+    init_record: dict | None = None
+
+    def of_type(self, record_type: str) -> list[dict]:
+        """Records of one type ("start", "train", "eval", "end"), by iteration."""
+        return [r for r in self.records if r.get("type") == record_type]
+
+    @property
+    def label(self) -> str:
+        return schedule_label(self.schedule)
+
+    @property
+    def evals(self) -> list[dict]:
+        return self.of_type("eval")
+
+    @property
+    def trains(self) -> list[dict]:
+        return self.of_type("train")
+
+    @property
+    def end(self) -> dict | None:
+        ends = self.of_type("end")
+        return ends[-1] if ends else None
+
+    @property
+    def finished(self) -> bool:
+        """True when the run wrote its "end" record (the trainer writes it after its last iteration) at or past the
+        plan's max_iters (an "end" below it comes from a run capped by train.max_iters)."""
+        end = self.end
+        return end is not None and (self.max_iters is None or end["iter"] >= self.max_iters)
+
+    @property
+    def started(self) -> bool:
+        return bool(self.records)
+
+    @property
+    def last_iter(self) -> int | None:
+        return self.records[-1]["iter"] if self.records else None
+
+    @property
+    def last_eval(self) -> dict | None:
+        evals = self.evals
+        return evals[-1] if evals else None
+
+    @property
+    def status(self) -> str:
+        if not self.started:
+            return "missing"
+        return "finished" if self.finished else "unfinished"
+
+    @property
+    def train_images(self) -> int | None:
+        """Training-set size in images: the plan's, else what the trainer logged at start, else the requested size."""
+        if self.plan_train_images:
+            return self.plan_train_images
+        for record in self.of_type("start"):
+            if isinstance(record.get("train_images"), int):
+                return record["train_images"]
+        return self.train_size
+
+    def final(self, iou_type: str = "bbox", key: str = "AP") -> float | None:
+        """The metric of the LAST evaluation, or None if it had no predictions or COCOeval could not compute it."""
+        last = self.last_eval
+        if last is None or last.get("status", "ok") != "ok":
+            return None
+        return metric_value((last.get(iou_type) or {}).get(key))
+
+    def curve(self, iou_type: str = "bbox", key: str = "AP") -> list[tuple[int, float]]:
+        """(iteration, value) of every evaluation that has the metric; 'no predictions' leaves a gap, not a 0."""
+        points = []
+        for record in self.evals:
+            value = metric_value((record.get(iou_type) or {}).get(key)) if record.get("status", "ok") == "ok" else None
+            if value is not None:
+                points.append((record["iter"], value))
+        return points
+
+    def loss_curve(self, key: str = "loss") -> list[tuple[int, float]]:
+        return [(r["iter"], v) for r in self.trains if (v := metric_value(r.get(key))) is not None]
+
+    @property
+    def lr_drops(self) -> list[int]:
+        """Iterations of LR steps, inferred from the logged LR (the drop lies after the returned logged iteration)."""
+        drops, previous = [], None
+        for record in self.trains:
+            lr = metric_value(record.get("lr"))
+            if lr is not None and previous is not None and lr < previous[1] * LR_DROP_FACTOR:
+                drops.append(previous[0])
+            if lr is not None:
+                previous = (record["iter"], lr)
+        return drops
+
+    @property
+    def seen(self) -> dict | None:
+        """Samples seen by this run's own training (fine-tuning for a pre-trained run), cumulative over resumes."""
+        end = self.end
+        if end and isinstance(end.get("seen"), dict):
+            return end["seen"]
+        trains = [r for r in self.trains if isinstance(r.get("seen"), dict)]
+        return trains[-1]["seen"] if trains else None
+
+    @property
+    def pretrain_seen(self) -> dict | None:
+        """Samples seen by the pre-training behind this run's weights (zeros for scratch); may carry "estimate"."""
+        candidates = [self.init_record or {}, *self.of_type("start"), self.end or {}]
+        for record in candidates:
+            if isinstance(record.get("pretrain_seen"), dict):
+                return record["pretrain_seen"]
+        return None
+
+
+@dataclass
+class Study:
+    """A study folder: its plan and the data of every planned run."""
+
+    root: Path
+    name: str
+    created: str | None
+    runs: list[RunData]
+    iterations: dict
+    pretrain: dict[str, dict]  # arm name -> summary of the pre-training run the study performed for it
+
+
+def _dedup(records: list) -> list[dict]:
+    """Keeps the LAST record per (type, iter), sorted by iter: a resumed run re-logs the iterations after its
+    checkpoint. Records without an integer iter cannot be placed on a curve and are dropped."""
+    latest: dict[tuple, dict] = {}
+    for record in records:
+        if isinstance(record, dict) and isinstance(record.get("iter"), int):
+            key = (record.get("type"), record["iter"])
+            latest.pop(key, None)  # re-insert so that, within one iter, order follows the last write
+            latest[key] = record
+    return sorted(latest.values(), key=lambda r: r["iter"])
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _run_records(run_dir: Path) -> list[dict]:
+    """eval/iter_*.json first (written before its metrics record, so a kill can leave only the file), then metrics."""
+    records = []
+    for path in sorted((run_dir / "eval").glob("iter_*.json")):
+        report = _read_json(path)
+        if report is not None and isinstance(report.get("iter"), int):
+            records.append({"type": "eval", **report})
+    return records + read_metrics(run_dir)
+
+
+def load_run(root: Path, entry: dict, trunks: dict[str, Path]) -> RunData:
+    """Reads one plan entry's run folder; prepends its trunk's records up to the fork if the run lacks them."""
+    name = str(entry.get("name", "?"))
+    run_dir = root / entry.get("path", f"runs/{name}")
+    records = _run_records(run_dir)
+    fork_iter = entry.get("fork_iter")
+    trunk = entry.get("trunk")
+    trunk_dir = (trunks.get(trunk) or root / trunk) if trunk else None  # a trunk's name or its path
+    init_record = _read_json(run_dir / "init.json")
+    if trunk_dir is not None and isinstance(fork_iter, int) and fork_iter > 0:
+        has_early = any(r.get("type") in ("train", "eval") and r["iter"] <= fork_iter for r in _dedup(records))
+        if not has_early:
+            # The runner may start a fork from the trunk's checkpoint with a fresh log: the curve's head is there.
+            head = [r for r in _dedup(_run_records(trunk_dir)) if r["iter"] <= fork_iter and r.get("type") != "end"]
+            records = head + records
+        if init_record is None:
+            init_record = _read_json(trunk_dir / "init.json")
+    size = entry.get("train_size")
+    init = str(entry.get("init", (init_record or {}).get("init", "?")))
+    return RunData(
+        name=name,
+        arm=str(entry.get("arm", init)),
+        init=init,
+        schedule=metric_value(entry.get("schedule")),
+        size_label=str(entry.get("train_size_label") or ("all" if size is None else size)),
+        train_size=size if isinstance(size, int) else None,
+        hparams=str(entry.get("hparams") or "default"),
+        overrides=entry.get("hparams_overrides") or [],
+        path=run_dir,
+        max_iters=entry.get("max_iters") if isinstance(entry.get("max_iters"), int) else None,
+        plan_train_images=entry.get("train_images") if isinstance(entry.get("train_images"), int) else None,
+        records=_dedup(records),
+        init_record=init_record,
+    )
+
+
+def _pretrain_summaries(root: Path, plan: dict) -> dict[str, dict]:
+    """{arm name: last iteration, samples seen, finished} of the pre-training runs the study performed itself."""
+    paths = dict(plan.get("pretrain") or {})  # arm name -> folder, relative to the study
+    if not paths and (root / "pretrain" / "metrics.jsonl").is_file():
+        paths = {"pretrain": "pretrain"}
+    elif not paths and (root / "pretrain").is_dir():
+        paths = {d.name: f"pretrain/{d.name}" for d in sorted((root / "pretrain").iterdir()) if d.is_dir()}
+    summaries = {}
+    for arm, rel in paths.items():
+        records = _dedup(read_metrics(root / rel))
+        with_seen = [r for r in records if isinstance(r.get("seen"), dict)]
+        if with_seen:
+            summaries[arm] = {"path": rel, "iter": with_seen[-1].get("iter"), "seen": with_seen[-1]["seen"],
+                              "finished": any(r.get("type") == "end" for r in records)}
+    return summaries
+
+
+def load_study(study_dir: str | Path) -> Study:
+    """Reads plan.json and every planned run; raises ScratchdetError when there is no readable plan."""
+    root = Path(study_dir)
+    plan_path = root / "plan.json"
+    if not plan_path.is_file():
+        raise ScratchdetError(f"{plan_path} not found: '{root}' is not a study folder (run `scratchdet study` first)")
+    plan = _read_json(plan_path)
+    if plan is None or not isinstance(plan.get("runs", []), list):
+        raise ScratchdetError(f"{plan_path} is not a JSON object with a 'runs' list; re-create it with "
+                              "`scratchdet study`")
+    trunks = {t["name"]: root / t["path"] for t in plan.get("trunks", []) if "name" in t and "path" in t}
+    runs = [load_run(root, entry, trunks) for entry in plan.get("runs", [])]
+    pretrain = _pretrain_summaries(root, plan)
+    for run in runs:  # the study's own pre-training is the fallback count for runs that recorded none
+        summary = pretrain.get(run.arm) or (next(iter(pretrain.values())) if len(pretrain) == 1 else None)
+        if run.init == "pretrained" and run.pretrain_seen is None and summary is not None:
+            run.init_record = {**(run.init_record or {}), "pretrain_seen": dict(summary["seen"])}
+    return Study(root, str(plan.get("name", root.name)), plan.get("created"), runs, plan.get("iterations") or {},
+                 pretrain)
+
+
+# ---------------------------------------------------------------------------------------------------- tables
