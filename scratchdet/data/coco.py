@@ -17,11 +17,9 @@ import dataclasses
 import gc
 import io
 import json
-import operator
 import os
-import random
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +28,7 @@ import numpy as np
 import torch
 from pycocotools.coco import COCO
 
-from scratchdet.data.images import read_image
+from scratchdet.data.detection import DetectionDataset, Transform, is_int
 from scratchdet.data.masks import decode_mask, rle_string_total
 from scratchdet.data.validate import (
     GT_AREA_POLICIES,
@@ -42,9 +40,6 @@ from scratchdet.data.validate import (
     raise_first,
 )
 from scratchdet.errors import ConfigError, DataError
-
-# transform(image, target, rng) -> (image, target); see scratchdet/data/transforms.py.
-Transform = Callable[[torch.Tensor, dict, random.Random], tuple[torch.Tensor, dict]]
 
 _TOP_LEVEL_KEYS = ("images", "annotations", "categories")
 
@@ -90,11 +85,6 @@ class DatasetSummary:
     def to_dict(self) -> dict:
         """Plain JSON-serializable dict of all counts."""
         return asdict(self)
-
-
-def _is_int(value: Any) -> bool:
-    # bool is an int subclass in Python, but `true` is never a valid id or size in a COCO file.
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _is_number(value: Any) -> bool:
@@ -162,7 +152,7 @@ def _unique_ids(entries: list[dict], key: str, path: str) -> None:
     seen: set[int] = set()
     for i, entry in enumerate(entries):
         entry_id = entry.get("id")
-        if not _is_int(entry_id):
+        if not is_int(entry_id):
             msg = f"{key}[{i}] has no integer 'id' (got {entry_id!r}); every {kind} needs a unique integer id"
             raise DataError(msg, path=path, field="id")
         if entry_id in seen:
@@ -175,7 +165,7 @@ def _unique_ids(entries: list[dict], key: str, path: str) -> None:
 def _validate_image(img: dict, path: str) -> None:
     for field in ("width", "height"):
         value = img.get(field)
-        if not _is_int(value) or value <= 0:
+        if not is_int(value) or value <= 0:
             msg = f"image has no positive integer '{field}' (got {value!r}); set it to the image's size in pixels"
             raise DataError(msg, path=path, image_id=img["id"], field=field)
     name = img.get("file_name")
@@ -211,7 +201,7 @@ def _validate_segmentation(seg: Any, img: dict, ann_id: int, path: str) -> None:
         )
     size, counts = seg.get("size"), seg.get("counts")
     expected = [img["height"], img["width"]]
-    if not isinstance(size, list) or len(size) != 2 or not all(_is_int(v) for v in size):
+    if not isinstance(size, list) or len(size) != 2 or not all(is_int(v) for v in size):
         raise DataError(f"malformed RLE segmentation: 'size' must be [height, width], got {size!r}", **where)
     if size != expected:
         raise DataError(
@@ -220,7 +210,7 @@ def _validate_segmentation(seg: Any, img: dict, ann_id: int, path: str) -> None:
             **where,
         )
     if isinstance(counts, list):
-        if not all(_is_int(c) and c >= 0 for c in counts) or sum(counts) != expected[0] * expected[1]:
+        if not all(is_int(c) and c >= 0 for c in counts) or sum(counts) != expected[0] * expected[1]:
             raise DataError(
                 f"malformed uncompressed RLE: 'counts' must be non-negative integers summing to "
                 f"height*width = {expected[0] * expected[1]}",
@@ -242,13 +232,13 @@ def _validate_segmentation(seg: Any, img: dict, ann_id: int, path: str) -> None:
 def _validate_annotation(ann: dict, images: dict[int, dict], cat_ids: set[int], path: str) -> None:
     ann_id = ann["id"]
     image_id = ann.get("image_id")
-    if not _is_int(image_id) or image_id not in images:
+    if not is_int(image_id) or image_id not in images:
         msg = f"annotation refers to unknown image id {image_id!r}; add the image to 'images' or remove the annotation"
         raise DataError(msg, path=path, ann_id=ann_id, field="image_id")
     img = images[image_id]
     where = {"path": path, "image_id": image_id, "ann_id": ann_id}
     cat_id = ann.get("category_id")
-    if not _is_int(cat_id) or cat_id not in cat_ids:
+    if not is_int(cat_id) or cat_id not in cat_ids:
         raise DataError(
             f"annotation has unknown category id {cat_id!r} (known: {sorted(cat_ids)}); add the category "
             "to 'categories' or fix the annotation",
@@ -458,7 +448,7 @@ def _clean_image(
     )
 
 
-class CocoDetection(torch.utils.data.Dataset):
+class CocoDetection(DetectionDataset):
     """Images and instance targets from a COCO-format dataset.
 
     Samples are `(image, target)`: image float32 [3, H, W] RGB in [0, 1]; target has "boxes" float32 [N, 4] (XYXY,
@@ -556,61 +546,22 @@ class CocoDetection(torch.utils.data.Dataset):
         """
         if self.train and not self._instances:
             raise _no_usable_images_error(summary, usable)
-        self.image_ids = self._select_subset(list(self._instances), subset, subset_seed)
+        self.image_ids = self.select_subset(list(self._instances), subset, subset_seed)
         if subset is not None:
             chosen = set(self.image_ids)
             self._instances = {i: inst for i, inst in self._instances.items() if i in chosen}
         if check_files:
-            self._check_files()
+            self.check_files(f"check image_dir ({self.image_dir}) and the 'file_name' entries")
         summary.images_used, summary.subset = len(self.image_ids), subset
         summary.annotations_used = sum(len(self._instances[i].labels) for i in self.image_ids)
         self.summary = summary
 
-    def _select_subset(self, candidates: list[int], subset: int | None, seed: int) -> list[int]:
-        if subset is None:
-            return candidates
-        if not _is_int(subset) or subset < 1:
-            raise ConfigError(f"subset must be a positive number of images or None, got {subset!r}")
-        if subset > len(candidates):
-            usable = "usable (annotated) " if self.train else ""
-            n = len(candidates)
-            msg = f"subset of {subset} images requested but only {n} {usable}images are available; lower it to <= {n}"
-            raise DataError(msg, path=self.json_path, field="subset")
-        # One fixed permutation per seed, truncated: the first 1k images are also the first 1k of any larger subset.
-        order = list(candidates)
-        random.Random(seed).shuffle(order)
-        return sorted(order[:subset])
-
-    def _image_path(self, image_id: int) -> Path:
+    def image_file(self, image_id: int) -> Path:
         return self.image_dir / self.coco.imgs[image_id]["file_name"]
 
-    def missing_files(self) -> dict[int, Path]:
-        """The yielded images whose file does not exist: image id -> expected path."""
-        return {i: path for i in self.image_ids if not (path := self._image_path(i)).is_file()}
-
-    def _check_files(self) -> None:
-        missing = self.missing_files()
-        if missing:
-            first = next(iter(missing))
-            raise DataError(
-                f"image file not found: {missing[first]} ({len(missing)} of {len(self.image_ids)} "
-                f"image files are missing); check image_dir ({self.image_dir}) and the 'file_name' entries",
-                path=self.json_path,
-                image_id=first,
-                field="file_name",
-            )
-
-    def __len__(self) -> int:
-        return len(self.image_ids)
-
-    def image_sizes(self) -> list[tuple[int, int]]:
-        """(width, height) of every yielded image from the JSON, in index order (aspect-ratio grouping)."""
-        return [(self.coco.imgs[i]["width"], self.coco.imgs[i]["height"]) for i in self.image_ids]
-
-    def _read_image(self, image_id: int) -> torch.Tensor:
+    def annotated_size(self, image_id: int) -> tuple[int, int]:
         img = self.coco.imgs[image_id]
-        return read_image(self._image_path(image_id), where={"path": self.json_path, "image_id": image_id},
-                          expected_size=(img["width"], img["height"]))
+        return img["width"], img["height"]
 
     def _masks(self, image_id: int, inst: _Instances, height: int, width: int) -> torch.Tensor:
         masks = np.zeros((len(inst.segmentations), height, width), dtype=np.uint8)
@@ -627,27 +578,16 @@ class CocoDetection(torch.utils.data.Dataset):
                 ) from None
         return torch.from_numpy(masks)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, dict]:
-        """Sample `key` (an index, or `(index, sample_seed)`; the seed defaults to the index)."""
-        if isinstance(key, tuple):
-            index, sample_seed = operator.index(key[0]), operator.index(key[1])
-        else:
-            index = sample_seed = operator.index(key)
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"index {index} out of range for a dataset of {len(self)} images ({self.json_path})")
-        image_id = self.image_ids[index]
+    def _target(self, image_id: int, image: torch.Tensor) -> dict:
         inst = self._instances[image_id]
-        image = self._read_image(image_id)
-        height, width = image.shape[-2:]
+        height, width = (int(v) for v in image.shape[-2:])
         target: dict[str, Any] = {
             "boxes": torch.from_numpy(inst.boxes.copy()),
             "labels": torch.from_numpy(inst.labels.copy()),
             "image_id": image_id,
-            "orig_size": (int(height), int(width)),
-            "file": str(self._image_path(image_id)),
+            "orig_size": (height, width),
+            "file": str(self.image_file(image_id)),
         }
         if self.load_masks:
-            target["masks"] = self._masks(image_id, inst, int(height), int(width))
-        if self.transform is not None:
-            image, target = self.transform(image, target, random.Random(sample_seed))
-        return image, target
+            target["masks"] = self._masks(image_id, inst, height, width)
+        return target

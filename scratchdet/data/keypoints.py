@@ -23,7 +23,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from scratchdet.data.coco import CocoDetection, DatasetSummary, Transform, _Instances, _is_number
+from scratchdet.data.coco import CocoDetection, DatasetSummary, _Instances, _is_number
+from scratchdet.data.detection import Transform
 from scratchdet.data.keypoint_flip import flip_indices, keypoint_flip_pairs
 from scratchdet.data.synthetic import KEYPOINT_NAMES, KEYPOINT_OKS_SIGMAS
 from scratchdet.errors import ConfigError, DataError

@@ -20,8 +20,6 @@ split lists or image files) raise `DataError` naming the file, the image and the
 from __future__ import annotations
 
 import json
-import operator
-import random
 import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,8 +29,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from scratchdet.data.coco import Transform, _is_int, load_coco_json
-from scratchdet.data.images import read_image
+from scratchdet.data.coco import load_coco_json
+from scratchdet.data.detection import DetectionDataset, Transform, is_int
 from scratchdet.errors import ConfigError, DataError
 
 # The 20 VOC classes in the devkit's order; label k (1..20) is VOC_CLASSES[k - 1], 0 is background.
@@ -159,7 +157,7 @@ def normalize_sets(sets: Any) -> list[tuple[int, str]]:
         if isinstance(entry, str):
             year, _, split = entry.partition("_")
             entry = (int(year), split) if year.isdigit() and split else entry
-        if not isinstance(entry, (list, tuple)) or len(entry) != 2 or not _is_int(entry[0]) or not isinstance(
+        if not isinstance(entry, (list, tuple)) or len(entry) != 2 or not is_int(entry[0]) or not isinstance(
             entry[1], str
         ):
             raise ConfigError(f"VOC set {entry!r} must be YEAR_SPLIT or [year, split], e.g. 2007_trainval")
@@ -169,7 +167,7 @@ def normalize_sets(sets: Any) -> list[tuple[int, str]]:
     return out
 
 
-class VocDetection(torch.utils.data.Dataset):
+class VocDetection(DetectionDataset):
     """Images and box targets from PASCAL VOC sets; the interface of `CocoDetection` (no masks).
 
     Samples are `(image, target)`: image float32 [3, H, W] RGB in [0, 1]; target has "boxes" float32 [N, 4] (XYXY,
@@ -248,15 +246,10 @@ class VocDetection(torch.utils.data.Dataset):
                 f"none left after cleaning ({summary.difficult_excluded} difficult objects excluded, "
                 f"{summary.degenerate_boxes_dropped} boxes under 1 px dropped); training needs at least one image "
                 "with a non-difficult object", path=self.json_path)
-        self.image_ids = self._select_subset(candidates, subset, subset_seed)
+        self.image_ids = self.select_subset(candidates, subset, subset_seed)
         self.image_names = {i: self._images[i].name for i in self.image_ids}
         if check_files:
-            missing = self.missing_files()
-            if missing:
-                first = next(iter(missing))
-                raise DataError(f"image file not found: {missing[first]} ({len(missing)} of {len(self.image_ids)} "
-                                "missing); check data.voc_root", path=str(self._images[first].xml),
-                                image_id=self._images[first].name, field="file_name")
+            self.check_files("check data.voc_root")
         summary.images_used, summary.subset = len(self.image_ids), subset
         summary.annotations_used = sum(len(self._images[i].labels) for i in self.image_ids)
         self.summary = summary
@@ -291,50 +284,24 @@ class VocDetection(torch.utils.data.Dataset):
             difficult=np.asarray(difficult, dtype=bool),
         )
 
-    def _select_subset(self, candidates: list[int], subset: int | None, seed: int) -> list[int]:
-        if subset is None:
-            return candidates
-        if not _is_int(subset) or subset < 1:
-            raise ConfigError(f"subset must be a positive number of images or None, got {subset!r}")
-        if subset > len(candidates):
-            raise DataError(f"subset of {subset} images requested but only {len(candidates)} are available",
-                            path=self.json_path, field="subset")
-        order = list(candidates)
-        random.Random(seed).shuffle(order)
-        return sorted(order[:subset])
+    def image_file(self, image_id: int) -> Path:
+        return self._images[image_id].jpeg
 
-    def missing_files(self) -> dict[int, Path]:
-        """The yielded images whose JPEG does not exist: image id -> expected path."""
-        return {i: self._images[i].jpeg for i in self.image_ids if not self._images[i].jpeg.is_file()}
-
-    def __len__(self) -> int:
-        return len(self.image_ids)
-
-    def image_sizes(self) -> list[tuple[int, int]]:
-        """(width, height) of every yielded image from its XML <size>, in index order (aspect-ratio grouping)."""
-        return [(self._images[i].width, self._images[i].height) for i in self.image_ids]
-
-    def _read_image(self, image_id: int) -> torch.Tensor:
+    def annotated_size(self, image_id: int) -> tuple[int, int]:
         info = self._images[image_id]
-        return read_image(info.jpeg, where={"path": str(info.xml), "image_id": info.name},
-                          expected_size=(info.width, info.height))
+        return info.width, info.height
+
+    def image_where(self, image_id: int) -> dict:
+        info = self._images[image_id]
+        return {"path": str(info.xml), "image_id": info.name}
 
     def ground_truth(self, image_id: int) -> dict[str, np.ndarray]:
         """Evaluation ground truth of one image: "boxes" [N, 4] 0-based XYXY, "labels" [N], "difficult" [N]."""
         info = self._images[image_id]
         return {"boxes": info.boxes, "labels": info.labels, "difficult": info.difficult}
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, dict]:
-        """Sample `key` (an index, or `(index, sample_seed)`; the seed defaults to the index)."""
-        if isinstance(key, tuple):
-            index, sample_seed = operator.index(key[0]), operator.index(key[1])
-        else:
-            index = sample_seed = operator.index(key)
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"index {index} out of range for a dataset of {len(self)} images ({self.json_path})")
-        image_id = self.image_ids[index]
+    def _target(self, image_id: int, image: torch.Tensor) -> dict:
         info = self._images[image_id]
-        image = self._read_image(image_id)
         target: dict[str, Any] = {
             "boxes": torch.from_numpy(info.boxes.copy()),
             "labels": torch.from_numpy(info.labels.copy()),
@@ -344,9 +311,7 @@ class VocDetection(torch.utils.data.Dataset):
         }
         if not self.train:
             target["difficult"] = torch.from_numpy(info.difficult.copy())
-        if self.transform is not None:
-            image, target = self.transform(image, target, random.Random(sample_seed))
-        return image, target
+        return target
 
 
 def _xml_text(name: str, width: int, height: int, objects: list[tuple[str, tuple[int, ...], bool]]) -> str:
