@@ -51,14 +51,14 @@ class CheckReport:
 
 
 def _image_problem(image: dict, path: Path, where: dict, decode: bool) -> tuple[Problem | None, ImageHeader | None]:
+    if not path.is_file():
+        return Problem("missing_image", f"image file not found: {path}", image_id=image["id"], field="file_name"), None
     try:
         header = probe_image(path, where=where)
         if decode:
             read_image(path, where=where, expected_size=(image["width"], image["height"]))
     except DataError as e:
         kind = {"file_name": "unreadable_image", "mode": "unsupported_pixel_mode"}.get(e.field or "", "image_size")
-        if "not found" in str(e):
-            kind = "missing_image"
         return Problem(kind, e.message, image_id=image["id"], field=e.field), None
     if (header.width, header.height) != (image["width"], image["height"]):
         hint = "fix the JSON or the image"

@@ -31,14 +31,12 @@ from torch import nn
 
 from scratchdet.errors import CheckpointError
 from scratchdet.modeling.input_convention import InputConvention, convention_mismatch, detect_file_convention
+from scratchdet.modeling.weight_files import as_tensor, read_object, unwrap
 from scratchdet.modeling.weights import (
     _META_KEYS,
     WeightReport,
-    _as_tensor,
     _first,
-    _read_object,
     _strip_prefix,
-    _unwrap,
     compare_by_name,
 )
 
@@ -87,7 +85,7 @@ def _convert(entries: dict, wrapper: str | None, path: Path) -> tuple[dict[str, 
                 name = _DETECTOR_HEAD[head] + raw[len(head):] if head else None
         elif raw.startswith(FC8_PREFIX) or not _WEIGHT_NAME.match(raw):
             name = None  # fc8 (the 1000 ImageNet classes) and metadata
-        tensor = _as_tensor(value)
+        tensor = as_tensor(value)
         if name is None or tensor is None or raw.endswith("num_batches_tracked"):
             ignored.append(raw)
         elif name.startswith(BODY_PREFIX) or name.rsplit(".", 1)[0] in HEAD_LAYERS:
@@ -107,8 +105,8 @@ def read_vgg16_file(path: str | Path) -> tuple[dict[str, torch.Tensor], str, lis
         CheckpointError: the file is missing, unreadable, unsafe, or a Caffe VGG-16 pickle.
     """
     path = Path(path)
-    obj, _ = _read_object(path)
-    entries, wrapper = _unwrap(obj, path)
+    obj, _ = read_object(path)
+    entries, wrapper = unwrap(obj, path)
     return _convert(entries, wrapper, path)
 
 
@@ -180,8 +178,8 @@ def load_vgg16_weights(
             convention than the file's.
     """
     path = Path(path)
-    obj, _ = _read_object(path)
-    entries, wrapper = _unwrap(obj, path)
+    obj, _ = read_object(path)
+    entries, wrapper = unwrap(obj, path)
     tensors, source_format, ignored, unexpected = _convert(entries, wrapper, path)
     detector = any(str(k).removeprefix("module.").startswith(_DETECTOR_BODY) for k in entries)
     meta = {k: obj[k] for k in _META_KEYS if k in obj} if isinstance(obj, Mapping) else {}

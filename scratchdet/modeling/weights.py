@@ -7,7 +7,8 @@ of the body's tensors the file fills, which it lacks, and which it has extra; be
 
 Every file is read into one naming, torchvision's (conv1, bn1, layer1.0.downsample.1.weight, fc.weight), which is
 also the name of our ResNet body's state (backbones.py). Loading a file never runs code from it: torch files go
-through `torch.load(weights_only=True)` and Detectron pickles through an unpickler that admits numpy arrays only.
+through `torch.load(weights_only=True)` and Detectron pickles through an unpickler that admits numpy arrays only
+(modeling/weight_files.py).
 What happens to BN statistics across norm types is documented in docs/WEIGHTS.md.
 
 Reading a file also tells the input convention and stride placement its network was trained with
@@ -16,17 +17,13 @@ Reading a file also tells the input convention and stride placement its network 
 
 from __future__ import annotations
 
-import codecs
 import collections
 import dataclasses
-import pickle
 import re
-import zipfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from torchvision.models.resnet import Bottleneck
@@ -39,6 +36,7 @@ from scratchdet.modeling.input_convention import (
     convention_mismatch,
     detect_file_convention,
 )
+from scratchdet.modeling.weight_files import as_tensor, read_object, unwrap
 
 TARGET_NORMS = ("GN", "BN", "FrozenBN", "SyncBN", "none")
 NORM_MISMATCH_POLICIES = ("error", "skip_norm", "load_affine")
@@ -53,9 +51,6 @@ _NORM_KEY = re.compile(
 )
 _BACKBONE_KEY = re.compile(r"^(conv1|bn1|layer\d+)\.")
 _RUNNING_STATS = ("running_mean", "running_var")
-
-# torch.save's pre-1.6 (non-zip) format starts with this pickled integer.
-_TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 
 # Caffe2 blob names (Detectron): res{stage}_{block}_branch{1|2a|2b|2c}_{suffix}, stem conv1_* / res_conv1_*.
 _C2_BLOCK = re.compile(r"^res(?P<stage>\d+)_(?P<block>\d+)_branch(?P<branch>1|2a|2b|2c)_(?P<suffix>.+)$")
@@ -147,129 +142,6 @@ class _Source:
 
 def _first(keys: list[str], n: int = 5) -> str:
     return ", ".join(keys[:n]) + (", ..." if len(keys) > n else "") if keys else "none"
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Reading files safely
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def _numpy_globals() -> dict[tuple[str, str], object]:
-    """The globals a pickle of numpy arrays needs, under both numpy 1 (numpy.core) and numpy 2 (numpy._core) names.
-
-    The objects are taken from numpy's own reductions rather than imported by path, so numpy 2 does not warn.
-    """
-    reconstruct = np.zeros(1).__reduce__()[0]
-    scalar = np.float32(0).__reduce__()[0]
-    frombuffer = np.zeros(1).__reduce_ex__(5)[0]
-    allowed: dict[tuple[str, str], object] = {
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-        # Protocol-2 pickles written by Python 3 store bytes as _codecs.encode(str, "latin1"): a pure data transform.
-        ("_codecs", "encode"): codecs.encode,
-        ("collections", "OrderedDict"): collections.OrderedDict,
-    }
-    for core in ("numpy.core", "numpy._core"):
-        allowed[(f"{core}.multiarray", "_reconstruct")] = reconstruct
-        allowed[(f"{core}.multiarray", "scalar")] = scalar
-        allowed[(f"{core}.numeric", "_frombuffer")] = frombuffer
-    return allowed
-
-
-_ALLOWED_GLOBALS = _numpy_globals()
-
-
-class _ArrayUnpickler(pickle.Unpickler):
-    """Unpickles dicts of numpy arrays and refuses every other global, so a crafted file cannot run code."""
-
-    def __init__(self, file, path: Path):
-        # latin1: Detectron's files were written by Python 2, whose str holds the arrays' raw bytes.
-        super().__init__(file, encoding="latin1")
-        self._path = path
-
-    def find_class(self, module: str, name: str):
-        found = _ALLOWED_GLOBALS.get((module, name))
-        if found is None:
-            raise CheckpointError(
-                f"refusing to load {module}.{name} from {self._path}: not a plain weight file (a weight pickle holds "
-                "only dicts and numpy arrays, and unpickling a reference to other code could run it); "
-                "use the official file or convert it to a torch state_dict of tensors"
-            )
-        return found
-
-    def persistent_load(self, pid):
-        raise CheckpointError(f"{self._path} uses pickle persistent ids, which weight pickles never do; not loading it")
-
-
-def _unpickle_arrays(path: Path) -> object:
-    try:
-        with open(path, "rb") as f:
-            return _ArrayUnpickler(f, path).load()
-    except CheckpointError:
-        raise
-    except Exception as e:  # a damaged or foreign file raises many types
-        raise CheckpointError(
-            f"{path} is neither a torch file nor a Detectron weight pickle ({type(e).__name__}: {e}); "
-            "pass a torchvision .pth, a scratchdet checkpoint or a Detectron .pkl"
-        ) from None
-
-
-def _torch_load(path: Path) -> object:
-    try:
-        # weights_only=True always: a .pth is a pickle too, and loading a file must never run code from it.
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(
-            f"{path} cannot be loaded as plain weights ({type(e).__name__}: {reason}); files holding objects other "
-            "than tensors and containers are refused because unpickling them could run code: re-save the "
-            "state_dict alone (torch.save(model.state_dict(), path))"
-        ) from None
-
-
-def _read_object(path: Path) -> tuple[object, str]:
-    """The unpickled top-level object and its container: "torch" (torch.save) or "pickle" (plain pickle)."""
-    if not path.is_file():
-        raise CheckpointError(f"pre-trained weight file {path} does not exist or is not a file; check the path")
-    if zipfile.is_zipfile(path):
-        return _torch_load(path), "torch"
-    # Not a zip: a plain pickle (Detectron) or pre-1.6 torch.save; the restricted unpickler reads the first object
-    # either way, and a legacy torch file's first object is its magic number.
-    obj = _unpickle_arrays(path)
-    if isinstance(obj, int) and obj == _TORCH_LEGACY_MAGIC:
-        return _torch_load(path), "torch"
-    return obj, "pickle"
-
-
-def _unwrap(obj: object, path: Path) -> tuple[dict, str | None]:
-    """The name -> array dict inside common wrappers ({"blobs"}, {"model"}, {"state_dict"}), and the wrapper used."""
-    wrapper = None
-    for _ in range(2):  # e.g. {"model": {"state_dict": ...}}
-        if not isinstance(obj, Mapping):
-            break
-        inner = next((k for k in ("blobs", "model", "state_dict") if isinstance(obj.get(k), Mapping)), None)
-        if inner is None:
-            break
-        wrapper = wrapper or inner
-        obj = obj[inner]
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(
-            f"{path} holds a {type(obj).__name__}, not a dict of weights; expected a state_dict, "
-            "{'model': state_dict} or a Detectron {'blobs': {...}} pickle"
-        )
-    return dict(obj), wrapper
-
-
-def _as_tensor(value: object) -> torch.Tensor | None:
-    """The value as a CPU tensor, or None for metadata (numbers, strings, lists, non-numeric arrays)."""
-    if isinstance(value, torch.Tensor):
-        return value
-    if isinstance(value, np.ndarray) and value.dtype.kind in "fiub":
-        try:
-            return torch.from_numpy(np.array(value))  # a writable, contiguous copy
-        except TypeError:  # a dtype torch lacks (e.g. uint32 on older torch): metadata, never a weight here
-            return None
-    return None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -398,7 +270,7 @@ def _convert(entries: dict, container: str, wrapper: str | None) -> _Source:
         elif name is not None and not _BACKBONE_KEY.match(name) and not name.startswith("fc."):
             # torchvision naming: anything else is not ours unless it merely lost its layout (renamed stages)
             name = name if re.match(r"^[\w.]+\.(weight|bias|running_mean|running_var)$", name) else None
-        tensor = _as_tensor(value)
+        tensor = as_tensor(value)
         if name is None or tensor is None:
             ignored.append(raw)
         elif name == "":
@@ -427,8 +299,8 @@ def _file_convention(source: _Source, path: Path) -> FileConvention:
 
 
 def _read(path: Path) -> _Source:
-    obj, container = _read_object(path)
-    entries, wrapper = _unwrap(obj, path)
+    obj, container = read_object(path)
+    entries, wrapper = unwrap(obj, path)
     source = _convert(entries, container, wrapper)
     if isinstance(obj, Mapping):
         source.meta = {k: obj[k] for k in _META_KEYS if k in obj}
