@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from scratchdet.distributed import SINGLE, DistContext, all_gather, main_first
 from scratchdet.errors import CheckpointError
 
 POINTER = "last_checkpoint"
@@ -172,6 +173,27 @@ def check_free_space(folder: str | Path, checkpoint_bytes: int, count: int) -> N
             f"{needed:,} needed ({count} checkpoint(s) of up to {checkpoint_bytes:,} bytes); free space, choose "
             "another output=, or raise train.checkpoint_period"
         )
+
+
+def save_training_state(folder: str | Path, iteration: int, model: torch.nn.Module,
+                        optimizer: torch.optim.Optimizer, *, seen: dict, ctx: DistContext = SINGLE,
+                        scaler: torch.amp.GradScaler | None = None, extra: dict | None = None) -> Path | None:
+    """Saves what exact resume needs after `iteration` iterations (restore_training_state reads it back).
+
+    The state: model and optimizer, the iteration, samples seen, every rank's RNG states (gathered, so each rank
+    resumes its own stream), the fp16 grad scaler, and the loop's `extra` entries (what the model is, its input
+    convention, ...). Every rank must call it; rank 0 writes, and every rank gets the path (None never: a failed
+    write raises on all ranks through `main_first`).
+    """
+    rngs = all_gather(ctx, rng_state())
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "iteration": iteration,
+             "seen": seen, **(extra or {}), "rng": rngs[0]}
+    if ctx.enabled:
+        state["rng_per_rank"] = rngs
+        state["world_size"] = ctx.world_size
+    if scaler is not None and scaler.is_enabled():
+        state["scaler"] = scaler.state_dict()
+    return main_first(ctx, save_checkpoint, folder, iteration, state)
 
 
 def restore_training_state(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *,

@@ -17,6 +17,15 @@ from dataclasses import dataclass
 from scratchdet.errors import ConfigError
 
 
+def linear_warmup(iteration: int, warmup_iters: int, warmup_factor: float) -> float:
+    """LR multiplier of Detectron's linear warm-up (Goyal et al.): warmup_factor at iteration 0, rising linearly to
+    1 at `warmup_iters`, then 1 (SOLVER.WARM_UP_METHOD: linear)."""
+    if iteration >= warmup_iters:
+        return 1.0
+    alpha = iteration / warmup_iters
+    return warmup_factor * (1.0 - alpha) + alpha
+
+
 @dataclass(frozen=True)
 class Schedule:
     """A resolved schedule at a concrete batch size; all counts are iterations at that batch size."""
@@ -31,12 +40,8 @@ class Schedule:
 
     def lr_factor(self, iteration: int) -> float:
         """Multiplier of base_lr for the update made at `iteration` (0-based): warm-up x step decay."""
-        factor = self.gamma ** sum(1 for m in self.milestones if iteration >= m)
-        if iteration < self.warmup_iters:
-            # Detectron's linear warm-up: from warmup_factor at 0 to 1 at warmup_iters.
-            alpha = iteration / self.warmup_iters
-            factor *= self.warmup_factor * (1.0 - alpha) + alpha
-        return factor
+        decay = self.gamma ** sum(1 for m in self.milestones if iteration >= m)
+        return decay * linear_warmup(iteration, self.warmup_iters, self.warmup_factor)
 
     def lr_at(self, iteration: int) -> float:
         return self.base_lr * self.lr_factor(iteration)

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import json
 import random
-import signal
-import sys
-import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,34 +21,34 @@ from tqdm import tqdm
 
 from scratchdet.config import Config
 from scratchdet.data.build import build_train_dataset, build_train_loader, build_val_dataset, check_categories
-from scratchdet.distributed import (
-    SINGLE,
-    DistContext,
-    agree_on_host,
-    all_gather,
-    all_reduce_sum,
-    all_reduce_tensors,
-    init_distributed,
-    main_first,
-    ranks_not_finite,
-)
+from scratchdet.data.detection import DetectionDataset
+from scratchdet.distributed import SINGLE, DistContext, all_gather, init_distributed, main_first
 from scratchdet.engine.cascade_switch import cascade_switch_iter, switch_in_run
 from scratchdet.engine.checkpoint import (
     check_free_space,
     estimate_checkpoint_bytes,
     planned_checkpoints,
     restore_training_state,
-    rng_state,
-    save_checkpoint,
+    save_training_state,
 )
 from scratchdet.engine.initialization import initialize, resolve_input_convention
+from scratchdet.engine.loop import (
+    LossWindow,
+    SampleCounter,
+    due,
+    next_batch,
+    preempt,
+    progress_bar,
+    set_lr,
+    stop_if_not_finite,
+)
 from scratchdet.engine.metrics import MetricsWriter
 from scratchdet.engine.model_state import MODEL_STATE_KEY, record_model_state, resume_model_
 from scratchdet.engine.optim import build_optimizer
 from scratchdet.engine.preemption import StopRequest
 from scratchdet.engine.run_dir import prepare_run_dir, write_env
-from scratchdet.engine.schedule import schedule_from_config
-from scratchdet.errors import ConfigError, Preempted, TrainingError
+from scratchdet.engine.schedule import Schedule, schedule_from_config
+from scratchdet.errors import ConfigError
 from scratchdet.evaluation.split import evaluate_split
 from scratchdet.modeling.detector import build_detector
 from scratchdet.modeling.input_convention import model_input_convention
@@ -57,25 +56,14 @@ from scratchdet.modeling.sync_bn import use_native_sync_bn
 
 MODEL_TARGET_KEYS = ("boxes", "labels", "masks", "keypoints")  # keypoints: Keypoint R-CNN (model.arch=keypoint_rcnn)
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # train.amp
+NONFINITE_HINT = ("Lower solver.base_lr or lengthen solver.warmup_iters, and check these images' annotations "
+                  "(nothing was stepped: the parameters are those of the previous iteration).")
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def check_finite(total: torch.Tensor, losses: dict, iteration: int, targets: list[dict]) -> None:
-    """Raises TrainingError before the optimizer step if the loss is NaN/inf, so parameters stay those of the
-    previous step, naming the iteration, every loss value and the batch's image ids."""
-    if torch.isfinite(total):
-        return
-    values = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
-    ids = [int(t["image_id"]) for t in targets]
-    raise TrainingError(
-        f"non-finite loss at iteration {iteration}: {values}; batch image ids {ids}. "
-        "Lower solver.base_lr or lengthen solver.warmup_iters, and check these images' annotations."
-    )
 
 
 def run_evaluation(model, val_set, cfg: Config, device, iteration: int, out: Path, metrics: MetricsWriter,
@@ -125,11 +113,80 @@ def _wrap(model: nn.Module, ctx: DistContext, device: torch.device) -> nn.Module
                                    broadcast_buffers=False)
 
 
-def train(cfg: Config) -> dict:
-    """Trains (or resumes) the run described by `cfg`; returns a summary with the last evaluation report.
+def _describe_losses(losses: dict, targets: list[dict]) -> Callable[[], str]:
+    def describe() -> str:
+        values = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+        return f"{values}; batch image ids {[int(t['image_id']) for t in targets]}"
+    return describe
 
-    Under torchrun every process calls this (distributed.py); the summary is the same on every rank.
-    """
+
+def _record_batch(cfg: Config, ctx: DistContext, train_set, iteration: int, targets: list[dict],
+                  metrics: MetricsWriter) -> None:
+    """The optional per-iteration records: images skipped (data.skip_bad_images, counted run-wide:
+    docs/RELIABILITY.md, promise 8) and the batch's image ids (train.record_image_ids; "iter" is the 0-based index
+    of the iteration that consumes the batch)."""
+    if cfg.data.skip_bad_images:
+        for skip in [r for rank_skips in all_gather(ctx, train_set.record_skips(targets)) for r in rank_skips]:
+            metrics.write({"type": "skip", "iter": iteration, **skip})
+    if cfg.train.record_image_ids:
+        ids = [i for rank_ids in all_gather(ctx, [int(t["image_id"]) for t in targets]) for i in rank_ids]
+        metrics.write({"type": "batch", "iter": iteration, "image_ids": ids})
+
+
+def _to_device(images: list[torch.Tensor], targets: list[dict], device: torch.device):
+    return ([img.to(device, non_blocking=True) for img in images],
+            [{k: t[k].to(device, non_blocking=True) for k in MODEL_TARGET_KEYS if k in t} for t in targets])
+
+
+@dataclass
+class _Run:
+    """A detection run ready to train: everything `train` sets up before its first iteration."""
+
+    cfg: Config
+    ctx: DistContext
+    device: torch.device
+    train_set: DetectionDataset
+    val_set: DetectionDataset
+    model: nn.Module
+    optimizer: torch.optim.Optimizer  # replaced at the late cascade switch
+    scaler: torch.amp.GradScaler
+    schedule: Schedule
+    start_iter: int
+    end_iter: int
+    switch_iter: int | None
+    counter: SampleCounter
+    pretrain_seen: dict | None
+
+    @property
+    def out(self) -> Path:
+        return Path(self.cfg.output)
+
+    def save(self, iteration: int) -> Path | None:
+        """Checkpoints the state after `iteration` iterations; every rank calls it, rank 0 writes."""
+        extra = {"pretrain_seen": self.pretrain_seen,  # carried along so fine-tuned totals include the pre-training
+                 # What the model is (cascade heads? classes?), so every loader rebuilds it (engine/model_state.py).
+                 MODEL_STATE_KEY: record_model_state(self.model, self.train_set.num_classes,
+                                                     getattr(self.train_set, "num_keypoints", None)),
+                 # The pixels and stride the weights were trained with, so a copy of this file away from its run
+                 # folder still fine-tunes as the same network (modeling/input_convention.py reads it back).
+                 "input_convention": model_input_convention(self.model).to_dict()}
+        return save_training_state(self.out / "checkpoints", iteration, self.model, self.optimizer,
+                                   seen=self.counter.sync(self.ctx), ctx=self.ctx, scaler=self.scaler, extra=extra)
+
+    def switch_heads(self, train_model: nn.Module, iteration: int, lr: float, metrics: MetricsWriter) -> nn.Module:
+        """The late switch to cascade heads (engine/cascade_switch.py) in the running loop. Replaces the optimizer
+        (it keeps the surviving Parameter objects and their momentum) and returns the module the loop calls from
+        now on: DDP must register the new parameters."""
+        self.optimizer = switch_in_run(self.model, self.optimizer, self.cfg, iteration, lr, metrics)
+        _place(self.model, self.cfg, self.ctx, self.device)
+        del train_model  # the old DDP's reducer removes its gradient hooks when it is freed
+        return _wrap(self.model, self.ctx, self.device)
+
+
+def _start(cfg: Config) -> _Run:
+    """Everything before the first iteration, in the order that keeps failures cheap: the input convention and the
+    data are checked before the run folder is touched, the weights are loaded (fresh runs) or the checkpoint
+    restored (resumed runs), and the disk is checked for the checkpoints to come."""
     out = Path(cfg.output)
     resolve_input_convention(cfg)  # model.input_* / stride_in_1x1 from the weight file, before config.yaml and model
     ctx, device = init_distributed(cfg.train.device)
@@ -166,149 +223,88 @@ def train(cfg: Config) -> dict:
     if resume_from is not None and resume_model_(model, cfg, resume_from, switch_iter):
         _place(model, cfg, ctx, device)
     optimizer = build_optimizer(model, cfg.solver, schedule.base_lr)
-    amp_dtype = AMP_DTYPES[cfg.train.amp]
     # fp16 needs loss scaling (its range underflows small gradients); bf16 has float32's range and does not.
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16")
-    seen = {"images": 0, "instances": 0, "pixels": 0}  # over all processes
-
-    start_iter = 0
+    start_iter, counter = 0, SampleCounter()
     if resume_from is not None:
         state = restore_training_state(resume_from, model, optimizer, rank=ctx.rank, world_size=ctx.world_size,
                                        scaler=scaler)
-        start_iter, seen, pretrain_seen = state["iteration"], state["seen"], state["pretrain_seen"]
+        start_iter, counter, pretrain_seen = state["iteration"], SampleCounter(state["seen"]), state["pretrain_seen"]
         if ctx.is_main:
             tqdm.write(f"resuming {out} from {resume_from.name} (iteration {start_iter})")
     # A disk too full for this run's checkpoints fails now, not at a save hours into the run (docs/RELIABILITY.md,
     # promise 9).
     n_checkpoints = planned_checkpoints(start_iter, end_iter, cfg.train.checkpoint_period, cfg.train.extra_checkpoints)
     main_first(ctx, check_free_space, out / "checkpoints", estimate_checkpoint_bytes(model), n_checkpoints)
-    train_model = _wrap(model, ctx, device)
-    pending = [0, 0, 0]  # this process's images, instances, pixels since `seen` was last summed over processes
+    return _Run(cfg, ctx, device, train_set, val_set, model, optimizer, scaler, schedule, start_iter, end_iter,
+                switch_iter, counter, pretrain_seen)
 
-    def sync_seen() -> None:
-        for key, total in zip(seen, all_reduce_sum(ctx, pending), strict=True):
-            seen[key] += total
-        pending[:] = [0, 0, 0]
 
-    def checkpoint(iteration: int) -> Path | None:
-        rngs = all_gather(ctx, rng_state())  # every rank's generators, so each resumes its own exactly
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "iteration": iteration,
-                 "seen": seen,
-                 "pretrain_seen": pretrain_seen,  # carried along so fine-tuned totals include the pre-training
-                 "rng": rngs[0]}
-        # What the model was (cascade heads? classes?), so every loader rebuilds it (engine/model_state.py).
-        state[MODEL_STATE_KEY] = record_model_state(model, train_set.num_classes,
-                                                    getattr(train_set, "num_keypoints", None))
-        # The pixels and stride the weights were trained with, so a copy of this file away from its run folder
-        # still fine-tunes as the same network (modeling/input_convention.py reads it back).
-        state["input_convention"] = model_input_convention(model).to_dict()
-        if ctx.enabled:
-            state["rng_per_rank"] = rngs
-            state["world_size"] = ctx.world_size
-        if scaler.is_enabled():
-            state["scaler"] = scaler.state_dict()
-        return main_first(ctx, save_checkpoint, out / "checkpoints", iteration, state)
+def train(cfg: Config) -> dict:
+    """Trains (or resumes) the run described by `cfg`; returns a summary with the last evaluation report.
 
-    metrics = MetricsWriter(out, enabled=ctx.is_main)
+    Under torchrun every process calls this (distributed.py); the summary is the same on every rank.
+
+    Raises:
+        ConfigError, DataError, CheckpointError: before training, naming the key, file or folder.
+        TrainingError: a non-finite loss or a batch that cannot be loaded, before that iteration's step.
+        Preempted: SIGTERM/SIGINT; the iteration boundary was checkpointed.
+    """
+    run = _start(cfg)
+    ctx, device, model, scaler, schedule = run.ctx, run.device, run.model, run.scaler, run.schedule
+    start_iter, end_iter = run.start_iter, run.end_iter
+    amp_dtype = AMP_DTYPES[cfg.train.amp]
+    metrics = MetricsWriter(run.out, enabled=ctx.is_main)
     metrics.write({"type": "start", "iter": start_iter, "schedule": schedule.describe(), "end_iter": end_iter,
-                   "train_images": len(train_set), "val_images": len(val_set), "init": cfg.init,
-                   "pretrain_seen": pretrain_seen, "world_size": ctx.world_size, "amp": cfg.train.amp})
+                   "train_images": len(run.train_set), "val_images": len(run.val_set), "init": cfg.init,
+                   "pretrain_seen": run.pretrain_seen, "world_size": ctx.world_size, "amp": cfg.train.amp})
     if ctx.is_main:
         tqdm.write(f"schedule: {schedule.describe()}; training iterations {start_iter}..{end_iter}"
                    + (f"; {ctx.world_size} processes" if ctx.enabled else ""))
-    loader = iter(build_train_loader(train_set, cfg, start_iter, ctx.rank, ctx.world_size))
+    loader = iter(build_train_loader(run.train_set, cfg, start_iter, ctx.rank, ctx.world_size))
+    train_model = _wrap(model, ctx, device)
     train_model.train()
-    window: dict[str, torch.Tensor] = {}  # loss sums on the device since the last log record (no host syncs)
-    window_iters = 0
-    window_start = time.perf_counter()
-    data_time = 0.0
-    report: dict = {}
-    # Redraw at most every 5 s when stderr is a file or pipe (CI, nohup), so logs stay readable.
-    progress = tqdm(total=end_iter, initial=start_iter, desc="train", unit="it", dynamic_ncols=True,
-                    mininterval=0.1 if sys.stderr.isatty() else 5.0, disable=not ctx.is_main)
+    window, report = LossWindow(), {}
+    progress = progress_bar(end_iter, start_iter, "train", enabled=ctx.is_main)
     with StopRequest() as stop:  # SIGTERM/SIGINT -> checkpoint at the next iteration boundary, then stop
         for iteration in range(start_iter, end_iter):
-            tick = time.perf_counter()
-            load_error = None
-            try:
-                images, targets = next(loader)
-            except Exception as e:  # e.g. DataError; alone, raise at once; among several, stop together first
-                if not ctx.enabled:
-                    raise
-                load_error = e
-            data_time += time.perf_counter() - tick
-            failed, stopping = agree_on_host(ctx, failed=load_error is not None, stop=stop.signum is not None)
-            if failed:
-                if load_error is not None:
-                    raise load_error
-                raise TrainingError(f"rank(s) {failed} could not load their batch of iteration {iteration} (see "
-                                    f"their error); rank {ctx.rank} stops with them, nothing was stepped")
+            (images, targets), stopping = next_batch(loader, ctx, stop, iteration, window)
             if stopping and iteration > start_iter:
-                path = checkpoint(iteration)
-                metrics.write({"type": "preempted", "iter": iteration, "signal": stop.signum or signal.SIGTERM})
-                progress.close()
-                raise Preempted(stop.signum or signal.SIGTERM, iteration, str(path))
-            if cfg.data.skip_bad_images:  # logged and counted run-wide (docs/RELIABILITY.md, promise 8)
-                for skip in [r for rank_skips in all_gather(ctx, train_set.record_skips(targets)) for r in rank_skips]:
-                    metrics.write({"type": "skip", "iter": iteration, **skip})
-            if cfg.train.record_image_ids:  # "iter" = 0-based index of the iteration that consumes this batch
-                ids = [i for rank_ids in all_gather(ctx, [int(t["image_id"]) for t in targets]) for i in rank_ids]
-                metrics.write({"type": "batch", "iter": iteration, "image_ids": ids})
-            pending[0] += len(images)
-            pending[1] += sum(len(t["boxes"]) for t in targets)
-            pending[2] += sum(img.shape[-1] * img.shape[-2] for img in images)  # post-transform, pre-padding
-            images = [img.to(device, non_blocking=True) for img in images]
-            model_targets = [{k: t[k].to(device, non_blocking=True) for k in MODEL_TARGET_KEYS if k in t}
-                             for t in targets]
-
+                preempt(stop, iteration, run.save, metrics, progress)
+            _record_batch(cfg, ctx, run.train_set, iteration, targets, metrics)
+            run.counter.add(len(images), sum(len(t["boxes"]) for t in targets),
+                            sum(img.shape[-1] * img.shape[-2] for img in images))
+            images, model_targets = _to_device(images, targets, device)
             lr = schedule.lr_at(iteration)
-            if iteration == switch_iter:  # paper: cascade heads for the final K iterations (engine/cascade_switch.py)
-                optimizer = switch_in_run(model, optimizer, cfg, iteration, lr, metrics)
-                _place(model, cfg, ctx, device)  # the new heads (the optimizer keeps the same Parameter objects)
-                del train_model  # the old DDP's reducer removes its gradient hooks when it is freed
-                train_model = _wrap(model, ctx, device)  # new parameters: DDP must register them
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            if iteration == run.switch_iter:  # paper: cascade heads for the final K iterations
+                train_model = run.switch_heads(train_model, iteration, lr, metrics)
+            set_lr(run.optimizer, lr)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 losses = train_model(images, model_targets)
             total = sum(losses.values())
-            not_finite = ranks_not_finite(ctx, device, total)  # every rank stops together, before any step
-            if not_finite:
-                if ctx.rank in not_finite:
-                    check_finite(total, losses, iteration, targets)
-                raise TrainingError(f"non-finite loss on rank(s) {not_finite} at iteration {iteration} (see their "
-                                    f"error); rank {ctx.rank} stops with them, nothing was stepped")
-            optimizer.zero_grad(set_to_none=True)
+            stop_if_not_finite(ctx, device, total, iteration, _describe_losses(losses, targets), NONFINITE_HINT)
+            run.optimizer.zero_grad(set_to_none=True)
             scaler.scale(total).backward()
-            scaler.step(optimizer)
+            scaler.step(run.optimizer)
             scaler.update()
 
-            for k, v in losses.items():
-                window[k] = window.get(k, 0.0) + v.detach()
-            window["loss"] = window.get("loss", 0.0) + total.detach()
-            window_iters += 1
+            window.add({**losses, "loss": total})
             done = iteration + 1
             progress.update(1)
-            if done % cfg.train.log_period == 0 or done == end_iter:
-                n = window_iters
-                elapsed = time.perf_counter() - window_start
-                means = dict(zip(window, all_reduce_tensors(ctx, device, list(window.values())), strict=True))
-                sync_seen()
-                record = {"type": "train", "iter": done, "lr": lr, **{k: v / n for k, v in means.items()},
-                          "time_per_iter": elapsed / n, "data_time": data_time / n, "seen": dict(seen)}
+            if due(done, cfg.train.log_period, end_iter):
+                record = {"type": "train", "iter": done, "lr": lr, **window.flush(ctx, device),
+                          "seen": run.counter.sync(ctx)}
                 if scaler.is_enabled():
                     record["loss_scale"] = scaler.get_scale()
                 metrics.write(record)
                 progress.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.2g}")
-                window, window_iters, data_time, window_start = {}, 0, 0.0, time.perf_counter()
-            if done % cfg.train.checkpoint_period == 0 or done == end_iter or done in cfg.train.extra_checkpoints:
-                sync_seen()
-                checkpoint(done)
-            if (cfg.eval.period and done % cfg.eval.period == 0) or done == end_iter:
-                report = run_evaluation(model, val_set, cfg, device, done, out, metrics, ctx)
+            if due(done, cfg.train.checkpoint_period, end_iter, cfg.train.extra_checkpoints):
+                run.save(done)
+            if due(done, cfg.eval.period, end_iter):
+                report = run_evaluation(model, run.val_set, cfg, device, done, run.out, metrics, ctx)
     progress.close()
-    sync_seen()
-    metrics.write({"type": "end", "iter": end_iter, "seen": seen, "pretrain_seen": pretrain_seen})
+    seen = run.counter.sync(ctx)
+    metrics.write({"type": "end", "iter": end_iter, "seen": seen, "pretrain_seen": run.pretrain_seen})
     metrics.close()
-    return {"output": str(out), "iter": end_iter, "seen": seen, "pretrain_seen": pretrain_seen, "eval": report,
-            "finished": end_iter == schedule.max_iters}
+    return {"output": str(run.out), "iter": end_iter, "seen": seen, "pretrain_seen": run.pretrain_seen,
+            "eval": report, "finished": end_iter == schedule.max_iters}

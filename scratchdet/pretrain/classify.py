@@ -16,8 +16,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,13 +32,15 @@ from scratchdet.data.classification import (
     build_classification_train_loader,
     build_classification_transform,
 )
-from scratchdet.distributed import resolve_device
-from scratchdet.engine.checkpoint import restore_training_state, rng_state, save_checkpoint
+from scratchdet.distributed import SINGLE, resolve_device
+from scratchdet.engine import loop
+from scratchdet.engine.checkpoint import restore_training_state, save_training_state
 from scratchdet.engine.metrics import MetricsWriter
 from scratchdet.engine.optim import param_groups
+from scratchdet.engine.preemption import StopRequest
 from scratchdet.engine.run_dir import prepare_run_dir, write_env
+from scratchdet.engine.schedule import linear_warmup
 from scratchdet.engine.trainer import seed_everything
-from scratchdet.errors import TrainingError
 from scratchdet.modeling.classifier import ResNetClassifier, build_classifier
 from scratchdet.modeling.input_convention import TORCHVISION
 from scratchdet.pretrain.config import PretrainConfig
@@ -67,10 +67,7 @@ class ClassifySchedule:
             factor = 0.5 * (1.0 + math.cos(math.pi * iteration / self.max_iters))
         else:
             factor = self.gamma ** sum(1 for m in self.milestones if iteration >= m)
-        if iteration < self.warmup_iters:
-            alpha = iteration / self.warmup_iters  # linear warm-up (Goyal et al.), as the detector's schedule
-            factor *= self.warmup_factor * (1.0 - alpha) + alpha
-        return self.base_lr * factor
+        return self.base_lr * factor * linear_warmup(iteration, self.warmup_iters, self.warmup_factor)
 
     def describe(self) -> str:
         shape = "cosine to 0" if self.kind == "cosine" else f"x{self.gamma:g} at {', '.join(map(str, self.milestones))}"
@@ -135,16 +132,13 @@ def evaluate_classifier(model: ResNetClassifier, loader, device: torch.device) -
     return {"top1": 100.0 * correct1 / max(total, 1), "top5": 100.0 * correct5 / max(total, 1), "images": total}
 
 
-def check_finite_loss(loss: torch.Tensor, iteration: int, labels: torch.Tensor) -> None:
-    """Raises TrainingError before the optimizer step if the loss is NaN/inf, so parameters stay those of the
-    previous step."""
-    if torch.isfinite(loss):
-        return
-    raise TrainingError(
-        f"non-finite classification loss at iteration {iteration}: loss={loss.item():.4g} "
-        f"(batch of {len(labels)} images, labels {labels[:8].tolist()}...). "
-        "Lower solver.base_lr or lengthen solver.warmup_iters; with model.norm=none a lower LR is usually needed."
-    )
+NONFINITE_HINT = ("Lower solver.base_lr or lengthen solver.warmup_iters; with model.norm=none a lower LR is usually "
+                  "needed (nothing was stepped: the parameters are those of the previous iteration).")
+
+
+def _describe_batch(loss: torch.Tensor, labels: torch.Tensor):
+    return lambda: (f"classification loss={loss.item():.4g} (batch of {len(labels)} images, labels "
+                    f"{labels[:8].tolist()}...)")
 
 
 def backbone_description(cfg: PretrainConfig, model: ResNetClassifier) -> dict:
@@ -191,24 +185,17 @@ def pretrain(cfg: PretrainConfig) -> dict:
     s = cfg.solver
     optimizer = torch.optim.SGD(param_groups(model, s.weight_decay, s.weight_decay_norm), lr=schedule.base_lr,
                                 momentum=s.momentum)
-    seen = {"images": 0, "instances": 0, "pixels": 0}
-
-    start_iter = 0
+    start_iter, counter = 0, loop.SampleCounter()
     if resume_from is not None:
         state = restore_training_state(resume_from, model, optimizer)
-        start_iter, seen = state["iteration"], state["seen"]
+        start_iter, counter = state["iteration"], loop.SampleCounter(state["seen"])
         tqdm.write(f"resuming {out} from {resume_from.name} (iteration {start_iter})")
 
-    def checkpoint(iteration: int) -> Path:
-        return save_checkpoint(out / "checkpoints", iteration, {
-            "model": model.state_dict(),  # torchvision ResNet layout
-            # Read back by a detector loading this checkpoint (modeling/input_convention.py), so it is fed alike.
-            "input_convention": model.input_convention.to_dict(),
-            "optimizer": optimizer.state_dict(),
-            "iteration": iteration,
-            "seen": seen,
-            "rng": rng_state(),
-        })
+    def save(iteration: int) -> Path | None:
+        # The input convention is read back by a detector loading this checkpoint (modeling/input_convention.py),
+        # so it is fed alike; the weights are in torchvision's ResNet layout.
+        return save_training_state(out / "checkpoints", iteration, model, optimizer, seen=counter.sync(SINGLE),
+                                   extra={"input_convention": model.input_convention.to_dict()})
 
     metrics = MetricsWriter(out)
     eval_loader = build_classification_eval_loader(eval_set, cfg.eval.batch_size, num_workers=cfg.data.num_workers)
@@ -225,62 +212,57 @@ def pretrain(cfg: PretrainConfig) -> dict:
     metrics.write({"type": "start", "iter": start_iter, "schedule": schedule.describe(), "end_iter": end_iter,
                    "train_images": len(train_set), "val_images": len(eval_set), "num_classes": len(classes)})
     tqdm.write(f"pre-training schedule: {schedule.describe()}; iterations {start_iter}..{end_iter}")
-    loader = iter(build_classification_train_loader(
+    batches = iter(build_classification_train_loader(
         train_set, s.batch_size, seed=cfg.seed, start_iter=start_iter, num_workers=cfg.data.num_workers))
     model.train()
-    window_loss = window_correct = 0.0  # sums since the last log record
-    window_iters = window_images = 0
-    window_start = time.perf_counter()
-    data_time = 0.0
-    report: dict = {}
-    progress = tqdm(total=end_iter, initial=start_iter, desc="pretrain", unit="it", dynamic_ncols=True,
-                    mininterval=0.1 if sys.stderr.isatty() else 5.0)
-    for iteration in range(start_iter, end_iter):
-        tick = time.perf_counter()
-        images, labels = next(loader)
-        data_time += time.perf_counter() - tick
-        seen["images"] += len(images)
-        seen["instances"] += len(images)  # one labelled object per image
-        seen["pixels"] += len(images) * images.shape[-2] * images.shape[-1]  # post-transform, as fed
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+    window, report = loop.LossWindow(), {}
+    progress = loop.progress_bar(end_iter, start_iter, "pretrain")
+    with StopRequest() as stop:  # SIGTERM/SIGINT -> checkpoint at the next iteration boundary, then stop
+        for iteration in range(start_iter, end_iter):
+            (images, labels), stopping = loop.next_batch(batches, SINGLE, stop, iteration, window)
+            if stopping and iteration > start_iter:
+                loop.preempt(stop, iteration, save, metrics, progress)
+            # One labelled object per image; pixels after the crop, as fed.
+            counter.add(len(images), len(images), len(images) * images.shape[-2] * images.shape[-1])
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            lr = schedule.lr_at(iteration)
+            loop.set_lr(optimizer, lr)
+            logits = model(images)
+            loss = F.cross_entropy(logits, labels, label_smoothing=s.label_smoothing)
+            loop.stop_if_not_finite(SINGLE, device, loss, iteration, _describe_batch(loss, labels), NONFINITE_HINT)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
 
-        lr = schedule.lr_at(iteration)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        logits = model(images)
-        loss = F.cross_entropy(logits, labels, label_smoothing=s.label_smoothing)
-        check_finite_loss(loss, iteration, labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-        window_loss += float(loss.detach())
-        window_correct += float((logits.detach().argmax(1) == labels).sum())
-        window_iters += 1
-        window_images += len(labels)
-        done = iteration + 1
-        progress.update(1)
-        if done % cfg.train.log_period == 0 or done == end_iter:
-            elapsed = time.perf_counter() - window_start
-            record = {"type": "train", "iter": done, "lr": lr, "loss": window_loss / window_iters,
-                      "train_top1": 100.0 * window_correct / window_images,  # on augmented crops, before the step
-                      "time_per_iter": elapsed / window_iters, "data_time": data_time / window_iters,
-                      "seen": dict(seen)}
-            metrics.write(record)
-            progress.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.2g}")
-            window_loss = window_correct = 0.0
-            window_iters = window_images = 0
-            window_start, data_time = time.perf_counter(), 0.0
-        if done % cfg.train.checkpoint_period == 0 or done == end_iter:
-            checkpoint(done)
-        if (cfg.eval.period and done % cfg.eval.period == 0) or done == end_iter:
-            report = run_evaluation(done)
+            # train_top1: on the augmented crops, before the step (every batch has solver.batch_size images).
+            window.add({"loss": loss, "train_top1": (logits.detach().argmax(1) == labels).float().mean() * 100.0})
+            done = iteration + 1
+            progress.update(1)
+            if loop.due(done, cfg.train.log_period, end_iter):
+                record = {"type": "train", "iter": done, "lr": lr, **window.flush(SINGLE, device),
+                          "seen": counter.sync(SINGLE)}
+                metrics.write(record)
+                progress.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.2g}")
+            if loop.due(done, cfg.train.checkpoint_period, end_iter):
+                save(done)
+            if loop.due(done, cfg.eval.period, end_iter):
+                report = run_evaluation(done)
     progress.close()
     if not report:  # resumed a run that had already reached end_iter: evaluate what it left
         report = run_evaluation(end_iter)
+    seen = counter.sync(SINGLE)
     metrics.write({"type": "end", "iter": end_iter, "seen": seen})
     metrics.close()
 
+    summary = _write_results(cfg, model, schedule, end_iter, report, seen, len(train_set), len(classes))
+    return {"output": str(out), "iter": end_iter, "seen": seen, "eval": report, "summary": summary["summary"],
+            "weights": summary["weights"], "finished": summary["finished"]}
+
+
+def _write_results(cfg: PretrainConfig, model: ResNetClassifier, schedule: ClassifySchedule, end_iter: int,
+                   report: dict, seen: dict, train_images: int, num_classes: int) -> dict:
+    """Writes the final weights (classifier_final.pth) and pretrain_summary.json; returns the summary."""
+    out = Path(cfg.output)
     weights = out / WEIGHTS_FILE
     # torchvision's convention: a plain torchvision-layout state_dict, loadable anywhere. Any other convention is
     # recorded beside the tensors, so the file, copied out of its run folder, cannot be fed the wrong pixels.
@@ -297,9 +279,9 @@ def pretrain(cfg: PretrainConfig) -> dict:
         "top5": report["top5"],
         "eval_images": report["images"],
         "seen": seen,
-        "epochs_seen": seen["images"] / len(train_set),
-        "train_images": len(train_set),
-        "num_classes": len(classes),
+        "epochs_seen": seen["images"] / train_images,
+        "train_images": train_images,
+        "num_classes": num_classes,
         "data": cfg.data.root if cfg.data.root else f"synthetic textures (seed {cfg.data.synthetic_seed})",
         "backbone": backbone_description(cfg, model),
         "weights": str(weights),
@@ -309,5 +291,4 @@ def pretrain(cfg: PretrainConfig) -> dict:
     summary_path.write_text(json.dumps(summary, indent=2) + "\n")
     tqdm.write(f"pre-training results: {summary_path} (top-1 {report['top1']:.2f}%, top-5 {report['top5']:.2f}%); "
                f"weights ({layout}): {weights}; curves: {out / 'metrics.jsonl'}")
-    return {"output": str(out), "iter": end_iter, "seen": seen, "eval": report, "summary": str(summary_path),
-            "weights": str(weights), "finished": summary["finished"]}
+    return {**summary, "summary": str(summary_path)}

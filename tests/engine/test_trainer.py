@@ -6,8 +6,10 @@ import torch
 from helpers import MINI_CONFIG, tiny_overrides
 
 from scratchdet.config import load_config
+from scratchdet.distributed import SINGLE
 from scratchdet.engine import trainer
 from scratchdet.engine.checkpoint import latest_checkpoint, load_checkpoint
+from scratchdet.engine.loop import stop_if_not_finite
 from scratchdet.engine.metrics import read_metrics
 from scratchdet.errors import CheckpointError, TrainingError
 
@@ -92,6 +94,6 @@ def test_non_finite_loss_stops_with_iteration_values_and_image_ids(tiny_config, 
         trainer.train(tiny_config)
 
 
-def test_check_finite_passes_finite_losses():
+def test_stop_if_not_finite_passes_finite_losses():
     losses = {"a": torch.tensor(1.0), "b": torch.tensor(2.0)}
-    trainer.check_finite(sum(losses.values()), losses, 0, [])
+    stop_if_not_finite(SINGLE, torch.device("cpu"), sum(losses.values()), 0, lambda: "unused", "")

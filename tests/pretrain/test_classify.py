@@ -1,5 +1,7 @@
 import json
 import math
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ from scratchdet.config import load_config
 from scratchdet.data.classification import write_synthetic_classification
 from scratchdet.engine.checkpoint import latest_checkpoint, load_checkpoint
 from scratchdet.engine.metrics import read_metrics
-from scratchdet.errors import CheckpointError, ConfigError, DataError, TrainingError
+from scratchdet.errors import CheckpointError, ConfigError, DataError, Preempted, TrainingError
 from scratchdet.modeling.backbones import ResNet
 from scratchdet.modeling.classifier import ResNetClassifier, build_classifier
 from scratchdet.modeling.detector import build_detector
@@ -189,6 +191,39 @@ def test_resume_gives_the_same_parameters_as_a_straight_run(tmp_path):
     assert loss_a == loss_b
 
 
+def test_sigterm_checkpoints_at_the_boundary_and_resume_is_exact(tmp_path, monkeypatch):
+    """A scheduler's SIGTERM during pre-training: checkpoint at the next iteration boundary, `Preempted`, and a
+    resume that ends with the parameters of a run never stopped (the same parts as the detection loop)."""
+    classify.pretrain(load_pretrain_config(None, tiny(tmp_path / "straight", **{"train.checkpoint_period": 100})))
+    real_build = classify.build_classifier
+
+    def build_signalling(cfg, num_classes):
+        model = real_build(cfg, num_classes)
+        forward, calls = model.forward, []
+
+        def signalled(x):
+            calls.append(1)
+            if len(calls) == 2:  # during iteration 1: the loop must finish it, then stop before iteration 2
+                os.kill(os.getpid(), signal.SIGTERM)
+            return forward(x)
+
+        model.forward = signalled
+        return model
+
+    monkeypatch.setattr(classify, "build_classifier", build_signalling)
+    stopped = tmp_path / "stopped"
+    with pytest.raises(Preempted) as info:
+        classify.pretrain(load_pretrain_config(None, tiny(stopped, **{"train.checkpoint_period": 100})))
+    assert info.value.iteration == 2 and read_metrics(stopped, "preempted")[0]["iter"] == 2
+    monkeypatch.setattr(classify, "build_classifier", real_build)
+    classify.pretrain(load_pretrain_config(None, tiny(stopped, resume="true", **{"train.checkpoint_period": 100})))
+    a = load_checkpoint(latest_checkpoint(tmp_path / "straight" / "checkpoints"))
+    b = load_checkpoint(latest_checkpoint(stopped / "checkpoints"))
+    assert a["iteration"] == b["iteration"] == 4 and a["seen"] == b["seen"]
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+
+
 def test_resume_refusals(tmp_path):
     with pytest.raises(CheckpointError, match="holds no checkpoint"):
         classify.pretrain(load_pretrain_config(None, tiny(tmp_path / "new", resume="true")))
@@ -213,7 +248,7 @@ def test_non_finite_loss_stops_naming_the_iteration(tmp_path, monkeypatch):
         return model
 
     monkeypatch.setattr(classify, "build_classifier", build_poisoned)
-    with pytest.raises(TrainingError, match=r"non-finite classification loss at iteration 2: loss=nan"):
+    with pytest.raises(TrainingError, match=r"non-finite loss at iteration 2: classification loss=nan"):
         classify.pretrain(load_pretrain_config(None, tiny(tmp_path / "run")))
 
 

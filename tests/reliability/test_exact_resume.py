@@ -24,10 +24,10 @@ N = 4
 TRAIN_SCRIPT = """
 import os, signal, sys
 from scratchdet.cli import main
-from scratchdet.engine import trainer
+from scratchdet.engine import checkpoint
 
 kill_at = int(os.environ["KILL_AT"])
-real_save = trainer.save_checkpoint
+real_save = checkpoint.save_checkpoint
 
 def save_then_die(folder, iteration, state):
     path = real_save(folder, iteration, state)
@@ -35,7 +35,7 @@ def save_then_die(folder, iteration, state):
         os.kill(os.getpid(), signal.SIGKILL)
     return path
 
-trainer.save_checkpoint = save_then_die
+checkpoint.save_checkpoint = save_then_die
 sys.exit(main(["train", *sys.argv[1:]]))
 """
 
