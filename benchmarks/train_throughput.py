@@ -43,13 +43,26 @@ CONFIG = ROOT / "configs" / "paper" / "mask_rcnn_R50_FPN_GN_scratch_2x.yaml"
 def _overrides(args, data: Path, out: Path, extra: list[str]) -> list[str]:
     size = args.size
     # The paper config names COCO's paths explicitly; point all four at the synthetic folder.
-    paths = [f"data.{split}.{key}={data / name}" for split in ("train", "val")
-             for key, name in (("json", f"instances_{split}.json"), ("images", split))]
-    return [*paths, f"output={out}", f"data.min_size_train=[{size}]",
-            f"data.max_size_train={int(size * 1.667)}", f"data.min_size_test={size}",
-            f"data.max_size_test={int(size * 1.667)}", f"train.batch_size={args.batch}",
-            f"data.num_workers={args.workers}", f"train.device={args.device}", "train.log_period=1",
-            f"train.max_iters={args.warmup + args.iters}", "eval.max_images=1", *extra]
+    paths = [
+        f"data.{split}.{key}={data / name}"
+        for split in ("train", "val")
+        for key, name in (("json", f"instances_{split}.json"), ("images", split))
+    ]
+    return [
+        *paths,
+        f"output={out}",
+        f"data.min_size_train=[{size}]",
+        f"data.max_size_train={int(size * 1.667)}",
+        f"data.min_size_test={size}",
+        f"data.max_size_test={int(size * 1.667)}",
+        f"train.batch_size={args.batch}",
+        f"data.num_workers={args.workers}",
+        f"train.device={args.device}",
+        "train.log_period=1",
+        f"train.max_iters={args.warmup + args.iters}",
+        "eval.max_images=1",
+        *extra,
+    ]
 
 
 def _peak_memory_mb(device: str) -> float:
@@ -76,9 +89,12 @@ def measure_ours(args, data: Path, extra: list[str]) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         train(_cfg(args, data, extra, Path(tmp) / "run"))
-        times = [r["time_per_iter"] for r in read_metrics(Path(tmp) / "run", "train")][args.warmup:]
-    return {"s_per_iter": statistics.median(times), "img_s": args.batch / statistics.median(times),
-            "peak_mb": _peak_memory_mb(args.device)}
+        times = [r["time_per_iter"] for r in read_metrics(Path(tmp) / "run", "train")][args.warmup :]
+    return {
+        "s_per_iter": statistics.median(times),
+        "img_s": args.batch / statistics.median(times),
+        "peak_mb": _peak_memory_mb(args.device),
+    }
 
 
 def _plain_setup(args, data: Path, extra: list[str]):
@@ -103,8 +119,9 @@ def _plain_setup(args, data: Path, extra: list[str]):
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=0.0025, momentum=0.9, weight_decay=1e-4)
     batches = TrainingBatchSampler(len(dataset), cfg.seed, args.batch)
-    loader = DataLoader(dataset, batch_sampler=batches, num_workers=args.workers, collate_fn=collate,
-                        pin_memory=device.type == "cuda")
+    loader = DataLoader(
+        dataset, batch_sampler=batches, num_workers=args.workers, collate_fn=collate, pin_memory=device.type == "cuda"
+    )
     return device, model, optimizer, loader
 
 
@@ -133,9 +150,12 @@ def measure_plain(args, data: Path, extra: list[str]) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - tick)
-    times = times[args.warmup:]
-    return {"s_per_iter": statistics.median(times), "img_s": args.batch / statistics.median(times),
-            "peak_mb": _peak_memory_mb(args.device)}
+    times = times[args.warmup :]
+    return {
+        "s_per_iter": statistics.median(times),
+        "img_s": args.batch / statistics.median(times),
+        "peak_mb": _peak_memory_mb(args.device),
+    }
 
 
 def measure_loader(args, data: Path, extra: list[str]) -> dict:
@@ -221,13 +241,23 @@ def measure_profile(args, data: Path, extra: list[str]) -> dict:
     key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     events = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)
     total = sum(getattr(e, key) for e in events)
-    return {"total_ms_per_iter": total / 3 / 1000,
-            "top": [{"op": e.key, "share": getattr(e, key) / total, "ms_per_iter": getattr(e, key) / 3 / 1000}
-                    for e in events[:15]]}
+    return {
+        "total_ms_per_iter": total / 3 / 1000,
+        "top": [
+            {"op": e.key, "share": getattr(e, key) / total, "ms_per_iter": getattr(e, key) / 3 / 1000}
+            for e in events[:15]
+        ],
+    }
 
 
-MODES = {"ours": measure_ours, "plain": measure_plain, "loader": measure_loader, "infer": measure_infer,
-         "pad": measure_padding, "profile": measure_profile}
+MODES = {
+    "ours": measure_ours,
+    "plain": measure_plain,
+    "loader": measure_loader,
+    "infer": measure_infer,
+    "pad": measure_padding,
+    "profile": measure_profile,
+}
 
 
 def _child(args) -> None:
@@ -245,12 +275,19 @@ def _run_child(args, mode: str, extra: list[str]) -> dict:
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         raise SystemExit(f"{mode} {extra} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def _common(args) -> list[str]:
-    return [f"--size={args.size}", f"--batch={args.batch}", f"--iters={args.iters}", f"--warmup={args.warmup}",
-            f"--workers={args.workers}", f"--device={args.device}", f"--threads={args.threads}"]
+    return [
+        f"--size={args.size}",
+        f"--batch={args.batch}",
+        f"--iters={args.iters}",
+        f"--warmup={args.warmup}",
+        f"--workers={args.workers}",
+        f"--device={args.device}",
+        f"--threads={args.threads}",
+    ]
 
 
 def main() -> None:
@@ -263,9 +300,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="alternating ours/plain rounds")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--options", nargs="*", default=["train.amp=bf16", "train.channels_last=true",
-                                                         "data.aspect_ratio_grouping=true"],
-                        help="each is measured as one more 'ours' row; 'a=1 b=2' sets both")
+    parser.add_argument(
+        "--options",
+        nargs="*",
+        default=["train.amp=bf16", "train.channels_last=true", "data.aspect_ratio_grouping=true"],
+        help="each is measured as one more 'ours' row; 'a=1 b=2' sets both",
+    )
     parser.add_argument("--data", help="a `scratchdet data synth` folder (default: generated in a temp folder)")
     parser.add_argument("--out", default="train_throughput.json")
     parser.add_argument("--child", choices=sorted(MODES), dest="mode", help=argparse.SUPPRESS)
@@ -279,8 +319,9 @@ def main() -> None:
         from scratchdet.data.synthetic import write_synthetic_coco
 
         args.data = str(Path(tmp.name) / "shapes")
-        write_synthetic_coco(args.data, train_images=64, val_images=32, seed=0, min_side=args.size,
-                             max_side=int(args.size * 1.5))
+        write_synthetic_coco(
+            args.data, train_images=64, val_images=32, seed=0, min_side=args.size, max_side=int(args.size * 1.5)
+        )
     results: dict = {"args": {k: v for k, v in vars(args).items() if k not in ("mode", "extra")}, "rounds": []}
     for _ in range(args.repeats):
         results["rounds"].append({"ours": _run_child(args, "ours", []), "plain": _run_child(args, "plain", [])})
@@ -304,8 +345,10 @@ def main() -> None:
     print(f"| data loader alone | {results['loader']['img_s']:.2f} | |")
     print(f"| inference | {results['infer']['img_s']:.3f} | {results['infer']['peak_mb']:.0f} |")
     p = results["padding"]
-    print(f"padded pixels / real pixels: {p['grouping_false']:.3f} without grouping, "
-          f"{p['grouping_true']:.3f} with data.aspect_ratio_grouping")
+    print(
+        f"padded pixels / real pixels: {p['grouping_false']:.3f} without grouping, "
+        f"{p['grouping_true']:.3f} with data.aspect_ratio_grouping"
+    )
     print("profile (self time per operator, share of the iteration):")
     for e in results["profile"]["top"]:
         print(f"  {e['op']:<45} {100 * e['share']:5.1f}%  {e['ms_per_iter']:8.1f} ms/iter")

@@ -1,14 +1,14 @@
 """The `scratchdet` command: parse arguments, build the config, call the library. No logic of its own.
 
-    scratchdet data synth --out DIR [--train-images N --val-images M --seed S --format coco|voc]
-    scratchdet data check JSON [--images DIR] [--decode] [--against OTHER_JSON] [--json]
-    scratchdet data synth --task classify --out DIR
-    scratchdet pretrain CONFIG [key=value ...]
-    scratchdet train CONFIG [key=value ...]
-    scratchdet eval RUN_DIR [checkpoint=PATH] [key=value ...]
-    scratchdet study SPEC.yaml [key=value ...]
-    scratchdet report STUDY_DIR
-    scratchdet model-info CONFIG [--size H W] [--json] [key=value ...]
+scratchdet data synth --out DIR [--train-images N --val-images M --seed S --format coco|voc]
+scratchdet data check JSON [--images DIR] [--decode] [--against OTHER_JSON] [--json]
+scratchdet data synth --task classify --out DIR
+scratchdet pretrain CONFIG [key=value ...]
+scratchdet train CONFIG [key=value ...]
+scratchdet eval RUN_DIR [checkpoint=PATH] [key=value ...]
+scratchdet study SPEC.yaml [key=value ...]
+scratchdet report STUDY_DIR
+scratchdet model-info CONFIG [--size H W] [--json] [key=value ...]
 """
 
 from __future__ import annotations
@@ -28,26 +28,36 @@ def _cmd_data_synth(args) -> int:
 
         summary = write_synthetic_classification(args.out, seed=args.seed)
         print(json.dumps(summary, indent=2))
-        print(f"wrote an ImageNet-style folder {args.out}/train/<class>/, {args.out}/val/<class>/; "
-              f"use it with `scratchdet pretrain CONFIG data.root={args.out}`")
+        print(
+            f"wrote an ImageNet-style folder {args.out}/train/<class>/, {args.out}/val/<class>/; "
+            f"use it with `scratchdet pretrain CONFIG data.root={args.out}`"
+        )
         return 0
     from scratchdet.data.synthetic import write_synthetic_coco
 
     summary = write_synthetic_coco(
-        args.out, train_images=args.train_images, val_images=args.val_images, seed=args.seed,
-        min_side=args.min_side, max_side=args.max_side,
+        args.out,
+        train_images=args.train_images,
+        val_images=args.val_images,
+        seed=args.seed,
+        min_side=args.min_side,
+        max_side=args.max_side,
     )
     print(json.dumps(summary, indent=2))
-    print(f"wrote {args.out}/instances_train.json, {args.out}/instances_val.json and images; "
-          f"use it with data.root={args.out}")
+    print(
+        f"wrote {args.out}/instances_train.json, {args.out}/instances_val.json and images; "
+        f"use it with data.root={args.out}"
+    )
     if args.format == "voc":  # the same scenes also in PASCAL VOC layout, beside the COCO files
         from scratchdet.data.voc import write_voc_layout
 
         voc = write_voc_layout(args.out, args.out, year=2007)
         print(json.dumps(voc, indent=2))
-        print(f"wrote {args.out}/VOC2007/ (Annotations, JPEGImages, ImageSets/Main/{{trainval,val}}.txt); use it "
-              f"with data.format=voc data.voc_root={args.out} data.voc_train_sets=[2007_trainval] "
-              "data.voc_val_sets=[2007_val]")
+        print(
+            f"wrote {args.out}/VOC2007/ (Annotations, JPEGImages, ImageSets/Main/{{trainval,val}}.txt); use it "
+            f"with data.format=voc data.voc_root={args.out} data.voc_train_sets=[2007_trainval] "
+            "data.voc_val_sets=[2007_val]"
+        )
     return 0
 
 
@@ -57,7 +67,7 @@ def _json_arg(value: str | None, flag: str):
     try:
         return json.loads(value)
     except json.JSONDecodeError as e:
-        raise ConfigError(f"{flag} {value!r} is not JSON ({e.msg}), e.g. '[[\"lhip\", \"rhip\"]]'") from None
+        raise ConfigError(f'{flag} {value!r} is not JSON ({e.msg}), e.g. \'[["lhip", "rhip"]]\'') from None
 
 
 def _cmd_data_check(args) -> int:
@@ -67,9 +77,17 @@ def _cmd_data_check(args) -> int:
     images = args.images or str(Path(args.json).parent)
     masks = False if args.boxes_only else True if args.masks else None
     try:
-        report = check_dataset(args.json, images, masks=masks, gt_area=args.gt_area, against=args.against,
-                               check_files=not args.no_files, decode=args.decode, workers=args.workers,
-                               keypoint_flip_map=_json_arg(args.keypoint_flip_map, "--keypoint-flip-map"))
+        report = check_dataset(
+            args.json,
+            images,
+            masks=masks,
+            gt_area=args.gt_area,
+            against=args.against,
+            check_files=not args.no_files,
+            decode=args.decode,
+            workers=args.workers,
+            keypoint_flip_map=_json_arg(args.keypoint_flip_map, "--keypoint-flip-map"),
+        )
     except DataError as e:  # structurally broken: nothing else can be checked; a JSON reader still gets JSON
         if args.json_output:
             print(json.dumps({"path": args.json, "error": str(e), "field": e.field}, indent=2))
@@ -77,8 +95,11 @@ def _cmd_data_check(args) -> int:
     print(json.dumps(report.to_dict(), indent=2) if args.json_output else format_check_report(report))
     if report.problems:
         counts = ", ".join(f"{kind} {n}" for kind, n in report.counts().items())
-        print(f"error: {len(report.problems)} problem(s) in {args.json} that training or evaluation would refuse "
-              f"or score wrongly ({counts}); see the list above", file=sys.stderr)
+        print(
+            f"error: {len(report.problems)} problem(s) in {args.json} that training or evaluation would refuse "
+            f"or score wrongly ({counts}); see the list above",
+            file=sys.stderr,
+        )
         return 2
     return 0
 
@@ -105,8 +126,10 @@ def _single_process(command: str) -> None:
     from scratchdet.distributed import env_world_size
 
     if env_world_size() > 1:
-        raise ConfigError(f"`scratchdet {command}` runs in one process, but WORLD_SIZE={env_world_size()} (torchrun); "
-                          f"run it without torchrun (only `scratchdet train` trains on several processes)")
+        raise ConfigError(
+            f"`scratchdet {command}` runs in one process, but WORLD_SIZE={env_world_size()} (torchrun); "
+            f"run it without torchrun (only `scratchdet train` trains on several processes)"
+        )
 
 
 def _cmd_pretrain(args) -> int:
@@ -166,35 +189,61 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     synth = data.add_parser("synth", help="write the synthetic COCO-format shapes dataset")
     synth.add_argument("--out", required=True)
-    synth.add_argument("--task", choices=("detect", "classify"), default="detect",
-                       help="detect: COCO-format shape scenes; classify: texture classes for pre-training")
+    synth.add_argument(
+        "--task",
+        choices=("detect", "classify"),
+        default="detect",
+        help="detect: COCO-format shape scenes; classify: texture classes for pre-training",
+    )
     synth.add_argument("--train-images", type=int, default=200)
     synth.add_argument("--val-images", type=int, default=50)
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--min-side", type=int, default=96)
     synth.add_argument("--max-side", type=int, default=192)
-    synth.add_argument("--format", choices=("coco", "voc"), default="coco",
-                       help="detect only: voc also writes the scenes in PASCAL VOC layout under OUT/VOC2007/")
+    synth.add_argument(
+        "--format",
+        choices=("coco", "voc"),
+        default="coco",
+        help="detect only: voc also writes the scenes in PASCAL VOC layout under OUT/VOC2007/",
+    )
     synth.set_defaults(func=_cmd_data_synth)
     check = data.add_parser("check", help="validate a COCO json and print what cleaning would drop")
     check.add_argument("json")
     check.add_argument("--images", help="image folder (default: the json's folder)")
     check.add_argument("--no-files", action="store_true", help="do not check the image files")
-    check.add_argument("--decode", action="store_true",
-                       help="fully decode every image (finds truncated files a header read misses; slower)")
+    check.add_argument(
+        "--decode",
+        action="store_true",
+        help="fully decode every image (finds truncated files a header read misses; slower)",
+    )
     check.add_argument("--workers", type=int, default=None, help="threads for the image checks (default: CPUs, <= 8)")
-    check.add_argument("--against", metavar="OTHER_JSON",
-                       help="another split's COCO file: its categories must be the same (e.g. train vs val)")
-    check.add_argument("--boxes-only", action="store_true",
-                       help="the file is used for boxes only (Faster R-CNN): do not require usable masks")
-    check.add_argument("--masks", action="store_true",
-                       help="the file is used for Mask R-CNN: require usable masks (default: when any annotation "
-                            "has a segmentation)")
-    check.add_argument("--gt-area", choices=("check", "file", "geometry"), default="check",
-                       help="data.gt_area: how a stored area that disagrees with the geometry is treated")
-    check.add_argument("--keypoint-flip-map", metavar="JSON",
-                       help='data.keypoint_flip_map as JSON, e.g. \'[["lhip", "rhip"]]\', for keypoint names whose '
-                            "left/right pairing is not recognised")
+    check.add_argument(
+        "--against",
+        metavar="OTHER_JSON",
+        help="another split's COCO file: its categories must be the same (e.g. train vs val)",
+    )
+    check.add_argument(
+        "--boxes-only",
+        action="store_true",
+        help="the file is used for boxes only (Faster R-CNN): do not require usable masks",
+    )
+    check.add_argument(
+        "--masks",
+        action="store_true",
+        help="the file is used for Mask R-CNN: require usable masks (default: when any annotation has a segmentation)",
+    )
+    check.add_argument(
+        "--gt-area",
+        choices=("check", "file", "geometry"),
+        default="check",
+        help="data.gt_area: how a stored area that disagrees with the geometry is treated",
+    )
+    check.add_argument(
+        "--keypoint-flip-map",
+        metavar="JSON",
+        help='data.keypoint_flip_map as JSON, e.g. \'[["lhip", "rhip"]]\', for keypoint names whose '
+        "left/right pairing is not recognised",
+    )
     check.add_argument("--json", dest="json_output", action="store_true", help="print the report as JSON")
     check.set_defaults(func=_cmd_data_check)
 
@@ -225,8 +274,14 @@ def build_parser() -> argparse.ArgumentParser:
     mi = sub.add_parser("model-info", help="parameters and FLOPs (backbone, FPN, heads) of a config's detector")
     mi.add_argument("config", help="YAML config, e.g. configs/paper/mask_rcnn_R50_FPN_GN_scratch_6x.yaml")
     mi.add_argument("overrides", nargs="*", help="key=value overrides, e.g. model.depth=101")
-    mi.add_argument("--size", type=int, nargs=2, default=[800, 1333], metavar=("H", "W"),
-                    help="input size after resizing (default 800 1333; padded to a multiple of 32)")
+    mi.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        default=[800, 1333],
+        metavar=("H", "W"),
+        help="input size after resizing (default 800 1333; padded to a multiple of 32)",
+    )
     mi.add_argument("--json", action="store_true", help="print the counts as JSON instead of a table")
     mi.set_defaults(func=_cmd_model_info)
     return parser

@@ -308,8 +308,9 @@ class CommandLineWins(NamedTuple):
     replacement: Callable[[Any], Any]
 
 
-def command_line_wins(cfg: Any, path: str | Path | None, overrides: Sequence[str] | None,
-                      rules: Sequence[CommandLineWins]) -> list[str]:
+def command_line_wins(
+    cfg: Any, path: str | Path | None, overrides: Sequence[str] | None, rules: Sequence[CommandLineWins]
+) -> list[str]:
     """Applies `rules` to a loaded config, so a setting given on the command line is never overruled in silence by
     the file (README, "Configs and overrides"); warns one line listing each replaced value, where it came from and
     what replaced it. Returns the replaced keys.
@@ -332,8 +333,9 @@ def command_line_wins(cfg: Any, path: str | Path | None, overrides: Sequence[str
         replaced.setdefault(rule.key, []).append(f"{rule.loser}={old} ({origin}) is replaced by {new}")
     for key, changes in replaced.items():
         file = f" (file {path})" if any("(in the file)" in c for c in changes) else ""
-        warnings.warn(f"{key}={_get(cfg, key)} is given on the command line and wins: {'; '.join(changes)}{file}",
-                      stacklevel=3)
+        warnings.warn(
+            f"{key}={_get(cfg, key)} is given on the command line and wins: {'; '.join(changes)}{file}", stacklevel=3
+        )
     return losers
 
 
@@ -350,9 +352,16 @@ def _root_path(root: str, split: str, kind: str) -> str:
 # over a paper config's data.train/val paths; init=scratch drops the file's weights; model.cascade=false drops the
 # file's cascade switch.
 DETECTION_COMMAND_LINE_WINS: tuple[CommandLineWins, ...] = (
-    *(CommandLineWins("data.root", _is_set, f"data.{split}.{kind}",
-                      lambda cfg, split=split, kind=kind: _root_path(cfg.data.root, split, kind))
-      for split in ("train", "val") for kind in ("json", "images")),
+    *(
+        CommandLineWins(
+            "data.root",
+            _is_set,
+            f"data.{split}.{kind}",
+            lambda cfg, split=split, kind=kind: _root_path(cfg.data.root, split, kind),
+        )
+        for split in ("train", "val")
+        for kind in ("json", "images")
+    ),
     CommandLineWins("data.root", _is_set, "data.voc_root", lambda cfg: cfg.data.root),
     CommandLineWins("init", lambda value: value == "scratch", "weights", lambda cfg: None),
     CommandLineWins("model.cascade", lambda value: value is False, "model.cascade_switch_iters", lambda cfg: None),
@@ -434,10 +443,21 @@ def validate_config(cfg: Config) -> None:
     _choice("model.freeze_at", cfg.model.freeze_at, (0, 1, 2, 3, 4, 5))
     if cfg.model.groups > 1 and cfg.model.depth < 50:
         raise ConfigError(f"model.groups={cfg.model.groups} (ResNeXt) needs a bottleneck depth (50/101/152)")
-    for key in ("train.batch_size", "solver.base_lr", "schedule.multiplier", "schedule.unit_iters",
-                "solver.reference_batch", "model.stem_width", "model.fpn_channels", "model.gn_groups",
-                "train.max_iters", "data.train_subset", "data.max_size_train", "data.min_size_test",
-                "model.box_detections_per_img"):
+    for key in (
+        "train.batch_size",
+        "solver.base_lr",
+        "schedule.multiplier",
+        "schedule.unit_iters",
+        "solver.reference_batch",
+        "model.stem_width",
+        "model.fpn_channels",
+        "model.gn_groups",
+        "train.max_iters",
+        "data.train_subset",
+        "data.max_size_train",
+        "data.min_size_test",
+        "model.box_detections_per_img",
+    ):
         section, name = key.split(".")
         _positive(key, getattr(getattr(cfg, section), name))
     if not cfg.data.min_size_train or any(s <= 0 for s in cfg.data.min_size_train):
@@ -489,8 +509,10 @@ def _validate_keypoint_flip_map(cfg: Config) -> None:
     if not pairs:
         return
     if cfg.model.arch != "keypoint_rcnn":
-        raise ConfigError(f"data.keypoint_flip_map={pairs} is set but model.arch={cfg.model.arch!r} trains no "
-                          "keypoints; drop it, or set model.arch=keypoint_rcnn")
+        raise ConfigError(
+            f"data.keypoint_flip_map={pairs} is set but model.arch={cfg.model.arch!r} trains no "
+            "keypoints; drop it, or set model.arch=keypoint_rcnn"
+        )
     check_flip_map(pairs)
 
 
@@ -505,8 +527,9 @@ def _validate_voc(cfg: Config) -> None:
                 raise ConfigError(f"data.{key} entry {name!r} is not YEAR_SPLIT, e.g. 2007_trainval or 2012_val")
     if d.format == "voc" and cfg.model.arch != "faster_rcnn":
         # VOC has boxes only: no masks or keypoints to train a mask/keypoint head on (paper: Faster R-CNN on VOC).
-        raise ConfigError(f"data.format=voc has box annotations only; model.arch={cfg.model.arch!r} needs "
-                          "model.arch=faster_rcnn")
+        raise ConfigError(
+            f"data.format=voc has box annotations only; model.arch={cfg.model.arch!r} needs model.arch=faster_rcnn"
+        )
 
 
 def _validate_cascade(cfg: Config) -> None:
@@ -540,8 +563,9 @@ def validate_backbone(cfg: Config) -> None:
     if m.backbone != "vgg16":
         return
     if m.norm != "none":
-        raise ConfigError(f"model.backbone=vgg16 is built without normalization (PAPER.md); set model.norm=none, "
-                          f"got {m.norm!r}")
+        raise ConfigError(
+            f"model.backbone=vgg16 is built without normalization (PAPER.md); set model.norm=none, got {m.norm!r}"
+        )
     if m.arch != "faster_rcnn":
         raise ConfigError(f"model.backbone=vgg16 builds Faster R-CNN only; set model.arch=faster_rcnn, got {m.arch!r}")
     if m.cascade:
@@ -560,11 +584,14 @@ def validate_input_convention(m, prefix: str = "model") -> None:
     for key in ("pixel_mean", "pixel_std"):
         values = getattr(m, key)
         if values is not None and len(values) != 3:
-            raise ConfigError(f"{prefix}.{key}={list(values)} needs 3 values, one per channel in "
-                              f"{prefix}.input_format order")
+            raise ConfigError(
+                f"{prefix}.{key}={list(values)} needs 3 values, one per channel in {prefix}.input_format order"
+            )
     if m.pixel_std is not None and any(s <= 0 for s in m.pixel_std):
         raise ConfigError(f"{prefix}.pixel_std={list(m.pixel_std)} must be positive")
     if m.stride_in_1x1 and (getattr(m, "backbone", "resnet") != "resnet" or m.depth < 50):
         what = "VGG-16" if getattr(m, "backbone", "resnet") != "resnet" else f"ResNet-{m.depth} (basic blocks)"
-        raise ConfigError(f"{prefix}.stride_in_1x1=true moves each stage's stride into the first bottleneck's 1x1 "
-                          f"conv; {what} has no such conv: set {prefix}.stride_in_1x1=false")
+        raise ConfigError(
+            f"{prefix}.stride_in_1x1=true moves each stage's stride into the first bottleneck's 1x1 "
+            f"conv; {what} has no such conv: set {prefix}.stride_in_1x1=false"
+        )

@@ -48,7 +48,6 @@ class DistContext:
         return self.world_size > 1
 
 
-
 # The context of a process not launched by torchrun: rank 0 of 1, nothing to agree on.
 SINGLE = DistContext()
 
@@ -65,8 +64,10 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         if not torch.cuda.is_available():
             raise ConfigError("train.device=cuda but no CUDA device is visible; use train.device=cpu or auto")
         if local_rank >= torch.cuda.device_count():
-            raise ConfigError(f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} CUDA devices are "
-                              "visible; lower --nproc_per_node")
+            raise ConfigError(
+                f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} CUDA devices are "
+                "visible; lower --nproc_per_node"
+            )
         return torch.device("cuda", local_rank)
     return torch.device(name)
 

@@ -61,8 +61,10 @@ class Preempted(Exception):  # noqa: N818 - it is a request, not an error
     """
 
     def __init__(self, signum: int, iteration: int, checkpoint: str):
-        super().__init__(f"stopped by signal {signum} after iteration {iteration}; checkpoint {checkpoint} saved, "
-                         "rerun the same command with resume=true (a study resumes by itself)")
+        super().__init__(
+            f"stopped by signal {signum} after iteration {iteration}; checkpoint {checkpoint} saved, "
+            "rerun the same command with resume=true (a study resumes by itself)"
+        )
         self.signum = signum
         self.iteration = iteration
         self.checkpoint = checkpoint

@@ -36,18 +36,29 @@ def main() -> None:
     tick = time.perf_counter()
     plain = run_inference(model, val, device, max_images=n)
     plain_s = time.perf_counter() - tick
-    tta = run_inference(model, val, device, max_images=n,
-                        predict=build_tta_predictor(model, ev.tta_sizes, ev.tta_max_size, ev.tta_flip))
+    tta = run_inference(
+        model, val, device, max_images=n, predict=build_tta_predictor(model, ev.tta_sizes, ev.tta_max_size, ev.tta_flip)
+    )
     tta_s = time.perf_counter() - tick - plain_s
     iou_types = ["bbox"] + (["segm"] if model.roi_heads.has_mask() else [])
-    report = {"run": str(args.run), "checkpoint": str(loaded.checkpoint), "iter": loaded.iteration, "images": n,
-              "tta_sizes": list(ev.tta_sizes), "tta_max_size": ev.tta_max_size, "tta_flip": ev.tta_flip,
-              "plain_s": round(plain_s, 1), "tta_s": round(tta_s, 1)}
+    report = {
+        "run": str(args.run),
+        "checkpoint": str(loaded.checkpoint),
+        "iter": loaded.iteration,
+        "images": n,
+        "tta_sizes": list(ev.tta_sizes),
+        "tta_max_size": ev.tta_max_size,
+        "tta_flip": ev.tta_flip,
+        "plain_s": round(plain_s, 1),
+        "tta_s": round(tta_s, 1),
+    }
     for iou_type in iou_types:
         report[iou_type] = paired_bootstrap(val.coco, plain, tta, iou_type, val.image_ids[:n], n_boot=args.n_boot)
         r = report[iou_type]
-        print(f"{iou_type}: plain AP {r['ap_a']:.2f}, TTA AP {r['ap_b']:.2f}, difference {r['delta']:+.2f} "
-              f"(95% over resampled test sets: {r['delta_ci95'][0]:+.2f} .. {r['delta_ci95'][1]:+.2f})")
+        print(
+            f"{iou_type}: plain AP {r['ap_a']:.2f}, TTA AP {r['ap_b']:.2f}, difference {r['delta']:+.2f} "
+            f"(95% over resampled test sets: {r['delta_ci95'][0]:+.2f} .. {r['delta_ci95'][1]:+.2f})"
+        )
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
 

@@ -20,8 +20,15 @@ def _free_port() -> int:
 
 
 def _entry(rank: int, world: int, port: int, fn: Callable, args: tuple) -> None:
-    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
-                       "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank)})
+    os.environ.update(
+        {
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "RANK": str(rank),
+            "WORLD_SIZE": str(world),
+            "LOCAL_RANK": str(rank),
+        }
+    )
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
@@ -36,6 +43,7 @@ def run_in_processes(fn: Callable, world: int, *args) -> None:
 
 
 # ---- workers (module level: spawned processes import them by name) ----
+
 
 def conv_bn_step(x: torch.Tensor, seed: int) -> dict:
     """Conv -> SyncBatchNorm2d -> a per-sample-summed loss on `x`, backward; the outputs, input gradient, parameter
@@ -52,10 +60,16 @@ def conv_bn_step(x: torch.Tensor, seed: int) -> dict:
     x = x.clone().requires_grad_(True)
     y = bn(conv(x))
     (torch.relu(y) ** 2 * torch.arange(1, 5).view(1, 4, 1, 1)).sum().backward()
-    grads = {name: p.grad.clone() for name, p in [*conv.named_parameters(prefix="conv"),
-                                                   *bn.named_parameters(prefix="bn")]}
-    return {"y": y.detach(), "x_grad": x.grad, "grads": grads, "running_mean": bn.running_mean,
-            "running_var": bn.running_var}
+    grads = {
+        name: p.grad.clone() for name, p in [*conv.named_parameters(prefix="conv"), *bn.named_parameters(prefix="bn")]
+    }
+    return {
+        "y": y.detach(),
+        "x_grad": x.grad,
+        "grads": grads,
+        "running_mean": bn.running_mean,
+        "running_var": bn.running_var,
+    }
 
 
 def sync_bn_worker(rank: int, world: int, out: str, x: torch.Tensor, split: list[int], seed: int) -> None:
@@ -65,14 +79,13 @@ def sync_bn_worker(rank: int, world: int, out: str, x: torch.Tensor, split: list
     (all-reduce SUM), which is DDP's average times the world size.
     """
     start = sum(split[:rank])
-    result = conv_bn_step(x[start:start + split[rank]], seed)
+    result = conv_bn_step(x[start : start + split[rank]], seed)
     for g in result["grads"].values():
         dist.all_reduce(g)
     torch.save(result, Path(out) / f"rank{rank}.pt")
 
 
-def sharded_eval_worker(rank: int, world: int, out: str, cfg_path: str, overrides: list[str],
-                        weights: str) -> None:
+def sharded_eval_worker(rank: int, world: int, out: str, cfg_path: str, overrides: list[str], weights: str) -> None:
     """Builds the detector of `cfg_path`, loads `weights`, evaluates with sharded inference, saves the report."""
     import json
 

@@ -9,8 +9,25 @@ from scratchdet.cli import main
 
 def test_synth_train_eval(tmp_path, capsys):
     data = tmp_path / "shapes"
-    assert main(["data", "synth", "--out", str(data), "--train-images", "6", "--val-images", "3",
-                 "--min-side", "64", "--max-side", "80"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "synth",
+                "--out",
+                str(data),
+                "--train-images",
+                "6",
+                "--val-images",
+                "3",
+                "--min-side",
+                "64",
+                "--max-side",
+                "80",
+            ]
+        )
+        == 0
+    )
     assert (data / "instances_train.json").is_file() and len(list((data / "val").glob("*.png"))) == 3
 
     run = tmp_path / "run"

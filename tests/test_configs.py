@@ -53,8 +53,11 @@ def test_mini_schedule_follows_the_same_rule():
 
 def test_full_size_r50_fpn_gn_trains_two_iterations_and_evaluates(shapes_dir, tmp_path):
     # The real paper model (R50-FPN, GN, 4conv1fc, 256-channel FPN) at reduced image size and batch.
-    paths = {f"data.{split}.{key}": shapes_dir / (f"instances_{split}.json" if key == "json" else split)
-             for split in ("train", "val") for key in ("json", "images")}
+    paths = {
+        f"data.{split}.{key}": shapes_dir / (f"instances_{split}.json" if key == "json" else split)
+        for split in ("train", "val")
+        for key in ("json", "images")
+    }
     overrides = tiny_overrides(shapes_dir, tmp_path / "r50", **paths, **{"train.max_iters": 2, "eval.max_images": 2})
     cfg = load_config(ROOT / "configs/paper/mask_rcnn_R50_FPN_GN_scratch_2x.yaml", overrides)
     assert cfg.model.depth == 50 and cfg.model.fpn_channels == 256
@@ -92,9 +95,12 @@ def test_override_keys_are_the_leaves_the_command_line_sets():
 
 def test_command_line_data_root_replaces_the_files_dataset_paths():
     # README: `scratchdet train CONFIG data.root=DIR` reads DIR/instances_{train,val}.json and DIR/{train,val}/.
-    with pytest.warns(UserWarning, match=r"data.root=/d is given on the command line and wins: data.train.json="
-                                         r"datasets/coco/annotations/instances_train2017.json \(in the file\) is "
-                                         r"replaced by /d/instances_train.json; .*\(file .*_6x.yaml\)$") as caught:
+    with pytest.warns(
+        UserWarning,
+        match=r"data.root=/d is given on the command line and wins: data.train.json="
+        r"datasets/coco/annotations/instances_train2017.json \(in the file\) is "
+        r"replaced by /d/instances_train.json; .*\(file .*_6x.yaml\)$",
+    ) as caught:
         cfg = load_config(PAPER_R50, ["output=x", "data.root=/d"])
     assert (cfg.data.train.json, cfg.data.train.images) == ("/d/instances_train.json", "/d/train")
     assert (cfg.data.val.json, cfg.data.val.images) == ("/d/instances_val.json", "/d/val")
@@ -105,7 +111,10 @@ def test_command_line_data_root_replaces_the_files_dataset_paths():
     with pytest.warns(UserWarning, match="data.root=/d") as caught:
         cfg = load_config(PAPER_R50, ["output=x", "data.root=/d", "data.val.json=/elsewhere/v.json"])
     assert (cfg.data.val.json, cfg.data.val.images, cfg.data.train.json) == (
-        "/elsewhere/v.json", "/d/val", "/d/instances_train.json")
+        "/elsewhere/v.json",
+        "/d/val",
+        "/d/instances_train.json",
+    )
     assert "data.val.json" not in str(caught[0].message)
 
 
@@ -114,7 +123,10 @@ def test_data_root_and_paths_from_the_same_file_keep_the_explicit_path(tmp_path,
     config.write_text("data:\n  root: /r\n  train:\n    json: /t/train.json\n")
     cfg = load_config(config, ["output=x"])
     assert (cfg.data.train.json, cfg.data.train.images, cfg.data.val.json) == (
-        "/t/train.json", "/r/train", "/r/instances_val.json")
+        "/t/train.json",
+        "/r/train",
+        "/r/instances_val.json",
+    )
     assert not [w for w in recwarn if "wins" in str(w.message)]
 
 
@@ -124,8 +136,11 @@ def test_eval_override_of_data_root_replaces_the_saved_runs_paths(tmp_path):
 
     saved = tmp_path / "config.yaml"
     saved.write_text(config_to_yaml(load_config(MINI_CONFIG, ["output=run", "data.root=/old"])))
-    with pytest.warns(UserWarning, match=r"data.val.json=/old/instances_val.json \(in the file\) is replaced by "
-                                         rf"/new/instances_val.json.*\(file {saved}\)"):
+    with pytest.warns(
+        UserWarning,
+        match=r"data.val.json=/old/instances_val.json \(in the file\) is replaced by "
+        rf"/new/instances_val.json.*\(file {saved}\)",
+    ):
         cfg = load_config(saved, ["data.root=/new"])
     assert (cfg.data.val.json, cfg.data.val.images) == ("/new/instances_val.json", "/new/val")
 
@@ -159,20 +174,27 @@ def test_coco_max_dets_are_pycocotools_params():
 
 
 def test_more_detections_than_coco_scores_warn_once_naming_key_value_and_limit(recwarn):
-    with pytest.warns(UserWarning, match=r"model.box_detections_per_img=250 keeps more detections .* \("
-                                         r"params.maxDets=\[1, 10, 100\]\) scores only the best 100 by score, so up to "
-                                         r"150 per image are never scored") as caught:
+    with pytest.warns(
+        UserWarning,
+        match=r"model.box_detections_per_img=250 keeps more detections .* \("
+        r"params.maxDets=\[1, 10, 100\]\) scores only the best 100 by score, so up to "
+        r"150 per image are never scored",
+    ) as caught:
         load_config(MINI_CONFIG, ["output=x", "model.box_detections_per_img=250"])
     assert len([w for w in caught if "box_detections_per_img" in str(w.message)]) == 1
     recwarn.clear()
     load_config(MINI_CONFIG, ["output=x", "model.box_detections_per_img=100"])
-    load_config(ROOT / "configs/mini/faster_rcnn_R18_FPN_GN_voc_scratch.yaml",  # VOC mAP ranks every detection
-                ["output=x", "model.box_detections_per_img=300"])
+    load_config(
+        ROOT / "configs/mini/faster_rcnn_R18_FPN_GN_voc_scratch.yaml",  # VOC mAP ranks every detection
+        ["output=x", "model.box_detections_per_img=300"],
+    )
     load_config(ROOT / "configs/mini/keypoint_rcnn_R18_FPN_GN_scratch.yaml", ["output=x"])  # 100: box AP scores all
     assert not [w for w in recwarn if "box_detections_per_img" in str(w.message)]
     with pytest.warns(UserWarning, match="keypoint AP the best 20"):
-        load_config(ROOT / "configs/mini/keypoint_rcnn_R18_FPN_GN_scratch.yaml",
-                    ["output=x", "model.box_detections_per_img=101"])
+        load_config(
+            ROOT / "configs/mini/keypoint_rcnn_R18_FPN_GN_scratch.yaml",
+            ["output=x", "model.box_detections_per_img=101"],
+        )
     with pytest.raises(ConfigError, match="model.box_detections_per_img=0 must be positive"):
         load_config(MINI_CONFIG, ["output=x", "model.box_detections_per_img=0"])
 

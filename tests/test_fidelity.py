@@ -88,8 +88,9 @@ def pyramid(size: int = 512, channels: int = 256, seed: int = 1) -> OrderedDict:
     """Random P2..P6 maps of a size x size input, keyed as the FPN keys them ("0".."3", "pool")."""
     g = torch.Generator().manual_seed(seed)
     names = ["0", "1", "2", "3", "pool"]
-    return OrderedDict((n, torch.randn(1, channels, size >> (k + 2), size >> (k + 2), generator=g))
-                       for k, n in enumerate(names))
+    return OrderedDict(
+        (n, torch.randn(1, channels, size >> (k + 2), size >> (k + 2), generator=g)) for k, n in enumerate(names)
+    )
 
 
 # --- backbone -------------------------------------------------------------------------------------------------
@@ -235,8 +236,15 @@ def test_roi_align_unaligned_sampling_2_fpn_level_mapping(model, pool_name, reso
     pool = getattr(model.roi_heads, pool_name)
     feats = pyramid(size=512)
     # sqrt(area) 60 -> P2, 120 -> P3, 240 -> P4, 460 -> P5: floor(4 + log2(s / 224)), clamped to [2, 5].
-    boxes = torch.tensor([[10.0, 10.0, 70.0, 70.0], [20.0, 20.0, 140.0, 140.0],
-                          [16.0, 16.0, 256.0, 256.0], [20.0, 30.0, 480.0, 490.0], [5.0, 5.0, 9.0, 9.0]])
+    boxes = torch.tensor(
+        [
+            [10.0, 10.0, 70.0, 70.0],
+            [20.0, 20.0, 140.0, 140.0],
+            [16.0, 16.0, 256.0, 256.0],
+            [20.0, 30.0, 480.0, 490.0],
+            [5.0, 5.0, 9.0, 9.0],
+        ]
+    )
     levels = [2, 3, 4, 5, 2]
     with torch.no_grad():
         pooled = pool(feats, [boxes], [(512, 512)])
@@ -289,7 +297,8 @@ def test_mask_head_4conv_deconv_28_and_per_class_sigmoid_loss(model):
     heads = model.roi_heads
     convs = [m for m in heads.mask_head.modules() if isinstance(m, nn.Conv2d)]
     assert [(c.in_channels, c.out_channels, c.kernel_size, c.dilation) for c in convs] == [
-        (256, 256, (3, 3), (1, 1))] * 4
+        (256, 256, (3, 3), (1, 1))
+    ] * 4
     deconv = heads.mask_predictor.conv5_mask
     assert isinstance(deconv, nn.ConvTranspose2d) and deconv.kernel_size == (2, 2) and deconv.stride == (2, 2)
     with torch.no_grad():
@@ -299,8 +308,9 @@ def test_mask_head_4conv_deconv_28_and_per_class_sigmoid_loss(model):
     logits = torch.full((1, 81, 28, 28), 100.0)
     logits[0, 3] = 0.0
     gt_masks = [torch.ones(1, 28, 28)]
-    loss = tv_roi_heads.maskrcnn_loss(logits, [torch.tensor([[0.0, 0.0, 28.0, 28.0]])], gt_masks,
-                                      [torch.tensor([3])], [torch.tensor([0])])
+    loss = tv_roi_heads.maskrcnn_loss(
+        logits, [torch.tensor([[0.0, 0.0, 28.0, 28.0]])], gt_masks, [torch.tensor([3])], [torch.tensor([0])]
+    )
     assert loss.item() == pytest.approx(math.log(2.0))
     # Targets are the GT mask RoIAligned into the box, unthresholded: soft at the object's edge.
     half = torch.zeros(1, 8, 8)
@@ -317,14 +327,19 @@ def test_test_time_score_threshold_nms_and_detections_per_image(model):
     logits = torch.tensor([[0.0, 6.0, 5.0], [0.0, 5.0, -9.0]])
     logits = torch.cat([logits, torch.full((2, 78), -9.0)], dim=1)
     out_boxes, out_scores, out_labels = heads.postprocess_detections(
-        logits, torch.zeros(2, 81 * 4), [boxes], [(10, 10)])
+        logits, torch.zeros(2, 81 * 4), [boxes], [(10, 10)]
+    )
     assert sorted(out_labels[0].tolist()) == [1, 2]
 
 
 def test_mask_threshold_is_strictly_above_one_half():
     masks = torch.tensor([0.4, 0.5, 0.51, 0.9]).view(1, 1, 2, 2)
-    output = {"boxes": torch.tensor([[0.0, 0.0, 2.0, 2.0]]), "scores": torch.tensor([0.9]),
-              "labels": torch.tensor([1]), "masks": masks}
+    output = {
+        "boxes": torch.tensor([[0.0, 0.0, 2.0, 2.0]]),
+        "scores": torch.tensor([0.9]),
+        "labels": torch.tensor([1]),
+        "masks": masks,
+    }
     (result,) = detections_to_coco(output, image_id=1, label_to_cat_id={1: 1})
     rle = dict(result["segmentation"], counts=result["segmentation"]["counts"].encode())
     assert mask_util.area(rle) == 2  # 0.51 and 0.9; 0.5 itself is background (Detectron: mask > 0.5)
@@ -335,8 +350,13 @@ def test_mask_threshold_is_strictly_above_one_half():
 
 def test_init_backbone_msra_fpn_xavier_norms_one_zero(model):
     body = model.backbone.body
-    for conv in (body.conv1, body.layer1[0].conv1, body.layer3[0].conv2, body.layer4[0].conv3,
-                 body.layer2[0].downsample[0]):
+    for conv in (
+        body.conv1,
+        body.layer1[0].conv1,
+        body.layer3[0].conv2,
+        body.layer4[0].conv3,
+        body.layer2[0].downsample[0],
+    ):
         assert_msra(conv)
     fpn = model.backbone.fpn
     for block in (*fpn.inner_blocks, *fpn.layer_blocks):
@@ -389,8 +409,13 @@ def test_sgd_momentum_and_weight_decay_on_weights_biases_and_norms(model, cfg):
     # Conv/fc biases decay like weights, at the same LR (detectron2; Detectron: no decay and 2x LR on biases).
     default_ids = {id(p) for p in groups["default"]["params"]}
     heads = model.roi_heads
-    for bias in (model.rpn.head.cls_logits.bias, heads.box_head[5].bias, heads.box_predictor.cls_score.bias,
-                 heads.mask_predictor.conv5_mask.bias, heads.mask_predictor.mask_fcn_logits.bias):
+    for bias in (
+        model.rpn.head.cls_logits.bias,
+        heads.box_head[5].bias,
+        heads.box_predictor.cls_score.bias,
+        heads.mask_predictor.conv5_mask.bias,
+        heads.mask_predictor.mask_fcn_logits.bias,
+    ):
         assert id(bias) in default_ids
 
 
@@ -400,8 +425,15 @@ def test_sgd_momentum_and_weight_decay_on_weights_biases_and_norms(model, cfg):
 def test_train_and_test_sizes_flip_and_batching(model, shapes_dir):
     transform = model.transform  # test time: the model resizes; training: the data pipeline (below)
     assert transform.min_size == (800,) and transform.max_size == 1333 and transform.size_divisible == 32
-    train_cfg = load_config(SCRATCH_2X, ["output=unused", f"data.train.json={shapes_dir / 'instances_train.json'}",
-                                         f"data.train.images={shapes_dir / 'train'}", "data.num_workers=0"])
+    train_cfg = load_config(
+        SCRATCH_2X,
+        [
+            "output=unused",
+            f"data.train.json={shapes_dir / 'instances_train.json'}",
+            f"data.train.images={shapes_dir / 'train'}",
+            "data.num_workers=0",
+        ],
+    )
     dataset = build_train_dataset(train_cfg)
     resize, flip = dataset.transform.transforms
     assert isinstance(resize, ResizeShortSide) and isinstance(flip, RandomHorizontalFlip)

@@ -57,10 +57,12 @@ def _differences(a, b) -> dict:
 @pytest.mark.parametrize(("init", "n"), [("scratch", 9), ("pretrained", 6)])
 def test_cascade_configs_are_the_plain_ones_plus_cascade_heads(backbone, init, n):
     """Fig. 5 / Table 3: cascade + train aug; from scratch the heads switch to cascade for the last 270k."""
-    plain = load_config(ROOT / "configs" / "paper" / f"mask_rcnn_{backbone}_FPN_GN_{init}_{n}x_trainaug.yaml",
-                        ["output=unused"])
-    cascade = load_config(ROOT / "configs" / "paper" / f"cascade_mask_rcnn_{backbone}_FPN_GN_{init}_{n}x_trainaug.yaml",
-                          ["output=unused"])
+    plain = load_config(
+        ROOT / "configs" / "paper" / f"mask_rcnn_{backbone}_FPN_GN_{init}_{n}x_trainaug.yaml", ["output=unused"]
+    )
+    cascade = load_config(
+        ROOT / "configs" / "paper" / f"cascade_mask_rcnn_{backbone}_FPN_GN_{init}_{n}x_trainaug.yaml", ["output=unused"]
+    )
     expected = {"model.cascade": (False, True)}
     if init == "scratch":
         expected["model.cascade_switch_iters"] = (None, 270000)

@@ -27,12 +27,12 @@ def _require(value: str | None, key: str) -> str:
     return value
 
 
-
 def _voc_root(cfg: Config) -> str:
     root = cfg.data.voc_root or cfg.data.root
     if not root:
         raise ConfigError("data.format=voc needs data.voc_root=DIR (the folder holding VOC2007/, VOC2012/)")
     return root
+
 
 class SkipUnreadableImages(Dataset):
     """A training dataset whose samples with a missing or undecodable image file are replaced, not fatal.
@@ -65,8 +65,11 @@ class SkipUnreadableImages(Dataset):
         for image_id, path in missing.items():
             self._note(image_id, f"image file not found: {path}")
         if missing:
-            warnings.warn(f"{len(missing)} of {len(dataset)} training image files are missing ({dataset.json_path}); "
-                          "data.skip_bad_images=true replaces them when sampled", stacklevel=2)
+            warnings.warn(
+                f"{len(missing)} of {len(dataset)} training image files are missing ({dataset.json_path}); "
+                "data.skip_bad_images=true replaces them when sampled",
+                stacklevel=2,
+            )
 
     def __getattr__(self, name: str):
         if name == "dataset" or name.startswith("__"):  # not set yet (unpickling in a loader worker)
@@ -85,7 +88,9 @@ class SkipUnreadableImages(Dataset):
                 f"{len(self.unreadable)} of {len(self.dataset)} training images are unreadable, more than "
                 f"data.max_skip_fraction={self.max_fraction} allows; first: {first_error}. Fix or remove these "
                 "images (check data.train.images), or raise data.max_skip_fraction",
-                path=self.dataset.json_path, image_id=first_id, field="file_name",
+                path=self.dataset.json_path,
+                image_id=first_id,
+                field="file_name",
             )
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, dict]:
@@ -118,8 +123,9 @@ class SkipUnreadableImages(Dataset):
         for target in targets:
             for skip in target.get("skipped", ()):
                 self._note(skip["image_id"], skip["error"])
-                records.append({**skip, "replaced_by": int(target["image_id"]),
-                                "unreadable_images": len(self.unreadable)})
+                records.append(
+                    {**skip, "replaced_by": int(target["image_id"]), "unreadable_images": len(self.unreadable)}
+                )
         return records
 
 
@@ -132,8 +138,15 @@ def build_train_dataset(cfg: Config) -> CocoDetection | SkipUnreadableImages:
     transform = build_train_transform(d.min_size_train, d.max_size_train, d.flip_prob)
     check_files = d.check_files and not d.skip_bad_images  # with the skip policy, missing files are counted instead
     if d.format == "voc":  # PASCAL VOC XML: boxes only, difficult objects excluded
-        dataset = VocDetection(_voc_root(cfg), d.voc_train_sets, train=True, subset=d.train_subset,
-                               subset_seed=d.subset_seed, transform=transform, check_files=check_files)
+        dataset = VocDetection(
+            _voc_root(cfg),
+            d.voc_train_sets,
+            train=True,
+            subset=d.train_subset,
+            subset_seed=d.subset_seed,
+            transform=transform,
+            check_files=check_files,
+        )
     elif cfg.model.arch == "keypoint_rcnn":  # one keypoint category, [N, K, 3] keypoint targets
         dataset = KeypointCocoDetection(
             _require(d.train.json, "data.train.json"),
@@ -219,9 +232,13 @@ def check_categories(train_set, val_set) -> None:
     train_kps, val_kps = getattr(train_set, "keypoint_names", None), getattr(val_set, "keypoint_names", None)
     if train_kps is not None and val_kps is not None and tuple(train_kps) != tuple(val_kps):
         # Keypoint k of the model is keypoint k of the training file; OKS compares it with val's keypoint k.
-        raise DataError(f"the keypoint names of {train_set.json_path} {list(train_kps)} and of "
-                        f"{val_set.json_path} {list(val_kps)} differ (names or order); give both files the same "
-                        "'keypoints' list", path=str(val_set.json_path), field="keypoints")
+        raise DataError(
+            f"the keypoint names of {train_set.json_path} {list(train_kps)} and of "
+            f"{val_set.json_path} {list(val_kps)} differ (names or order); give both files the same "
+            "'keypoints' list",
+            path=str(val_set.json_path),
+            field="keypoints",
+        )
 
 
 def collate(batch: list) -> tuple[list, list]:
@@ -230,8 +247,9 @@ def collate(batch: list) -> tuple[list, list]:
     return list(images), list(targets)
 
 
-def build_train_loader(dataset: Dataset, cfg: Config, start_iter: int = 0, rank: int = 0,
-                       world_size: int = 1) -> DataLoader:
+def build_train_loader(
+    dataset: Dataset, cfg: Config, start_iter: int = 0, rank: int = 0, world_size: int = 1
+) -> DataLoader:
     """An endless loader of this process's share (train.batch_size / world_size images) of every iteration's batch,
     starting at iteration `start_iter` of the stream (data/samplers.py: TrainingBatchSampler)."""
     groups = aspect_groups(dataset.image_sizes()) if cfg.data.aspect_ratio_grouping else None

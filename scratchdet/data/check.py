@@ -45,9 +45,15 @@ class CheckReport:
         return dict(Counter(p.kind for p in self.problems))
 
     def to_dict(self) -> dict:
-        return {"path": self.path, "summaries": self.summaries, "problem_counts": self.counts(),
-                "problems": [vars(p) for p in self.problems], "notes": self.notes,
-                "images_checked": self.images_checked, "images_decoded": self.images_decoded}
+        return {
+            "path": self.path,
+            "summaries": self.summaries,
+            "problem_counts": self.counts(),
+            "problems": [vars(p) for p in self.problems],
+            "notes": self.notes,
+            "images_checked": self.images_checked,
+            "images_decoded": self.images_decoded,
+        }
 
 
 def _image_problem(image: dict, path: Path, where: dict, decode: bool) -> tuple[Problem | None, ImageHeader | None]:
@@ -63,16 +69,30 @@ def _image_problem(image: dict, path: Path, where: dict, decode: bool) -> tuple[
     if (header.width, header.height) != (image["width"], image["height"]):
         hint = "fix the JSON or the image"
         if header.oriented and (header.stored_width, header.stored_height) == (image["width"], image["height"]):
-            hint = (f"the JSON has the stored size, but the file's {describe_orientation(header)} turns it and "
-                    "scratchdet reads images as displayed: the annotations look made on the raw pixels")
-        return Problem("image_size", f"image file {path} is {header.width}x{header.height} (WxH, as displayed) but "
-                       f"the annotation says {image['width']}x{image['height']}; {hint}", image_id=image["id"],
-                       field="width" if header.width != image["width"] else "height"), header
+            hint = (
+                f"the JSON has the stored size, but the file's {describe_orientation(header)} turns it and "
+                "scratchdet reads images as displayed: the annotations look made on the raw pixels"
+            )
+        return Problem(
+            "image_size",
+            f"image file {path} is {header.width}x{header.height} (WxH, as displayed) but "
+            f"the annotation says {image['width']}x{image['height']}; {hint}",
+            image_id=image["id"],
+            field="width" if header.width != image["width"] else "height",
+        ), header
     return None, header
 
 
-def check_images(data: dict, image_dir: Path, json_path: str, report: CheckReport, *, decode: bool,
-                 workers: int | None, progress: bool) -> None:
+def check_images(
+    data: dict,
+    image_dir: Path,
+    json_path: str,
+    report: CheckReport,
+    *,
+    decode: bool,
+    workers: int | None,
+    progress: bool,
+) -> None:
     """Probes (and with `decode`, fully decodes) every image of the file; adds problems and orientation notes."""
     images = data["images"]
     workers = workers or min(8, os.cpu_count() or 1)
@@ -82,9 +102,17 @@ def check_images(data: dict, image_dir: Path, json_path: str, report: CheckRepor
         return _image_problem(image, image_dir / image["file_name"], where, decode)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(tqdm(pool.map(one, images), total=len(images), desc="decode" if decode else "image headers",
-                            unit="img", disable=None if progress else True, file=sys.stderr,
-                            mininterval=0.5))  # None: drawn on a terminal only, not into logs
+        results = list(
+            tqdm(
+                pool.map(one, images),
+                total=len(images),
+                desc="decode" if decode else "image headers",
+                unit="img",
+                disable=None if progress else True,
+                file=sys.stderr,
+                mininterval=0.5,
+            )
+        )  # None: drawn on a terminal only, not into logs
     oriented = Counter()
     for problem, header in results:
         if problem is not None:
@@ -95,8 +123,10 @@ def check_images(data: dict, image_dir: Path, json_path: str, report: CheckRepor
     report.images_decoded = len(images) if decode else 0
     if oriented:
         kinds = ", ".join(f"{n} with {what}" for what, n in sorted(oriented.items()))
-        report.notes.append(f"{sum(oriented.values())} image(s) carry an EXIF orientation ({kinds}); scratchdet reads "
-                            "them as displayed (rotated), as annotation tools show them")
+        report.notes.append(
+            f"{sum(oriented.values())} image(s) carry an EXIF orientation ({kinds}); scratchdet reads "
+            "them as displayed (rotated), as annotation tools show them"
+        )
 
 
 def keypoint_name_problems(data: dict, path: str, flip_map: list | None = None) -> list[Problem]:
@@ -114,10 +144,19 @@ def keypoint_name_problems(data: dict, path: str, flip_map: list | None = None) 
     return problems
 
 
-def check_dataset(json_path: str | Path, image_dir: str | Path, *, masks: bool | None = None, gt_area: str = "check",
-                  against: str | Path | None = None, check_files: bool = True, decode: bool = False,
-                  workers: int | None = None, progress: bool = True,
-                  keypoint_flip_map: list | None = None) -> CheckReport:
+def check_dataset(
+    json_path: str | Path,
+    image_dir: str | Path,
+    *,
+    masks: bool | None = None,
+    gt_area: str = "check",
+    against: str | Path | None = None,
+    check_files: bool = True,
+    decode: bool = False,
+    workers: int | None = None,
+    progress: bool = True,
+    keypoint_flip_map: list | None = None,
+) -> CheckReport:
     """Checks a COCO file as a training split and as an evaluation split, and its images.
 
     Args:
@@ -145,18 +184,21 @@ def check_dataset(json_path: str | Path, image_dir: str | Path, *, masks: bool |
         if not masks:
             report.notes.append("no annotation has a segmentation: checked as a box-only file (Faster R-CNN)")
     # The evaluation split's rules are the stricter ones (areas, rasterizable masks): what they refuse is a problem.
-    found, fatal = audit_annotations(copy.deepcopy(data), DatasetSummary(path), train=False, segm_eval=masks,
-                                     gt_area=gt_area)
+    found, fatal = audit_annotations(
+        copy.deepcopy(data), DatasetSummary(path), train=False, segm_eval=masks, gt_area=gt_area
+    )
     report.problems += fatal
     kept = len([p for p in found if p not in fatal])
     if kept:
-        report.notes.append(f"{kept} annotation area(s) disagree with their geometry; kept as data.gt_area={gt_area} "
-                            "says")
+        report.notes.append(
+            f"{kept} annotation area(s) disagree with their geometry; kept as data.gt_area={gt_area} says"
+        )
     for role, train in (("training", True), ("evaluation", False)):
         try:
             # gt_area="file": the area problems are listed above; here only the cleaning counts are wanted.
-            dataset = CocoDetection(path, image_dir, train=train, load_masks=masks and train, check_files=False,
-                                    gt_area="file")
+            dataset = CocoDetection(
+                path, image_dir, train=train, load_masks=masks and train, check_files=False, gt_area="file"
+            )
         except DataError as e:
             kind = "no_usable_training_images" if "no usable training images" in str(e) else f"{role}_split"
             report.problems.append(Problem(kind, e.message, image_id=e.image_id, ann_id=e.ann_id, field=e.field))
@@ -171,17 +213,27 @@ def check_dataset(json_path: str | Path, image_dir: str | Path, *, masks: bool |
         mine = {c["id"]: c["name"] for c in data["categories"]}
         theirs = {c["id"]: c["name"] for c in other["categories"]}
         for line in category_differences(mine, theirs):
-            report.problems.append(Problem("category_mismatch", f"categories differ from {against}: {line} (first = "
-                                           f"{path}); a detector trained on one is scored wrongly on the other",
-                                           field="categories"))
+            report.problems.append(
+                Problem(
+                    "category_mismatch",
+                    f"categories differ from {against}: {line} (first = "
+                    f"{path}); a detector trained on one is scored wrongly on the other",
+                    field="categories",
+                )
+            )
         their_cats = {c["id"]: c for c in other["categories"]}
         for cat in data["categories"]:
             a, b = cat.get("keypoints"), their_cats.get(cat["id"], {}).get("keypoints")
             if a is not None and b is not None and list(a) != list(b):
                 # Keypoint k of the model is keypoint k of the training file; OKS compares it with keypoint k here.
-                report.problems.append(Problem("keypoint_mismatch", f"category {cat['id']}'s keypoint names differ "
-                                               f"from {against} (names or order): {list(a)} vs {list(b)}",
-                                               field="keypoints"))
+                report.problems.append(
+                    Problem(
+                        "keypoint_mismatch",
+                        f"category {cat['id']}'s keypoint names differ "
+                        f"from {against} (names or order): {list(a)} vs {list(b)}",
+                        field="keypoints",
+                    )
+                )
     if check_files:
         check_images(data, Path(image_dir), path, report, decode=decode, workers=workers, progress=progress)
     return report
@@ -195,8 +247,10 @@ def format_check_report(report: CheckReport) -> str:
     for role, summary in report.summaries.items():
         lines.append(f"as {'a training' if role == 'training' else 'an evaluation'} split:")
         lines.append(json.dumps(summary, indent=2))
-    lines.append(f"image files checked: {report.images_checked}"
-                 + (f" (fully decoded: {report.images_decoded})" if report.images_decoded else " (headers)"))
+    lines.append(
+        f"image files checked: {report.images_checked}"
+        + (f" (fully decoded: {report.images_decoded})" if report.images_decoded else " (headers)")
+    )
     for note in report.notes:
         lines.append(f"note: {note}")
     counts = report.counts()
@@ -208,8 +262,15 @@ def format_check_report(report: CheckReport) -> str:
         of_kind = [p for p in report.problems if p.kind == kind]
         lines.append(f"{kind} ({len(of_kind)}):")
         for p in of_kind[:SHOWN_PER_KIND]:
-            where = ", ".join(f"{k} {v}" for k, v in (("image id", p.image_id), ("annotation id", p.ann_id),
-                                                      ("field", repr(p.field) if p.field else None)) if v is not None)
+            where = ", ".join(
+                f"{k} {v}"
+                for k, v in (
+                    ("image id", p.image_id),
+                    ("annotation id", p.ann_id),
+                    ("field", repr(p.field) if p.field else None),
+                )
+                if v is not None
+            )
             lines.append(f"  - [{where or report.path}] {p.message}")
         if len(of_kind) > SHOWN_PER_KIND:
             lines.append(f"  ... {len(of_kind) - SHOWN_PER_KIND} more (--json lists all)")

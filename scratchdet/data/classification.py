@@ -416,8 +416,9 @@ def write_synthetic_classification(
     out = Path(out_dir)
     summary: dict = {"root": str(out), "size": size, "seed": seed}
     for split, per_class in (("train", train_per_class), ("val", val_per_class)):
-        dataset = SyntheticClassification(per_class * num_classes, num_classes=num_classes, size=size, seed=seed,
-                                          split=split)
+        dataset = SyntheticClassification(
+            per_class * num_classes, num_classes=num_classes, size=size, seed=seed, split=split
+        )
         folders = [f"{k:02d}_{name}" for k, name in enumerate(dataset.classes)]
         for folder in folders:
             (out / split / folder).mkdir(parents=True, exist_ok=True)

@@ -328,8 +328,9 @@ def _build_coco(data: dict) -> COCO:
     return coco
 
 
-def audit_annotations(data: dict, summary: DatasetSummary, *, train: bool, segm_eval: bool,
-                      gt_area: str) -> tuple[list[Problem], list[Problem]]:
+def audit_annotations(
+    data: dict, summary: DatasetSummary, *, train: bool, segm_eval: bool, gt_area: str
+) -> tuple[list[Problem], list[Problem]]:
     """Runs the whole-file checks of data/validate.py on a file loaded by `load_coco_json`; fills `summary`.
 
     In place: areas become the geometry's under gt_area="geometry"; with `segm_eval`, polygons of fewer than 3
@@ -372,15 +373,21 @@ def audit_annotations(data: dict, summary: DatasetSummary, *, train: bool, segm_
 
 
 def _no_usable_images_error(summary: DatasetSummary, what: str) -> DataError:
-    reasons = {"images_without_annotations": "images without a usable annotation", "crowd_excluded":
-               "crowd regions excluded", "boxes_outside_dropped": "boxes outside their image",
-               "degenerate_boxes_dropped": "boxes under 1 px", "invalid_polygons_dropped":
-               "annotations without a polygon of >= 3 points"}
+    reasons = {
+        "images_without_annotations": "images without a usable annotation",
+        "crowd_excluded": "crowd regions excluded",
+        "boxes_outside_dropped": "boxes outside their image",
+        "degenerate_boxes_dropped": "boxes under 1 px",
+        "invalid_polygons_dropped": "annotations without a polygon of >= 3 points",
+    }
     counts = summary.to_dict()
     why = ", ".join(f"{counts[k]} {text}" for k, text in reasons.items() if counts.get(k))
-    return DataError(f"no usable training images: {summary.images_total} images, {summary.annotations_total} "
-                     f"annotations, none left after cleaning ({why or 'the file has no images'}); training needs at "
-                     f"least one image with a {what}", path=summary.path)
+    return DataError(
+        f"no usable training images: {summary.images_total} images, {summary.annotations_total} "
+        f"annotations, none left after cleaning ({why or 'the file has no images'}); training needs at "
+        f"least one image with a {what}",
+        path=summary.path,
+    )
 
 
 @dataclass
@@ -534,8 +541,14 @@ class CocoDetection(DetectionDataset):
             self._instances[image_id] = inst
         self._finalize(summary, subset, subset_seed, check_files)
 
-    def _finalize(self, summary: DatasetSummary, subset: int | None, subset_seed: int, check_files: bool,
-                  usable: str = "box of at least 1x1 px") -> None:
+    def _finalize(
+        self,
+        summary: DatasetSummary,
+        subset: int | None,
+        subset_seed: int,
+        check_files: bool,
+        usable: str = "box of at least 1x1 px",
+    ) -> None:
         """Draws the subset from self._instances (sorted by id), checks files, completes the summary.
 
         Shared with subclasses that filter the instances first (data/keypoints.py); `usable` says what a training

@@ -93,21 +93,25 @@ class DetectionDataset(torch.utils.data.Dataset):
         return {i: path for i in self.image_ids if not (path := self.image_file(i)).is_file()}
 
     def check_files(self, hint: str) -> None:
-        """Raises DataError naming the first missing image file and how many are missing; `hint` says where to look.
-        """
+        """Raises DataError naming the first missing image file and how many are missing; `hint` says where to look."""
         missing = self.missing_files()
         if missing:
             first = next(iter(missing))
-            raise DataError(f"image file not found: {missing[first]} ({len(missing)} of {len(self.image_ids)} "
-                            f"image files are missing); {hint}", field="file_name", **self.image_where(first))
+            raise DataError(
+                f"image file not found: {missing[first]} ({len(missing)} of {len(self.image_ids)} "
+                f"image files are missing); {hint}",
+                field="file_name",
+                **self.image_where(first),
+            )
 
     def image_sizes(self) -> list[tuple[int, int]]:
         """(width, height) of every yielded image from the annotation, in index order (aspect-ratio grouping)."""
         return [self.annotated_size(i) for i in self.image_ids]
 
     def _read_image(self, image_id: int) -> torch.Tensor:
-        return read_image(self.image_file(image_id), where=self.image_where(image_id),
-                          expected_size=self.annotated_size(image_id))
+        return read_image(
+            self.image_file(image_id), where=self.image_where(image_id), expected_size=self.annotated_size(image_id)
+        )
 
     def __len__(self) -> int:
         return len(self.image_ids)

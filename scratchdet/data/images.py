@@ -30,8 +30,15 @@ from scratchdet.errors import DataError
 _EXIF_ORIENTATION = 0x0112  # EXIF tag 274
 # Orientation values 5-8 include a 90-degree turn: the displayed width is the stored height.
 _TRANSPOSED = (5, 6, 7, 8)
-_ORIENTATION_NAMES = {2: "mirrored", 3: "rotated 180", 4: "flipped vertically", 5: "mirrored + rotated 270",
-                      6: "rotated 90", 7: "mirrored + rotated 90", 8: "rotated 270"}
+_ORIENTATION_NAMES = {
+    2: "mirrored",
+    3: "rotated 180",
+    4: "flipped vertically",
+    5: "mirrored + rotated 270",
+    6: "rotated 90",
+    7: "mirrored + rotated 90",
+    8: "rotated 270",
+}
 EIGHT_BIT_MODES = ("1", "L", "P", "RGB", "RGBA", "RGBX", "LA", "PA", "La", "RGBa", "CMYK", "YCbCr")
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
@@ -70,16 +77,21 @@ def _orientation(pil: Image.Image) -> int:
 def _mode_problem(mode: str) -> str | None:
     if mode in EIGHT_BIT_MODES or mode in SIXTEEN_BIT_MODES:
         return None
-    return (f"pixel mode {mode!r} cannot be read faithfully (no standard display range or colour conversion); "
-            "convert the image to 8-bit RGB/grayscale or 16-bit grayscale")
+    return (
+        f"pixel mode {mode!r} cannot be read faithfully (no standard display range or colour conversion); "
+        "convert the image to 8-bit RGB/grayscale or 16-bit grayscale"
+    )
 
 
 def _bad_file(path: Path, error: Exception, where: dict) -> DataError:
     if isinstance(error, FileNotFoundError):
         return DataError(f"image file not found: {path}", field="file_name", **where)
     # Pillow reports truncated/corrupt files as OSError, some broken PNG chunks as SyntaxError.
-    return DataError(f"cannot decode image file {path}: {error}; the file is corrupt or truncated, replace it",
-                     field="file_name", **where)
+    return DataError(
+        f"cannot decode image file {path}: {error}; the file is corrupt or truncated, replace it",
+        field="file_name",
+        **where,
+    )
 
 
 def probe_image(path: str | Path, *, where: dict | None = None) -> ImageHeader:
@@ -114,8 +126,13 @@ def describe_orientation(header: ImageHeader) -> str:
     return f"EXIF orientation {header.orientation} ({_ORIENTATION_NAMES[header.orientation]})"
 
 
-def read_image(path: str | Path, *, where: dict | None = None, expected_size: tuple[int, int] | None = None,
-               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def read_image(
+    path: str | Path,
+    *,
+    where: dict | None = None,
+    expected_size: tuple[int, int] | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
     """Decodes an image file as displayed (EXIF orientation applied) into RGB.
 
     Args:
@@ -156,12 +173,18 @@ def read_image(path: str | Path, *, where: dict | None = None, expected_size: tu
         exp_w, exp_h = expected_size
         hint = "fix the JSON or the image"
         if orientation in _TRANSPOSED and (height, width) == (exp_w, exp_h):
-            hint = (f"the file's EXIF orientation {orientation} ({_ORIENTATION_NAMES[orientation]}) turns it; "
-                    "scratchdet reads images as displayed, as annotation tools show them, so the annotation's size "
-                    "(and boxes) look made on the raw pixels: re-export the annotations on the displayed images, "
-                    "or save the images with their pixels rotated and the tag removed")
-        raise DataError(f"image file {path} is {width}x{height} (WxH, as displayed) but the annotation says "
-                        f"{exp_w}x{exp_h}; {hint}", field="width" if width != exp_w else "height", **where)
+            hint = (
+                f"the file's EXIF orientation {orientation} ({_ORIENTATION_NAMES[orientation]}) turns it; "
+                "scratchdet reads images as displayed, as annotation tools show them, so the annotation's size "
+                "(and boxes) look made on the raw pixels: re-export the annotations on the displayed images, "
+                "or save the images with their pixels rotated and the tag removed"
+            )
+        raise DataError(
+            f"image file {path} is {width}x{height} (WxH, as displayed) but the annotation says "
+            f"{exp_w}x{exp_h}; {hint}",
+            field="width" if width != exp_w else "height",
+            **where,
+        )
     tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
     if dtype == torch.uint8:
         if tensor.dtype == torch.uint8:

@@ -91,7 +91,7 @@ def looks_lateral(name: str, names: Sequence[str] = ()) -> bool:
     for i, token in enumerate(tokens):
         for j in {0, len(token) - 1}:
             if len(token) > 1 and token[j] in swap:
-                twin = token[:j] + swap[token[j]] + token[j + 1:]
+                twin = token[:j] + swap[token[j]] + token[j + 1 :]
                 if _join_like(name, tokens, i, twin) in names:
                     return True
     return False
@@ -103,7 +103,7 @@ def _join_like(name: str, tokens: list[str], index: int, replacement: str) -> st
     for i, token in enumerate(tokens):
         start = name.index(token, start)
         if i == index:
-            return name[:start] + replacement + name[start + len(token):]
+            return name[:start] + replacement + name[start + len(token) :]
         start += len(token)
     return name
 
@@ -120,16 +120,22 @@ def check_flip_map(
     pairs, seen = [], set()
     for entry in explicit:
         if len(entry) != 2 or not all(isinstance(n, str) for n in entry):
-            raise ConfigError(f"{where}data.keypoint_flip_map entry {list(entry)} must be two keypoint names "
-                              "[name_a, name_b] ([name, name] for a keypoint without a mirror)")
+            raise ConfigError(
+                f"{where}data.keypoint_flip_map entry {list(entry)} must be two keypoint names "
+                "[name_a, name_b] ([name, name] for a keypoint without a mirror)"
+            )
         unknown = [n for n in entry if names is not None and n not in names]
         if unknown:
-            raise ConfigError(f"{where}data.keypoint_flip_map names {unknown}, which the category does not declare; "
-                              f"its keypoints are {list(names)}")
+            raise ConfigError(
+                f"{where}data.keypoint_flip_map names {unknown}, which the category does not declare; "
+                f"its keypoints are {list(names)}"
+            )
         for n in dict.fromkeys(entry):
             if n in seen:
-                raise ConfigError(f"{where}data.keypoint_flip_map names {n!r} more than once; each keypoint may "
-                                  "appear in one pair only")
+                raise ConfigError(
+                    f"{where}data.keypoint_flip_map names {n!r} more than once; each keypoint may "
+                    "appear in one pair only"
+                )
             seen.add(n)
         pairs.append((entry[0], entry[1]))
     return pairs

@@ -30,14 +30,28 @@ from scratchdet.data.synthetic import KEYPOINT_NAMES, KEYPOINT_OKS_SIGMAS
 from scratchdet.errors import ConfigError, DataError
 
 COCO_PERSON_KEYPOINT_NAMES: tuple[str, ...] = (
-    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder", "left_elbow",
-    "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle",
+    "nose",
+    "left_eye",
+    "right_eye",
+    "left_ear",
+    "right_ear",
+    "left_shoulder",
+    "right_shoulder",
+    "left_elbow",
+    "right_elbow",
+    "left_wrist",
+    "right_wrist",
+    "left_hip",
+    "right_hip",
+    "left_knee",
+    "right_knee",
+    "left_ankle",
     "right_ankle",
 )
 # pycocotools' defaults for COCO person keypoints (COCOeval Params.setKpParams).
 COCO_PERSON_OKS_SIGMAS: tuple[float, ...] = tuple(
-    s / 10.0 for s in (0.26, 0.25, 0.25, 0.35, 0.35, 0.79, 0.79, 0.72, 0.72, 0.62, 0.62, 1.07, 1.07, 0.87, 0.87,
-                       0.89, 0.89)
+    s / 10.0
+    for s in (0.26, 0.25, 0.25, 0.35, 0.35, 0.79, 0.79, 0.72, 0.72, 0.62, 0.62, 1.07, 1.07, 0.87, 0.87, 0.89, 0.89)
 )
 _KNOWN_SIGMAS = {COCO_PERSON_KEYPOINT_NAMES: COCO_PERSON_OKS_SIGMAS, tuple(KEYPOINT_NAMES): KEYPOINT_OKS_SIGMAS}
 
@@ -63,8 +77,10 @@ def resolve_keypoint_category(coco_cats: dict[int, dict], requested: str | int |
     if requested is None or requested == "":
         if len(with_kps) != 1:
             names = [coco_cats[i]["name"] for i in with_kps]
-            raise ConfigError(f"{path}: data.keypoint_category is not set and the file has {len(with_kps)} "
-                              f"categories with keypoints ({names}); set data.keypoint_category to one name or id")
+            raise ConfigError(
+                f"{path}: data.keypoint_category is not set and the file has {len(with_kps)} "
+                f"categories with keypoints ({names}); set data.keypoint_category to one name or id"
+            )
         return with_kps[0]
     text = str(requested)
     matches = [i for i, c in coco_cats.items() if c["name"] == text or (text.isdigit() and i == int(text))]
@@ -72,8 +88,10 @@ def resolve_keypoint_category(coco_cats: dict[int, dict], requested: str | int |
         known = {i: c["name"] for i, c in coco_cats.items()}
         raise ConfigError(f"data.keypoint_category={requested!r} is not a category of {path} (known: {known})")
     if matches[0] not in with_kps:
-        raise ConfigError(f"data.keypoint_category={requested!r}: category {matches[0]} of {path} has no "
-                          "'keypoints' names; choose a category that declares keypoints")
+        raise ConfigError(
+            f"data.keypoint_category={requested!r}: category {matches[0]} of {path} has no "
+            "'keypoints' names; choose a category that declares keypoints"
+        )
     return matches[0]
 
 
@@ -85,13 +103,17 @@ def oks_sigmas_for(names: Sequence[str], override: Sequence[float] | None, path:
     """
     if override:
         if len(override) != len(names):
-            raise ConfigError(f"eval.kpt_oks_sigmas has {len(override)} values but {path} declares "
-                              f"{len(names)} keypoints {list(names)}; give one sigma per keypoint")
+            raise ConfigError(
+                f"eval.kpt_oks_sigmas has {len(override)} values but {path} declares "
+                f"{len(names)} keypoints {list(names)}; give one sigma per keypoint"
+            )
         return tuple(float(s) for s in override)
     known = _KNOWN_SIGMAS.get(tuple(names))
     if known is None:
-        raise ConfigError(f"no standard OKS sigmas for the keypoints {list(names)} of {path}; "
-                          "set eval.kpt_oks_sigmas=[...] (one per keypoint)")
+        raise ConfigError(
+            f"no standard OKS sigmas for the keypoints {list(names)} of {path}; "
+            "set eval.kpt_oks_sigmas=[...] (one per keypoint)"
+        )
     return known
 
 
@@ -101,8 +123,11 @@ def _keypoint_array(ann: dict, num_keypoints: int, path: str) -> np.ndarray:
     if values is None:
         return np.zeros((num_keypoints, 3), dtype=np.float32)  # no labels: dropped for training, ignored by OKS
     if not isinstance(values, list) or len(values) != 3 * num_keypoints or not all(_is_number(v) for v in values):
-        raise DataError(f"keypoints must be {3 * num_keypoints} finite numbers [x1, y1, v1, ...] "
-                        f"({num_keypoints} keypoints of the category), got {str(values)[:80]}", **where)
+        raise DataError(
+            f"keypoints must be {3 * num_keypoints} finite numbers [x1, y1, v1, ...] "
+            f"({num_keypoints} keypoints of the category), got {str(values)[:80]}",
+            **where,
+        )
     kps = np.asarray(values, dtype=np.float32).reshape(num_keypoints, 3)
     if not np.isin(kps[:, 2], (0, 1, 2)).all():
         raise DataError(f"keypoint visibilities must be 0, 1 or 2, got {kps[:, 2].tolist()}", **where)
@@ -163,8 +188,9 @@ class KeypointCocoDetection(CocoDetection):
                 larger than the usable images.
         """
         # Subset and file checks run after the restriction, on the images that still have keypoint instances.
-        super().__init__(json_path, image_dir, train=train, transform=None, load_masks=False, check_files=False,
-                         gt_area=gt_area)
+        super().__init__(
+            json_path, image_dir, train=train, transform=None, load_masks=False, check_files=False, gt_area=gt_area
+        )
         path = self.json_path
         cat_id = resolve_keypoint_category(self.coco.cats, keypoint_category, path)
         cat = self.coco.cats[cat_id]
@@ -184,8 +210,9 @@ class KeypointCocoDetection(CocoDetection):
         self.class_names = ["__background__", cat["name"]]
         self.num_classes = 2
 
-        summary = KeypointDatasetSummary(**asdict(self.summary), keypoint_category_id=cat_id,
-                                         keypoint_flip_pairs=[list(p) for p in flip_pairs])
+        summary = KeypointDatasetSummary(
+            **asdict(self.summary), keypoint_category_id=cat_id, keypoint_flip_pairs=[list(p) for p in flip_pairs]
+        )
         summary.categories = [[cat_id, cat["name"]]]  # the one category the model predicts
         keypoints: dict[int, np.ndarray] = {}
         kept_instances: dict[int, _Instances] = {}
@@ -216,6 +243,11 @@ class KeypointCocoDetection(CocoDetection):
             )
             keypoints[image_id] = np.stack(kps) if kps else np.zeros((0, self.num_keypoints, 3), np.float32)
         self._instances = kept_instances
-        self._finalize(summary, subset, subset_seed, check_files,
-                       usable=f"'{cat['name']}' instance with at least one labelled keypoint")
+        self._finalize(
+            summary,
+            subset,
+            subset_seed,
+            check_files,
+            usable=f"'{cat['name']}' instance with at least one labelled keypoint",
+        )
         self.transform = _AddKeypoints(keypoints, flip_map, transform)

@@ -42,8 +42,8 @@ def rle_string_total(counts: bytes | str) -> int:
     runs = values.copy()
     for first in (3, 4):  # runs[j] = values[j] + runs[j - 2] from j = 3 on: two interleaved running sums
         if runs.size > first - 2:
-            tail = runs[first - 2::2]
-            runs[first - 2::2] = np.concatenate([[tail[0]], tail[0] + np.cumsum(values[first::2])])[:tail.size]
+            tail = runs[first - 2 :: 2]
+            runs[first - 2 :: 2] = np.concatenate([[tail[0]], tail[0] + np.cumsum(values[first::2])])[: tail.size]
     if (runs < 0).any():
         return -1
     return int(runs.sum())

@@ -74,8 +74,16 @@ class TrainingBatchSampler(Sampler):
         lists of `(index, sample_seed)`, batch_size / world_size long.
     """
 
-    def __init__(self, size: int, seed: int, batch_size: int, start_iter: int = 0, rank: int = 0,
-                 world_size: int = 1, group_ids: list[int] | None = None):
+    def __init__(
+        self,
+        size: int,
+        seed: int,
+        batch_size: int,
+        start_iter: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        group_ids: list[int] | None = None,
+    ):
         if batch_size % world_size:
             raise ValueError(f"global batch {batch_size} does not divide by {world_size} processes")
         if group_ids is not None and len(group_ids) != size:
@@ -95,13 +103,13 @@ class TrainingBatchSampler(Sampler):
                 groups = self.group_ids[[index for index, _ in chunk]]
                 chunk = [chunk[k] for k in np.argsort(groups, kind="stable")]
             for w in range(skip, window):
-                yield chunk[w * b:(w + 1) * b]
+                yield chunk[w * b : (w + 1) * b]
             skip = 0
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         per_rank = self.batch_size // self.world_size
         for batch in self._global_batches():
-            yield batch[self.rank * per_rank:(self.rank + 1) * per_rank]
+            yield batch[self.rank * per_rank : (self.rank + 1) * per_rank]
 
     def __len__(self) -> int:  # endless
         return 2**62

@@ -136,9 +136,12 @@ class RandomHorizontalFlip:
             flip_map = target.get("keypoint_flip_map")
             where = {"path": target.get("file"), "image_id": target.get("image_id"), "field": "keypoints"}
             if flip_map is None:
-                raise DataError("the target has keypoints but no keypoint_flip_map, so a flip cannot tell which "
-                                "keypoints change sides; add target['keypoint_flip_map'] (list(range(K)) if none has a "
-                                "side)", **where)
+                raise DataError(
+                    "the target has keypoints but no keypoint_flip_map, so a flip cannot tell which "
+                    "keypoints change sides; add target['keypoint_flip_map'] (list(range(K)) if none has a "
+                    "side)",
+                    **where,
+                )
             if sorted(flip_map) != list(range(kps.shape[1])):
                 msg = f"keypoint_flip_map {list(flip_map)} is not a permutation of the {kps.shape[1]} keypoints"
                 raise DataError(msg, **where)

@@ -35,8 +35,7 @@ class Problem:
     def error(self, path: str, count: int = 1) -> DataError:
         """This problem as the DataError loading raises (with how many more of its kind there are)."""
         more = f" ({count - 1} more like it in this file; `scratchdet data check` lists them all)" if count > 1 else ""
-        return DataError(self.message + more, path=path, image_id=self.image_id, ann_id=self.ann_id,
-                         field=self.field)
+        return DataError(self.message + more, path=path, image_id=self.image_id, ann_id=self.ann_id, field=self.field)
 
 
 def raise_first(problems: list[Problem], path: str) -> None:
@@ -63,8 +62,9 @@ def _polygon_areas(polygons: list[list[float]]) -> np.ndarray:
     areas = np.zeros(len(polygons), dtype=np.float64)
     if total == 0:
         return areas
-    flat = np.fromiter(itertools.chain.from_iterable(p[: 2 * (len(p) // 2)] for p in polygons), dtype=np.float64,
-                       count=2 * total)
+    flat = np.fromiter(
+        itertools.chain.from_iterable(p[: 2 * (len(p) // 2)] for p in polygons), dtype=np.float64, count=2 * total
+    )
     x, y = flat[0::2], flat[1::2]
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     nxt = np.arange(total) + 1
@@ -158,13 +158,18 @@ def area_problems(annotations: list[dict], geometric: np.ndarray, images: Mappin
         if isinstance(seg, list) and _agrees_with_raster(stored[i], seg, images[ann["image_id"]]):
             continue
         source = "segmentation" if ann.get("segmentation") else "box"
-        problems.append(Problem(
-            "area_mismatch",
-            f"stored area {stored[i]:.6g} px disagrees with the {source}'s area {geometric[i]:.6g} px; COCOeval bins "
-            "objects by this field (small/medium/large, and ignores areas beyond 1e10) and OKS divides by it. Fix "
-            "the exporter, or set data.gt_area=geometry (use the areas of the geometry) or data.gt_area=file (keep "
-            "the file's values)",
-            image_id=ann["image_id"], ann_id=ann["id"], field="area"))
+        problems.append(
+            Problem(
+                "area_mismatch",
+                f"stored area {stored[i]:.6g} px disagrees with the {source}'s area {geometric[i]:.6g} px; "
+                "COCOeval bins objects by this field (small/medium/large, and ignores areas beyond 1e10) and OKS "
+                "divides by it. Fix the exporter, or set data.gt_area=geometry (use the areas of the geometry) or "
+                "data.gt_area=file (keep the file's values)",
+                image_id=ann["image_id"],
+                ann_id=ann["id"],
+                field="area",
+            )
+        )
     return problems
 
 
@@ -189,10 +194,14 @@ def clean_eval_segmentations(annotations: list[dict]) -> tuple[list[Problem], in
         where = {"image_id": ann["image_id"], "ann_id": ann["id"], "field": "segmentation"}
         kind = "crowd region" if ann.get("iscrowd") else "instance"
         if "segmentation" not in ann:
-            problems.append(Problem("unusable_eval_segmentation",
-                                    f"{kind} has no 'segmentation', but mask AP (segm) needs one for every ground "
-                                    "truth annotation; add it, or evaluate boxes only (model.arch=faster_rcnn)",
-                                    **where))
+            problems.append(
+                Problem(
+                    "unusable_eval_segmentation",
+                    f"{kind} has no 'segmentation', but mask AP (segm) needs one for every ground "
+                    "truth annotation; add it, or evaluate boxes only (model.arch=faster_rcnn)",
+                    **where,
+                )
+            )
             continue
         seg = ann["segmentation"]
         if not isinstance(seg, list):
@@ -200,10 +209,14 @@ def clean_eval_segmentations(annotations: list[dict]) -> tuple[list[Problem], in
         valid = [poly for poly in seg if len(poly) >= 6]
         if not valid:
             shape = "an empty list" if not seg else f"{len(seg)} polygon(s) of fewer than 3 points"
-            problems.append(Problem("unusable_eval_segmentation",
-                                    f"{kind}'s segmentation is {shape}: no region pycocotools can rasterize, so "
-                                    "mask AP cannot score it (training drops such annotations); fix or remove it",
-                                    **where))
+            problems.append(
+                Problem(
+                    "unusable_eval_segmentation",
+                    f"{kind}'s segmentation is {shape}: no region pycocotools can rasterize, so "
+                    "mask AP cannot score it (training drops such annotations); fix or remove it",
+                    **where,
+                )
+            )
         elif len(valid) != len(seg):
             dropped += len(seg) - len(valid)
             ann["segmentation"] = valid
@@ -220,9 +233,11 @@ def annotation_id_note(annotations: list[dict]) -> str | None:
     low = [a["id"] for a in annotations if a["id"] < 1]
     if not low:
         return None
-    return (f"{len(low)} annotation id(s) < 1 (smallest {min(low)}); COCOeval reads a matched id of 0 as unmatched, so "
-            "scratchdet evaluates a copy whose annotation ids are shifted to start at 1 (other COCO tools would "
-            "score this file wrongly)")
+    return (
+        f"{len(low)} annotation id(s) < 1 (smallest {min(low)}); COCOeval reads a matched id of 0 as unmatched, so "
+        "scratchdet evaluates a copy whose annotation ids are shifted to start at 1 (other COCO tools would "
+        "score this file wrongly)"
+    )
 
 
 # --- categories across splits ----------------------------------------------------------------------------------------
@@ -241,8 +256,9 @@ def category_differences(a: Mapping[int, str], b: Mapping[int, str]) -> list[str
     return lines
 
 
-def check_same_categories(first: Mapping[int, str], first_name: str, second: Mapping[int, str],
-                          second_name: str) -> None:
+def check_same_categories(
+    first: Mapping[int, str], first_name: str, second: Mapping[int, str], second_name: str
+) -> None:
     """Raises DataError when two category maps differ: the detector's label k is category id k of the training
     file, and evaluation writes label k as that id, so any difference scores one class as another.
 
@@ -258,4 +274,6 @@ def check_same_categories(first: Mapping[int, str], first_name: str, second: Map
         f"the categories of {first_name} (first) and {second_name} (second) differ: {shown}. A detector's classes "
         "are the training file's categories, and they are scored by category id, so every id must name the same "
         "category in both; give both files the same 'categories' list",
-        path=second_name, field="categories")
+        path=second_name,
+        field="categories",
+    )

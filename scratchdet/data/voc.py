@@ -84,8 +84,9 @@ class _VocImage:
 def _text(node: ET.Element, tag: str, xml: Path, name: str, field: str) -> str:
     child = node.find(tag)
     if child is None or child.text is None or not child.text.strip():
-        raise DataError(f"VOC annotation has no <{tag}>; the XML is malformed, fix it", path=str(xml),
-                        image_id=name, field=field)
+        raise DataError(
+            f"VOC annotation has no <{tag}>; the XML is malformed, fix it", path=str(xml), image_id=name, field=field
+        )
     return child.text.strip()
 
 
@@ -115,8 +116,9 @@ def parse_voc_xml(xml: str | Path, name: str | None = None) -> dict:
     try:
         root = ET.parse(xml).getroot()
     except FileNotFoundError:
-        raise DataError("VOC annotation file not found; check data.voc_root and the ImageSets list",
-                        path=str(xml), image_id=name) from None
+        raise DataError(
+            "VOC annotation file not found; check data.voc_root and the ImageSets list", path=str(xml), image_id=name
+        ) from None
     except ET.ParseError as e:
         raise DataError(f"not well-formed XML ({e}); re-export the annotation", path=str(xml), image_id=name) from None
     size = root.find("size")
@@ -125,8 +127,9 @@ def parse_voc_xml(xml: str | Path, name: str | None = None) -> dict:
     width = _number(size, "width", xml, name, "size/width")
     height = _number(size, "height", xml, name, "size/height")
     if width <= 0 or height <= 0 or width != int(width) or height != int(height):
-        raise DataError(f"image size {width}x{height} must be positive integers", path=str(xml), image_id=name,
-                        field="size")
+        raise DataError(
+            f"image size {width}x{height} must be positive integers", path=str(xml), image_id=name, field="size"
+        )
     objects = []
     for k, obj in enumerate(root.findall("object")):
         cls = _text(obj, "name", xml, name, f"object[{k}]/name")
@@ -135,13 +138,21 @@ def parse_voc_xml(xml: str | Path, name: str | None = None) -> dict:
             raise DataError("object has no <bndbox>", path=str(xml), image_id=name, field=f"object[{k}]/bndbox")
         coords = tuple(_number(box, t, xml, name, f"object[{k}]/bndbox/{t}") for t in ("xmin", "ymin", "xmax", "ymax"))
         if coords[2] < coords[0] or coords[3] < coords[1]:
-            raise DataError(f"inverted box (xmin, ymin, xmax, ymax) = {coords}; xmax >= xmin and ymax >= ymin",
-                            path=str(xml), image_id=name, field=f"object[{k}]/bndbox")
+            raise DataError(
+                f"inverted box (xmin, ymin, xmax, ymax) = {coords}; xmax >= xmin and ymax >= ymin",
+                path=str(xml),
+                image_id=name,
+                field=f"object[{k}]/bndbox",
+            )
         diff_node = obj.find("difficult")
         diff_text = (diff_node.text or "0").strip() if diff_node is not None else "0"
         if diff_text not in ("0", "1"):
-            raise DataError(f"<difficult> must be 0 or 1, got {diff_text!r}", path=str(xml), image_id=name,
-                            field=f"object[{k}]/difficult")
+            raise DataError(
+                f"<difficult> must be 0 or 1, got {diff_text!r}",
+                path=str(xml),
+                image_id=name,
+                field=f"object[{k}]/difficult",
+            )
         objects.append({"name": cls, "bbox": coords, "difficult": diff_text == "1"})
     return {"width": int(width), "height": int(height), "objects": objects}
 
@@ -157,8 +168,11 @@ def normalize_sets(sets: Any) -> list[tuple[int, str]]:
         if isinstance(entry, str):
             year, _, split = entry.partition("_")
             entry = (int(year), split) if year.isdigit() and split else entry
-        if not isinstance(entry, (list, tuple)) or len(entry) != 2 or not is_int(entry[0]) or not isinstance(
-            entry[1], str
+        if (
+            not isinstance(entry, (list, tuple))
+            or len(entry) != 2
+            or not is_int(entry[0])
+            or not isinstance(entry[1], str)
         ):
             raise ConfigError(f"VOC set {entry!r} must be YEAR_SPLIT or [year, split], e.g. 2007_trainval")
         out.append((int(entry[0]), entry[1]))
@@ -227,8 +241,10 @@ class VocDetection(DetectionDataset):
             base = self.root / f"VOC{year}"
             listing = base / "ImageSets" / "Main" / f"{split}.txt"
             if not listing.is_file():
-                raise DataError(f"VOC split list not found: {listing}; check data.voc_root and the (year, split) sets",
-                                path=str(listing))
+                raise DataError(
+                    f"VOC split list not found: {listing}; check data.voc_root and the (year, split) sets",
+                    path=str(listing),
+                )
             names = [line.split()[0] for line in listing.read_text().splitlines() if line.strip()]
             for name in names:
                 image_id = summary.images_total
@@ -245,7 +261,9 @@ class VocDetection(DetectionDataset):
                 f"no usable training images: {summary.images_total} images, {summary.annotations_total} objects, "
                 f"none left after cleaning ({summary.difficult_excluded} difficult objects excluded, "
                 f"{summary.degenerate_boxes_dropped} boxes under 1 px dropped); training needs at least one image "
-                "with a non-difficult object", path=self.json_path)
+                "with a non-difficult object",
+                path=self.json_path,
+            )
         self.image_ids = self.select_subset(candidates, subset, subset_seed)
         self.image_names = {i: self._images[i].name for i in self.image_ids}
         if check_files:
@@ -263,8 +281,12 @@ class VocDetection(DetectionDataset):
             summary.annotations_total += 1
             summary.difficult_total += obj["difficult"]
             if obj["name"] not in label_of:
-                raise DataError(f"unknown VOC class {obj['name']!r}; the 20 classes are {list(VOC_CLASSES)}",
-                                path=str(xml), image_id=f"{year}/{name}", field=f"object[{k}]/name")
+                raise DataError(
+                    f"unknown VOC class {obj['name']!r}; the 20 classes are {list(VOC_CLASSES)}",
+                    path=str(xml),
+                    image_id=f"{year}/{name}",
+                    field=f"object[{k}]/name",
+                )
             if obj["difficult"] and self.train:
                 summary.difficult_excluded += 1
                 continue
@@ -279,8 +301,13 @@ class VocDetection(DetectionDataset):
             labels.append(label_of[obj["name"]])
             difficult.append(obj["difficult"])
         return _VocImage(
-            name=f"{year}/{name}", xml=xml, jpeg=base / "JPEGImages" / f"{name}.jpg", width=width, height=height,
-            boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4), labels=np.asarray(labels, dtype=np.int64),
+            name=f"{year}/{name}",
+            xml=xml,
+            jpeg=base / "JPEGImages" / f"{name}.jpg",
+            width=width,
+            height=height,
+            boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+            labels=np.asarray(labels, dtype=np.int64),
             difficult=np.asarray(difficult, dtype=bool),
         )
 
@@ -353,8 +380,9 @@ def write_voc_layout(coco_dir: str | Path, out_root: str | Path, *, year: int = 
         data = load_coco_json(json_path)
         cat_ids = sorted(c["id"] for c in data["categories"])
         if len(cat_ids) > len(VOC_CLASSES):
-            raise DataError(f"{len(cat_ids)} categories do not fit VOC's 20 classes", path=str(json_path),
-                            field="categories")
+            raise DataError(
+                f"{len(cat_ids)} categories do not fit VOC's 20 classes", path=str(json_path), field="categories"
+            )
         cls_of = {cid: VOC_CLASSES[k] for k, cid in enumerate(cat_ids)}
         anns_of: dict[int, list[dict]] = {}
         for ann in data["annotations"]:

@@ -48,10 +48,17 @@ def switch_in_run(
     new_optimizer = build_optimizer(model, cfg.solver, lr)
     carried = carry_momentum(optimizer, new_optimizer)
     n_params = sum(len(g["params"]) for g in new_optimizer.param_groups)
-    record = {"type": "switch", "iter": iteration, "to": "cascade", "stages": len(cfg.model.cascade_fg_iou_threshs),
-              "fg_iou_threshs": list(cfg.model.cascade_fg_iou_threshs),
-              "bbox_reg_weights": [list(w) for w in cfg.model.cascade_bbox_reg_weights],
-              "stage1_from": "plain box head", "momentum_carried": carried, "momentum_fresh": n_params - carried}
+    record = {
+        "type": "switch",
+        "iter": iteration,
+        "to": "cascade",
+        "stages": len(cfg.model.cascade_fg_iou_threshs),
+        "fg_iou_threshs": list(cfg.model.cascade_fg_iou_threshs),
+        "bbox_reg_weights": [list(w) for w in cfg.model.cascade_bbox_reg_weights],
+        "stage1_from": "plain box head",
+        "momentum_carried": carried,
+        "momentum_fresh": n_params - carried,
+    }
     metrics.write(record)
     (Path(cfg.output) / "cascade_switch.json").write_text(json.dumps(record, indent=2) + "\n")
     return new_optimizer

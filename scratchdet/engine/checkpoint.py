@@ -54,8 +54,13 @@ def rng_state() -> dict:
     """Python, NumPy, torch CPU and (when present) CUDA generator states."""
     # Stored as plain containers and tensors only, so checkpoints load with torch.load(weights_only=True).
     kind, key, pos, has_gauss, gauss = np.random.get_state()
-    numpy_state = {"kind": kind, "key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
-                   "has_gauss": int(has_gauss), "gauss": float(gauss)}
+    numpy_state = {
+        "kind": kind,
+        "key": torch.from_numpy(key.astype(np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "gauss": float(gauss),
+    }
     state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -85,8 +90,11 @@ def save_checkpoint(folder: str | Path, iteration: int, state: dict) -> Path:
         previous = pointer.read_text().strip() if pointer.is_file() else None
     except OSError:
         previous = None
-    kept = (f"the previous checkpoint {previous} is intact and {POINTER} still names it" if previous
-            else "no earlier checkpoint exists")
+    kept = (
+        f"the previous checkpoint {previous} is intact and {POINTER} still names it"
+        if previous
+        else "no earlier checkpoint exists"
+    )
     step = "writing"
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -175,9 +183,17 @@ def check_free_space(folder: str | Path, checkpoint_bytes: int, count: int) -> N
         )
 
 
-def save_training_state(folder: str | Path, iteration: int, model: torch.nn.Module,
-                        optimizer: torch.optim.Optimizer, *, seen: dict, ctx: DistContext = SINGLE,
-                        scaler: torch.amp.GradScaler | None = None, extra: dict | None = None) -> Path | None:
+def save_training_state(
+    folder: str | Path,
+    iteration: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    seen: dict,
+    ctx: DistContext = SINGLE,
+    scaler: torch.amp.GradScaler | None = None,
+    extra: dict | None = None,
+) -> Path | None:
     """Saves what exact resume needs after `iteration` iterations (restore_training_state reads it back).
 
     The state: model and optimizer, the iteration, samples seen, every rank's RNG states (gathered, so each rank
@@ -186,8 +202,14 @@ def save_training_state(folder: str | Path, iteration: int, model: torch.nn.Modu
     write raises on all ranks through `main_first`).
     """
     rngs = all_gather(ctx, rng_state())
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "iteration": iteration,
-             "seen": seen, **(extra or {}), "rng": rngs[0]}
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "iteration": iteration,
+        "seen": seen,
+        **(extra or {}),
+        "rng": rngs[0],
+    }
     if ctx.enabled:
         state["rng_per_rank"] = rngs
         state["world_size"] = ctx.world_size
@@ -196,8 +218,15 @@ def save_training_state(folder: str | Path, iteration: int, model: torch.nn.Modu
     return main_first(ctx, save_checkpoint, folder, iteration, state)
 
 
-def restore_training_state(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *,
-                           rank: int = 0, world_size: int = 1, scaler: torch.amp.GradScaler | None = None) -> dict:
+def restore_training_state(
+    path: str | Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    scaler: torch.amp.GradScaler | None = None,
+) -> dict:
     """Loads model, optimizer, grad scaler and every RNG state from a checkpoint; returns it (iteration, seen, ...).
 
     Shared by the detection and pre-training loops, so both resume exactly the same way. A multi-process run stores
@@ -209,8 +238,10 @@ def restore_training_state(path: str | Path, model: torch.nn.Module, optimizer: 
         model.load_state_dict(state["model"])
     except RuntimeError as e:  # e.g. the training set's class count changed since the checkpoint was written
         detail = " ".join(str(e).split())
-        raise CheckpointError(f"{path} does not fit the model being resumed: {detail[:500]}; resume with the config "
-                              "and data the run was started with") from None
+        raise CheckpointError(
+            f"{path} does not fit the model being resumed: {detail[:500]}; resume with the config "
+            "and data the run was started with"
+        ) from None
     optimizer.load_state_dict(state["optimizer"])
     per_rank = state.get("rng_per_rank")
     set_rng_state(per_rank[rank] if per_rank is not None and len(per_rank) == world_size else state["rng"])

@@ -86,8 +86,9 @@ def _saved_convention(cfg: Config) -> InputConvention | None:
     return InputConvention.from_values(model)
 
 
-def apply_input_convention(cfg: Config, base: InputConvention, file: FileConvention | None = None,
-                           path: str | Path | None = None) -> dict:
+def apply_input_convention(
+    cfg: Config, base: InputConvention, file: FileConvention | None = None, path: str | Path | None = None
+) -> dict:
     """Fills cfg.model's unset convention keys from `base` (in place); returns where each value came from.
 
     Args:
@@ -118,7 +119,9 @@ def apply_input_convention(cfg: Config, base: InputConvention, file: FileConvent
             f"{', '.join(f'model.{k}' for k in given_pixels)} given without {', '.join(missing)}: the four keys "
             f"describe one pixel map (channel order, scale, then mean and std in that order and those units), and "
             f"completing it with {base.describe()} would mix conventions; give all four, e.g. "
-            + " ".join(DETECTRON_FAIR.overrides()[:4]) + " (Detectron's)")
+            + " ".join(DETECTRON_FAIR.overrides()[:4])
+            + " (Detectron's)"
+        )
     if "stride_in_1x1" not in given and used.stride_in_1x1 and (m.backbone != "resnet" or m.depth < 50):
         # A bottleneck file's placement means nothing to a basic-block body; the weight audit then says the file
         # does not fit this depth, which is the real problem.
@@ -154,16 +157,21 @@ def resolve_input_convention(cfg: Config) -> dict:
     else:
         base, origin = TORCHVISION, "torchvision's convention (the default without a weight file)"
     source = apply_input_convention(cfg, base, file, path)
-    return {**{k: getattr(cfg.model, k) for k in CONVENTION_KEYS},
-            "source": {k: origin if v == "default" else "config" for k, v in source.items()},
-            "weights_file": file.to_dict() if file else None}
+    return {
+        **{k: getattr(cfg.model, k) for k in CONVENTION_KEYS},
+        "source": {k: origin if v == "default" else "config" for k, v in source.items()},
+        "weights_file": file.to_dict() if file else None,
+    }
 
 
 def convention_record(used: InputConvention, file: dict | None) -> dict:
     """init.json's account of the convention the model ran with, and where it came from."""
     if file is None:
-        source = ("torchvision's convention (the default without a weight file)" if used.same_network(TORCHVISION)
-                  else "config (model.* keys)")
+        source = (
+            "torchvision's convention (the default without a weight file)"
+            if used.same_network(TORCHVISION)
+            else "config (model.* keys)"
+        )
     elif used.same_network(InputConvention.from_values(file)):
         source = "weights file" + ("" if file["known"] else " (assumed: the file does not say; see weights_file)")
     else:
@@ -182,13 +190,23 @@ def initialize(model: nn.Module, cfg: Config) -> dict:
     if cfg.init == "scratch":
         if cfg.weights:
             raise CheckpointError(f"init=scratch must load nothing, but weights={cfg.weights} was given")
-        return {"init": "scratch", "weights": None, "loaded_keys": 0, "pretrain_seen": dict(ZERO_SEEN),
-                "input_convention": convention_record(used, None)}
+        return {
+            "init": "scratch",
+            "weights": None,
+            "loaded_keys": 0,
+            "pretrain_seen": dict(ZERO_SEEN),
+            "input_convention": convention_record(used, None),
+        }
     path = resolve_weights(cfg.weights)
     if cfg.model.backbone == "vgg16":
         # No norm layers to reconcile; the ImageNet file also fills the box head's fc6/fc7 (original Faster R-CNN).
-        report = load_vgg16_weights(model.backbone.body, path, box_head=model.roi_heads.box_head,
-                                    min_coverage=cfg.pretrained.min_coverage, input_convention=used)
+        report = load_vgg16_weights(
+            model.backbone.body,
+            path,
+            box_head=model.roi_heads.box_head,
+            min_coverage=cfg.pretrained.min_coverage,
+            input_convention=used,
+        )
     else:
         report = load_backbone_weights(
             model.backbone.body,

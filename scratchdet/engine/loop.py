@@ -88,8 +88,9 @@ class SampleCounter:
         return dict(self.seen)
 
 
-def next_batch(loader: Iterator, ctx: DistContext, stop: StopRequest, iteration: int,
-               window: LossWindow) -> tuple[object, bool]:
+def next_batch(
+    loader: Iterator, ctx: DistContext, stop: StopRequest, iteration: int, window: LossWindow
+) -> tuple[object, bool]:
     """(this rank's batch, whether any rank was asked to stop) for `iteration`.
 
     The ranks agree on load failures and stop requests before the forward pass. A process alone re-raises its load
@@ -109,13 +110,16 @@ def next_batch(loader: Iterator, ctx: DistContext, stop: StopRequest, iteration:
     if failed:
         if load_error is not None:
             raise load_error
-        raise TrainingError(f"rank(s) {failed} could not load their batch of iteration {iteration} (see their "
-                            f"error); rank {ctx.rank} stops with them, nothing was stepped")
+        raise TrainingError(
+            f"rank(s) {failed} could not load their batch of iteration {iteration} (see their "
+            f"error); rank {ctx.rank} stops with them, nothing was stepped"
+        )
     return batch, stopping
 
 
-def preempt(stop: StopRequest, iteration: int, save: Callable[[int], Path | None], metrics: MetricsWriter,
-            progress: tqdm) -> None:
+def preempt(
+    stop: StopRequest, iteration: int, save: Callable[[int], Path | None], metrics: MetricsWriter, progress: tqdm
+) -> None:
     """Checkpoints iteration `iteration` (the boundary before it), records the stop and raises `Preempted`."""
     path = save(iteration)
     signum = stop.signum or signal.SIGTERM  # another rank's signal: this one saw none
@@ -124,8 +128,9 @@ def preempt(stop: StopRequest, iteration: int, save: Callable[[int], Path | None
     raise Preempted(signum, iteration, str(path))
 
 
-def stop_if_not_finite(ctx: DistContext, device: torch.device, loss: torch.Tensor, iteration: int,
-                       describe: Callable[[], str], hint: str) -> None:
+def stop_if_not_finite(
+    ctx: DistContext, device: torch.device, loss: torch.Tensor, iteration: int, describe: Callable[[], str], hint: str
+) -> None:
     """Raises TrainingError on every rank when any rank's `loss` is NaN/inf, before the optimizer step, so the
     parameters stay those of the previous step.
 
@@ -136,8 +141,10 @@ def stop_if_not_finite(ctx: DistContext, device: torch.device, loss: torch.Tenso
         return
     if ctx.rank in not_finite:
         raise TrainingError(f"non-finite loss at iteration {iteration}: {describe()}. {hint}")
-    raise TrainingError(f"non-finite loss on rank(s) {not_finite} at iteration {iteration} (see their error); "
-                        f"rank {ctx.rank} stops with them, nothing was stepped")
+    raise TrainingError(
+        f"non-finite loss on rank(s) {not_finite} at iteration {iteration} (see their error); "
+        f"rank {ctx.rank} stops with them, nothing was stepped"
+    )
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -153,5 +160,12 @@ def due(done: int, period: int | None, end_iter: int, extra: Iterable[int] = ())
 
 def progress_bar(total: int, initial: int, desc: str, enabled: bool = True) -> tqdm:
     # Redraw at most every 5 s when stderr is a file or pipe (CI, nohup, SLURM logs), so logs stay readable.
-    return tqdm(total=total, initial=initial, desc=desc, unit="it", dynamic_ncols=True,
-                mininterval=0.1 if sys.stderr.isatty() else 5.0, disable=not enabled)
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=desc,
+        unit="it",
+        dynamic_ncols=True,
+        mininterval=0.1 if sys.stderr.isatty() else 5.0,
+        disable=not enabled,
+    )

@@ -51,8 +51,11 @@ def is_cascade(model: nn.Module) -> bool:
 
 def record_model_state(model: nn.Module, num_classes: int, num_keypoints: int | None) -> dict:
     """The "model_state" entry of a checkpoint of `model`, built with `num_classes` (K + 1) and `num_keypoints`."""
-    return {"cascade": is_cascade(model), "num_classes": int(num_classes),
-            "num_keypoints": None if num_keypoints is None else int(num_keypoints)}
+    return {
+        "cascade": is_cascade(model),
+        "num_classes": int(num_classes),
+        "num_keypoints": None if num_keypoints is None else int(num_keypoints),
+    }
 
 
 def checkpoint_model_state(state: Mapping, checkpoint: str | Path) -> dict:
@@ -63,13 +66,18 @@ def checkpoint_model_state(state: Mapping, checkpoint: str | Path) -> dict:
     """
     recorded = state.get(MODEL_STATE_KEY)
     if recorded is not None:
-        ok = (isinstance(recorded, Mapping) and isinstance(recorded.get("cascade"), bool)
-              and isinstance(recorded.get("num_classes"), int)
-              and (recorded.get("num_keypoints") is None or isinstance(recorded.get("num_keypoints"), int)))
+        ok = (
+            isinstance(recorded, Mapping)
+            and isinstance(recorded.get("cascade"), bool)
+            and isinstance(recorded.get("num_classes"), int)
+            and (recorded.get("num_keypoints") is None or isinstance(recorded.get("num_keypoints"), int))
+        )
         if not ok:
-            raise CheckpointError(f"{checkpoint}: its {MODEL_STATE_KEY!r} entry {recorded!r} is malformed (expected "
-                                  "{'cascade': bool, 'num_classes': int, 'num_keypoints': int or None}); the file "
-                                  "was altered, use another checkpoint of the run")
+            raise CheckpointError(
+                f"{checkpoint}: its {MODEL_STATE_KEY!r} entry {recorded!r} is malformed (expected "
+                "{'cascade': bool, 'num_classes': int, 'num_keypoints': int or None}); the file "
+                "was altered, use another checkpoint of the run"
+            )
         return dict(recorded)
     weights = state.get("model")
     if not isinstance(weights, Mapping):
@@ -78,12 +86,17 @@ def checkpoint_model_state(state: Mapping, checkpoint: str | Path) -> dict:
     cascade = any(str(k).startswith("roi_heads.stages.") for k in weights)
     classes = weights.get(_CASCADE_CLASSES if cascade else _PLAIN_CLASSES)
     if classes is None:
-        raise CheckpointError(f"{checkpoint} holds no box classifier ({_PLAIN_CLASSES} or {_CASCADE_CLASSES}): it "
-                              "is not a detection run's checkpoint (a pre-training run? load it with "
-                              "init=pretrained weights=...)")
+        raise CheckpointError(
+            f"{checkpoint} holds no box classifier ({_PLAIN_CLASSES} or {_CASCADE_CLASSES}): it "
+            "is not a detection run's checkpoint (a pre-training run? load it with "
+            "init=pretrained weights=...)"
+        )
     keypoints = weights.get(_KEYPOINTS)
-    return {"cascade": cascade, "num_classes": int(classes.shape[0]),
-            "num_keypoints": None if keypoints is None else int(keypoints.shape[1])}
+    return {
+        "cascade": cascade,
+        "num_classes": int(classes.shape[0]),
+        "num_keypoints": None if keypoints is None else int(keypoints.shape[1]),
+    }
 
 
 def match_checkpoint_(model: nn.Module, cfg: Config, state: Mapping, checkpoint: str | Path) -> bool:
@@ -96,9 +109,11 @@ def match_checkpoint_(model: nn.Module, cfg: Config, state: Mapping, checkpoint:
     """
     record = checkpoint_model_state(state, checkpoint)
     if is_cascade(model) and not record["cascade"]:
-        raise CheckpointError(f"{checkpoint} holds plain box heads, but the config builds cascade heads from the start "
-                              "(model.cascade=true without model.cascade_switch_iters); load it with the config its "
-                              "run was trained with")
+        raise CheckpointError(
+            f"{checkpoint} holds plain box heads, but the config builds cascade heads from the start "
+            "(model.cascade=true without model.cascade_switch_iters); load it with the config its "
+            "run was trained with"
+        )
     if record["cascade"] and not is_cascade(model):
         convert_model(model, cfg)  # as the trainer's switch did: stage 1 from the plain head, then its weights load
         return True
@@ -114,7 +129,8 @@ def load_model_weights(model: nn.Module, state: Mapping, checkpoint: str | Path,
         detail = detail if len(detail) <= 500 else detail[:500] + " ..."
         raise CheckpointError(
             f"{checkpoint} does not fit the model of {config}: {detail}; load it with the config its run was trained "
-            "with (overrides of model.* keys change the model)") from None
+            "with (overrides of model.* keys change the model)"
+        ) from None
 
 
 def build_model_for_checkpoint(cfg: Config, state: Mapping, checkpoint: str | Path, config: str | Path) -> nn.Module:
@@ -144,8 +160,9 @@ def cascade_due(cfg: Config, switch_iter: int | None, iteration: int) -> bool:
     return bool(cfg.model.cascade) and (switch_iter is None or iteration > switch_iter)
 
 
-def check_resume_heads(record: dict, cfg: Config, switch_iter: int | None, iteration: int,
-                       checkpoint: str | Path) -> None:
+def check_resume_heads(
+    record: dict, cfg: Config, switch_iter: int | None, iteration: int, checkpoint: str | Path
+) -> None:
     """Refuses to resume from a checkpoint whose heads are not those the config's schedule gives at `iteration`:
     with plain heads past the switch the loop would never switch; with cascade heads before it, it would switch
     twice. A run's own checkpoints always agree; a fork from a trunk that switched elsewhere does not.
@@ -157,12 +174,16 @@ def check_resume_heads(record: dict, cfg: Config, switch_iter: int | None, itera
     if record["cascade"] == due:
         return
     kind = {True: "cascade", False: "plain"}
-    where = (f"switches to cascade heads at iteration {switch_iter} (schedule length - model.cascade_switch_iters)"
-             if switch_iter is not None else f"has model.cascade={cfg.model.cascade} without a switch")
+    where = (
+        f"switches to cascade heads at iteration {switch_iter} (schedule length - model.cascade_switch_iters)"
+        if switch_iter is not None
+        else f"has model.cascade={cfg.model.cascade} without a switch"
+    )
     raise CheckpointError(
         f"cannot resume from {checkpoint}: after iteration {iteration} it holds {kind[record['cascade']]} box heads, "
         f"but this run's config {where}, so it would hold {kind[due]} heads there. Resume with the config the "
-        "checkpoint was written with, or start a new run")
+        "checkpoint was written with, or start a new run"
+    )
 
 
 def resume_model_(model: nn.Module, cfg: Config, checkpoint: str | Path, switch_iter: int | None) -> bool:
@@ -174,7 +195,5 @@ def resume_model_(model: nn.Module, cfg: Config, checkpoint: str | Path, switch_
         CheckpointError: see `check_resume_heads`, `match_checkpoint_`.
     """
     state = load_checkpoint(checkpoint)
-    check_resume_heads(checkpoint_model_state(state, checkpoint), cfg, switch_iter, int(state["iteration"]),
-                       checkpoint)
+    check_resume_heads(checkpoint_model_state(state, checkpoint), cfg, switch_iter, int(state["iteration"]), checkpoint)
     return match_checkpoint_(model, cfg, state, checkpoint)
-

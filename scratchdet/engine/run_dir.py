@@ -1,12 +1,12 @@
 """The run folder: what it holds, and the rules that keep a run from silently starting over or changing config.
 
-    output/config.yaml      the resolved config (every default filled in)
-    output/env.json         seed, versions, git commit, command line, device
-    output/metrics.jsonl    training and evaluation records (engine/metrics.py)
-    output/checkpoints/     model_XXXXXXX.pth + last_checkpoint (engine/checkpoint.py)
-    output/eval/            iter_XXXXXXX.json, one COCO report per evaluation
-    output/dataset_*.json   what dataset cleaning dropped or clipped, per split
-    output/discarded_*/     a run set aside by resume=true train.allow_fresh_start=true (unreadable checkpoint)
+output/config.yaml      the resolved config (every default filled in)
+output/env.json         seed, versions, git commit, command line, device
+output/metrics.jsonl    training and evaluation records (engine/metrics.py)
+output/checkpoints/     model_XXXXXXX.pth + last_checkpoint (engine/checkpoint.py)
+output/eval/            iter_XXXXXXX.json, one COCO report per evaluation
+output/dataset_*.json   what dataset cleaning dropped or clipped, per split
+output/discarded_*/     a run set aside by resume=true train.allow_fresh_start=true (unreadable checkpoint)
 """
 
 from __future__ import annotations
@@ -36,13 +36,26 @@ if TYPE_CHECKING:  # pretrain imports this module; the alias is for type checker
 
 # Keys a resumed run may change: they affect how the run is watched or cut, not what it computes.
 RESUMABLE_KEYS = {
-    "resume", "output", "train.max_iters", "train.log_period", "train.checkpoint_period", "train.extra_checkpoints",
+    "resume",
+    "output",
+    "train.max_iters",
+    "train.log_period",
+    "train.checkpoint_period",
+    "train.extra_checkpoints",
     "train.device",
-    "train.num_threads", "data.num_workers", "data.check_files", "eval.period", "eval.max_images", "eval.batch_size",
+    "train.num_threads",
+    "data.num_workers",
+    "data.check_files",
+    "eval.period",
+    "eval.max_images",
+    "eval.batch_size",
     # Logging and start-up policy (docs/RELIABILITY.md, promises 4 and 8). Skipping bad images may be switched on
     # to get past an image that broke a run: images read before were all readable, so the iterations already done
     # are unchanged.
-    "train.record_image_ids", "train.allow_fresh_start", "data.skip_bad_images", "data.max_skip_fraction",
+    "train.record_image_ids",
+    "train.allow_fresh_start",
+    "data.skip_bad_images",
+    "data.max_skip_fraction",
 }
 
 # What a run writes into its folder (module docstring); set aside together when a run is discarded.
@@ -63,8 +76,11 @@ def _flat(d: dict, prefix: str = "") -> dict:
 # without the key (or with null there, in either config) compares as that value (torchvision's input convention,
 # the only one scratchdet had then, and what a model is built with when the keys are unset).
 ADDED_KEYS = {
-    "model.input_format": "RGB", "model.pixel_scale": 1.0, "model.pixel_mean": [0.485, 0.456, 0.406],
-    "model.pixel_std": [0.229, 0.224, 0.225], "model.stride_in_1x1": False,
+    "model.input_format": "RGB",
+    "model.pixel_scale": 1.0,
+    "model.pixel_mean": [0.485, 0.456, 0.406],
+    "model.pixel_std": [0.229, 0.224, 0.225],
+    "model.stride_in_1x1": False,
 }
 
 
@@ -117,8 +133,11 @@ def set_aside(out: Path) -> Path | None:
     if not found:
         return None
     stamp = f"discarded_{datetime.now():%Y%m%d_%H%M%S}"
-    target = next(out / name for name in itertools.chain([stamp], (f"{stamp}_{i}" for i in itertools.count(2)))
-                  if not (out / name).exists())
+    target = next(
+        out / name
+        for name in itertools.chain([stamp], (f"{stamp}_{i}" for i in itertools.count(2)))
+        if not (out / name).exists()
+    )
     target.mkdir()
     for p in found:
         p.rename(target / p.name)
@@ -159,16 +178,21 @@ def prepare_run_dir(cfg: RunConfig) -> Path | None:
         if not (has_opt_in and cfg.train.allow_fresh_start):
             if unreadable is not None:
                 how = ", or pass train.allow_fresh_start=true to set this run's files aside and start over"
-                raise CheckpointError(f"resume=true but the latest checkpoint cannot be used: {unreadable}. Restore "
-                                      f"the file{how if has_opt_in else ''}")
+                raise CheckpointError(
+                    f"resume=true but the latest checkpoint cannot be used: {unreadable}. Restore "
+                    f"the file{how if has_opt_in else ''}"
+                )
             raise CheckpointError(
                 f"resume=true but {ckpt_dir} holds no checkpoint; drop resume=true to start this run fresh"
                 + (" (or pass train.allow_fresh_start=true)" if has_opt_in else "")
             )
         moved = set_aside(out) if unreadable is not None else None
         if moved is not None:
-            print(f"warning: {unreadable}; moved the run's files to {moved} and starting fresh "
-                  "(train.allow_fresh_start=true)", file=sys.stderr)
+            print(
+                f"warning: {unreadable}; moved the run's files to {moved} and starting fresh "
+                "(train.allow_fresh_start=true)",
+                file=sys.stderr,
+            )
     else:
         last = latest_checkpoint(ckpt_dir) if ckpt_dir.is_dir() else None
         if last is not None:

@@ -47,8 +47,12 @@ def check_run_categories(run_dir: Path, val_set) -> None:
     evaluated = category_map(val_set)
     if not trained or evaluated is None:
         return
-    check_same_categories({int(cat_id): name for cat_id, name in trained},
-                          f"the training data of {run_dir} ({record.name})", evaluated, str(val_set.json_path))
+    check_same_categories(
+        {int(cat_id): name for cat_id, name in trained},
+        f"the training data of {run_dir} ({record.name})",
+        evaluated,
+        str(val_set.json_path),
+    )
 
 
 def load_run(run_dir: str | Path, overrides: list[str] | None = None) -> LoadedRun:
@@ -75,23 +79,29 @@ def load_run(run_dir: str | Path, overrides: list[str] | None = None) -> LoadedR
     # `tta=true` is the short form of eval.tta=true, so `scratchdet eval RUN tta=true` works (README.md).
     overrides = [f"eval.{o}" if o.startswith("tta=") else o for o in overrides]
     cfg = load_config(saved, overrides)
-    trained, asked = (InputConvention.from_values({k: getattr(c.model, k) for k in CONVENTION_KEYS})
-                      for c in (load_config(saved), cfg))
+    trained, asked = (
+        InputConvention.from_values({k: getattr(c.model, k) for k in CONVENTION_KEYS})
+        for c in (load_config(saved), cfg)
+    )
     if not asked.same_network(trained):
         # These keys change the network's function without changing a tensor shape: the weights would load and
         # compute something else.
-        raise ConfigError(f"the run trained with {trained.describe()} (its config.yaml); the overrides ask for "
-                          f"{asked.describe()}, another network for the same weights: drop the model.* input "
-                          "convention overrides")
+        raise ConfigError(
+            f"the run trained with {trained.describe()} (its config.yaml); the overrides ask for "
+            f"{asked.describe()}, another network for the same weights: drop the model.* input "
+            "convention overrides"
+        )
     checkpoint = checkpoint or latest_checkpoint(run_dir / "checkpoints")
     if checkpoint is None:
         raise CheckpointError(f"{run_dir}/checkpoints has no checkpoint to evaluate; train first")
     state = load_checkpoint(checkpoint)
     recorded = state.get("input_convention")
     if recorded is not None and not asked.same_network(InputConvention.from_values(recorded)):
-        raise CheckpointError(f"{checkpoint} was trained with {InputConvention.from_values(recorded).describe()}, "
-                              f"but {saved} feeds {asked.describe()}: it is another run's checkpoint; evaluate it "
-                              "from its own run folder")
+        raise CheckpointError(
+            f"{checkpoint} was trained with {InputConvention.from_values(recorded).describe()}, "
+            f"but {saved} feeds {asked.describe()}: it is another run's checkpoint; evaluate it "
+            "from its own run folder"
+        )
     ctx, device = init_distributed(cfg.train.device)
     val_set = build_val_dataset(cfg)
     check_run_categories(run_dir, val_set)

@@ -56,8 +56,10 @@ from scratchdet.modeling.sync_bn import use_native_sync_bn
 
 MODEL_TARGET_KEYS = ("boxes", "labels", "masks", "keypoints")  # keypoints: Keypoint R-CNN (model.arch=keypoint_rcnn)
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # train.amp
-NONFINITE_HINT = ("Lower solver.base_lr or lengthen solver.warmup_iters, and check these images' annotations "
-                  "(nothing was stepped: the parameters are those of the previous iteration).")
+NONFINITE_HINT = (
+    "Lower solver.base_lr or lengthen solver.warmup_iters, and check these images' annotations "
+    "(nothing was stepped: the parameters are those of the previous iteration)."
+)
 
 
 def seed_everything(seed: int) -> None:
@@ -66,8 +68,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def run_evaluation(model, val_set, cfg: Config, device, iteration: int, out: Path, metrics: MetricsWriter,
-                   ctx: DistContext = SINGLE) -> dict:
+def run_evaluation(
+    model, val_set, cfg: Config, device, iteration: int, out: Path, metrics: MetricsWriter, ctx: DistContext = SINGLE
+) -> dict:
     """Evaluates (sharded over the training processes), writes eval/iter_XXXXXXX.json and an "eval" record.
 
     COCO AP for data.format=coco; VOC mAP (report key "voc") for data.format=voc. Every rank returns the report;
@@ -109,19 +112,22 @@ def _wrap(model: nn.Module, ctx: DistContext, device: torch.device) -> nn.Module
     """
     if not ctx.enabled:
         return model
-    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                   broadcast_buffers=False)
+    return DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
+    )
 
 
 def _describe_losses(losses: dict, targets: list[dict]) -> Callable[[], str]:
     def describe() -> str:
         values = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
         return f"{values}; batch image ids {[int(t['image_id']) for t in targets]}"
+
     return describe
 
 
-def _record_batch(cfg: Config, ctx: DistContext, train_set, iteration: int, targets: list[dict],
-                  metrics: MetricsWriter) -> None:
+def _record_batch(
+    cfg: Config, ctx: DistContext, train_set, iteration: int, targets: list[dict], metrics: MetricsWriter
+) -> None:
     """The optional per-iteration records: images skipped (data.skip_bad_images, counted run-wide:
     docs/RELIABILITY.md, promise 8) and the batch's image ids (train.record_image_ids; "iter" is the 0-based index
     of the iteration that consumes the batch)."""
@@ -134,8 +140,10 @@ def _record_batch(cfg: Config, ctx: DistContext, train_set, iteration: int, targ
 
 
 def _to_device(images: list[torch.Tensor], targets: list[dict], device: torch.device):
-    return ([img.to(device, non_blocking=True) for img in images],
-            [{k: t[k].to(device, non_blocking=True) for k in MODEL_TARGET_KEYS if k in t} for t in targets])
+    return (
+        [img.to(device, non_blocking=True) for img in images],
+        [{k: t[k].to(device, non_blocking=True) for k in MODEL_TARGET_KEYS if k in t} for t in targets],
+    )
 
 
 @dataclass
@@ -163,15 +171,26 @@ class _Run:
 
     def save(self, iteration: int) -> Path | None:
         """Checkpoints the state after `iteration` iterations; every rank calls it, rank 0 writes."""
-        extra = {"pretrain_seen": self.pretrain_seen,  # carried along so fine-tuned totals include the pre-training
-                 # What the model is (cascade heads? classes?), so every loader rebuilds it (engine/model_state.py).
-                 MODEL_STATE_KEY: record_model_state(self.model, self.train_set.num_classes,
-                                                     getattr(self.train_set, "num_keypoints", None)),
-                 # The pixels and stride the weights were trained with, so a copy of this file away from its run
-                 # folder still fine-tunes as the same network (modeling/input_convention.py reads it back).
-                 "input_convention": model_input_convention(self.model).to_dict()}
-        return save_training_state(self.out / "checkpoints", iteration, self.model, self.optimizer,
-                                   seen=self.counter.sync(self.ctx), ctx=self.ctx, scaler=self.scaler, extra=extra)
+        extra = {
+            "pretrain_seen": self.pretrain_seen,  # carried along so fine-tuned totals include the pre-training
+            # What the model is (cascade heads? classes?), so every loader rebuilds it (engine/model_state.py).
+            MODEL_STATE_KEY: record_model_state(
+                self.model, self.train_set.num_classes, getattr(self.train_set, "num_keypoints", None)
+            ),
+            # The pixels and stride the weights were trained with, so a copy of this file away from its run
+            # folder still fine-tunes as the same network (modeling/input_convention.py reads it back).
+            "input_convention": model_input_convention(self.model).to_dict(),
+        }
+        return save_training_state(
+            self.out / "checkpoints",
+            iteration,
+            self.model,
+            self.optimizer,
+            seen=self.counter.sync(self.ctx),
+            ctx=self.ctx,
+            scaler=self.scaler,
+            extra=extra,
+        )
 
     def switch_heads(self, train_model: nn.Module, iteration: int, lr: float, metrics: MetricsWriter) -> nn.Module:
         """The late switch to cascade heads (engine/cascade_switch.py) in the running loop. Replaces the optimizer
@@ -191,8 +210,10 @@ def _start(cfg: Config) -> _Run:
     resolve_input_convention(cfg)  # model.input_* / stride_in_1x1 from the weight file, before config.yaml and model
     ctx, device = init_distributed(cfg.train.device)
     if cfg.train.batch_size % ctx.world_size:
-        raise ConfigError(f"train.batch_size={cfg.train.batch_size} (the global batch) does not divide by the "
-                          f"{ctx.world_size} training processes; choose a multiple of {ctx.world_size}")
+        raise ConfigError(
+            f"train.batch_size={cfg.train.batch_size} (the global batch) does not divide by the "
+            f"{ctx.world_size} training processes; choose a multiple of {ctx.world_size}"
+        )
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     # The data is loaded and checked before the run folder is touched: a file that cannot be trained or scored
@@ -227,8 +248,9 @@ def _start(cfg: Config) -> _Run:
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16")
     start_iter, counter = 0, SampleCounter()
     if resume_from is not None:
-        state = restore_training_state(resume_from, model, optimizer, rank=ctx.rank, world_size=ctx.world_size,
-                                       scaler=scaler)
+        state = restore_training_state(
+            resume_from, model, optimizer, rank=ctx.rank, world_size=ctx.world_size, scaler=scaler
+        )
         start_iter, counter, pretrain_seen = state["iteration"], SampleCounter(state["seen"]), state["pretrain_seen"]
         if ctx.is_main:
             tqdm.write(f"resuming {out} from {resume_from.name} (iteration {start_iter})")
@@ -236,8 +258,22 @@ def _start(cfg: Config) -> _Run:
     # promise 9).
     n_checkpoints = planned_checkpoints(start_iter, end_iter, cfg.train.checkpoint_period, cfg.train.extra_checkpoints)
     main_first(ctx, check_free_space, out / "checkpoints", estimate_checkpoint_bytes(model), n_checkpoints)
-    return _Run(cfg, ctx, device, train_set, val_set, model, optimizer, scaler, schedule, start_iter, end_iter,
-                switch_iter, counter, pretrain_seen)
+    return _Run(
+        cfg,
+        ctx,
+        device,
+        train_set,
+        val_set,
+        model,
+        optimizer,
+        scaler,
+        schedule,
+        start_iter,
+        end_iter,
+        switch_iter,
+        counter,
+        pretrain_seen,
+    )
 
 
 def train(cfg: Config) -> dict:
@@ -255,12 +291,25 @@ def train(cfg: Config) -> dict:
     start_iter, end_iter = run.start_iter, run.end_iter
     amp_dtype = AMP_DTYPES[cfg.train.amp]
     metrics = MetricsWriter(run.out, enabled=ctx.is_main)
-    metrics.write({"type": "start", "iter": start_iter, "schedule": schedule.describe(), "end_iter": end_iter,
-                   "train_images": len(run.train_set), "val_images": len(run.val_set), "init": cfg.init,
-                   "pretrain_seen": run.pretrain_seen, "world_size": ctx.world_size, "amp": cfg.train.amp})
+    metrics.write(
+        {
+            "type": "start",
+            "iter": start_iter,
+            "schedule": schedule.describe(),
+            "end_iter": end_iter,
+            "train_images": len(run.train_set),
+            "val_images": len(run.val_set),
+            "init": cfg.init,
+            "pretrain_seen": run.pretrain_seen,
+            "world_size": ctx.world_size,
+            "amp": cfg.train.amp,
+        }
+    )
     if ctx.is_main:
-        tqdm.write(f"schedule: {schedule.describe()}; training iterations {start_iter}..{end_iter}"
-                   + (f"; {ctx.world_size} processes" if ctx.enabled else ""))
+        tqdm.write(
+            f"schedule: {schedule.describe()}; training iterations {start_iter}..{end_iter}"
+            + (f"; {ctx.world_size} processes" if ctx.enabled else "")
+        )
     loader = iter(build_train_loader(run.train_set, cfg, start_iter, ctx.rank, ctx.world_size))
     train_model = _wrap(model, ctx, device)
     train_model.train()
@@ -272,8 +321,9 @@ def train(cfg: Config) -> dict:
             if stopping and iteration > start_iter:
                 preempt(stop, iteration, run.save, metrics, progress)
             _record_batch(cfg, ctx, run.train_set, iteration, targets, metrics)
-            run.counter.add(len(images), sum(len(t["boxes"]) for t in targets),
-                            sum(img.shape[-1] * img.shape[-2] for img in images))
+            run.counter.add(
+                len(images), sum(len(t["boxes"]) for t in targets), sum(img.shape[-1] * img.shape[-2] for img in images)
+            )
             images, model_targets = _to_device(images, targets, device)
             lr = schedule.lr_at(iteration)
             if iteration == run.switch_iter:  # paper: cascade heads for the final K iterations
@@ -292,8 +342,13 @@ def train(cfg: Config) -> dict:
             done = iteration + 1
             progress.update(1)
             if due(done, cfg.train.log_period, end_iter):
-                record = {"type": "train", "iter": done, "lr": lr, **window.flush(ctx, device),
-                          "seen": run.counter.sync(ctx)}
+                record = {
+                    "type": "train",
+                    "iter": done,
+                    "lr": lr,
+                    **window.flush(ctx, device),
+                    "seen": run.counter.sync(ctx),
+                }
                 if scaler.is_enabled():
                     record["loss_scale"] = scaler.get_scale()
                 metrics.write(record)
@@ -306,5 +361,11 @@ def train(cfg: Config) -> dict:
     seen = run.counter.sync(ctx)
     metrics.write({"type": "end", "iter": end_iter, "seen": seen, "pretrain_seen": run.pretrain_seen})
     metrics.close()
-    return {"output": str(run.out), "iter": end_iter, "seen": seen, "pretrain_seen": run.pretrain_seen,
-            "eval": report, "finished": end_iter == schedule.max_iters}
+    return {
+        "output": str(run.out),
+        "iter": end_iter,
+        "seen": seen,
+        "pretrain_seen": run.pretrain_seen,
+        "eval": report,
+        "finished": end_iter == schedule.max_iters,
+    }

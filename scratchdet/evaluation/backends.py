@@ -128,15 +128,20 @@ def _faster_stats(coco_gt, results, iou_type, image_ids, cat_ids, kpt_oks_sigmas
     image_index = {old: new for new, old in enumerate(sorted(coco_gt.imgs), start=1)}
     dataset = dict(coco_gt.dataset)
     dataset["images"] = [{**img, "id": image_index[img["id"]]} for img in coco_gt.dataset.get("images", [])]
-    dataset["annotations"] = [{**ann, "image_id": image_index[ann["image_id"]]}
-                              for ann in coco_gt.dataset.get("annotations", [])]
+    dataset["annotations"] = [
+        {**ann, "image_id": image_index[ann["image_id"]]} for ann in coco_gt.dataset.get("annotations", [])
+    ]
     gt = FasterCOCO(dataset, print_function=_silent)
     dt = gt.loadRes([{**r, "image_id": image_index.get(r["image_id"], r["image_id"])} for r in results])
     evaluator = COCOeval_faster(gt, dt, iou_type, print_function=_silent)
     # pycocotools evaluates all categories by default, faster-coco-eval (for keypoints) only annotated ones; an
     # explicit list makes both evaluate the same categories.
-    _configure(evaluator.params, [image_index[i] for i in image_ids],
-               sorted(coco_gt.getCatIds()) if cat_ids is None else cat_ids, kpt_oks_sigmas)
+    _configure(
+        evaluator.params,
+        [image_index[i] for i in image_ids],
+        sorted(coco_gt.getCatIds()) if cat_ids is None else cat_ids,
+        kpt_oks_sigmas,
+    )
     evaluator.evaluate()
     evaluator.accumulate()
     evaluator.summarize()

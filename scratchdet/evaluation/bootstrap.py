@@ -25,8 +25,9 @@ from pycocotools.cocoeval import COCOeval
 from scratchdet.evaluation.backends import metric_ground_truth
 
 
-def _evaluated(coco_gt: COCO, results: list[dict], iou_type: str, image_ids: Sequence[int],
-               cat_ids: Sequence[int] | None) -> COCOeval:
+def _evaluated(
+    coco_gt: COCO, results: list[dict], iou_type: str, image_ids: Sequence[int], cat_ids: Sequence[int] | None
+) -> COCOeval:
     coco_gt = metric_ground_truth(coco_gt, iou_type)  # annotation ids COCOeval can represent
     with contextlib.redirect_stdout(io.StringIO()):
         coco_dt = coco_gt.loadRes(copy.deepcopy(results)) if results else COCO()
@@ -63,9 +64,17 @@ def _resampled_ap(evaluator: COCOeval, positions: np.ndarray) -> float:
         evaluator.evalImgs, evaluator._paramsEval = full, original_params
 
 
-def paired_bootstrap(coco_gt: COCO, results_a: list[dict], results_b: list[dict], iou_type: str,
-                     image_ids: Sequence[int], *, n_boot: int = 500, seed: int = 0,
-                     cat_ids: Sequence[int] | None = None) -> dict:
+def paired_bootstrap(
+    coco_gt: COCO,
+    results_a: list[dict],
+    results_b: list[dict],
+    iou_type: str,
+    image_ids: Sequence[int],
+    *,
+    n_boot: int = 500,
+    seed: int = 0,
+    cat_ids: Sequence[int] | None = None,
+) -> dict:
     """AP of two result lists on the same images, their difference, and its bootstrap spread.
 
     Args:
@@ -87,7 +96,12 @@ def paired_bootstrap(coco_gt: COCO, results_a: list[dict], results_b: list[dict]
         deltas.append(_resampled_ap(eval_b, positions) - _resampled_ap(eval_a, positions))
     deltas = np.asarray([d for d in deltas if np.isfinite(d)])
     low, high = np.percentile(deltas, [2.5, 97.5]) if deltas.size else (float("nan"), float("nan"))
-    return {"ap_a": round(ap_a, 3), "ap_b": round(ap_b, 3), "delta": round(ap_b - ap_a, 3),
-            "delta_std": round(float(np.std(deltas)), 3) if deltas.size else float("nan"),
-            "delta_ci95": [round(float(low), 3), round(float(high), 3)], "n_boot": int(deltas.size),
-            "images": len(image_ids)}
+    return {
+        "ap_a": round(ap_a, 3),
+        "ap_b": round(ap_b, 3),
+        "delta": round(ap_b - ap_a, 3),
+        "delta_std": round(float(np.std(deltas)), 3) if deltas.size else float("nan"),
+        "delta_ci95": [round(float(low), 3), round(float(high), 3)],
+        "n_boot": int(deltas.size),
+        "images": len(image_ids),
+    }

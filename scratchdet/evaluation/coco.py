@@ -95,7 +95,11 @@ def coco_metrics(
 
 @torch.no_grad()
 def run_inference(
-    model: nn.Module, dataset, device: torch.device, max_images: int | None = None, predict: Predictor | None = None,
+    model: nn.Module,
+    dataset,
+    device: torch.device,
+    max_images: int | None = None,
+    predict: Predictor | None = None,
     ctx: DistContext = SINGLE,
 ) -> list[dict] | None:
     """Runs `model` in eval mode over `dataset` (a CocoDetection with train=False) and returns COCO results.
@@ -141,8 +145,14 @@ def evaluate_results(
 
 
 def evaluate(
-    model: nn.Module, dataset, device: torch.device, *, max_images: int | None = None, predict: Predictor | None = None,
-    ctx: DistContext = SINGLE, backend: str = "pycocotools",
+    model: nn.Module,
+    dataset,
+    device: torch.device,
+    *,
+    max_images: int | None = None,
+    predict: Predictor | None = None,
+    ctx: DistContext = SINGLE,
+    backend: str = "pycocotools",
 ) -> dict:
     """Inference + COCO metrics; bbox always, segm when the model predicts masks. Adds timing to the report.
 

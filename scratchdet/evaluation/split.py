@@ -16,8 +16,15 @@ from scratchdet.evaluation.coco import Predictor, evaluate, format_report
 from scratchdet.evaluation.voc import evaluate_voc, format_voc_report, voc_use_07_metric
 
 
-def evaluate_split(model: nn.Module, val_set, cfg: Config, device: torch.device, *, predict: Predictor | None = None,
-                   ctx: DistContext = SINGLE) -> tuple[dict, str]:
+def evaluate_split(
+    model: nn.Module,
+    val_set,
+    cfg: Config,
+    device: torch.device,
+    *,
+    predict: Predictor | None = None,
+    ctx: DistContext = SINGLE,
+) -> tuple[dict, str]:
     """Scores `model` on `val_set` (the first eval.max_images images).
 
     Args:
@@ -30,9 +37,17 @@ def evaluate_split(model: nn.Module, val_set, cfg: Config, device: torch.device,
         timings.
     """
     if cfg.data.format == "voc":
-        report = evaluate_voc(model, val_set, device, max_images=cfg.eval.max_images,
-                              use_07_metric=voc_use_07_metric(cfg.data), predict=predict, ctx=ctx)
+        report = evaluate_voc(
+            model,
+            val_set,
+            device,
+            max_images=cfg.eval.max_images,
+            use_07_metric=voc_use_07_metric(cfg.data),
+            predict=predict,
+            ctx=ctx,
+        )
         return report, format_voc_report(report)
-    report = evaluate(model, val_set, device, max_images=cfg.eval.max_images, predict=predict,
-                      backend=cfg.eval.coco_backend, ctx=ctx)
+    report = evaluate(
+        model, val_set, device, max_images=cfg.eval.max_images, predict=predict, backend=cfg.eval.coco_backend, ctx=ctx
+    )
     return report, format_report(report)

@@ -179,8 +179,12 @@ def evaluate_voc(
         for i in shard(n, ctx):
             image, target = dataset[i]
             output = predict(image.to(device)) if predict is not None else model([image.to(device)])[0]
-            per_image[i] = (target["image_id"], _to_devkit(output["boxes"].detach().cpu().numpy()),
-                            output["scores"].detach().cpu().numpy().tolist(), output["labels"].cpu().tolist())
+            per_image[i] = (
+                target["image_id"],
+                _to_devkit(output["boxes"].detach().cpu().numpy()),
+                output["scores"].detach().cpu().numpy().tolist(),
+                output["labels"].cpu().tolist(),
+            )
     finally:
         model.train(was_training)
     inference_s = time.perf_counter() - start
@@ -216,6 +220,6 @@ def format_voc_report(report: dict) -> str:
     voc = report["voc"]
     cells = [f"{name}={'-' if ap is None else format(ap, '.1f')}" for name, ap in voc["AP"].items()]
     lines = [f"VOC mAP ({voc['metric']}, IoU 0.5): {'-' if voc['mAP'] is None else format(voc['mAP'], '.1f')}"]
-    lines += ["  " + " ".join(cells[i:i + 5]) for i in range(0, len(cells), 5)]
+    lines += ["  " + " ".join(cells[i : i + 5]) for i in range(0, len(cells), 5)]
     lines.append(f"({report['images']} images, {report['detections']} detections; AP in percent)")
     return "\n".join(lines)

@@ -125,9 +125,20 @@ class CascadeRoIHeads(RoIHeads):
                 f"fg_iou_threshs={list(fg_iou_threshs)}, bbox_reg_weights={[list(w) for w in bbox_reg_weights]}"
             )
         super().__init__(
-            box_roi_pool, None, None, fg_iou_threshs[0], fg_iou_threshs[0], batch_size_per_image, positive_fraction,
-            tuple(bbox_reg_weights[0]), score_thresh, nms_thresh, detections_per_img,
-            mask_roi_pool=mask_roi_pool, mask_head=mask_head, mask_predictor=mask_predictor,
+            box_roi_pool,
+            None,
+            None,
+            fg_iou_threshs[0],
+            fg_iou_threshs[0],
+            batch_size_per_image,
+            positive_fraction,
+            tuple(bbox_reg_weights[0]),
+            score_thresh,
+            nms_thresh,
+            detections_per_img,
+            mask_roi_pool=mask_roi_pool,
+            mask_head=mask_head,
+            mask_predictor=mask_predictor,
         )
         self.stages = nn.ModuleList(stages)
         # bg threshold = fg threshold: every RoI below the stage's IoU is background (Detectron2's cascade matchers).

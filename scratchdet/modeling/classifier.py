@@ -42,14 +42,19 @@ class ResNetClassifier(ResNet):
         width_per_group: int = 64,
         input_convention: InputConvention = TORCHVISION,
     ):
-        super().__init__(depth, norm_layer=norm_layer, stem_width=stem_width, groups=groups,
-                         width_per_group=width_per_group, stride_in_1x1=input_convention.stride_in_1x1)
+        super().__init__(
+            depth,
+            norm_layer=norm_layer,
+            stem_width=stem_width,
+            groups=groups,
+            width_per_group=width_per_group,
+            stride_in_1x1=input_convention.stride_in_1x1,
+        )
         self.input_convention = input_convention
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(self.stage_channels[-1], num_classes)
         # Non-persistent: kept out of the state_dict, which must stay torchvision's layout.
-        self.register_buffer("pixel_mean", torch.tensor(input_convention.pixel_mean).view(1, 3, 1, 1),
-                             persistent=False)
+        self.register_buffer("pixel_mean", torch.tensor(input_convention.pixel_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(input_convention.pixel_std).view(1, 3, 1, 1), persistent=False)
         init_classifier_(self)
 

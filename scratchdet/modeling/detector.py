@@ -52,8 +52,12 @@ def build_transform(cfg: Config) -> InputConventionTransform:
     """torchvision's GeneralizedRCNNTransform (test-time resize, batching) with the configured pixel conversion."""
     conv = configured_input_convention(cfg)
     return InputConventionTransform(
-        cfg.data.min_size_test, cfg.data.max_size_test, list(conv.pixel_mean), list(conv.pixel_std),
-        input_format=conv.input_format, pixel_scale=conv.pixel_scale,
+        cfg.data.min_size_test,
+        cfg.data.max_size_test,
+        list(conv.pixel_mean),
+        list(conv.pixel_std),
+        input_format=conv.input_format,
+        pixel_scale=conv.pixel_scale,
         _skip_resize=True,  # training images arrive resized by the data pipeline (see module docstring)
     )
 

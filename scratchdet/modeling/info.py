@@ -97,8 +97,9 @@ def model_info(cfg: Config, size: tuple[int, int] = (800, 1333), num_classes: in
         else:
             flops["fpn"], features = 0, {"0": c_feats}
         flops["rpn"], _ = _flops(model.rpn.head, list(features.values()))
-        flops["box_head"] = sum(_flops(lambda x, st=st: st.box_predictor(st.box_head(x)), rois_box)[0]
-                                for st in box_stages)
+        flops["box_head"] = sum(
+            _flops(lambda x, st=st: st.box_predictor(st.box_head(x)), rois_box)[0] for st in box_stages
+        )
         flops["mask_head"] = _flops(lambda x: heads.mask_predictor(heads.mask_head(x)), rois_mask)[0] if has_mask else 0
     for table in (params, flops):
         table["backbone_fpn"] = table["backbone"] + table["fpn"]
@@ -117,16 +118,23 @@ def model_info(cfg: Config, size: tuple[int, int] = (800, 1333), num_classes: in
 
 def format_model_info(info: dict, name: str = "") -> str:
     """A plain-text table of `model_info`'s result: parameters in millions, FLOPs in GFLOPs."""
-    rows = [("backbone", "body (stem + res2..res5)"), ("fpn", "FPN P2..P6"),
-            ("backbone_fpn", "backbone + FPN"), ("rpn", "RPN head, P2..P6"),
-            ("box_head", f"box head + predictor, {info['num_proposals']} RoIs"),
-            ("mask_head", f"mask head + predictor, {info['num_detections']} RoIs"), ("total", "whole model")]
+    rows = [
+        ("backbone", "body (stem + res2..res5)"),
+        ("fpn", "FPN P2..P6"),
+        ("backbone_fpn", "backbone + FPN"),
+        ("rpn", "RPN head, P2..P6"),
+        ("box_head", f"box head + predictor, {info['num_proposals']} RoIs"),
+        ("mask_head", f"mask head + predictor, {info['num_detections']} RoIs"),
+        ("total", "whole model"),
+    ]
     h, w = info["input_size"]
     ph, pw = info["padded_size"]
-    lines = [f"model-info {name}".rstrip(),
-             f"input {h}x{w} (padded to {ph}x{pw}); {info['flops_convention']}",
-             f"{'part':<14}{'params (M)':>12}{'GFLOPs':>12}  counted",
-             "-" * 72]
+    lines = [
+        f"model-info {name}".rstrip(),
+        f"input {h}x{w} (padded to {ph}x{pw}); {info['flops_convention']}",
+        f"{'part':<14}{'params (M)':>12}{'GFLOPs':>12}  counted",
+        "-" * 72,
+    ]
     for key, what in rows:
         lines.append(f"{key:<14}{info['params'][key] / 1e6:>12.2f}{info['flops'][key] / 1e9:>12.1f}  {what}")
     return "\n".join(lines)

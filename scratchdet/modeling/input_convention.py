@@ -68,14 +68,23 @@ class InputConvention:
         """From a mapping with (some of) CONVENTION_KEYS; a missing or None key takes `default`'s value."""
         base = default or TORCHVISION
         get = {k: values.get(k) if values.get(k) is not None else getattr(base, k) for k in CONVENTION_KEYS}
-        return cls(str(get["input_format"]), float(get["pixel_scale"]), tuple(float(v) for v in get["pixel_mean"]),
-                   tuple(float(v) for v in get["pixel_std"]), bool(get["stride_in_1x1"]))
+        return cls(
+            str(get["input_format"]),
+            float(get["pixel_scale"]),
+            tuple(float(v) for v in get["pixel_mean"]),
+            tuple(float(v) for v in get["pixel_std"]),
+            bool(get["stride_in_1x1"]),
+        )
 
     def to_dict(self) -> dict:
         """JSON/YAML-ready values under the model.* key names."""
-        return {"input_format": self.input_format, "pixel_scale": self.pixel_scale,
-                "pixel_mean": list(self.pixel_mean), "pixel_std": list(self.pixel_std),
-                "stride_in_1x1": self.stride_in_1x1}
+        return {
+            "input_format": self.input_format,
+            "pixel_scale": self.pixel_scale,
+            "pixel_mean": list(self.pixel_mean),
+            "pixel_std": list(self.pixel_std),
+            "stride_in_1x1": self.stride_in_1x1,
+        }
 
     def overrides(self, prefix: str = "model.") -> list[str]:
         """`key=value` overrides that set this convention explicitly in a config (floats keep every digit)."""
@@ -95,21 +104,26 @@ class InputConvention:
         def nums(v):
             return "[" + ", ".join(f"{x:g}" for x in v) + "]"
 
-        return (f"{self.input_format} x{self.pixel_scale:g}, mean {nums(self.pixel_mean)}, std {nums(self.pixel_std)}"
-                f", stride in the {'1x1' if self.stride_in_1x1 else '3x3'}")
+        return (
+            f"{self.input_format} x{self.pixel_scale:g}, mean {nums(self.pixel_mean)}, std {nums(self.pixel_std)}"
+            f", stride in the {'1x1' if self.stride_in_1x1 else '3x3'}"
+        )
 
     def _pixel_map(self) -> list[tuple[int, float, float]]:
         """Per network channel: (index of the RGB input channel, gain, offset): the network sees rgb[i] * gain - offset.
         Two conventions with the same map feed the network the same numbers (e.g. torchvision's in 0..1 and
         detectron2's torchvision conversion in 0..255)."""
         order = (0, 1, 2) if self.input_format == "RGB" else (2, 1, 0)
-        return [(order[c], self.pixel_scale / self.pixel_std[c], self.pixel_mean[c] / self.pixel_std[c])
-                for c in range(3)]
+        return [
+            (order[c], self.pixel_scale / self.pixel_std[c], self.pixel_mean[c] / self.pixel_std[c]) for c in range(3)
+        ]
 
     def same_pixels(self, other: InputConvention) -> bool:
         """True when both feed the network the same values (to 1e-6 relative), whatever units they are written in."""
-        return all(i == j and math.isclose(g, h, rel_tol=1e-6) and math.isclose(o, p, rel_tol=1e-6, abs_tol=1e-9)
-                   for (i, g, o), (j, h, p) in zip(self._pixel_map(), other._pixel_map(), strict=True))
+        return all(
+            i == j and math.isclose(g, h, rel_tol=1e-6) and math.isclose(o, p, rel_tol=1e-6, abs_tol=1e-9)
+            for (i, g, o), (j, h, p) in zip(self._pixel_map(), other._pixel_map(), strict=True)
+        )
 
     def same_network(self, other: InputConvention) -> bool:
         return self.same_pixels(other) and self.stride_in_1x1 == other.stride_in_1x1
@@ -149,20 +163,35 @@ class FileConvention:
 _DETECTRON_INPUT = "Detectron's input: BGR 0..255 minus PIXEL_MEANS, std 1 (folded into conv1)"
 _CAFFE2_RULES = {
     # (source norm, grouped 3x3 convs) -> convention, origin
-    ("GN", False): (DETECTRON_FAIR, "Detectron Caffe2 pickle with GN layers: FAIR's R-50-GN.pkl / R-101-GN.pkl; "
-                    f"{_DETECTRON_INPUT}; stride in the 3x3 (Detectron GN configs: RESNETS.STRIDE_1X1 False)"),
-    ("BN-affine", True): (DETECTRON_FAIR, "Detectron Caffe2 pickle of a ResNeXt with BN folded to scale/shift: "
-                          f"FAIR's X-101-32x8d / X-101-64x4d / X-152-32x8d-IN5k.pkl; {_DETECTRON_INPUT}; stride in "
-                          "the 3x3 (RESNETS.STRIDE_1X1 False for C2 or Torch models)"),
-    ("BN-affine", False): (DETECTRON_MSRA, "Detectron Caffe2 pickle of a ResNet with BN folded to scale/shift: "
-                           f"MSRA's R-50.pkl / R-101.pkl; {_DETECTRON_INPUT}; stride in the 1x1 "
-                           "(RESNETS.STRIDE_1X1 True for MSRA models)"),
-    ("BN", False): (DETECTRON2_MSRA, "Caffe2 names with BN running statistics: detectron2's re-converted MSRA "
-                    "R-50.pkl / R-101.pkl; detectron2's defaults: BGR 0..255, PIXEL_MEAN [103.53, 116.28, 123.675], "
-                    "PIXEL_STD [1, 1, 1], STRIDE_IN_1X1 True"),
-    ("BN", True): (DETECTRON2_FAIR_RESNEXT, "Caffe2 names of a ResNeXt with BN running statistics: detectron2's "
-                   "FAIR/X-101-32x8d.pkl; its configs: BGR 0..255, PIXEL_MEAN [103.53, 116.28, 123.675], "
-                   "PIXEL_STD [57.375, 57.12, 58.395], STRIDE_IN_1X1 False"),
+    ("GN", False): (
+        DETECTRON_FAIR,
+        "Detectron Caffe2 pickle with GN layers: FAIR's R-50-GN.pkl / R-101-GN.pkl; "
+        f"{_DETECTRON_INPUT}; stride in the 3x3 (Detectron GN configs: RESNETS.STRIDE_1X1 False)",
+    ),
+    ("BN-affine", True): (
+        DETECTRON_FAIR,
+        "Detectron Caffe2 pickle of a ResNeXt with BN folded to scale/shift: "
+        f"FAIR's X-101-32x8d / X-101-64x4d / X-152-32x8d-IN5k.pkl; {_DETECTRON_INPUT}; stride in "
+        "the 3x3 (RESNETS.STRIDE_1X1 False for C2 or Torch models)",
+    ),
+    ("BN-affine", False): (
+        DETECTRON_MSRA,
+        "Detectron Caffe2 pickle of a ResNet with BN folded to scale/shift: "
+        f"MSRA's R-50.pkl / R-101.pkl; {_DETECTRON_INPUT}; stride in the 1x1 "
+        "(RESNETS.STRIDE_1X1 True for MSRA models)",
+    ),
+    ("BN", False): (
+        DETECTRON2_MSRA,
+        "Caffe2 names with BN running statistics: detectron2's re-converted MSRA "
+        "R-50.pkl / R-101.pkl; detectron2's defaults: BGR 0..255, PIXEL_MEAN [103.53, 116.28, 123.675], "
+        "PIXEL_STD [1, 1, 1], STRIDE_IN_1X1 True",
+    ),
+    ("BN", True): (
+        DETECTRON2_FAIR_RESNEXT,
+        "Caffe2 names of a ResNeXt with BN running statistics: detectron2's "
+        "FAIR/X-101-32x8d.pkl; its configs: BGR 0..255, PIXEL_MEAN [103.53, 116.28, 123.675], "
+        "PIXEL_STD [57.375, 57.12, 58.395], STRIDE_IN_1X1 False",
+    ),
 }
 _SET_KEYS = "set model.input_format/pixel_scale/pixel_mean/pixel_std/stride_in_1x1 if it was trained otherwise"
 
@@ -181,8 +210,10 @@ def convention_from_record(record: object, where: str) -> InputConvention:
             raise ValueError(f"invalid values {conv}")
         return conv
     except (TypeError, ValueError, KeyError) as e:
-        raise CheckpointError(f"{where}: the recorded input convention is unreadable ({e}); re-create the file, or "
-                              "set the model.input_* keys and model.stride_in_1x1 explicitly") from None
+        raise CheckpointError(
+            f"{where}: the recorded input convention is unreadable ({e}); re-create the file, or "
+            "set the model.input_* keys and model.stride_in_1x1 explicitly"
+        ) from None
 
 
 def _run_config(path: Path) -> Path | None:
@@ -201,8 +232,9 @@ def _run_config(path: Path) -> Path | None:
     return None
 
 
-def detect_file_convention(path: Path, *, layout: str, source_norm: str, grouped: bool,
-                           meta: Mapping | None = None) -> FileConvention:
+def detect_file_convention(
+    path: Path, *, layout: str, source_norm: str, grouped: bool, meta: Mapping | None = None
+) -> FileConvention:
     """The convention the weights in `path` were trained with.
 
     Args:
@@ -217,50 +249,85 @@ def detect_file_convention(path: Path, *, layout: str, source_norm: str, grouped
     """
     meta = meta or {}
     if "input_convention" in meta:  # written by `scratchdet pretrain` (and any scratchdet file that records it)
-        return FileConvention(convention_from_record(meta["input_convention"], str(path)), True,
-                              "recorded in the file by scratchdet")
+        return FileConvention(
+            convention_from_record(meta["input_convention"], str(path)), True, "recorded in the file by scratchdet"
+        )
     if layout in ("torchvision", "scratchdet", "scratchdet-detector"):
         config = _run_config(path)
         if config is not None:
             model = yaml.safe_load(config.read_text())["model"]
             values = {k: model.get(k) for k in CONVENTION_KEYS}
-            legacy = "" if all(v is not None for v in values.values()) else (
-                "; keys it lacks take torchvision's convention, the only one scratchdet had before recording them")
-            return FileConvention(convention_from_record(values, str(config)), True,
-                                  f"the model.* keys of the run's {config}{legacy}")
+            legacy = (
+                ""
+                if all(v is not None for v in values.values())
+                else (
+                    "; keys it lacks take torchvision's convention, the only one scratchdet had before recording them"
+                )
+            )
+            return FileConvention(
+                convention_from_record(values, str(config)), True, f"the model.* keys of the run's {config}{legacy}"
+            )
         if layout != "torchvision":
-            return FileConvention(TORCHVISION, False, "scratchdet file without a recorded convention or run folder: "
-                                  "torchvision's convention assumed, the only one scratchdet used before recording "
-                                  f"them; {_SET_KEYS}")
-        return FileConvention(TORCHVISION, False, "torchvision-layout state_dict: torchvision's ImageNet recipe "
-                              "assumed (RGB 0..1, ImageNet mean/std; torchvision's ResNet puts the stride in the 3x3); "
-                              + _SET_KEYS)
+            return FileConvention(
+                TORCHVISION,
+                False,
+                "scratchdet file without a recorded convention or run folder: "
+                "torchvision's convention assumed, the only one scratchdet used before recording "
+                f"them; {_SET_KEYS}",
+            )
+        return FileConvention(
+            TORCHVISION,
+            False,
+            "torchvision-layout state_dict: torchvision's ImageNet recipe "
+            "assumed (RGB 0..1, ImageNet mean/std; torchvision's ResNet puts the stride in the 3x3); " + _SET_KEYS,
+        )
     if layout == "caffe2":
         rule = _CAFFE2_RULES.get((source_norm, grouped if source_norm != "GN" else False))
         if rule is not None:
             return FileConvention(rule[0], True, rule[1])
-        return FileConvention(DETECTRON_MSRA, False, f"Caffe2 names with {source_norm} norm layers, origin unknown: "
-                              f"Detectron's defaults assumed ({_DETECTRON_INPUT}; RESNETS.STRIDE_1X1 True); "
-                              + _SET_KEYS)
+        return FileConvention(
+            DETECTRON_MSRA,
+            False,
+            f"Caffe2 names with {source_norm} norm layers, origin unknown: "
+            f"Detectron's defaults assumed ({_DETECTRON_INPUT}; RESNETS.STRIDE_1X1 True); " + _SET_KEYS,
+        )
     if layout == "detectron2":
         author = meta.get("__author__")
         if author == "torchvision":
-            return FileConvention(DETECTRON2_TORCHVISION, True, "detectron2 conversion of a torchvision ResNet "
-                                  "(__author__ 'torchvision', tools/convert-torchvision-to-d2.py): INPUT.FORMAT RGB, "
-                                  "PIXEL_MEAN [123.675, 116.28, 103.53], PIXEL_STD [58.395, 57.12, 57.375], "
-                                  "STRIDE_IN_1X1 False")
-        return FileConvention(DETECTRON2_TORCHVISION, False, f"detectron2-named backbone (__author__ {author!r}): "
-                              "assumed converted from a torchvision-style PyTorch ResNet like "
-                              f"tools/convert-torchvision-to-d2.py's output; {_SET_KEYS}")
+            return FileConvention(
+                DETECTRON2_TORCHVISION,
+                True,
+                "detectron2 conversion of a torchvision ResNet "
+                "(__author__ 'torchvision', tools/convert-torchvision-to-d2.py): INPUT.FORMAT RGB, "
+                "PIXEL_MEAN [123.675, 116.28, 103.53], PIXEL_STD [58.395, 57.12, 57.375], "
+                "STRIDE_IN_1X1 False",
+            )
+        return FileConvention(
+            DETECTRON2_TORCHVISION,
+            False,
+            f"detectron2-named backbone (__author__ {author!r}): "
+            "assumed converted from a torchvision-style PyTorch ResNet like "
+            f"tools/convert-torchvision-to-d2.py's output; {_SET_KEYS}",
+        )
     if layout == "detectron2-detector":
-        return FileConvention(DETECTRON2_MSRA, False, "detectron2 detector checkpoint: its config is not in the file; "
-                              "detectron2's defaults assumed (BGR 0..255, PIXEL_MEAN [103.53, 116.28, 123.675], "
-                              f"PIXEL_STD [1, 1, 1], STRIDE_IN_1X1 True); {_SET_KEYS}")
+        return FileConvention(
+            DETECTRON2_MSRA,
+            False,
+            "detectron2 detector checkpoint: its config is not in the file; "
+            "detectron2's defaults assumed (BGR 0..255, PIXEL_MEAN [103.53, 116.28, 123.675], "
+            f"PIXEL_STD [1, 1, 1], STRIDE_IN_1X1 True); {_SET_KEYS}",
+        )
     raise ValueError(f"layout={layout!r} is not a known weight-file layout")
 
 
-def convention_mismatch(given: InputConvention, file: FileConvention, path: str | Path, *,
-                        given_keys: Sequence[str] = CONVENTION_KEYS, what: str = "the config") -> str | None:
+def convention_mismatch(
+    given: InputConvention,
+    file: FileConvention,
+    path: str | Path,
+    *,
+    given_keys: Sequence[str] = CONVENTION_KEYS,
+    what: str = "the config",
+) -> str | None:
     """None when `given` feeds the file's network as it was trained (or the file's convention is only assumed);
     else a message naming the keys given, their values, what the file needs and why."""
     if not file.known or given.same_network(file.convention):
@@ -270,8 +337,10 @@ def convention_mismatch(given: InputConvention, file: FileConvention, path: str 
     wrong = [k for k in CONVENTION_KEYS if values[k] != needs[k]]
     named = [k for k in wrong if k in given_keys] or wrong
     return (
-        f"{what} sets " + ", ".join(f"model.{k}={values[k]!r}" for k in named)
-        + f", but {Path(path).name} needs " + ", ".join(f"model.{k}={needs[k]!r}" for k in CONVENTION_KEYS)
+        f"{what} sets "
+        + ", ".join(f"model.{k}={values[k]!r}" for k in named)
+        + f", but {Path(path).name} needs "
+        + ", ".join(f"model.{k}={needs[k]!r}" for k in CONVENTION_KEYS)
         + f" ({file.origin}); fed otherwise it computes a different network than the one it was trained as. "
         "Drop these model.* keys to follow the file (scratchdet fills them in), or set them to the file's values"
     )
@@ -290,8 +359,17 @@ class InputConventionTransform(GeneralizedRCNNTransform):
     and that order); resizing and batching are torchvision's. Padding is 0 after normalization, as in Detectron.
     """
 
-    def __init__(self, min_size, max_size, image_mean, image_std, *, input_format: str = "RGB",
-                 pixel_scale: float = 1.0, **kwargs):
+    def __init__(
+        self,
+        min_size,
+        max_size,
+        image_mean,
+        image_std,
+        *,
+        input_format: str = "RGB",
+        pixel_scale: float = 1.0,
+        **kwargs,
+    ):
         super().__init__(min_size, max_size, image_mean, image_std, **kwargs)
         if input_format not in INPUT_FORMATS:
             raise ValueError(f"input_format={input_format!r} is not valid; choose one of {', '.join(INPUT_FORMATS)}")
@@ -308,8 +386,11 @@ class InputConventionTransform(GeneralizedRCNNTransform):
         return super().normalize(image)
 
     def __repr__(self) -> str:
-        return super().__repr__().replace(
-            "Normalize(", f"Normalize(input_format={self.input_format}, pixel_scale={self.pixel_scale:g}, ", 1)
+        return (
+            super()
+            .__repr__()
+            .replace("Normalize(", f"Normalize(input_format={self.input_format}, pixel_scale={self.pixel_scale:g}, ", 1)
+        )
 
 
 def stride_in_1x1(body: nn.Module) -> bool:
@@ -323,8 +404,9 @@ def model_input_convention(model: nn.Module) -> InputConvention:
     """The convention a built detector applies: its transform's pixel conversion and its body's stride placement."""
     transform = model.transform
     return InputConvention(
-        getattr(transform, "input_format", "RGB"), float(getattr(transform, "pixel_scale", 1.0)),
-        tuple(float(v) for v in transform.image_mean), tuple(float(v) for v in transform.image_std),
+        getattr(transform, "input_format", "RGB"),
+        float(getattr(transform, "pixel_scale", 1.0)),
+        tuple(float(v) for v in transform.image_mean),
+        tuple(float(v) for v in transform.image_std),
         stride_in_1x1(model.backbone.body),
     )
-

@@ -78,11 +78,11 @@ def _convert(entries: dict, wrapper: str | None, path: Path) -> tuple[dict[str, 
         name: str | None = raw
         if detector:
             if raw.startswith(_DETECTOR_BODY):
-                name = BODY_PREFIX + raw[len(_DETECTOR_BODY):]
+                name = BODY_PREFIX + raw[len(_DETECTOR_BODY) :]
             else:
                 head = next((p for p in _DETECTOR_HEAD if raw.startswith(p)), None)
                 # RPN and box predictor are trained for another dataset's classes: not part of the import.
-                name = _DETECTOR_HEAD[head] + raw[len(head):] if head else None
+                name = _DETECTOR_HEAD[head] + raw[len(head) :] if head else None
         elif raw.startswith(FC8_PREFIX) or not _WEIGHT_NAME.match(raw):
             name = None  # fc8 (the 1000 ImageNet classes) and metadata
         tensor = as_tensor(value)
@@ -145,8 +145,10 @@ def _hint(keys: list[str]) -> str:
     if any(_RESNET_KEY.match(k) for k in keys):
         return " It looks like a ResNet file (conv1/bn1/layerN keys); a model.backbone=vgg16 run needs VGG-16 weights."
     if any(k.startswith(BODY_PREFIX) and k.endswith("running_mean") for k in keys):
-        return (" It looks like torchvision's vgg16_bn (BatchNorm after every conv), whose layer indices differ; the "
-                "paper's VGG-16 has no normalization: use vgg16-397923af.pth.")
+        return (
+            " It looks like torchvision's vgg16_bn (BatchNorm after every conv), whose layer indices differ; the "
+            "paper's VGG-16 has no normalization: use vgg16-397923af.pth."
+        )
     return ""
 
 
@@ -183,10 +185,12 @@ def load_vgg16_weights(
     tensors, source_format, ignored, unexpected = _convert(entries, wrapper, path)
     detector = any(str(k).removeprefix("module.").startswith(_DETECTOR_BODY) for k in entries)
     meta = {k: obj[k] for k in _META_KEYS if k in obj} if isinstance(obj, Mapping) else {}
-    file_convention = detect_file_convention(path, layout="scratchdet-detector" if detector else source_format,
-                                             source_norm="none", grouped=False, meta=meta)
-    problem = input_convention and convention_mismatch(input_convention, file_convention, path,
-                                                       what=f"the model built for {path.name}")
+    file_convention = detect_file_convention(
+        path, layout="scratchdet-detector" if detector else source_format, source_norm="none", grouped=False, meta=meta
+    )
+    problem = input_convention and convention_mismatch(
+        input_convention, file_convention, path, what=f"the model built for {path.name}"
+    )
     if problem:
         raise CheckpointError(problem)
     target = vgg16_targets(body, box_head)
@@ -205,8 +209,9 @@ def load_vgg16_weights(
         input_convention=file_convention.to_dict(),
     )
     if report.coverage < min_coverage:
-        shapes = [f"{k} (file {list(tensors[k].shape)} vs model {list(target[k].shape)})"
-                  for k in report.shape_mismatched]
+        shapes = [
+            f"{k} (file {list(tensors[k].shape)} vs model {list(target[k].shape)})" for k in report.shape_mismatched
+        ]
         minimum = f"{round(min_coverage * 100, 3):g}%"
         raise CheckpointError(
             f"{path} covers only {report.coverage:.1%} of the VGG-16 backbone (min {minimum}): "

@@ -23,7 +23,6 @@ from scratchdet.errors import CheckpointError
 _TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 
 
-
 def _numpy_globals() -> dict[tuple[str, str], object]:
     """The globals a pickle of numpy arrays needs, under both numpy 1 (numpy.core) and numpy 2 (numpy._core) names.
 

@@ -55,14 +55,24 @@ _RUNNING_STATS = ("running_mean", "running_var")
 # Caffe2 blob names (Detectron): res{stage}_{block}_branch{1|2a|2b|2c}_{suffix}, stem conv1_* / res_conv1_*.
 _C2_BLOCK = re.compile(r"^res(?P<stage>\d+)_(?P<block>\d+)_branch(?P<branch>1|2a|2b|2c)_(?P<suffix>.+)$")
 _C2_STEM = re.compile(r"^(?:res_)?conv1_(?P<suffix>.+)$")
-_C2_BRANCH = {"1": ("downsample.0", "downsample.1"), "2a": ("conv1", "bn1"), "2b": ("conv2", "bn2"),
-              "2c": ("conv3", "bn3")}
+_C2_BRANCH = {
+    "1": ("downsample.0", "downsample.1"),
+    "2a": ("conv1", "bn1"),
+    "2b": ("conv2", "bn2"),
+    "2c": ("conv3", "bn3"),
+}
 # Suffix -> (norm kind, field); the bn_rm/bn_riv/gamma/beta spellings follow detectron2's convert_basic_c2_names.
 _C2_NORM_SUFFIX = {
-    "bn_s": ("bn", "weight"), "bn_b": ("bn", "bias"), "bn_gamma": ("bn", "weight"), "bn_beta": ("bn", "bias"),
-    "bn_rm": ("bn", "running_mean"), "bn_riv": ("bn", "running_var"),
-    "bn_running_mean": ("bn", "running_mean"), "bn_running_var": ("bn", "running_var"),
-    "gn_s": ("gn", "weight"), "gn_b": ("gn", "bias"),
+    "bn_s": ("bn", "weight"),
+    "bn_b": ("bn", "bias"),
+    "bn_gamma": ("bn", "weight"),
+    "bn_beta": ("bn", "bias"),
+    "bn_rm": ("bn", "running_mean"),
+    "bn_riv": ("bn", "running_var"),
+    "bn_running_mean": ("bn", "running_mean"),
+    "bn_running_var": ("bn", "running_var"),
+    "gn_s": ("gn", "weight"),
+    "gn_b": ("gn", "bias"),
 }
 _C2_CONV_SUFFIX = {"w": "weight", "b": "bias"}
 # Detectron2's own names (its exports of torchvision/MSRA models): stem.conv1[.norm], res2.0.conv1[.norm], shortcut.
@@ -112,8 +122,11 @@ class WeightReport:
             f"pre-trained weights {self.path} ({self.source_format}, norm {self.source_norm} -> {self.target_norm}): "
             f"{len(self.matched)} tensors loaded, coverage {self.coverage:.2%}",
         ]
-        for name, keys in (("missing (kept at init)", self.missing), ("unexpected", self.unexpected),
-                           ("shape mismatched (not loaded)", self.shape_mismatched)):
+        for name, keys in (
+            ("missing (kept at init)", self.missing),
+            ("unexpected", self.unexpected),
+            ("shape mismatched (not loaded)", self.shape_mismatched),
+        ):
             if keys:
                 lines.append(f"  {name}: {len(keys)}: {_first(keys)}")
         if self.synthesized:
@@ -207,7 +220,7 @@ def _d2_name(name: str) -> str | None:
 
 def _strip_prefix(entries: dict, prefix: str) -> dict:
     if entries and all(k.startswith(prefix) for k in entries):
-        return {k[len(prefix):]: v for k, v in entries.items()}
+        return {k[len(prefix) :]: v for k, v in entries.items()}
     return entries
 
 
@@ -247,9 +260,19 @@ def _convert(entries: dict, container: str, wrapper: str | None) -> _Source:
         source_format = "detectron"
     else:
         source_format = "scratchdet" if wrapper == "model" else "torchvision"
-    layout = ("scratchdet-detector" if detector else "detectron2-detector" if d2_detector and not caffe2 else
-              "caffe2" if caffe2 else "detectron2" if d2 else "scratchdet" if source_format == "scratchdet" else
-              "torchvision")
+    layout = (
+        "scratchdet-detector"
+        if detector
+        else "detectron2-detector"
+        if d2_detector and not caffe2
+        else "caffe2"
+        if caffe2
+        else "detectron2"
+        if d2
+        else "scratchdet"
+        if source_format == "scratchdet"
+        else "torchvision"
+    )
 
     for raw, value in entries.items():
         name: str | None = raw
@@ -258,7 +281,7 @@ def _convert(entries: dict, container: str, wrapper: str | None) -> _Source:
             continue
         if detector or d2_detector:
             prefix = "backbone.body." if detector else "backbone.bottom_up."
-            name = raw[len(prefix):] if raw.startswith(prefix) else None  # FPN, RPN, RoI heads: not the body
+            name = raw[len(prefix) :] if raw.startswith(prefix) else None  # FPN, RPN, RoI heads: not the body
         if name is not None and caffe2:
             c2 = _c2_name(name)
             suffix = name.rsplit("_", 2)
@@ -279,8 +302,7 @@ def _convert(entries: dict, container: str, wrapper: str | None) -> _Source:
             raise CheckpointError(f"two entries of the file map to {name} (one is {raw}); the file is inconsistent")
         else:
             tensors[name] = tensor
-    return _Source(tensors, source_format, _source_norm(tensors, c2_kinds), sorted(ignored), sorted(unexpected),
-                   layout)
+    return _Source(tensors, source_format, _source_norm(tensors, c2_kinds), sorted(ignored), sorted(unexpected), layout)
 
 
 # Top-level entries kept beside the weights: detectron2's writer name, scratchdet's recorded input convention.
@@ -289,13 +311,19 @@ _META_KEYS = ("__author__", "matching_heuristics", "input_convention")
 
 def _grouped(tensors: Mapping[str, torch.Tensor]) -> bool:
     """True for a ResNeXt: a bottleneck's 3x3 conv maps width -> width, so its weight is [w, w / groups, 3, 3]."""
-    return any(re.match(r"^layer\d+\.\d+\.conv2\.weight$", k) and v.dim() == 4 and v.shape[1] != v.shape[0]
-               and tuple(v.shape[2:]) == (3, 3) for k, v in tensors.items())
+    return any(
+        re.match(r"^layer\d+\.\d+\.conv2\.weight$", k)
+        and v.dim() == 4
+        and v.shape[1] != v.shape[0]
+        and tuple(v.shape[2:]) == (3, 3)
+        for k, v in tensors.items()
+    )
 
 
 def _file_convention(source: _Source, path: Path) -> FileConvention:
-    return detect_file_convention(path, layout=source.layout, source_norm=source.source_norm,
-                                  grouped=_grouped(source.tensors), meta=source.meta)
+    return detect_file_convention(
+        path, layout=source.layout, source_norm=source.source_norm, grouped=_grouped(source.tensors), meta=source.meta
+    )
 
 
 def _read(path: Path) -> _Source:
@@ -338,8 +366,9 @@ def read_weight_convention(path: str | Path) -> FileConvention:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def compare_by_name(tensors: Mapping[str, torch.Tensor],
-                    target: Mapping[str, torch.Tensor]) -> tuple[list[str], list[str], list[str]]:
+def compare_by_name(
+    tensors: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor]
+) -> tuple[list[str], list[str], list[str]]:
     """Target keys found in `tensors` with the same shape, missing from them, and present with another shape."""
     matched, missing, mismatched = [], [], []
     for key, value in target.items():
@@ -353,7 +382,7 @@ def compare_by_name(tensors: Mapping[str, torch.Tensor],
 
 
 def describe_body(body: nn.Module) -> str:
-    """"ResNet-50", "ResNeXt-101 32x8d", ... for messages; the class name for bodies of another shape."""
+    """ "ResNet-50", "ResNeXt-101 32x8d", ... for messages; the class name for bodies of another shape."""
     try:
         layers = [getattr(body, f"layer{i}") for i in range(1, 5)]
         blocks = tuple(len(layer) for layer in layers)
@@ -380,8 +409,9 @@ def _mismatch_message(path: Path, source: _Source, target_norm: str, body_name: 
     )
 
 
-def _apply_norm_policy(source: _Source, tensors: dict[str, torch.Tensor], target_norm: str, policy: str,
-                       path: Path, body_name: str) -> list[str]:
+def _apply_norm_policy(
+    source: _Source, tensors: dict[str, torch.Tensor], target_norm: str, policy: str, path: Path, body_name: str
+) -> list[str]:
     """Drops norm entries from `tensors` (in place) as the policy says; returns the dropped names."""
     src_family, dst_family = _SOURCE_FAMILY[source.source_norm], _TARGET_FAMILY[target_norm]
     if src_family is None or src_family == dst_family:
@@ -402,8 +432,9 @@ def _apply_norm_policy(source: _Source, tensors: dict[str, torch.Tensor], target
     return norm_keys
 
 
-def _synthesize_running_stats(tensors: dict[str, torch.Tensor], target: dict[str, torch.Tensor],
-                              body: nn.Module) -> list[str]:
+def _synthesize_running_stats(
+    tensors: dict[str, torch.Tensor], target: dict[str, torch.Tensor], body: nn.Module
+) -> list[str]:
     """Fills running stats for BN-affine (AffineChannel) weights so that a BN in eval mode computes exactly s*x + b.
 
     BN in eval computes (x - mean) / sqrt(var + eps) * weight + bias; with mean = 0 and var = 1 - eps the divisor is
@@ -475,13 +506,19 @@ def load_backbone_weights(
         checked = file_convention
         if not any(isinstance(m, Bottleneck) for m in body.modules()):
             # A basic-block body has no 1x1 conv to hold the stride; the audit below reports the depth mismatch.
-            checked = dataclasses.replace(file_convention, convention=dataclasses.replace(
-                file_convention.convention, stride_in_1x1=input_convention.stride_in_1x1))
+            checked = dataclasses.replace(
+                file_convention,
+                convention=dataclasses.replace(
+                    file_convention.convention, stride_in_1x1=input_convention.stride_in_1x1
+                ),
+            )
         problem = convention_mismatch(input_convention, checked, path, what=f"the model built for {path.name}")
         if problem:
-            raise CheckpointError(f"{problem}. (The detector is built from these keys, so resolve them before "
-                                  "building it: engine.initialization.resolve_input_convention, as `scratchdet "
-                                  "train` does.)")
+            raise CheckpointError(
+                f"{problem}. (The detector is built from these keys, so resolve them before "
+                "building it: engine.initialization.resolve_input_convention, as `scratchdet "
+                "train` does.)"
+            )
     tensors = dict(source.tensors)
     ignored = list(source.ignored)
     for key in [k for k in tensors if k.startswith("fc.") and k not in target]:
@@ -510,8 +547,9 @@ def load_backbone_weights(
         input_convention=file_convention.to_dict(),
     )
     if report.coverage < min_coverage:
-        shapes = [f"{k} (file {list(tensors[k].shape)} vs body {list(target[k].shape)})"
-                  for k in report.shape_mismatched]
+        shapes = [
+            f"{k} (file {list(tensors[k].shape)} vs body {list(target[k].shape)})" for k in report.shape_mismatched
+        ]
         minimum = f"{round(min_coverage * 100, 3):g}%"
         raise CheckpointError(
             f"{path} covers only {report.coverage:.1%} of the {body_name} backbone (min {minimum}): "

@@ -132,13 +132,16 @@ def evaluate_classifier(model: ResNetClassifier, loader, device: torch.device) -
     return {"top1": 100.0 * correct1 / max(total, 1), "top5": 100.0 * correct5 / max(total, 1), "images": total}
 
 
-NONFINITE_HINT = ("Lower solver.base_lr or lengthen solver.warmup_iters; with model.norm=none a lower LR is usually "
-                  "needed (nothing was stepped: the parameters are those of the previous iteration).")
+NONFINITE_HINT = (
+    "Lower solver.base_lr or lengthen solver.warmup_iters; with model.norm=none a lower LR is usually "
+    "needed (nothing was stepped: the parameters are those of the previous iteration)."
+)
 
 
 def _describe_batch(loss: torch.Tensor, labels: torch.Tensor):
-    return lambda: (f"classification loss={loss.item():.4g} (batch of {len(labels)} images, labels "
-                    f"{labels[:8].tolist()}...)")
+    return lambda: (
+        f"classification loss={loss.item():.4g} (batch of {len(labels)} images, labels {labels[:8].tolist()}...)"
+    )
 
 
 def backbone_description(cfg: PretrainConfig, model: ResNetClassifier) -> dict:
@@ -183,8 +186,9 @@ def pretrain(cfg: PretrainConfig) -> dict:
     schedule = build_classify_schedule(cfg, len(train_set))
     end_iter = min(schedule.max_iters, cfg.train.max_iters or schedule.max_iters)
     s = cfg.solver
-    optimizer = torch.optim.SGD(param_groups(model, s.weight_decay, s.weight_decay_norm), lr=schedule.base_lr,
-                                momentum=s.momentum)
+    optimizer = torch.optim.SGD(
+        param_groups(model, s.weight_decay, s.weight_decay_norm), lr=schedule.base_lr, momentum=s.momentum
+    )
     start_iter, counter = 0, loop.SampleCounter()
     if resume_from is not None:
         state = restore_training_state(resume_from, model, optimizer)
@@ -194,8 +198,14 @@ def pretrain(cfg: PretrainConfig) -> dict:
     def save(iteration: int) -> Path | None:
         # The input convention is read back by a detector loading this checkpoint (modeling/input_convention.py),
         # so it is fed alike; the weights are in torchvision's ResNet layout.
-        return save_training_state(out / "checkpoints", iteration, model, optimizer, seen=counter.sync(SINGLE),
-                                   extra={"input_convention": model.input_convention.to_dict()})
+        return save_training_state(
+            out / "checkpoints",
+            iteration,
+            model,
+            optimizer,
+            seen=counter.sync(SINGLE),
+            extra={"input_convention": model.input_convention.to_dict()},
+        )
 
     metrics = MetricsWriter(out)
     eval_loader = build_classification_eval_loader(eval_set, cfg.eval.batch_size, num_workers=cfg.data.num_workers)
@@ -205,15 +215,29 @@ def pretrain(cfg: PretrainConfig) -> dict:
         (out / "eval").mkdir(exist_ok=True)
         (out / "eval" / f"iter_{iteration:07d}.json").write_text(json.dumps(report, indent=2) + "\n")
         metrics.write({"type": "eval", **report})
-        tqdm.write(f"[iter {iteration}] val top-1 {report['top1']:.2f}%, top-5 {report['top5']:.2f}% "
-                   f"({report['images']} images)")
+        tqdm.write(
+            f"[iter {iteration}] val top-1 {report['top1']:.2f}%, top-5 {report['top5']:.2f}% "
+            f"({report['images']} images)"
+        )
         return report
 
-    metrics.write({"type": "start", "iter": start_iter, "schedule": schedule.describe(), "end_iter": end_iter,
-                   "train_images": len(train_set), "val_images": len(eval_set), "num_classes": len(classes)})
+    metrics.write(
+        {
+            "type": "start",
+            "iter": start_iter,
+            "schedule": schedule.describe(),
+            "end_iter": end_iter,
+            "train_images": len(train_set),
+            "val_images": len(eval_set),
+            "num_classes": len(classes),
+        }
+    )
     tqdm.write(f"pre-training schedule: {schedule.describe()}; iterations {start_iter}..{end_iter}")
-    batches = iter(build_classification_train_loader(
-        train_set, s.batch_size, seed=cfg.seed, start_iter=start_iter, num_workers=cfg.data.num_workers))
+    batches = iter(
+        build_classification_train_loader(
+            train_set, s.batch_size, seed=cfg.seed, start_iter=start_iter, num_workers=cfg.data.num_workers
+        )
+    )
     model.train()
     window, report = loop.LossWindow(), {}
     progress = loop.progress_bar(end_iter, start_iter, "pretrain")
@@ -239,8 +263,13 @@ def pretrain(cfg: PretrainConfig) -> dict:
             done = iteration + 1
             progress.update(1)
             if loop.due(done, cfg.train.log_period, end_iter):
-                record = {"type": "train", "iter": done, "lr": lr, **window.flush(SINGLE, device),
-                          "seen": counter.sync(SINGLE)}
+                record = {
+                    "type": "train",
+                    "iter": done,
+                    "lr": lr,
+                    **window.flush(SINGLE, device),
+                    "seen": counter.sync(SINGLE),
+                }
                 metrics.write(record)
                 progress.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.2g}")
             if loop.due(done, cfg.train.checkpoint_period, end_iter):
@@ -255,20 +284,39 @@ def pretrain(cfg: PretrainConfig) -> dict:
     metrics.close()
 
     summary = _write_results(cfg, model, schedule, end_iter, report, seen, len(train_set), len(classes))
-    return {"output": str(out), "iter": end_iter, "seen": seen, "eval": report, "summary": summary["summary"],
-            "weights": summary["weights"], "finished": summary["finished"]}
+    return {
+        "output": str(out),
+        "iter": end_iter,
+        "seen": seen,
+        "eval": report,
+        "summary": summary["summary"],
+        "weights": summary["weights"],
+        "finished": summary["finished"],
+    }
 
 
-def _write_results(cfg: PretrainConfig, model: ResNetClassifier, schedule: ClassifySchedule, end_iter: int,
-                   report: dict, seen: dict, train_images: int, num_classes: int) -> dict:
+def _write_results(
+    cfg: PretrainConfig,
+    model: ResNetClassifier,
+    schedule: ClassifySchedule,
+    end_iter: int,
+    report: dict,
+    seen: dict,
+    train_images: int,
+    num_classes: int,
+) -> dict:
     """Writes the final weights (classifier_final.pth) and pretrain_summary.json; returns the summary."""
     out = Path(cfg.output)
     weights = out / WEIGHTS_FILE
     # torchvision's convention: a plain torchvision-layout state_dict, loadable anywhere. Any other convention is
     # recorded beside the tensors, so the file, copied out of its run folder, cannot be fed the wrong pixels.
     plain = model.input_convention.same_network(TORCHVISION)
-    _save_weights(weights, model.state_dict() if plain else
-                  {"state_dict": model.state_dict(), "input_convention": model.input_convention.to_dict()})
+    _save_weights(
+        weights,
+        model.state_dict()
+        if plain
+        else {"state_dict": model.state_dict(), "input_convention": model.input_convention.to_dict()},
+    )
     layout = "torchvision layout" if plain else "torchvision names under 'state_dict', with its 'input_convention'"
     summary = {
         "output": str(out),
@@ -289,6 +337,8 @@ def _write_results(cfg: PretrainConfig, model: ResNetClassifier, schedule: Class
     }
     summary_path = out / SUMMARY_FILE
     summary_path.write_text(json.dumps(summary, indent=2) + "\n")
-    tqdm.write(f"pre-training results: {summary_path} (top-1 {report['top1']:.2f}%, top-5 {report['top5']:.2f}%); "
-               f"weights ({layout}): {weights}; curves: {out / 'metrics.jsonl'}")
+    tqdm.write(
+        f"pre-training results: {summary_path} (top-1 {report['top1']:.2f}%, top-5 {report['top5']:.2f}%); "
+        f"weights ({layout}): {weights}; curves: {out / 'metrics.jsonl'}"
+    )
     return {**summary, "summary": str(summary_path)}

@@ -151,8 +151,10 @@ def validate_pretrain_config(cfg: PretrainConfig) -> None:
     if d.root and d.synthetic:
         raise ConfigError(f"data.root={d.root!r} and data.synthetic=true both given; choose one of them")
     if not d.root and not d.synthetic:
-        raise ConfigError("no data: set data.root=DIR (an ImageNet-style folder with train/ and val/) "
-                          "or data.synthetic=true (generated texture classes)")
+        raise ConfigError(
+            "no data: set data.root=DIR (an ImageNet-style folder with train/ and val/) "
+            "or data.synthetic=true (generated texture classes)"
+        )
     _choice("model.norm", m.norm, PRETRAIN_NORMS)
     if m.norm == "SyncBN":
         # `scratchdet pretrain` runs in one process, where SyncBN would silently be BN: say so instead.
@@ -171,10 +173,26 @@ def validate_pretrain_config(cfg: PretrainConfig) -> None:
             f"train.epochs={t.epochs} and train.iters={t.iters}: give exactly one schedule length "
             "(e.g. train.epochs=100, or train.epochs=null train.iters=300)"
         )
-    for key in ("data.crop_size", "data.synthetic_train_images", "data.synthetic_val_images", "data.synthetic_size",
-                "model.stem_width", "model.gn_groups", "model.groups", "model.width_per_group", "solver.batch_size",
-                "solver.base_lr", "solver.reference_batch", "train.epochs", "train.iters", "train.max_iters",
-                "train.checkpoint_period", "train.log_period", "eval.max_images", "eval.batch_size"):
+    for key in (
+        "data.crop_size",
+        "data.synthetic_train_images",
+        "data.synthetic_val_images",
+        "data.synthetic_size",
+        "model.stem_width",
+        "model.gn_groups",
+        "model.groups",
+        "model.width_per_group",
+        "solver.batch_size",
+        "solver.base_lr",
+        "solver.reference_batch",
+        "train.epochs",
+        "train.iters",
+        "train.max_iters",
+        "train.checkpoint_period",
+        "train.log_period",
+        "eval.max_images",
+        "eval.batch_size",
+    ):
         section, name = key.split(".")
         _positive(key, getattr(getattr(cfg, section), name))
     if d.synthetic and not 2 <= d.synthetic_classes <= len(TEXTURE_CLASSES):
@@ -182,8 +200,9 @@ def validate_pretrain_config(cfg: PretrainConfig) -> None:
     if not 0.0 <= s.label_smoothing < 1.0:
         raise ConfigError(f"solver.label_smoothing={s.label_smoothing} must be in [0, 1)")
     if s.warmup_iters < 0 or not 0.0 < s.warmup_factor <= 1.0:
-        raise ConfigError(f"solver.warmup_iters={s.warmup_iters} must be >= 0 and "
-                          f"solver.warmup_factor={s.warmup_factor} in (0, 1]")
+        raise ConfigError(
+            f"solver.warmup_iters={s.warmup_iters} must be >= 0 and solver.warmup_factor={s.warmup_factor} in (0, 1]"
+        )
     if any(e <= 0 for e in s.step_epochs) or list(s.step_epochs) != sorted(s.step_epochs):
         raise ConfigError(f"solver.step_epochs={list(s.step_epochs)} must be positive and ascending")
     if cfg.eval.period < 0:

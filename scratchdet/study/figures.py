@@ -72,8 +72,15 @@ def learning_curves_figure(runs: list[RunData], title: str) -> Figure:
                 color = colors[run.schedule or 0.0]
                 if curve:
                     xs, ys = zip(*curve, strict=True)
-                    ax.plot(xs, ys, marker="o", markersize=3, color=color, label=_legend_label(run),
-                            linestyle="-" if run.finished else "--")
+                    ax.plot(
+                        xs,
+                        ys,
+                        marker="o",
+                        markersize=3,
+                        color=color,
+                        label=_legend_label(run),
+                        linestyle="-" if run.finished else "--",
+                    )
                     drawn = True
                 for drop in run.lr_drops:
                     ax.axvline(drop, color=color, linestyle=":", linewidth=1, alpha=0.7)
@@ -157,8 +164,15 @@ def data_size_figure(points: list[SizePoint], title: str) -> Figure:
         scr, pre = p.arms.get("scratch"), p.arms.get("pretrained")
         if scr is not None and pre is not None:
             gap = round(round(pre.final(), 1) - round(scr.final(), 1), 1)
-            ax.annotate(f"{gap:+.1f}", (xs[p.size_label], max(pre.final(), scr.final())), textcoords="offset points",
-                        xytext=(0, 6), ha="center", fontsize=8, color="red" if gap > CAUGHT_UP_AP else "gray")
+            ax.annotate(
+                f"{gap:+.1f}",
+                (xs[p.size_label], max(pre.final(), scr.final())),
+                textcoords="offset points",
+                xytext=(0, 6),
+                ha="center",
+                fontsize=8,
+                color="red" if gap > CAUGHT_UP_AP else "gray",
+            )
     ax.set_xscale("log")
     ticks = sorted(xs.items(), key=lambda kv: kv[1])
     names = [label if v not in known or label == str(v) else f"{label}\n({v:,})" for label, v in ticks]
@@ -187,8 +201,10 @@ def loss_and_ap_figure(runs: list[RunData], title: str) -> Figure:
         for ax, curve in ((loss_ax, run.loss_curve()), (ap_ax, run.curve())):
             if curve:
                 ax.plot(*zip(*curve, strict=True), linestyle=style, color=color, label=label)
-    for ax, ylabel, name in ((loss_ax, "training loss (sum of losses)", "training loss"),
-                             (ap_ax, "bbox AP (%)", "bbox AP")):
+    for ax, ylabel, name in (
+        (loss_ax, "training loss (sum of losses)", "training loss"),
+        (ap_ax, "bbox AP (%)", "bbox AP"),
+    ):
         ax.set_xlabel("iterations")
         ax.set_ylabel(ylabel)
         ax.set_title(name)
@@ -201,4 +217,3 @@ def loss_and_ap_figure(runs: list[RunData], title: str) -> Figure:
         loss_ax.set_yscale("log")  # a loss that keeps falling on a small set spans orders of magnitude
     fig.suptitle(title, fontsize=10)
     return fig
-

@@ -26,10 +26,12 @@ SEEN_KEYS = ("images", "instances", "pixels")
 
 def thresholds_text() -> str:
     """The thresholds behind the findings' wording, stated in the report."""
-    return (f"Thresholds: a gap of at most CAUGHT_UP_AP = {CAUGHT_UP_AP} AP points counts as 'within' / 'caught up'; "
-            f"when both arms are below NOT_LEARNED_AP = {NOT_LEARNED_AP} AP neither has learned enough to call it. "
-            "AP values are rounded to 0.1 before they are compared. Only finished runs whose last evaluation has "
-            "predictions enter comparisons.")
+    return (
+        f"Thresholds: a gap of at most CAUGHT_UP_AP = {CAUGHT_UP_AP} AP points counts as 'within' / 'caught up'; "
+        f"when both arms are below NOT_LEARNED_AP = {NOT_LEARNED_AP} AP neither has learned enough to call it. "
+        "AP values are rounded to 0.1 before they are compared. Only finished runs whose last evaluation has "
+        "predictions enter comparisons."
+    )
 
 
 def _r1(value: float) -> float:
@@ -45,14 +47,18 @@ def gap_sentence(where: str, metric: str, pre: float, scr: float) -> str:
     """E.g. "At 2x, pre-trained leads by 3.1 bbox AP (pre-trained 44.2 vs scratch 41.1)."."""
     gap = _gap(pre, scr)
     if max(_r1(pre), _r1(scr)) < NOT_LEARNED_AP:
-        return (f"{where}, both arms are below {NOT_LEARNED_AP} {metric} (scratch {scr:.1f} vs pre-trained "
-                f"{pre:.1f}): neither has learned enough to compare.")
+        return (
+            f"{where}, both arms are below {NOT_LEARNED_AP} {metric} (scratch {scr:.1f} vs pre-trained "
+            f"{pre:.1f}): neither has learned enough to compare."
+        )
     if gap > CAUGHT_UP_AP:
         return f"{where}, pre-trained leads by {gap:.1f} {metric} (pre-trained {pre:.1f} vs scratch {scr:.1f})."
     if gap < -CAUGHT_UP_AP:
         return f"{where}, scratch leads by {-gap:.1f} {metric} (scratch {scr:.1f} vs pre-trained {pre:.1f})."
-    return (f"{where}, scratch is within {abs(gap):.1f} {metric} of pre-trained "
-            f"(scratch {scr:.1f} vs pre-trained {pre:.1f}).")
+    return (
+        f"{where}, scratch is within {abs(gap):.1f} {metric} of pre-trained "
+        f"(scratch {scr:.1f} vs pre-trained {pre:.1f})."
+    )
 
 
 def unusable_reason(run: RunData | None) -> str | None:
@@ -105,8 +111,16 @@ def sizes(runs: list[RunData]) -> list[str]:
 def sort_runs(runs: list[RunData]) -> list[RunData]:
     """Table order: size (smallest first), hparams, scratch before pre-trained, schedule."""
     order = sizes(runs)
-    return sorted(runs, key=lambda r: (order.index(r.size_label), r.hparams,
-                                       ARMS.index(r.init) if r.init in ARMS else len(ARMS), r.schedule or 0.0, r.name))
+    return sorted(
+        runs,
+        key=lambda r: (
+            order.index(r.size_label),
+            r.hparams,
+            ARMS.index(r.init) if r.init in ARMS else len(ARMS),
+            r.schedule or 0.0,
+            r.name,
+        ),
+    )
 
 
 def groups(runs: list[RunData]) -> dict[tuple[str, str], list[RunData]]:
@@ -161,8 +175,7 @@ def size_points(runs: list[RunData]) -> list[SizePoint]:
     points = []
     for size in sizes(runs):
         hp = selected_hparams(runs, size)[0]
-        arms = {arm: best_run(r for r in runs if (r.size_label, r.hparams, r.init) == (size, hp, arm))
-                for arm in ARMS}
+        arms = {arm: best_run(r for r in runs if (r.size_label, r.hparams, r.init) == (size, hp, arm)) for arm in ARMS}
         points.append(SizePoint(size, size_images(runs, size), hp, arms))
     return points
 
@@ -178,11 +191,15 @@ def problem_findings(runs: list[RunData]) -> list[str]:
             out.append(f"Run {run.name} has no records (not started or missing): it is left out of comparisons.")
         elif not run.finished:
             of = f" of {run.max_iters}" if run.max_iters else ""
-            out.append(f"Run {run.name} did not finish (last record at iter {run.last_iter}{of}): "
-                       "its numbers are shown but left out of comparisons.")
+            out.append(
+                f"Run {run.name} did not finish (last record at iter {run.last_iter}{of}): "
+                "its numbers are shown but left out of comparisons."
+            )
         elif run.last_eval is not None and run.last_eval.get("status", "ok") != "ok":
-            out.append(f"Run {run.name}: last evaluation (iter {run.last_eval.get('iter')}) had "
-                       f"{run.last_eval.get('status')}, so it has no final AP.")
+            out.append(
+                f"Run {run.name}: last evaluation (iter {run.last_eval.get('iter')}) had "
+                f"{run.last_eval.get('status')}, so it has no final AP."
+            )
     return out
 
 
@@ -207,20 +224,31 @@ def schedule_findings(group: list[RunData], prefix: str = "") -> list[str]:
         out.append(gap_sentence(f"{prefix}At {scr.label}", "bbox AP", pre.final(), scr.final()))
     only = sorted(set(arms["scratch"]) ^ set(arms["pretrained"]))
     if only:
-        out.append(f"{prefix}Schedules run by one arm only (no comparison): "
-                   + ", ".join(f"{s:g}x" for s in only) + ".")
+        out.append(
+            f"{prefix}Schedules run by one arm only (no comparison): " + ", ".join(f"{s:g}x" for s in only) + "."
+        )
     if not compared:
         return out
-    caught = next(((s, p) for s, p in compared
-                   if _gap(p.final(), s.final()) <= CAUGHT_UP_AP and _r1(p.final()) >= NOT_LEARNED_AP), None)
+    caught = next(
+        (
+            (s, p)
+            for s, p in compared
+            if _gap(p.final(), s.final()) <= CAUGHT_UP_AP and _r1(p.final()) >= NOT_LEARNED_AP
+        ),
+        None,
+    )
     if caught:
         s, p = caught
-        out.append(f"{prefix}Scratch catches up at {s.label} (first schedule within {CAUGHT_UP_AP} bbox AP: "
-                   f"scratch {s.final():.1f} vs pre-trained {p.final():.1f}).")
+        out.append(
+            f"{prefix}Scratch catches up at {s.label} (first schedule within {CAUGHT_UP_AP} bbox AP: "
+            f"scratch {s.final():.1f} vs pre-trained {p.final():.1f})."
+        )
     else:
         s, p = min(compared, key=lambda sp: _gap(sp[1].final(), sp[0].final()))
-        out.append(f"{prefix}Scratch does not catch up within {CAUGHT_UP_AP} bbox AP at any compared schedule up to "
-                   f"{compared[-1][0].label} (smallest gap {_gap(p.final(), s.final()):.1f} at {s.label}).")
+        out.append(
+            f"{prefix}Scratch does not catch up within {CAUGHT_UP_AP} bbox AP at any compared schedule up to "
+            f"{compared[-1][0].label} (smallest gap {_gap(p.final(), s.final()):.1f} at {s.label})."
+        )
     out += _ap75_findings(compared, prefix)
     s, p = compared[-1]
     if s.final("segm") is not None and p.final("segm") is not None:
@@ -235,13 +263,18 @@ def _ap75_findings(compared: list[tuple[RunData, RunData]], prefix: str) -> list
         return [f"{prefix}AP75: not available for any compared schedule."]
     ahead = [(s, p) for s, p in pairs if _r1(s.final("bbox", "AP75")) > _r1(p.final("bbox", "AP75"))]
     if ahead:
-        return [f"{prefix}AP75: scratch exceeds pre-trained at {s.label} by "
-                f"{-_gap(p.final('bbox', 'AP75'), s.final('bbox', 'AP75')):.1f} "
-                f"({s.final('bbox', 'AP75'):.1f} vs {p.final('bbox', 'AP75'):.1f})." for s, p in ahead]
+        return [
+            f"{prefix}AP75: scratch exceeds pre-trained at {s.label} by "
+            f"{-_gap(p.final('bbox', 'AP75'), s.final('bbox', 'AP75')):.1f} "
+            f"({s.final('bbox', 'AP75'):.1f} vs {p.final('bbox', 'AP75'):.1f})."
+            for s, p in ahead
+        ]
     s, p = min(pairs, key=lambda sp: _gap(sp[1].final("bbox", "AP75"), sp[0].final("bbox", "AP75")))
-    return [f"{prefix}AP75: pre-trained is ahead or equal at every compared schedule (smallest lead "
-            f"{_gap(p.final('bbox', 'AP75'), s.final('bbox', 'AP75')):.1f} at {s.label}: "
-            f"pre-trained {p.final('bbox', 'AP75'):.1f} vs scratch {s.final('bbox', 'AP75'):.1f})."]
+    return [
+        f"{prefix}AP75: pre-trained is ahead or equal at every compared schedule (smallest lead "
+        f"{_gap(p.final('bbox', 'AP75'), s.final('bbox', 'AP75')):.1f} at {s.label}: "
+        f"pre-trained {p.final('bbox', 'AP75'):.1f} vs scratch {s.final('bbox', 'AP75'):.1f})."
+    ]
 
 
 def _early_findings(compared: list[tuple[RunData, RunData]], prefix: str) -> list[str]:
@@ -252,8 +285,11 @@ def _early_findings(compared: list[tuple[RunData, RunData]], prefix: str) -> lis
         common = [(i, v) for i, v in s.curve() if i in pre_curve and i < last]  # the final one is not "early"
         if common:
             i, v = common[0]
-            return [gap_sentence(f"{prefix}Early, at iter {i} ({s.label} runs' first common evaluation)", "bbox AP",
-                                 pre_curve[i], v)]
+            return [
+                gap_sentence(
+                    f"{prefix}Early, at iter {i} ({s.label} runs' first common evaluation)", "bbox AP", pre_curve[i], v
+                )
+            ]
     return []
 
 
@@ -277,16 +313,20 @@ def sample_findings(runs: list[RunData]) -> list[str]:
     if any(s_own[k] is None or p_own[k] is None for k in keys):
         return [f"Samples seen at {s.label}: a run logged no sample counts, so no sample comparison."]
     if any(p_pre[k] is None for k in keys):
-        return [f"Samples seen at {s.label}: {p.name} recorded no pre-training counts (init.json pretrain_seen); "
-                f"fine-tuning alone saw {_times(p_own['images'] / s_own['images'])} the images of scratch."]
+        return [
+            f"Samples seen at {s.label}: {p.name} recorded no pre-training counts (init.json pretrain_seen); "
+            f"fine-tuning alone saw {_times(p_own['images'] / s_own['images'])} the images of scratch."
+        ]
     total = {k: p_own[k] + p_pre[k] for k in keys}
     ratios = {k: total[k] / s_own[k] if s_own[k] else float("inf") for k in keys}
     estimate = (p.pretrain_seen or {}).get("estimate")
     note = f" Pre-training counts are an estimate: {estimate}." if estimate else ""
-    return [f"At {s.label} (train size {size}), pre-training + fine-tuning saw {_times(ratios['images'])} the images "
-            f"of scratch, {_times(ratios['instances'])} the instances and {_times(ratios['pixels'])} the pixels "
-            f"({total['images']:,} vs {s_own['images']:,} images; {total['pixels']:,} vs {s_own['pixels']:,} "
-            f"pixels).{note}"]
+    return [
+        f"At {s.label} (train size {size}), pre-training + fine-tuning saw {_times(ratios['images'])} the images "
+        f"of scratch, {_times(ratios['instances'])} the instances and {_times(ratios['pixels'])} the pixels "
+        f"({total['images']:,} vs {s_own['images']:,} images; {total['pixels']:,} vs {s_own['pixels']:,} "
+        f"pixels).{note}"
+    ]
 
 
 def _size_name(point: SizePoint) -> str:
@@ -303,8 +343,9 @@ def size_findings(points: list[SizePoint]) -> list[str]:
         scr, pre = point.arms.get("scratch"), point.arms.get("pretrained")
         if scr is None or pre is None:
             lacking = [ARM_NAMES[a] for a in ARMS if point.arms.get(a) is None]
-            out.append(f"With {_size_name(point)}: no comparison (no finished {' or '.join(lacking)} run with "
-                       "a final AP).")
+            out.append(
+                f"With {_size_name(point)}: no comparison (no finished {' or '.join(lacking)} run with a final AP)."
+            )
             continue
         compared.append((point, _gap(pre.final(), scr.final())))
         where = f"With {_size_name(point)} (best finished: scratch {scr.label}, pre-trained {pre.label})"
@@ -319,14 +360,17 @@ def size_findings(points: list[SizePoint]) -> list[str]:
             break
         tail_start = point
     if not wins:
-        out.append(f"Pre-training does not win by more than {CAUGHT_UP_AP} bbox AP at any compared size "
-                   f"(down to {compared[0][0].size_label}: gap {compared[0][1]:.1f}).")
+        out.append(
+            f"Pre-training does not win by more than {CAUGHT_UP_AP} bbox AP at any compared size "
+            f"(down to {compared[0][0].size_label}: gap {compared[0][1]:.1f})."
+        )
     elif tail_start is None:
-        out.append(f"Pre-training wins by more than {CAUGHT_UP_AP} bbox AP at every compared size "
-                   f"({', '.join(wins)}).")
+        out.append(f"Pre-training wins by more than {CAUGHT_UP_AP} bbox AP at every compared size ({', '.join(wins)}).")
     else:
-        out.append(f"Pre-training wins by more than {CAUGHT_UP_AP} bbox AP with {', '.join(wins)}; from "
-                   f"{tail_start.size_label} on the gap is at most {CAUGHT_UP_AP} (or scratch leads).")
+        out.append(
+            f"Pre-training wins by more than {CAUGHT_UP_AP} bbox AP with {', '.join(wins)}; from "
+            f"{tail_start.size_label} on the gap is at most {CAUGHT_UP_AP} (or scratch leads)."
+        )
     return out
 
 
@@ -346,9 +390,11 @@ def loss_findings(runs: list[RunData], size_label: str) -> list[str]:
         # Loss is logged more often than AP: take the loss records nearest to the two evaluations compared.
         mid_loss, end_loss = _nearest(loss, mid[0])[1], _nearest(loss, end)[1]
         trend = "fell" if end_loss < mid_loss else "did not fall"
-        out.append(f"Train size {size_label}, {ARM_NAMES.get(run.init, run.init)} {run.label} ({run.name}): from "
-                   f"iter {mid[0]} to {end} training loss {trend} ({mid_loss:.3f} -> {end_loss:.3f}) while bbox AP "
-                   f"went {mid[1]:.1f} -> {ap[-1][1]:.1f}.")
+        out.append(
+            f"Train size {size_label}, {ARM_NAMES.get(run.init, run.init)} {run.label} ({run.name}): from "
+            f"iter {mid[0]} to {end} training loss {trend} ({mid_loss:.3f} -> {end_loss:.3f}) while bbox AP "
+            f"went {mid[1]:.1f} -> {ap[-1][1]:.1f}."
+        )
     return out
 
 

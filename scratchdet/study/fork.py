@@ -35,7 +35,11 @@ def first_drop(schedule: Schedule) -> int:
 def check_same_lr_until(a: Schedule, b: Schedule, iteration: int) -> None:
     """Raises CheckpointError unless schedules a and b give the same LR at every iteration before `iteration`."""
     same_shape = (a.base_lr, a.warmup_iters, a.warmup_factor, a.batch_size) == (
-        b.base_lr, b.warmup_iters, b.warmup_factor, b.batch_size)
+        b.base_lr,
+        b.warmup_iters,
+        b.warmup_factor,
+        b.batch_size,
+    )
     if not same_shape or first_drop(a) < iteration or first_drop(b) < iteration:
         raise CheckpointError(
             f"cannot fork at iteration {iteration}: the schedules differ before it "

@@ -64,9 +64,7 @@ class Plan:
     def iterations(self) -> dict:
         """Iterations trained with the shared trunks vs. training every run separately."""
         separate = sum(r.max_iters for r in self.runs)
-        shared = sum(t.iters for t in self.trunks) + sum(
-            r.max_iters - (r.fork_iter or 0) for r in self.runs
-        )
+        shared = sum(t.iters for t in self.trunks) + sum(r.max_iters - (r.fork_iter or 0) for r in self.runs)
         return {"separate": separate, "shared": shared, "fraction": round(shared / separate, 4) if separate else 1.0}
 
     def to_dict(self) -> dict:
@@ -102,12 +100,16 @@ def _pretrain_convention(arm: ArmSpec) -> FileConvention:
     from scratchdet.pretrain.config import load_pretrain_config  # imported here: it pulls in the pre-training stack
 
     cfg = load_pretrain_config(arm.pretrain_config, [*arm.pretrain_overrides, "output=unused"])
-    return FileConvention(InputConvention.from_values(vars(cfg.model)), True,
-                          f"the study's pre-training of arm {arm.name!r} ({arm.pretrain_config})")
+    return FileConvention(
+        InputConvention.from_values(vars(cfg.model)),
+        True,
+        f"the study's pre-training of arm {arm.name!r} ({arm.pretrain_config})",
+    )
 
 
-def study_input_convention(spec: StudySpec, study_dir: Path, *,
-                           check_sources: bool = True) -> tuple[InputConvention | None, str]:
+def study_input_convention(
+    spec: StudySpec, study_dir: Path, *, check_sources: bool = True
+) -> tuple[InputConvention | None, str]:
     """The convention every run of the study uses, and where it comes from.
 
     The pre-trained arms decide: a weights file's convention (modeling/input_convention.py), or the pre-training
@@ -126,8 +128,10 @@ def study_input_convention(spec: StudySpec, study_dir: Path, *,
             continue
         source = arm.weights or arm.pretrain_config
         if not check_sources and not Path(source).exists():
-            return None, (f"unresolved: {source} (arm {arm.name!r}) is not there yet; `scratchdet study` reads it "
-                          "before training any run")
+            return None, (
+                f"unresolved: {source} (arm {arm.name!r}) is not there yet; `scratchdet study` reads it "
+                "before training any run"
+            )
         cfg = run_config(spec.base_config, [*root, *spec.overrides, *arm_overrides(arm, study_dir)], study_dir)
         if arm.weights:
             resolve_input_convention(cfg)
@@ -176,8 +180,13 @@ def plan_study(spec: StudySpec, *, check_sources: bool = True) -> Plan:
             for hp in spec.hparams:
                 group = f"{arm.name}_{size_label}" + (f"_{hp.name}" if many_hparams else "")
                 root = [f"data.root={spec.data_root}"] if spec.data_root else []
-                overrides = [*root, *spec.overrides, *convention_overrides, *arm_overrides(arm, study_dir),
-                             *hp.overrides]
+                overrides = [
+                    *root,
+                    *spec.overrides,
+                    *convention_overrides,
+                    *arm_overrides(arm, study_dir),
+                    *hp.overrides,
+                ]
                 if size is not None:
                     overrides.append(f"data.train_subset={size}")
                 group_runs = []
@@ -190,19 +199,32 @@ def plan_study(spec: StudySpec, *, check_sources: bool = True) -> Plan:
                     # first: schedules of different lengths switch at different iterations (fork.py).
                     switch = cascade_switch_iter(cfg, schedule.max_iters)
                     fork_iter = first_drop(schedule) if switch is None else min(first_drop(schedule), switch)
-                    group_runs.append(PlannedRun(
-                        name=name, arm=arm.name, init=arm.init, schedule=float(n), train_size=size,
-                        train_size_label=size_label, hparams=hp.name, hparams_overrides=list(hp.overrides),
-                        overrides=run_overrides, path=f"runs/{name}", max_iters=schedule.max_iters,
-                        fork_iter=fork_iter,
-                    ))
+                    group_runs.append(
+                        PlannedRun(
+                            name=name,
+                            arm=arm.name,
+                            init=arm.init,
+                            schedule=float(n),
+                            train_size=size,
+                            train_size_label=size_label,
+                            hparams=hp.name,
+                            hparams_overrides=list(hp.overrides),
+                            overrides=run_overrides,
+                            path=f"runs/{name}",
+                            max_iters=schedule.max_iters,
+                            fork_iter=fork_iter,
+                        )
+                    )
                 # A run that switches to cascade at iteration 0 shares nothing with the others: it trains alone.
                 sharing = [r for r in group_runs if r.fork_iter]
                 if spec.share_trunk and len(sharing) > 1:
                     longest = max(sharing, key=lambda r: r.max_iters)
                     trunk = PlannedTrunk(
-                        name=group, path=f"trunks/{group}", overrides=list(longest.overrides),
-                        iters=max(r.fork_iter for r in sharing), forks=sorted({r.fork_iter for r in sharing}),
+                        name=group,
+                        path=f"trunks/{group}",
+                        overrides=list(longest.overrides),
+                        iters=max(r.fork_iter for r in sharing),
+                        forks=sorted({r.fork_iter for r in sharing}),
                     )
                     trunks.append(trunk)
                     for r in sharing:
@@ -211,5 +233,11 @@ def plan_study(spec: StudySpec, *, check_sources: bool = True) -> Plan:
                     if r.trunk is None:
                         r.fork_iter = None
                 runs += group_runs
-    return Plan(name=spec.name, base_config=spec.base_config, runs=runs, trunks=trunks, pretrain=pretrain,
-                input_convention={**(convention.to_dict() if convention else {}), "from": convention_origin})
+    return Plan(
+        name=spec.name,
+        base_config=spec.base_config,
+        runs=runs,
+        trunks=trunks,
+        pretrain=pretrain,
+        input_convention={**(convention.to_dict() if convention else {}), "from": convention_origin},
+    )

@@ -63,8 +63,9 @@ class Table:
 
     def html(self) -> str:
         head = "".join(f"<th>{html.escape(h)}</th>" for h in self.headers)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(self.cell(v))}</td>" for v in row) + "</tr>"
-                       for row in self.rows)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(self.cell(v))}</td>" for v in row) + "</tr>" for row in self.rows
+        )
         note = f"<p class='note'>{html.escape(self.note)}</p>" if self.note else ""
         return f"<h3>{html.escape(self.title)}</h3><table><tr>{head}</tr>{body}</table>{note}"
 
@@ -90,13 +91,26 @@ def final_ap_table(runs: list[RunData]) -> Table:
     rows = []
     for run in findings.sort_runs(runs):
         last = run.last_eval
-        rows.append([run.name, run.init, run.label, run.size_label, run.hparams, run.status,
-                     last.get("iter") if last else None, *[run.final(t, k) for t in IOU_NAMES for k in AP_KEYS],
-                     _run_note(run)])
-    return Table("final_ap", "Final AP per run (last evaluation; AP in %)",
-                 ["run", "init", "schedule", "train size", "hparams", "status", "last eval iter", *metric_headers,
-                  "note"], rows,
-                 "Unfinished runs (no 'end' record) show their last evaluation and are left out of the findings.")
+        rows.append(
+            [
+                run.name,
+                run.init,
+                run.label,
+                run.size_label,
+                run.hparams,
+                run.status,
+                last.get("iter") if last else None,
+                *[run.final(t, k) for t in IOU_NAMES for k in AP_KEYS],
+                _run_note(run),
+            ]
+        )
+    return Table(
+        "final_ap",
+        "Final AP per run (last evaluation; AP in %)",
+        ["run", "init", "schedule", "train size", "hparams", "status", "last eval iter", *metric_headers, "note"],
+        rows,
+        "Unfinished runs (no 'end' record) show their last evaluation and are left out of the findings.",
+    )
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -113,17 +127,40 @@ def samples_table(runs: list[RunData]) -> Table:
         ref = scratch.get((run.size_label, run.hparams, run.schedule))
         ref_total = findings.samples_of(ref)[0] if ref is not None else dict.fromkeys(SEEN_KEYS)
         estimate = (run.pretrain_seen or {}).get("estimate")
-        rows.append([run.name, run.init, run.label, run.size_label, run.hparams,
-                     *[own[k] for k in SEEN_KEYS], *[pre[k] for k in SEEN_KEYS], estimate or "",
-                     *[total[k] for k in SEEN_KEYS],
-                     *[None if run.init == "scratch" else _ratio(total[k], ref_total[k]) for k in SEEN_KEYS]])
-    return Table("samples_seen", "Samples seen (fine-tuning, pre-training, total; 'x scratch' = total / scratch "
-                 "at the same schedule, size and hparams)",
-                 ["run", "init", "schedule", "train size", "hparams", *[f"fine-tune {k}" for k in SEEN_KEYS],
-                  *[f"pre-train {k}" for k in SEEN_KEYS], "pre-train estimate", *[f"total {k}" for k in SEEN_KEYS],
-                  *[f"{k} x scratch" for k in SEEN_KEYS]], rows,
-                 "Pre-training counts come from init.json; an 'estimate' text means the weights carried no counts "
-                 "and a recipe was assumed.")
+        rows.append(
+            [
+                run.name,
+                run.init,
+                run.label,
+                run.size_label,
+                run.hparams,
+                *[own[k] for k in SEEN_KEYS],
+                *[pre[k] for k in SEEN_KEYS],
+                estimate or "",
+                *[total[k] for k in SEEN_KEYS],
+                *[None if run.init == "scratch" else _ratio(total[k], ref_total[k]) for k in SEEN_KEYS],
+            ]
+        )
+    return Table(
+        "samples_seen",
+        "Samples seen (fine-tuning, pre-training, total; 'x scratch' = total / scratch "
+        "at the same schedule, size and hparams)",
+        [
+            "run",
+            "init",
+            "schedule",
+            "train size",
+            "hparams",
+            *[f"fine-tune {k}" for k in SEEN_KEYS],
+            *[f"pre-train {k}" for k in SEEN_KEYS],
+            "pre-train estimate",
+            *[f"total {k}" for k in SEEN_KEYS],
+            *[f"{k} x scratch" for k in SEEN_KEYS],
+        ],
+        rows,
+        "Pre-training counts come from init.json; an 'estimate' text means the weights carried no counts "
+        "and a recipe was assumed.",
+    )
 
 
 def data_size_table(points: list[findings.SizePoint]) -> Table:
@@ -132,11 +169,33 @@ def data_size_table(points: list[findings.SizePoint]) -> Table:
     for p in points:
         s, t = p.arms.get("scratch"), p.arms.get("pretrained")
         ap_s, ap_t = (r.final() if r else None for r in (s, t))
-        rows.append([p.size_label, p.train_images, p.hparams, ap_s, s.label if s else None, ap_t,
-                     t.label if t else None, None if ap_s is None or ap_t is None else ap_t - ap_s])
-    return Table("data_size", "Final bbox AP vs training-set size (each arm at its best finished schedule)",
-                 ["train size", "train images", "hparams", "scratch bbox AP", "scratch schedule",
-                  "pre-trained bbox AP", "pre-trained schedule", "gap (pre-trained - scratch)"], rows)
+        rows.append(
+            [
+                p.size_label,
+                p.train_images,
+                p.hparams,
+                ap_s,
+                s.label if s else None,
+                ap_t,
+                t.label if t else None,
+                None if ap_s is None or ap_t is None else ap_t - ap_s,
+            ]
+        )
+    return Table(
+        "data_size",
+        "Final bbox AP vs training-set size (each arm at its best finished schedule)",
+        [
+            "train size",
+            "train images",
+            "hparams",
+            "scratch bbox AP",
+            "scratch schedule",
+            "pre-trained bbox AP",
+            "pre-trained schedule",
+            "gap (pre-trained - scratch)",
+        ],
+        rows,
+    )
 
 
 def hparam_table(runs: list[RunData]) -> Table:
@@ -155,10 +214,23 @@ def hparam_table(runs: list[RunData]) -> Table:
             best_for = [findings.ARM_NAMES[a] for a in findings.ARMS if best[a] == hp]
             text = " ".join(map(str, overrides)) if isinstance(overrides, list) else json.dumps(overrides)
             rows.append([size, hp, text, *cells, ", ".join(best_for), hp == chosen])
-    return Table("hparams", "Hyper-parameter grid: best finished bbox AP per setting (over schedules)",
-                 ["train size", "hparams", "overrides", "scratch bbox AP", "scratch schedule", "pre-trained bbox AP",
-                  "pre-trained schedule", "best for", "used"], rows,
-                 "As in the paper (Sec. 5.1), the setting is selected on the pre-trained arm and reused for scratch.")
+    return Table(
+        "hparams",
+        "Hyper-parameter grid: best finished bbox AP per setting (over schedules)",
+        [
+            "train size",
+            "hparams",
+            "overrides",
+            "scratch bbox AP",
+            "scratch schedule",
+            "pre-trained bbox AP",
+            "pre-trained schedule",
+            "best for",
+            "used",
+        ],
+        rows,
+        "As in the paper (Sec. 5.1), the setting is selected on the pre-trained arm and reused for scratch.",
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- HTML
@@ -174,9 +246,11 @@ def _embed(fig, fig_dir: Path, stem: str, title: str) -> str:
     svg_path = figures.save_figure(fig, fig_dir, figures.safe_stem(stem))[1]
     # An <img> data URI keeps each SVG in its own document: ids inside matplotlib SVGs cannot clash across figures.
     data = base64.b64encode(svg_path.read_bytes()).decode("ascii")
-    return (f"<figure><img alt='{html.escape(title)}' src='data:image/svg+xml;base64,{data}'>"
-            f"<figcaption class='note'>{html.escape(title)} (files: figures/{svg_path.stem}.png, .svg)</figcaption>"
-            "</figure>")
+    return (
+        f"<figure><img alt='{html.escape(title)}' src='data:image/svg+xml;base64,{data}'>"
+        f"<figcaption class='note'>{html.escape(title)} (files: figures/{svg_path.stem}.png, .svg)</figcaption>"
+        "</figure>"
+    )
 
 
 def _header(study: Study) -> str:
@@ -187,16 +261,19 @@ def _header(study: Study) -> str:
     if isinstance(it.get("shared"), int) and isinstance(it.get("separate"), int) and it["separate"] > 0:
         fraction = metric_value(it.get("fraction"))
         fraction = it["shared"] / it["separate"] if fraction is None else fraction
-        parts.append(f"<p>Iteration accounting: shared trunk: {it['shared']} of {it['separate']} iterations, "
-                     f"{fraction:.0%} (with shared trunks the study trains {it['shared']} iterations instead of "
-                     f"{it['separate']} for separate runs).</p>")
+        parts.append(
+            f"<p>Iteration accounting: shared trunk: {it['shared']} of {it['separate']} iterations, "
+            f"{fraction:.0%} (with shared trunks the study trains {it['shared']} iterations instead of "
+            f"{it['separate']} for separate runs).</p>"
+        )
     counts = {s: sum(r.status == s for r in study.runs) for s in ("finished", "unfinished", "missing")}
     parts.append(f"<p>{len(study.runs)} planned runs: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + ".</p>")
     for arm, summary in study.pretrain.items():
         seen, state = summary["seen"], "finished" if summary["finished"] else "unfinished"
-        parts.append(f"<p>Pre-training for arm {html.escape(arm)} ({html.escape(summary['path'])}, {state}): "
-                     f"{summary['iter']} iterations, "
-                     + ", ".join(f"{seen.get(k, 0):,} {k}" for k in SEEN_KEYS) + " seen.</p>")
+        parts.append(
+            f"<p>Pre-training for arm {html.escape(arm)} ({html.escape(summary['path'])}, {state}): "
+            f"{summary['iter']} iterations, " + ", ".join(f"{seen.get(k, 0):,} {k}" for k in SEEN_KEYS) + " seen.</p>"
+        )
     parts.append(f"<p class='note'>{html.escape(TOY_NOTE)}</p>")
     return "\n".join(parts)
 
@@ -213,9 +290,12 @@ def write_report(study_dir: str | Path) -> Path:
     fig_dir.mkdir(parents=True, exist_ok=True)
     table_dir.mkdir(parents=True, exist_ok=True)
     found = "".join(f"<li>{html.escape(s)}</li>" for s in findings.compute_findings(runs))
-    html_parts = [_header(study), f"<h2>Findings</h2><ul>{found}</ul>",
-                  f"<p class='note'>{html.escape(findings.thresholds_text())}</p>",
-                  "<h2>Learning curves (Figs. 1, 3, 4)</h2>"]
+    html_parts = [
+        _header(study),
+        f"<h2>Findings</h2><ul>{found}</ul>",
+        f"<p class='note'>{html.escape(findings.thresholds_text())}</p>",
+        "<h2>Learning curves (Figs. 1, 3, 4)</h2>",
+    ]
     for (size, hp), group in findings.groups(runs).items():
         title = f"{study.name}: learning curves, train size {size}, hparams {hp}"
         html_parts.append(_embed(figures.learning_curves_figure(group, title), fig_dir, f"curves_{size}_{hp}", title))
@@ -233,8 +313,11 @@ def write_report(study_dir: str | Path) -> Path:
         points = findings.size_points(runs)
         tables.append(data_size_table(points))
         title = "Final bbox AP vs training-set size"
-        html_parts += ["<h2>Training-set size (Figs. 7-8)</h2>",
-                       _embed(figures.data_size_figure(points, title), fig_dir, "data_size", title), tables[-1].html()]
+        html_parts += [
+            "<h2>Training-set size (Figs. 7-8)</h2>",
+            _embed(figures.data_size_figure(points, title), fig_dir, "data_size", title),
+            tables[-1].html(),
+        ]
         for size in findings.smallest_sizes(runs):
             hp = findings.selected_hparams(runs, size)[0]
             title = f"Train size {size}, hparams {hp}: training loss and bbox AP vs iterations (Fig. 8)"
@@ -246,6 +329,8 @@ def write_report(study_dir: str | Path) -> Path:
     for table in tables:
         table.write(table_dir)
     path = out / "report.html"
-    path.write_text(f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(study.name)} report"
-                    f"</title><style>{CSS}</style></head><body>\n" + "\n".join(html_parts) + "\n</body></html>\n")
+    path.write_text(
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(study.name)} report"
+        f"</title><style>{CSS}</style></head><body>\n" + "\n".join(html_parts) + "\n</body></html>\n"
+    )
     return path

@@ -246,8 +246,12 @@ def _pretrain_summaries(root: Path, plan: dict) -> dict[str, dict]:
         records = _dedup(read_metrics(root / rel))
         with_seen = [r for r in records if isinstance(r.get("seen"), dict)]
         if with_seen:
-            summaries[arm] = {"path": rel, "iter": with_seen[-1].get("iter"), "seen": with_seen[-1]["seen"],
-                              "finished": any(r.get("type") == "end" for r in records)}
+            summaries[arm] = {
+                "path": rel,
+                "iter": with_seen[-1].get("iter"),
+                "seen": with_seen[-1]["seen"],
+                "finished": any(r.get("type") == "end" for r in records),
+            }
     return summaries
 
 
@@ -259,8 +263,9 @@ def load_study(study_dir: str | Path) -> Study:
         raise ScratchdetError(f"{plan_path} not found: '{root}' is not a study folder (run `scratchdet study` first)")
     plan = _read_json(plan_path)
     if plan is None or not isinstance(plan.get("runs", []), list):
-        raise ScratchdetError(f"{plan_path} is not a JSON object with a 'runs' list; re-create it with "
-                              "`scratchdet study`")
+        raise ScratchdetError(
+            f"{plan_path} is not a JSON object with a 'runs' list; re-create it with `scratchdet study`"
+        )
     trunks = {t["name"]: root / t["path"] for t in plan.get("trunks", []) if "name" in t and "path" in t}
     runs = [load_run(root, entry, trunks) for entry in plan.get("runs", [])]
     pretrain = _pretrain_summaries(root, plan)
@@ -268,8 +273,9 @@ def load_study(study_dir: str | Path) -> Study:
         summary = pretrain.get(run.arm) or (next(iter(pretrain.values())) if len(pretrain) == 1 else None)
         if run.init == "pretrained" and run.pretrain_seen is None and summary is not None:
             run.init_record = {**(run.init_record or {}), "pretrain_seen": dict(summary["seen"])}
-    return Study(root, str(plan.get("name", root.name)), plan.get("created"), runs, plan.get("iterations") or {},
-                 pretrain)
+    return Study(
+        root, str(plan.get("name", root.name)), plan.get("created"), runs, plan.get("iterations") or {}, pretrain
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- tables

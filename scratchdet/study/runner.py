@@ -61,8 +61,9 @@ def execute_plan(plan: Plan, spec: StudySpec, study_dir: Path) -> dict:
         extra = [f"train.extra_checkpoints=[{','.join(map(str, trunk.forks))}]"]
         print(f"[study] trunk {trunk.name}: base LR until iteration {trunk.iters}, forks at {trunk.forks}")
         try:
-            status[trunk.path] = _train_until(spec.base_config, trunk.overrides, study_dir / trunk.path, trunk.iters,
-                                              extra)
+            status[trunk.path] = _train_until(
+                spec.base_config, trunk.overrides, study_dir / trunk.path, trunk.iters, extra
+            )
         except ScratchdetError as e:
             status[trunk.path] = f"failed: {e}"
             failed_trunks.add(trunk.path)
@@ -97,8 +98,10 @@ def run_study(spec_path: str | Path, overrides: list[str] | None = None, *, repo
     shutil.copy2(spec_path, study_dir / "spec.yaml")
     (study_dir / "plan.json").write_text(json.dumps(plan.to_dict(), indent=2) + "\n")
     it = plan.iterations()
-    print(f"[study] {spec.name}: {len(plan.runs)} runs, {len(plan.trunks)} shared trunks; trains {it['shared']} "
-          f"iterations instead of {it['separate']} for separate runs ({100 * it['fraction']:.0f}%)")
+    print(
+        f"[study] {spec.name}: {len(plan.runs)} runs, {len(plan.trunks)} shared trunks; trains {it['shared']} "
+        f"iterations instead of {it['separate']} for separate runs ({100 * it['fraction']:.0f}%)"
+    )
     _pretrain(spec, study_dir)
     status = execute_plan(plan, spec, study_dir)
     (study_dir / "status.json").write_text(json.dumps(status, indent=2) + "\n")
@@ -108,6 +111,8 @@ def run_study(spec_path: str | Path, overrides: list[str] | None = None, *, repo
         print(f"[study] report: {write_report(study_dir)}")
     failed = {k: v for k, v in status.items() if v.startswith(("failed", "not run"))}
     if failed:
-        raise ScratchdetError(f"{len(failed)} of {len(status)} study runs failed, see {study_dir}/status.json: "
-                              + "; ".join(f"{k}: {v}" for k, v in list(failed.items())[:3]))
+        raise ScratchdetError(
+            f"{len(failed)} of {len(status)} study runs failed, see {study_dir}/status.json: "
+            + "; ".join(f"{k}: {v}" for k, v in list(failed.items())[:3])
+        )
     return study_dir

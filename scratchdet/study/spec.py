@@ -65,8 +65,14 @@ class StudySpec:
 
 
 # Run overrides that name the dataset paths data_root gives (data.root, data.train.*, data.val.*, data.voc_root).
-_DATA_PATH_KEYS = ("data.root", "data.train.json", "data.train.images", "data.val.json", "data.val.images",
-                   "data.voc_root")
+_DATA_PATH_KEYS = (
+    "data.root",
+    "data.train.json",
+    "data.train.images",
+    "data.val.json",
+    "data.val.images",
+    "data.voc_root",
+)
 
 
 def _override_sets(override: str, keys: tuple[str, ...]) -> bool:
@@ -100,8 +106,11 @@ def load_study_spec(path: str | Path, overrides: list[str] | None = None) -> Stu
         for _, items in lists:
             items[:] = [o for o in items if not _sets_data_paths(o)]
         if dropped:
-            warnings.warn(f"data_root={spec.data_root} is given on the command line and wins: dropped the run "
-                          f"overrides {dropped} of {path}", stacklevel=2)
+            warnings.warn(
+                f"data_root={spec.data_root} is given on the command line and wins: dropped the run "
+                f"overrides {dropped} of {path}",
+                stacklevel=2,
+            )
     validate_spec(spec, str(path))
     return spec
 
@@ -128,8 +137,13 @@ def validate_spec(spec: StudySpec, path: str = "spec") -> None:
         raise ConfigError(f"{path}: hparams names must be unique, got {hp_names}")
     if spec.data_root:
         # Runs get data.root=data_root first, then these overrides, so a data.root among them would win in silence.
-        clash = [o for o in [*spec.overrides, *(o for hp in spec.hparams for o in hp.overrides)]
-                 if _override_sets(o, ("data.root",))]
+        clash = [
+            o
+            for o in [*spec.overrides, *(o for hp in spec.hparams for o in hp.overrides)]
+            if _override_sets(o, ("data.root",))
+        ]
         if clash:
-            raise ConfigError(f"{path}: data_root={spec.data_root} and the run override {clash[0]!r} both set "
-                              "data.root; give one of them")
+            raise ConfigError(
+                f"{path}: data_root={spec.data_root} and the run override {clash[0]!r} both set "
+                "data.root; give one of them"
+            )

@@ -58,8 +58,10 @@ def test_grouped_loader_on_the_synthetic_set_batches_one_orientation(shapes_dir,
     from scratchdet.config import load_config
     from scratchdet.data.build import build_train_dataset, build_train_loader
 
-    cfg = load_config(MINI_CONFIG, tiny_overrides(shapes_dir, tmp_path / "r", **{"data.aspect_ratio_grouping": "true",
-                                                                                  "train.batch_size": 4}))
+    cfg = load_config(
+        MINI_CONFIG,
+        tiny_overrides(shapes_dir, tmp_path / "r", **{"data.aspect_ratio_grouping": "true", "train.batch_size": 4}),
+    )
     dataset = build_train_dataset(cfg)
     groups = aspect_groups(dataset.image_sizes())
     assert 0 < sum(groups) < len(groups)  # the synthetic set has both orientations

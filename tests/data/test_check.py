@@ -16,11 +16,22 @@ def _spec() -> dict:
     """Five 32x32 images, one box-with-polygon annotation each, ids from 1."""
     anns = []
     for i in range(1, 6):
-        anns.append({"id": i, "image_id": i, "category_id": 1, "bbox": [4, 4, 10, 10], "area": 100.0, "iscrowd": 0,
-                     "segmentation": [[4, 4, 14, 4, 14, 14, 4, 14]]})
-    return {"categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
-            "images": [{"id": i, "file_name": f"{i}.png", "width": 32, "height": 32} for i in range(1, 6)],
-            "annotations": anns}
+        anns.append(
+            {
+                "id": i,
+                "image_id": i,
+                "category_id": 1,
+                "bbox": [4, 4, 10, 10],
+                "area": 100.0,
+                "iscrowd": 0,
+                "segmentation": [[4, 4, 14, 4, 14, 14, 4, 14]],
+            }
+        )
+    return {
+        "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
+        "images": [{"id": i, "file_name": f"{i}.png", "width": 32, "height": 32} for i in range(1, 6)],
+        "annotations": anns,
+    }
 
 
 def _write(tmp_path, spec, name="ann.json"):
@@ -58,8 +69,15 @@ def test_every_kind_is_reported_with_file_id_field_and_counts(tmp_path, capsys):
 
     assert main(["data", "check", str(path), "--decode", "--against", str(other_path)]) == 2
     captured = capsys.readouterr()
-    counts = {"area_mismatch": 1, "unusable_eval_segmentation": 2, "image_size": 1, "unsupported_pixel_mode": 1,
-              "missing_image": 1, "unreadable_image": 1, "category_mismatch": 1}
+    counts = {
+        "area_mismatch": 1,
+        "unusable_eval_segmentation": 2,
+        "image_size": 1,
+        "unsupported_pixel_mode": 1,
+        "missing_image": 1,
+        "unreadable_image": 1,
+        "category_mismatch": 1,
+    }
     for kind, n in counts.items():
         assert f"{kind} {n}" in captured.err, kind
     assert "annotation id(s) < 1" in captured.out  # the id-0 note
@@ -104,8 +122,10 @@ def test_keypoint_names_whose_sides_cannot_be_paired(tmp_path, capsys):
     other["categories"][0]["keypoints"] = ["nose", "rhip", "lhip"]  # same names, another order
     other_path = tmp_path / "other.json"
     other_path.write_text(json.dumps(other))
-    assert main(["data", "check", str(path), "--keypoint-flip-map", '[["lhip", "rhip"]]',
-                 "--against", str(other_path)]) == 2
+    assert (
+        main(["data", "check", str(path), "--keypoint-flip-map", '[["lhip", "rhip"]]', "--against", str(other_path)])
+        == 2
+    )
     assert "keypoint_mismatch 1" in capsys.readouterr().err
 
 

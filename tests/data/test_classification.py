@@ -98,8 +98,9 @@ def test_write_synthetic_then_image_folder_round_trip(tmp_path):
 def test_image_folder_with_transform_and_val_classes_from_train(tmp_path):
     write_synthetic_classification(tmp_path, num_classes=2, train_per_class=2, val_per_class=1, size=40)
     train = ImageFolderClassification(tmp_path / "train", build_classification_transform(32, train=True))
-    val = ImageFolderClassification(tmp_path / "val", build_classification_transform(32, train=False),
-                                    classes=train.classes)
+    val = ImageFolderClassification(
+        tmp_path / "val", build_classification_transform(32, train=False), classes=train.classes
+    )
     assert train[(0, 5)][0].shape == val[0][0].shape == (3, 32, 32)
     assert val.num_classes == 2
 

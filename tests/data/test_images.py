@@ -49,7 +49,7 @@ def test_exif_orientation_is_applied_so_boxes_drawn_on_the_displayed_image_fit(t
     assert image.shape == (3, SHOWN_H, SHOWN_W)
     x1, y1, x2, y2 = BLOCK
     assert image[0, y1:y2, x1:x2].mean() > 0.9  # the annotated block is red, as displayed
-    assert image[0, y2 + 2:, x2 + 2:].mean() < 0.1
+    assert image[0, y2 + 2 :, x2 + 2 :].mean() < 0.1
 
 
 def test_size_mismatch_from_a_quarter_turn_names_the_exif_orientation(tmp_path):
@@ -74,8 +74,9 @@ def test_sixteen_bit_grayscale_is_scaled_from_its_full_range(tmp_path):
     assert as_bytes[0, 3, 4].item() == round(60000 / 65535 * 255) and as_bytes[0, 0, 0].item() == 78
 
 
-@pytest.mark.parametrize(("mode", "array"), [("F", np.full((6, 6), 0.5, np.float32)),
-                                             ("I", np.full((6, 6), 100000, np.int32))])
+@pytest.mark.parametrize(
+    ("mode", "array"), [("F", np.full((6, 6), 0.5, np.float32)), ("I", np.full((6, 6), 100000, np.int32))]
+)
 def test_modes_without_a_display_range_are_refused_naming_file_and_mode(tmp_path, mode, array):
     path = tmp_path / f"{mode}.tif"
     Image.fromarray(array, mode).save(path)
@@ -89,9 +90,11 @@ def test_eight_bit_modes_read_the_same_scene(tmp_path):
     gray = np.full((6, 8), 77, np.uint8)
     gray[1:3, 2:5] = 233
     expected = read_image(_save(tmp_path / "l.png", Image.fromarray(gray, "L")))
-    for name, pil in (("rgba.png", Image.fromarray(gray, "L").convert("RGBA")),
-                      ("p.png", Image.fromarray(gray, "L").convert("P")),
-                      ("la.png", Image.fromarray(gray, "L").convert("LA"))):
+    for name, pil in (
+        ("rgba.png", Image.fromarray(gray, "L").convert("RGBA")),
+        ("p.png", Image.fromarray(gray, "L").convert("P")),
+        ("la.png", Image.fromarray(gray, "L").convert("LA")),
+    ):
         torch.testing.assert_close(read_image(_save(tmp_path / name, pil)), expected)
     assert expected[0, 1, 2].item() == pytest.approx(233 / 255)
 
@@ -108,14 +111,18 @@ def test_coco_dataset_reads_exif_rotated_and_16_bit_images_as_annotated(tmp_path
     values[y1:y2, x1:x2] = 65535
     Image.fromarray(values).save(tmp_path / "deep.png")
     box = [x1, y1, x2 - x1, y2 - y1]
-    spec = {"categories": [{"id": 1, "name": "block"}],
-            "images": [{"id": i, "file_name": name, "width": SHOWN_W, "height": SHOWN_H}
-                       for i, name in ((1, "rot.jpg"), (2, "deep.png"))],
-            "annotations": [{"id": i, "image_id": i, "category_id": 1, "bbox": box, "iscrowd": 0} for i in (1, 2)]}
+    spec = {
+        "categories": [{"id": 1, "name": "block"}],
+        "images": [
+            {"id": i, "file_name": name, "width": SHOWN_W, "height": SHOWN_H}
+            for i, name in ((1, "rot.jpg"), (2, "deep.png"))
+        ],
+        "annotations": [{"id": i, "image_id": i, "category_id": 1, "bbox": box, "iscrowd": 0} for i in (1, 2)],
+    }
     (tmp_path / "a.json").write_text(__import__("json").dumps(spec))
     ds = CocoDetection(tmp_path / "a.json", tmp_path, train=True, load_masks=False)
     for index in range(2):
         image, target = ds[index]
         bx1, by1, bx2, by2 = target["boxes"][0].int().tolist()
         assert image[0, by1:by2, bx1:bx2].mean() > 0.9, ds.image_ids[index]
-        assert image[0, by2 + 2:, bx2 + 2:].mean() < 0.1
+        assert image[0, by2 + 2 :, bx2 + 2 :].mean() < 0.1

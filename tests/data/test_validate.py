@@ -25,15 +25,34 @@ COCO_TINY = Path(__file__).resolve().parents[3] / "shared" / "data" / "coco_tiny
 def _boxes_spec(first_ann_id: int) -> dict:
     """Three boxes on two 64x64 images, annotation ids counting up from `first_ann_id`."""
     boxes = [(1, (4, 4, 20, 12)), (1, (30, 30, 16, 20)), (2, (8, 10, 40, 30))]
-    return {"categories": [{"id": 5, "name": "thing"}],
-            "images": [{"id": i, "file_name": f"{i}.png", "width": 64, "height": 64} for i in (1, 2)],
-            "annotations": [{"id": first_ann_id + k, "image_id": img, "category_id": 5, "bbox": list(b),
-                             "area": float(b[2] * b[3]), "iscrowd": 0} for k, (img, b) in enumerate(boxes)]}
+    return {
+        "categories": [{"id": 5, "name": "thing"}],
+        "images": [{"id": i, "file_name": f"{i}.png", "width": 64, "height": 64} for i in (1, 2)],
+        "annotations": [
+            {
+                "id": first_ann_id + k,
+                "image_id": img,
+                "category_id": 5,
+                "bbox": list(b),
+                "area": float(b[2] * b[3]),
+                "iscrowd": 0,
+            }
+            for k, (img, b) in enumerate(boxes)
+        ],
+    }
 
 
 def _perfect(spec: dict) -> list[dict]:
-    return [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": list(a["bbox"]), "score": 0.9,
-             **({"segmentation": a["segmentation"]} if "segmentation" in a else {})} for a in spec["annotations"]]
+    return [
+        {
+            "image_id": a["image_id"],
+            "category_id": a["category_id"],
+            "bbox": list(a["bbox"]),
+            "score": 0.9,
+            **({"segmentation": a["segmentation"]} if "segmentation" in a else {}),
+        }
+        for a in spec["annotations"]
+    ]
 
 
 # --- annotation ids ------------------------------------------------------------------------------------------------
@@ -76,10 +95,16 @@ def _masks_spec() -> dict:
     return spec
 
 
-@pytest.mark.parametrize(("segmentation", "words"), [([], "empty list"), ([[]], "fewer than 3 points"),
-                                                     ([[3, 3]], "fewer than 3 points"),
-                                                     ([[3, 3, 9, 9]], "fewer than 3 points"),
-                                                     (None, "has no 'segmentation'")])
+@pytest.mark.parametrize(
+    ("segmentation", "words"),
+    [
+        ([], "empty list"),
+        ([[]], "fewer than 3 points"),
+        ([[3, 3]], "fewer than 3 points"),
+        ([[3, 3, 9, 9]], "fewer than 3 points"),
+        (None, "has no 'segmentation'"),
+    ],
+)
 def test_unrasterizable_evaluation_masks_are_refused_at_load_and_by_both_backends(write_coco, segmentation, words):
     spec = _masks_spec()
     ann = spec["annotations"][1]
@@ -109,8 +134,9 @@ def test_short_polygon_parts_are_dropped_from_the_evaluation_copy_and_both_backe
     ds = CocoDetection(json_path, image_dir, train=False, load_masks=False, segm_eval=True)
     assert ds.summary.eval_polygon_parts_dropped == 2
     results = _perfect(_masks_spec())
-    aps = {b: evaluate_results(ds, copy.deepcopy(results), ["segm"], len(ds), backend=b)["segm"]["AP"]
-           for b in BACKENDS}
+    aps = {
+        b: evaluate_results(ds, copy.deepcopy(results), ["segm"], len(ds), backend=b)["segm"]["AP"] for b in BACKENDS
+    }
     assert aps == {b: 100.0 for b in BACKENDS}
 
 
@@ -126,10 +152,12 @@ def test_geometric_area_is_the_polygon_area_rle_count_or_box_area():
     import pycocotools.mask as mask_util
 
     rle = mask_util.encode(np.asfortranarray(mask))
-    anns = [{"image_id": 1, "bbox": [0, 0, 10, 10], "segmentation": [triangle, square]},
-            {"image_id": 1, "bbox": [3, 2, 7, 3], "segmentation": {"size": [20, 20], "counts": rle["counts"].decode()}},
-            {"image_id": 1, "bbox": [1, 1, 4, 5]},
-            {"image_id": 1, "bbox": [1, 1, 4, 5], "segmentation": [[1, 1, 2, 2]]}]  # no polygon of >= 3 points
+    anns = [
+        {"image_id": 1, "bbox": [0, 0, 10, 10], "segmentation": [triangle, square]},
+        {"image_id": 1, "bbox": [3, 2, 7, 3], "segmentation": {"size": [20, 20], "counts": rle["counts"].decode()}},
+        {"image_id": 1, "bbox": [1, 1, 4, 5]},
+        {"image_id": 1, "bbox": [1, 1, 4, 5], "segmentation": [[1, 1, 2, 2]]},
+    ]  # no polygon of >= 3 points
     np.testing.assert_allclose(geometric_areas(anns, images), [66.0, 21.0, 20.0, 20.0])
 
 
@@ -144,8 +172,13 @@ def test_coco_official_areas_agree_with_their_polygons():
         instances = [a for a in data["annotations"] if not a["iscrowd"]]
         stored = np.array([a["area"] for a in instances])
         np.testing.assert_allclose(geometric_areas(instances, images), stored, rtol=1e-6)
-        ds = CocoDetection(COCO_TINY / "annotations" / f"instances_{split}.json", COCO_TINY / split, train=False,
-                           load_masks=False, segm_eval=True)  # the official file passes every check
+        ds = CocoDetection(
+            COCO_TINY / "annotations" / f"instances_{split}.json",
+            COCO_TINY / split,
+            train=False,
+            load_masks=False,
+            segm_eval=True,
+        )  # the official file passes every check
         assert ds.summary.area_mismatches == 0 and ds.summary.eval_polygon_parts_dropped == 0
 
 
@@ -219,10 +252,13 @@ def test_splits_whose_category_ids_name_different_things_are_refused(write_coco,
     check_categories(train, CocoDetection(*write_coco(spec, name="val3.json"), train=False, load_masks=False))
 
 
-@pytest.mark.parametrize(("mutate", "reason"), [
-    (lambda a: a.update(iscrowd=1), "3 crowd regions excluded"),
-    (lambda a: a.update(bbox=[1, 1, 0.5, 0.5], area=0.25), "3 boxes under 1 px"),
-])
+@pytest.mark.parametrize(
+    ("mutate", "reason"),
+    [
+        (lambda a: a.update(iscrowd=1), "3 crowd regions excluded"),
+        (lambda a: a.update(bbox=[1, 1, 0.5, 0.5], area=0.25), "3 boxes under 1 px"),
+    ],
+)
 def test_a_training_split_with_no_usable_image_is_refused_with_the_reasons(write_coco, mutate, reason):
     spec = _boxes_spec(1)
     for ann in spec["annotations"]:

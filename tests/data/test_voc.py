@@ -19,8 +19,10 @@ from scratchdet.errors import ConfigError, DataError
 
 def _obj(name: str, box: tuple, difficult: int = 0) -> str:
     xmin, ymin, xmax, ymax = box
-    return (f"<object><name>{name}</name><difficult>{difficult}</difficult><bndbox><xmin>{xmin}</xmin>"
-            f"<ymin>{ymin}</ymin><xmax>{xmax}</xmax><ymax>{ymax}</ymax></bndbox></object>")
+    return (
+        f"<object><name>{name}</name><difficult>{difficult}</difficult><bndbox><xmin>{xmin}</xmin>"
+        f"<ymin>{ymin}</ymin><xmax>{xmax}</xmax><ymax>{ymax}</ymax></bndbox></object>"
+    )
 
 
 def _write_layout(root: Path, year: int, split: str, images: dict[str, str], size=(20, 10)) -> None:
@@ -37,10 +39,15 @@ def _write_layout(root: Path, year: int, split: str, images: dict[str, str], siz
 
 
 def test_parse_converts_boxes_and_keeps_difficult_for_eval_only(tmp_path):
-    _write_layout(tmp_path, 2007, "trainval", {
-        "000001": _obj("dog", (1, 1, 10, 5)) + _obj("cat", (2, 2, 4, 4), difficult=1),
-        "000002": _obj("person", (3, 3, 6, 6), difficult=1),  # nothing left for training
-    })
+    _write_layout(
+        tmp_path,
+        2007,
+        "trainval",
+        {
+            "000001": _obj("dog", (1, 1, 10, 5)) + _obj("cat", (2, 2, 4, 4), difficult=1),
+            "000002": _obj("person", (3, 3, 6, 6), difficult=1),  # nothing left for training
+        },
+    )
     _write_layout(tmp_path, 2012, "train", {"2012_000001": _obj("tvmonitor", (5, 2, 20, 10))})
     sets = ["2007_trainval", [2012, "train"]]
     train = VocDetection(tmp_path, sets, train=True)
@@ -68,8 +75,10 @@ def test_parse_converts_boxes_and_keeps_difficult_for_eval_only(tmp_path):
 @pytest.mark.parametrize(
     ("body", "field"),
     [
-        ("<object><name>dog</name><bndbox><ymin>1</ymin><xmax>3</xmax><ymax>3</ymax></bndbox></object>",
-         "object[0]/bndbox/xmin"),
+        (
+            "<object><name>dog</name><bndbox><ymin>1</ymin><xmax>3</xmax><ymax>3</ymax></bndbox></object>",
+            "object[0]/bndbox/xmin",
+        ),
         (_obj("dog", (1, 1, "ten", 5)), "object[0]/bndbox/xmax"),
         (_obj("dog", (5, 1, 2, 5)), "object[0]/bndbox"),
         (_obj("dog", (1, 1, 2, 2), difficult=2), "object[0]/difficult"),
@@ -126,8 +135,12 @@ def test_synthetic_round_trip(shapes_dir, tmp_path):
     for ann in coco["annotations"]:
         if ann["image_id"] == first["id"] and not ann["iscrowd"]:
             x, y, w, h = ann["bbox"]
-            box = [math.floor(x), math.floor(y), min(math.ceil(x + w), first["width"]),
-                   min(math.ceil(y + h), first["height"])]
+            box = [
+                math.floor(x),
+                math.floor(y),
+                min(math.ceil(x + w), first["width"]),
+                min(math.ceil(y + h), first["height"]),
+            ]
             area = (box[2] - box[0]) * (box[3] - box[1])
             expected.append((box, cat_ids.index(ann["category_id"]) + 1, area < SYNTH_DIFFICULT_MAX_AREA))
     image, target = val[0]
@@ -136,22 +149,32 @@ def test_synthetic_round_trip(shapes_dir, tmp_path):
     assert sorted(got) == sorted(expected)
 
 
-@pytest.mark.parametrize(("arm", "iters", "drops"), [("scratch", 144000, (96000, 128000)),
-                                                       ("pretrained", 18000, (12000, 16000))])
+@pytest.mark.parametrize(
+    ("arm", "iters", "drops"), [("scratch", 144000, (96000, 128000)), ("pretrained", 18000, (12000, 16000))]
+)
 def test_paper_voc_configs(arm, iters, drops):
     from scratchdet.engine.schedule import schedule_from_config
 
     cfg = load_config(MINI_CONFIG.parents[1] / "paper" / f"faster_rcnn_R101_FPN_GN_voc_{arm}.yaml", ["output=x"])
     assert (cfg.data.format, cfg.model.arch, cfg.model.depth, cfg.model.norm, cfg.init) == (
-        "voc", "faster_rcnn", 101, "GN", arm)
+        "voc",
+        "faster_rcnn",
+        101,
+        "GN",
+        arm,
+    )
     assert cfg.data.voc_train_sets == ["2007_trainval", "2012_train"] and cfg.data.voc_val_sets == ["2012_val"]
     schedule = schedule_from_config(cfg)
     assert (schedule.max_iters, schedule.milestones) == (iters, drops)
 
 
 def test_a_training_split_with_only_difficult_objects_is_refused_with_the_reasons(tmp_path):
-    _write_layout(tmp_path, 2007, "trainval", {"000001": _obj("dog", (1, 1, 10, 5), difficult=1),
-                                               "000002": _obj("cat", (2, 2, 9, 8), difficult=1)})
+    _write_layout(
+        tmp_path,
+        2007,
+        "trainval",
+        {"000001": _obj("dog", (1, 1, 10, 5), difficult=1), "000002": _obj("cat", (2, 2, 9, 8), difficult=1)},
+    )
     with pytest.raises(DataError, match="no usable training images: 2 images, 2 objects.*2 difficult objects"):
         VocDetection(tmp_path, ["2007_trainval"], train=True)
     assert len(VocDetection(tmp_path, ["2007_trainval"], train=False)) == 2

@@ -20,8 +20,18 @@ from scratchdet.engine.run_eval import evaluate_run
 
 def _torchrun(overrides: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "scratchdet", "train", str(MINI_CONFIG), *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "scratchdet",
+        "train",
+        str(MINI_CONFIG),
+        *overrides,
+    ]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -38,8 +48,11 @@ def test_two_process_run_trains_evaluates_and_resumes(shapes_dir, tmp_path):
     (start,) = read_metrics(run, "start")
     assert start["world_size"] == 2
     (evaluation,) = read_metrics(run, "eval")  # evaluated once, sharded: 5 images over 2 ranks, each once
-    assert evaluation["images"] == 5 and evaluation["eval_processes"] == 2 and evaluation["status"] in (
-        "ok", "no predictions")
+    assert (
+        evaluation["images"] == 5
+        and evaluation["eval_processes"] == 2
+        and evaluation["status"] in ("ok", "no predictions")
+    )
     state = load_checkpoint(latest_checkpoint(run / "checkpoints"))
     assert state["iteration"] == 2 and len(state["rng_per_rank"]) == 2 and state["world_size"] == 2
 
@@ -50,16 +63,32 @@ def test_two_process_run_trains_evaluates_and_resumes(shapes_dir, tmp_path):
 
     # One process with the same global batch sees the same images in the same order, and counts the same samples.
     single = tmp_path / "single"
-    result = trainer.train(load_config(MINI_CONFIG, tiny_overrides(shapes_dir, single, **extra,
-                                                                   **{"train.max_iters": 4})))
+    result = trainer.train(
+        load_config(MINI_CONFIG, tiny_overrides(shapes_dir, single, **extra, **{"train.max_iters": 4}))
+    )
     assert _batches(run) == _batches(single)
     assert read_metrics(run, "end")[-1]["seen"] == result["seen"]
 
     # `scratchdet eval` under torchrun: sharded over 2 processes, the report of a single-process eval.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    sharded = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                              "-m", "scratchdet", "eval", str(run)], cwd=ROOT, env=env, capture_output=True,
-                             text=True, timeout=600)
+    sharded = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "scratchdet",
+            "eval",
+            str(run),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert sharded.returncode == 0, sharded.stderr[-3000:]
     assert sharded.stdout.count("wrote ") == 1  # rank 0 alone prints and writes
     sharded_report = json.loads((run / "eval" / "iter_0000004.json").read_text())
@@ -67,7 +96,8 @@ def test_two_process_run_trains_evaluates_and_resumes(shapes_dir, tmp_path):
     single_report = evaluate_run(run)
     timing = ("inference_s", "eval_s", "eval_processes", "path")
     assert {k: v for k, v in sharded_report.items() if k not in timing} == {
-        k: v for k, v in single_report.items() if k not in timing}
+        k: v for k, v in single_report.items() if k not in timing
+    }
 
 
 def test_a_nan_on_one_rank_stops_every_rank_before_the_step(shapes_dir, tmp_path):
@@ -82,8 +112,13 @@ def test_a_nan_on_one_rank_stops_every_rank_before_the_step(shapes_dir, tmp_path
 def test_two_process_syncbn_run_trains(shapes_dir, tmp_path):
     """model.norm=SyncBN in backbone, FPN and heads, statistics exchanged over gloo (modeling/sync_bn.py)."""
     run = tmp_path / "syncbn"
-    done = _torchrun(tiny_overrides(shapes_dir, run, **{"model.norm": "SyncBN", "train.batch_size": 2,
-                                                         "train.max_iters": 2, "eval.max_images": 3}))
+    done = _torchrun(
+        tiny_overrides(
+            shapes_dir,
+            run,
+            **{"model.norm": "SyncBN", "train.batch_size": 2, "train.max_iters": 2, "eval.max_images": 3},
+        )
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     losses = [r["loss"] for r in read_metrics(run, "train")]
     assert len(losses) == 2 and all(0 < v < 100 for v in losses)
@@ -97,11 +132,31 @@ def test_two_node_rendezvous_trains(shapes_dir, tmp_path):
     overrides = tiny_overrides(shapes_dir, run, **{"train.max_iters": 1, "eval.max_images": 2})
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     port = _free_port()
-    agents = [subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", "--rdzv_backend=c10d",
-         f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=scratchdet-test", "-m", "scratchdet", "train",
-         str(MINI_CONFIG), *overrides], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for _ in range(2)]
+    agents = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes=2",
+                "--nproc_per_node=1",
+                "--rdzv_backend=c10d",
+                f"--rdzv_endpoint=127.0.0.1:{port}",
+                "--rdzv_id=scratchdet-test",
+                "-m",
+                "scratchdet",
+                "train",
+                str(MINI_CONFIG),
+                *overrides,
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     outputs = [a.communicate(timeout=600) for a in agents]
     for agent, (_, err) in zip(agents, outputs, strict=True):
         assert agent.returncode == 0, err[-3000:]

@@ -34,8 +34,14 @@ def test_three_processes_give_the_single_process_report(shapes_dir, tmp_path):
     single = evaluate(model, val, torch.device("cpu"), max_images=7)
     assert single["status"] == "ok" and single["images"] == 7 and single["detections"] > 0
 
-    run_in_processes(sharded_eval_worker, 3, str(tmp_path), str(MINI_CONFIG),
-                     overrides + ["eval.max_images=7"], str(tmp_path / "weights.pth"))
+    run_in_processes(
+        sharded_eval_worker,
+        3,
+        str(tmp_path),
+        str(MINI_CONFIG),
+        overrides + ["eval.max_images=7"],
+        str(tmp_path / "weights.pth"),
+    )
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(3)]
     expected = {k: v for k, v in single.items() if k not in TIMINGS}
     for report in reports:  # every rank returns rank 0's report

@@ -18,8 +18,7 @@ from scratchdet.modeling.detector import build_detector
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_autocast_training_runs_and_logs_finite_losses(shapes_dir, tmp_path, amp):
     out = tmp_path / amp
-    trainer.train(load_config(MINI_CONFIG, tiny_overrides(shapes_dir, out, **{"train.amp": amp,
-                                                                              "train.max_iters": 2})))
+    trainer.train(load_config(MINI_CONFIG, tiny_overrides(shapes_dir, out, **{"train.amp": amp, "train.max_iters": 2})))
     records = read_metrics(out, "train")
     assert len(records) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in records)
     assert read_metrics(out, "start")[0]["amp"] == amp
@@ -43,15 +42,18 @@ def test_fp16_resume_restores_the_grad_scaler(shapes_dir, tmp_path, monkeypatch)
         return original(self, state)
 
     monkeypatch.setattr(torch.amp.GradScaler, "load_state_dict", spy)
-    trainer.train(load_config(MINI_CONFIG, tiny_overrides(shapes_dir, out, resume="true", **overrides,
-                                                          **{"train.max_iters": 2})))
+    trainer.train(
+        load_config(MINI_CONFIG, tiny_overrides(shapes_dir, out, resume="true", **overrides, **{"train.max_iters": 2}))
+    )
     assert restored == saved
 
 
 def test_channels_last_places_conv_weights_and_trains(shapes_dir, tmp_path):
     """train.channels_last: every 4-d weight in channels_last layout (trainer._place), and a run trains with it."""
-    cfg = load_config(MINI_CONFIG, tiny_overrides(shapes_dir, tmp_path / "cl", **{"train.channels_last": "true",
-                                                                                   "train.max_iters": 2}))
+    cfg = load_config(
+        MINI_CONFIG,
+        tiny_overrides(shapes_dir, tmp_path / "cl", **{"train.channels_last": "true", "train.max_iters": 2}),
+    )
     model = build_detector(cfg, 5)
     trainer._place(model, cfg, DistContext(), torch.device("cpu"))
     weights = [p for p in model.parameters() if p.dim() == 4]

@@ -27,8 +27,9 @@ def _swapped_val(shapes_dir, tmp_path):
 def test_train_refuses_splits_with_different_categories_before_writing_anything(shapes_dir, tmp_path):
     path, cats = _swapped_val(shapes_dir, tmp_path)
     run = tmp_path / "run"
-    cfg = load_config(MINI_CONFIG, tiny_overrides(shapes_dir, run, **{"train.max_iters": 1,
-                                                                       "data.val.json": str(path)}))
+    cfg = load_config(
+        MINI_CONFIG, tiny_overrides(shapes_dir, run, **{"train.max_iters": 1, "data.val.json": str(path)})
+    )
     with pytest.raises(DataError, match=f"id {cats[0]['id']} is '{cats[1]['name']}' in the first"):
         train(cfg)
     assert not run.exists()
@@ -41,8 +42,9 @@ def test_train_refuses_a_training_file_with_no_usable_image_before_writing_anyth
     path = tmp_path / "train_crowd.json"
     path.write_text(json.dumps(data))
     run = tmp_path / "run"
-    cfg = load_config(MINI_CONFIG, tiny_overrides(shapes_dir, run, **{"train.max_iters": 1,
-                                                                       "data.train.json": str(path)}))
+    cfg = load_config(
+        MINI_CONFIG, tiny_overrides(shapes_dir, run, **{"train.max_iters": 1, "data.train.json": str(path)})
+    )
     with pytest.raises(DataError, match="no usable training images"):
         train(cfg)
     assert not run.exists()

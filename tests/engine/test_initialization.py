@@ -31,8 +31,9 @@ def test_fine_tuning_from_a_run_loads_the_backbone_and_carries_its_counts(shapes
     weights = latest_checkpoint(tmp_path / "source" / "checkpoints")
     source_state = load_checkpoint(weights)
 
-    overrides = tiny_overrides(shapes_dir, tmp_path / "ft", init="pretrained", weights=weights,
-                               **{"train.max_iters": 1})
+    overrides = tiny_overrides(
+        shapes_dir, tmp_path / "ft", init="pretrained", weights=weights, **{"train.max_iters": 1}
+    )
     trainer.train(load_config(MINI_CONFIG, overrides))
     record = json.loads((tmp_path / "ft" / "init.json").read_text())
     assert record["init"] == "pretrained" and record["report"]["coverage"] == 1.0
@@ -90,8 +91,12 @@ def test_resume_keeps_the_saved_convention_and_accepts_folders_saved_before_the_
 
     out = tmp_path / "run"
     out.mkdir()
-    bgr = ["model.input_format=BGR", "model.pixel_scale=255.0", "model.pixel_mean=[1.0,2.0,3.0]",
-           "model.pixel_std=[1.0,1.0,1.0]"]
+    bgr = [
+        "model.input_format=BGR",
+        "model.pixel_scale=255.0",
+        "model.pixel_mean=[1.0,2.0,3.0]",
+        "model.pixel_std=[1.0,1.0,1.0]",
+    ]
     saved = load_config(MINI_CONFIG, [f"output={out}", *bgr])
     (out / "config.yaml").write_text(config_to_yaml(saved))
     resumed = load_config(MINI_CONFIG, [f"output={out}", "resume=true"])

@@ -38,9 +38,16 @@ def test_sample_counter_sums_pending_into_seen():
     assert counter.sync(SINGLE) == {"images": 14, "instances": 26, "pixels": 230}
 
 
-@pytest.mark.parametrize(("done", "period", "extra", "expected"), [
-    (10, 5, (), True), (11, 5, (), False), (20, 0, (), True), (7, 0, (), False), (7, None, (7,), True),
-])
+@pytest.mark.parametrize(
+    ("done", "period", "extra", "expected"),
+    [
+        (10, 5, (), True),
+        (11, 5, (), False),
+        (20, 0, (), True),
+        (7, 0, (), False),
+        (7, None, (7,), True),
+    ],
+)
 def test_due(done, period, extra, expected):
     assert due(done, period, 20, extra) is expected
 
@@ -82,5 +89,6 @@ def test_preempt_saves_records_and_raises(tmp_path):
 
 def test_stop_if_not_finite_names_the_iteration_and_batch():
     with pytest.raises(TrainingError, match=r"non-finite loss at iteration 4: loss=nan \(ids 1, 2\)\. lower the LR"):
-        stop_if_not_finite(SINGLE, torch.device("cpu"), torch.tensor(float("nan")), 4, lambda: "loss=nan (ids 1, 2)",
-                           "lower the LR")
+        stop_if_not_finite(
+            SINGLE, torch.device("cpu"), torch.tensor(float("nan")), 4, lambda: "loss=nan (ids 1, 2)", "lower the LR"
+        )

@@ -34,8 +34,13 @@ from scratchdet.modeling.sync_bn import use_native_sync_bn
 from scratchdet.study.fork import fork_run
 
 # Few test proposals and detections: evaluating an untrained model is most of these tests' time.
-SWITCHED = {"model.cascade": "true", "model.cascade_switch_iters": 1439, "eval.max_images": 1,
-            "model.rpn_post_nms_top_n_test": 50, "model.box_detections_per_img": 5}
+SWITCHED = {
+    "model.cascade": "true",
+    "model.cascade_switch_iters": 1439,
+    "eval.max_images": 1,
+    "model.rpn_post_nms_top_n_test": 50,
+    "model.box_detections_per_img": 5,
+}
 STAGE_LOSSES = [f"loss_{kind}_stage{k}" for kind in ("classifier", "box_reg") for k in (1, 2, 3)]
 
 
@@ -58,8 +63,11 @@ def test_checkpoints_record_their_heads_and_old_ones_are_read_off_their_weights(
     for iteration, cascade in ((1, False), (2, True)):
         state = load_checkpoint(checkpoint(switched_run, iteration))
         record = state[MODEL_STATE_KEY]
-        classes = state["model"]["roi_heads.stages.0.box_predictor.cls_score.weight" if cascade
-                                 else "roi_heads.box_predictor.cls_score.weight"]
+        classes = state["model"][
+            "roi_heads.stages.0.box_predictor.cls_score.weight"
+            if cascade
+            else "roi_heads.box_predictor.cls_score.weight"
+        ]
         assert record == {"cascade": cascade, "num_classes": classes.shape[0], "num_keypoints": None}
         # A checkpoint written before the record existed describes itself the same way through its weights.
         del state[MODEL_STATE_KEY]
@@ -71,8 +79,10 @@ def test_eval_plain_and_tta_load_the_switched_model(switched_run):
     assert loaded.iteration == 2 and is_cascade(loaded.model)
     report = evaluate_run(switched_run, ["eval.max_images=1"])
     assert report["iter"] == 2 and not report["tta"]
-    tta = evaluate_run(switched_run, ["tta=true", "eval.tta_sizes=[64]", "eval.tta_max_size=96", "eval.tta_flip=true",
-                                      "eval.max_images=1"])
+    tta = evaluate_run(
+        switched_run,
+        ["tta=true", "eval.tta_sizes=[64]", "eval.tta_max_size=96", "eval.tta_flip=true", "eval.max_images=1"],
+    )
     assert tta["tta"] and tta["tta_sizes"] == [64] and tta["path"].endswith("iter_0000002_tta.json")
     assert json.loads((switched_run / "eval" / "iter_0000002.json").read_text())["tta"] is False
     # The checkpoint written at the switch iteration still holds the plain heads.
@@ -114,8 +124,7 @@ def test_model_uses_the_recorded_class_count(switched_run):
 
 
 def test_init_pretrained_from_the_switched_run_imports_its_backbone(switched_run, shapes_dir, tmp_path):
-    cfg = load_config(MINI_CONFIG, tiny_overrides(shapes_dir, tmp_path / "ft", init="pretrained",
-                                                  weights=switched_run))
+    cfg = load_config(MINI_CONFIG, tiny_overrides(shapes_dir, tmp_path / "ft", init="pretrained", weights=switched_run))
     state = load_checkpoint(checkpoint(switched_run, 2))
     model = build_detector(cfg, state[MODEL_STATE_KEY]["num_classes"])
     record = initialize(model, cfg)

@@ -18,8 +18,14 @@ def test_sigterm_checkpoints_and_resume_finishes(shapes_dir, tmp_path):
     out = tmp_path / "run"
     overrides = tiny_overrides(shapes_dir, out, **{"train.max_iters": 200, "eval.period": 0})
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "scratchdet", "train", str(MINI_CONFIG), *overrides],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scratchdet", "train", str(MINI_CONFIG), *overrides],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     while len(read_metrics(out, "train")) < 2 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)

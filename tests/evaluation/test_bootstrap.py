@@ -27,8 +27,14 @@ def _detections(dataset, shift: float, seed: int) -> list[dict]:
             continue
         x, y, w, h = ann["bbox"]
         dx, dy = rng.normal(0, shift, 2) * (w, h)
-        out.append({"image_id": ann["image_id"], "category_id": ann["category_id"], "bbox": [x + dx, y + dy, w, h],
-                    "score": float(rng.uniform(0.1, 1.0))})
+        out.append(
+            {
+                "image_id": ann["image_id"],
+                "category_id": ann["category_id"],
+                "bbox": [x + dx, y + dy, w, h],
+                "score": float(rng.uniform(0.1, 1.0)),
+            }
+        )
     return out
 
 

@@ -60,8 +60,12 @@ def test_shifted_boxes_lose_high_iou_ap(val_set):
 def test_detections_to_coco_converts_boxes_labels_and_masks():
     mask = torch.zeros(1, 1, 6, 8)
     mask[0, 0, 1:4, 2:7] = 0.9
-    output = {"boxes": torch.tensor([[2.0, 1.0, 7.0, 4.0]]), "scores": torch.tensor([0.75]),
-              "labels": torch.tensor([2]), "masks": mask}
+    output = {
+        "boxes": torch.tensor([[2.0, 1.0, 7.0, 4.0]]),
+        "scores": torch.tensor([0.75]),
+        "labels": torch.tensor([2]),
+        "masks": mask,
+    }
     (r,) = detections_to_coco(output, image_id=42, label_to_cat_id={1: 3, 2: 7})
     assert r["image_id"] == 42 and r["category_id"] == 7 and r["score"] == 0.75
     assert r["bbox"] == [2.0, 1.0, 5.0, 3.0]  # XYXY -> XYWH
@@ -78,10 +82,13 @@ def test_coco_ap_scores_only_the_best_100_detections_per_image_by_score(backend)
     from scratchdet.data.coco import _build_coco
     from scratchdet.evaluation.coco import coco_metrics
 
-    gt = {"images": [{"id": 1, "width": 200, "height": 200, "file_name": "a.png"}],
-          "categories": [{"id": 1, "name": "thing"}],
-          "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10.0, 10.0, 50.0, 50.0],
-                           "area": 2500.0, "iscrowd": 0}]}
+    gt = {
+        "images": [{"id": 1, "width": 200, "height": 200, "file_name": "a.png"}],
+        "categories": [{"id": 1, "name": "thing"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10.0, 10.0, 50.0, 50.0], "area": 2500.0, "iscrowd": 0}
+        ],
+    }
     coco = _build_coco(gt)
     decoy = {"image_id": 1, "category_id": 1, "bbox": [120.0, 120.0, 50.0, 50.0]}  # IoU 0 with the object
     perfect = {"image_id": 1, "category_id": 1, "bbox": [10.0, 10.0, 50.0, 50.0], "score": 0.5}

@@ -118,9 +118,15 @@ def test_short_voc_training_run_evaluates_with_voc_map(shapes_dir, tmp_path):
     voc_root = tmp_path / "voc"
     write_voc_layout(shapes_dir, voc_root)
     overrides = tiny_overrides(
-        shapes_dir, tmp_path / "run", **{"data.voc_root": str(voc_root), "train.max_iters": 2,
-                                         "model.box_score_thresh": 0.0,
-                                         "eval.max_images": 2, "model.box_detections_per_img": 10}
+        shapes_dir,
+        tmp_path / "run",
+        **{
+            "data.voc_root": str(voc_root),
+            "train.max_iters": 2,
+            "model.box_score_thresh": 0.0,
+            "eval.max_images": 2,
+            "model.box_detections_per_img": 10,
+        },
     )
     cfg = load_config(VOC_MINI_CONFIG, overrides)
     train(cfg)

@@ -67,8 +67,15 @@ def test_inference_averages_the_stages_scores():
     stage_logits = [[0.0, 2.0, 0.0], [0.0, 0.0, 1.0], [1.0, 1.0, -1.0]]
     stages = [CascadeStage(nn.Identity(), _FixedPredictor(lg)) for lg in stage_logits]
     heads = CascadeRoIHeads(
-        _ZeroPool(), stages, (0.5, 0.6, 0.7), ((10, 10, 5, 5), (20, 20, 10, 10), (30, 30, 15, 15)),
-        batch_size_per_image=8, positive_fraction=0.25, score_thresh=0.0, nms_thresh=0.5, detections_per_img=10,
+        _ZeroPool(),
+        stages,
+        (0.5, 0.6, 0.7),
+        ((10, 10, 5, 5), (20, 20, 10, 10), (30, 30, 15, 15)),
+        batch_size_per_image=8,
+        positive_fraction=0.25,
+        score_thresh=0.0,
+        nms_thresh=0.5,
+        detections_per_img=10,
     ).eval()
     box = torch.tensor([[10.0, 10.0, 30.0, 40.0]])
     result, losses = heads({}, [box], [(50, 50)])
@@ -110,8 +117,13 @@ def test_late_switch_trains_records_and_resumes_with_cascade(shapes_dir, tmp_pat
     """Mini schedule at batch 2: 2 x 90 x 16 / 2 = 1440 iterations; K = 1439 switches at iteration index 1."""
     run = tmp_path / "run"
     # Few test proposals and detections: evaluation of an untrained model is most of this test's time.
-    extra = {"model.cascade": "true", "model.cascade_switch_iters": 1439, "eval.max_images": 1,
-             "model.rpn_post_nms_top_n_test": 50, "model.box_detections_per_img": 5}
+    extra = {
+        "model.cascade": "true",
+        "model.cascade_switch_iters": 1439,
+        "eval.max_images": 1,
+        "model.rpn_post_nms_top_n_test": 50,
+        "model.box_detections_per_img": 5,
+    }
     train(load_config(MINI_CONFIG, tiny_overrides(shapes_dir, run, **extra, **{"train.max_iters": 2})))
     records = _records(run)
     switch = [r for r in records if r["type"] == "switch"]
@@ -123,8 +135,9 @@ def test_late_switch_trains_records_and_resumes_with_cascade(shapes_dir, tmp_pat
     assert all(math.isfinite(trains[1][k]) for k in stage_keys)
 
     # Resumed after the switch point: the cascade model is rebuilt before the checkpoint loads, no second switch.
-    train(load_config(MINI_CONFIG, tiny_overrides(shapes_dir, run, **extra, **{"train.max_iters": 3,
-                                                                               "resume": "true"})))
+    train(
+        load_config(MINI_CONFIG, tiny_overrides(shapes_dir, run, **extra, **{"train.max_iters": 3, "resume": "true"}))
+    )
     records = _records(run)
     assert len([r for r in records if r["type"] == "switch"]) == 1
     last = [r for r in records if r["type"] == "train"][-1]

@@ -125,8 +125,16 @@ def torchvision_input(rgb: torch.Tensor) -> torch.Tensor:
 # Writing the state in each source's layout (the test's own mappings, not weights.py's)
 # ---------------------------------------------------------------------------------------------------------------
 
-_C2_BRANCH = {"conv1": "2a", "bn1": "2a", "conv2": "2b", "bn2": "2b", "conv3": "2c", "bn3": "2c",
-              "downsample.0": "1", "downsample.1": "1"}
+_C2_BRANCH = {
+    "conv1": "2a",
+    "bn1": "2a",
+    "conv2": "2b",
+    "bn2": "2b",
+    "conv3": "2c",
+    "bn3": "2c",
+    "downsample.0": "1",
+    "downsample.1": "1",
+}
 _C2_FIELD = {"weight": "s", "bias": "b", "running_mean": "rm", "running_var": "riv"}
 
 
@@ -171,9 +179,19 @@ def write_pickle(path, obj) -> None:
 
 
 def pretrained_config(tmp_path, path, stem: int, norm: str, *extra: str):
-    return load_config(MINI_CONFIG, [f"output={tmp_path / 'run'}", "init=pretrained", f"weights={path}",
-                                     "model.depth=50", f"model.stem_width={stem}", f"model.norm={norm}",
-                                     "model.fpn_channels=32", *extra])
+    return load_config(
+        MINI_CONFIG,
+        [
+            f"output={tmp_path / 'run'}",
+            "init=pretrained",
+            f"weights={path}",
+            "model.depth=50",
+            f"model.stem_width={stem}",
+            f"model.norm={norm}",
+            "model.fpn_channels=32",
+            *extra,
+        ],
+    )
 
 
 def detector_features(cfg, rgb: torch.Tensor) -> tuple[list[torch.Tensor], dict, torch.nn.Module]:
@@ -214,10 +232,13 @@ def test_detectron_msra_r50_pkl_runs_bgr_255_with_the_stride_in_the_1x1(tmp_path
     expected = reference_features(state, detectron_input(rgb), norm="affine", stride_in_1x1=True)
     assert relative_error(ours, expected) < 1e-4
     # The same weights with the stride in the 3x3, or fed torchvision's input, are other networks.
-    assert relative_error(ours, reference_features(state, detectron_input(rgb), norm="affine",
-                                                   stride_in_1x1=False)) > 1e-2
-    assert relative_error(ours, reference_features(state, torchvision_input(rgb), norm="affine",
-                                                   stride_in_1x1=True)) > 1e-2
+    assert (
+        relative_error(ours, reference_features(state, detectron_input(rgb), norm="affine", stride_in_1x1=False)) > 1e-2
+    )
+    assert (
+        relative_error(ours, reference_features(state, torchvision_input(rgb), norm="affine", stride_in_1x1=True))
+        > 1e-2
+    )
     assert model.backbone.body.layer3[0].conv1.stride == (2, 2) and model.backbone.body.layer3[0].conv2.stride == (1, 1)
     conv = record["input_convention"]
     assert conv["input_format"] == "BGR" and conv["stride_in_1x1"] is True and conv["source"] == "weights file"
@@ -238,10 +259,8 @@ def test_detectron_fair_gn_pkl_runs_bgr_255_with_the_stride_in_the_3x3(tmp_path,
     resolve_input_convention(cfg)
     assert (cfg.model.input_format, cfg.model.pixel_scale, cfg.model.stride_in_1x1) == ("BGR", 255.0, False)
     ours, record, _ = detector_features(cfg, rgb)
-    assert relative_error(ours, reference_features(state, detectron_input(rgb), norm="gn",
-                                                   stride_in_1x1=False)) < 1e-4
-    assert relative_error(ours, reference_features(state, detectron_input(rgb), norm="gn",
-                                                   stride_in_1x1=True)) > 1e-2
+    assert relative_error(ours, reference_features(state, detectron_input(rgb), norm="gn", stride_in_1x1=False)) < 1e-4
+    assert relative_error(ours, reference_features(state, detectron_input(rgb), norm="gn", stride_in_1x1=True)) > 1e-2
     assert "GN" in record["input_convention"]["weights_file"]["origin"]
 
 
@@ -260,20 +279,35 @@ def test_detectron2_reconverted_msra_pkl_uses_detectron2_mean_and_bn_statistics(
 def test_detectron2_torchvision_conversion_runs_rgb_like_torchvision(tmp_path, rgb):
     state = r50_state(16, "bn", seed=3)
     path = tmp_path / "R-50-tv.pkl"
-    write_pickle(path, {"model": {d2_name(k): v.numpy() for k, v in state.items()}, "__author__": "torchvision",
-                        "matching_heuristics": True})
+    write_pickle(
+        path,
+        {
+            "model": {d2_name(k): v.numpy() for k, v in state.items()},
+            "__author__": "torchvision",
+            "matching_heuristics": True,
+        },
+    )
     cfg = pretrained_config(tmp_path, path, 16, "FrozenBN")
     resolve_input_convention(cfg)
     m = cfg.model
     assert (m.input_format, m.pixel_scale, m.stride_in_1x1) == ("RGB", 255.0, False)
     assert m.pixel_mean == pytest.approx([123.675, 116.28, 103.53]) and m.pixel_std == pytest.approx(
-        [58.395, 57.12, 57.375])
+        [58.395, 57.12, 57.375]
+    )
     ours, _, _ = detector_features(cfg, rgb)
-    assert relative_error(ours, reference_features(state, torchvision_input(rgb), norm="bn",
-                                                   stride_in_1x1=False)) < 1e-4
+    assert (
+        relative_error(ours, reference_features(state, torchvision_input(rgb), norm="bn", stride_in_1x1=False)) < 1e-4
+    )
     # The same numbers written in 0..1 units are the same convention: an explicit setting of them is accepted.
-    same = pretrained_config(tmp_path, path, 16, "FrozenBN", "model.pixel_scale=1.0",
-                             "model.pixel_mean=[0.485,0.456,0.406]", "model.pixel_std=[0.229,0.224,0.225]")
+    same = pretrained_config(
+        tmp_path,
+        path,
+        16,
+        "FrozenBN",
+        "model.pixel_scale=1.0",
+        "model.pixel_mean=[0.485,0.456,0.406]",
+        "model.pixel_std=[0.229,0.224,0.225]",
+    )
     resolve_input_convention(same)
     assert same.model.pixel_scale == 1.0 and same.model.input_format == "RGB"
 
@@ -287,8 +321,9 @@ def test_torchvision_pth_runs_with_torchvision_normalization(tmp_path, rgb):
     assert (cfg.model.input_format, cfg.model.pixel_scale, cfg.model.stride_in_1x1) == ("RGB", 1.0, False)
     assert resolved["weights_file"]["known"] is False  # a plain state_dict does not say: torchvision's assumed
     ours, record, _ = detector_features(cfg, rgb)
-    assert relative_error(ours, reference_features(state, torchvision_input(rgb), norm="bn",
-                                                   stride_in_1x1=False)) < 1e-4
+    assert (
+        relative_error(ours, reference_features(state, torchvision_input(rgb), norm="bn", stride_in_1x1=False)) < 1e-4
+    )
     assert record["input_convention"]["source"].startswith("weights file (assumed")
 
 
@@ -304,11 +339,14 @@ def msra_file(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize(("override", "named"), [
-    ("model.input_format=RGB", "model.input_format='RGB'"),
-    ("model.stride_in_1x1=false", "model.stride_in_1x1=False"),
-    ("model.pixel_scale=1.0", "model.pixel_scale=1.0"),
-])
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("model.input_format=RGB", "model.input_format='RGB'"),
+        ("model.stride_in_1x1=false", "model.stride_in_1x1=False"),
+        ("model.pixel_scale=1.0", "model.pixel_scale=1.0"),
+    ],
+)
 def test_explicit_setting_conflicting_with_a_known_file_is_refused(tmp_path, msra_file, override, named):
     cfg = pretrained_config(tmp_path, msra_file, 16, "FrozenBN", override)
     with pytest.raises(ConfigError) as e:
@@ -322,8 +360,16 @@ def test_explicit_setting_conflicting_with_a_known_file_is_refused(tmp_path, msr
 def test_explicit_setting_wins_over_an_assumed_convention(tmp_path):
     path = tmp_path / "mine.pth"  # a torchvision-layout file: its convention is only assumed
     torch.save(r50_state(16, "bn"), path)
-    cfg = pretrained_config(tmp_path, path, 16, "FrozenBN", "model.input_format=BGR", "model.pixel_scale=255.0",
-                            "model.pixel_mean=[100.0,110.0,120.0]", "model.pixel_std=[1.0,1.0,1.0]")
+    cfg = pretrained_config(
+        tmp_path,
+        path,
+        16,
+        "FrozenBN",
+        "model.input_format=BGR",
+        "model.pixel_scale=255.0",
+        "model.pixel_mean=[100.0,110.0,120.0]",
+        "model.pixel_std=[1.0,1.0,1.0]",
+    )
     resolved = resolve_input_convention(cfg)
     assert cfg.model.input_format == "BGR" and resolved["source"]["pixel_mean"] == "config"
     record = initialize(build_detector(cfg, num_classes=3), cfg)
@@ -343,25 +389,39 @@ def test_scratch_gets_torchvision_unless_set_and_records_it(tmp_path):
     cfg = load_config(MINI_CONFIG, [f"output={tmp_path}/r"])
     resolved = resolve_input_convention(cfg)
     assert (cfg.model.input_format, cfg.model.pixel_mean, cfg.model.stride_in_1x1) == (
-        "RGB", [0.485, 0.456, 0.406], False)
+        "RGB",
+        [0.485, 0.456, 0.406],
+        False,
+    )
     assert resolved["source"]["input_format"].startswith("torchvision's convention")
     record = initialize(build_detector(cfg, num_classes=3), cfg)
     assert record["input_convention"]["source"].startswith("torchvision's convention")
-    bgr = load_config(MINI_CONFIG, [f"output={tmp_path}/b", "model.input_format=BGR", "model.pixel_scale=255.0",
-                                    "model.pixel_mean=[103.0,116.0,123.0]", "model.pixel_std=[1.0,1.0,1.0]"])
+    bgr = load_config(
+        MINI_CONFIG,
+        [
+            f"output={tmp_path}/b",
+            "model.input_format=BGR",
+            "model.pixel_scale=255.0",
+            "model.pixel_mean=[103.0,116.0,123.0]",
+            "model.pixel_std=[1.0,1.0,1.0]",
+        ],
+    )
     resolve_input_convention(bgr)
     model = build_detector(bgr, num_classes=3)
     assert model_input_convention(model).input_format == "BGR"
     assert initialize(model, bgr)["input_convention"]["source"] == "config (model.* keys)"
 
 
-@pytest.mark.parametrize(("override", "match"), [
-    ("model.input_format=YUV", "model.input_format='YUV' is not valid"),
-    ("model.pixel_mean=[1.0,2.0]", r"model.pixel_mean=\[1.0, 2.0\] needs 3 values"),
-    ("model.pixel_std=[1.0,0.0,1.0]", "model.pixel_std=.* must be positive"),
-    ("model.pixel_scale=0", "model.pixel_scale=0.0 must be positive"),
-    ("model.stride_in_1x1=true", "ResNet-18 .basic blocks. has no such conv"),
-])
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("model.input_format=YUV", "model.input_format='YUV' is not valid"),
+        ("model.pixel_mean=[1.0,2.0]", r"model.pixel_mean=\[1.0, 2.0\] needs 3 values"),
+        ("model.pixel_std=[1.0,0.0,1.0]", "model.pixel_std=.* must be positive"),
+        ("model.pixel_scale=0", "model.pixel_scale=0.0 must be positive"),
+        ("model.stride_in_1x1=true", "ResNet-18 .basic blocks. has no such conv"),
+    ],
+)
 def test_bad_convention_values_name_the_key(tmp_path, override, match):
     with pytest.raises(ConfigError, match=match):
         load_config(MINI_CONFIG, [f"output={tmp_path}/r", override])
@@ -374,12 +434,10 @@ def test_bad_convention_values_name_the_key(tmp_path, override, match):
 
 def test_stride_in_1x1_moves_the_stride_and_keeps_names_and_shapes():
     norm = build_norm("FrozenBN", for_backbone_block=True)
-    v15, msra = ResNet(50, norm_layer=norm, stem_width=8), ResNet(50, norm_layer=norm, stem_width=8,
-                                                                  stride_in_1x1=True)
+    v15, msra = ResNet(50, norm_layer=norm, stem_width=8), ResNet(50, norm_layer=norm, stem_width=8, stride_in_1x1=True)
     assert {k: v.shape for k, v in v15.state_dict().items()} == {k: v.shape for k, v in msra.state_dict().items()}
     for layer in (msra.layer2, msra.layer3, msra.layer4):
-        assert (layer[0].conv1.stride, layer[0].conv2.stride, layer[0].downsample[0].stride) == ((2, 2), (1, 1),
-                                                                                               (2, 2))
+        assert (layer[0].conv1.stride, layer[0].conv2.stride, layer[0].downsample[0].stride) == ((2, 2), (1, 1), (2, 2))
         assert all(block.conv1.stride == (1, 1) for block in layer[1:])
     assert msra.layer1[0].conv1.stride == (1, 1)
     x = torch.randn(1, 3, 64, 64)
@@ -389,11 +447,13 @@ def test_stride_in_1x1_moves_the_stride_and_keeps_names_and_shapes():
 
 
 def test_transform_flips_scales_then_normalizes():
-    t = InputConventionTransform(64, 96, [100.0, 110.0, 120.0], [2.0, 4.0, 8.0], input_format="BGR",
-                                 pixel_scale=255.0, _skip_resize=True)
+    t = InputConventionTransform(
+        64, 96, [100.0, 110.0, 120.0], [2.0, 4.0, 8.0], input_format="BGR", pixel_scale=255.0, _skip_resize=True
+    )
     image = torch.rand(3, 32, 32)
     expected = (image.flip(0) * 255 - torch.tensor([100.0, 110.0, 120.0])[:, None, None]) / torch.tensor(
-        [2.0, 4.0, 8.0])[:, None, None]
+        [2.0, 4.0, 8.0]
+    )[:, None, None]
     torch.testing.assert_close(t.normalize(image), expected)
     assert "input_format=BGR, pixel_scale=255" in repr(t)
     with pytest.raises(TypeError, match="float images"):
@@ -408,13 +468,30 @@ def test_transform_flips_scales_then_normalizes():
 def test_training_from_a_gn_pkl_records_the_convention(shapes_dir, tmp_path, fair_gn_file):
     path, _ = fair_gn_file
     out = tmp_path / "ft"
-    cfg = load_config(MINI_CONFIG, tiny_overrides(shapes_dir, out, init="pretrained", weights=path, **{
-        "model.depth": 50, "model.stem_width": 32, "model.fpn_channels": 32, "train.max_iters": 1,
-        "eval.max_images": 1}))
+    cfg = load_config(
+        MINI_CONFIG,
+        tiny_overrides(
+            shapes_dir,
+            out,
+            init="pretrained",
+            weights=path,
+            **{
+                "model.depth": 50,
+                "model.stem_width": 32,
+                "model.fpn_channels": 32,
+                "train.max_iters": 1,
+                "eval.max_images": 1,
+            },
+        ),
+    )
     trainer.train(cfg)
     saved = yaml.safe_load((out / "config.yaml").read_text())["model"]
     assert (saved["input_format"], saved["pixel_scale"], saved["pixel_std"], saved["stride_in_1x1"]) == (
-        "BGR", 255.0, [1.0, 1.0, 1.0], False)
+        "BGR",
+        255.0,
+        [1.0, 1.0, 1.0],
+        False,
+    )
     record = json.loads((out / "init.json").read_text())
     assert record["input_convention"]["source"] == "weights file"
     assert record["input_convention"]["weights_file"]["known"] is True
@@ -425,19 +502,42 @@ def test_pretrain_records_its_convention_and_the_detector_follows_it(tmp_path):
     from scratchdet.pretrain.config import load_pretrain_config
 
     out = tmp_path / "pre"
-    bgr = ["model.input_format=BGR", "model.pixel_scale=255.0", "model.pixel_mean=[103.0,116.0,123.0]",
-           "model.pixel_std=[57.0,57.0,58.0]"]
-    pretrain(load_pretrain_config(None, [
-        f"output={out}", "data.synthetic=true", "data.synthetic_classes=2", "data.synthetic_train_images=8",
-        "data.synthetic_val_images=4", "data.synthetic_size=32", "data.crop_size=32", "data.num_workers=0",
-        "model.depth=18", "model.stem_width=8", "solver.batch_size=4", "train.epochs=null", "train.iters=2",
-        "train.checkpoint_period=2", "eval.batch_size=4", *bgr]))
+    bgr = [
+        "model.input_format=BGR",
+        "model.pixel_scale=255.0",
+        "model.pixel_mean=[103.0,116.0,123.0]",
+        "model.pixel_std=[57.0,57.0,58.0]",
+    ]
+    pretrain(
+        load_pretrain_config(
+            None,
+            [
+                f"output={out}",
+                "data.synthetic=true",
+                "data.synthetic_classes=2",
+                "data.synthetic_train_images=8",
+                "data.synthetic_val_images=4",
+                "data.synthetic_size=32",
+                "data.crop_size=32",
+                "data.num_workers=0",
+                "model.depth=18",
+                "model.stem_width=8",
+                "solver.batch_size=4",
+                "train.epochs=null",
+                "train.iters=2",
+                "train.checkpoint_period=2",
+                "eval.batch_size=4",
+                *bgr,
+            ],
+        )
+    )
     summary = json.loads((out / "pretrain_summary.json").read_text())
     assert summary["backbone"]["input_convention"]["input_format"] == "BGR"
     assert "model.pixel_scale=255.0" in summary["backbone"]["detector_overrides"]
     for weights in (out, out / "classifier_final.pth"):  # the run folder (latest checkpoint) or the flat weights
-        cfg = load_config(MINI_CONFIG, [f"output={tmp_path}/det", "init=pretrained", f"weights={weights}",
-                                        "model.stem_width=8"])
+        cfg = load_config(
+            MINI_CONFIG, [f"output={tmp_path}/det", "init=pretrained", f"weights={weights}", "model.stem_width=8"]
+        )
         resolved = resolve_input_convention(cfg)
         assert (cfg.model.input_format, cfg.model.pixel_std) == ("BGR", [57.0, 57.0, 58.0])
         assert resolved["weights_file"]["known"] is True
@@ -448,15 +548,26 @@ def test_pretrain_records_its_convention_and_the_detector_follows_it(tmp_path):
     copied = read_weight_convention(copy)
     assert copied.known and copied.convention.input_format == "BGR" and "recorded in the file" in copied.origin
     with pytest.raises(ConfigError, match="model.input_format='RGB'"):
-        resolve_input_convention(load_config(MINI_CONFIG, [f"output={tmp_path}/d2", "init=pretrained",
-                                                           f"weights={out}", "model.input_format=RGB"]))
+        resolve_input_convention(
+            load_config(
+                MINI_CONFIG, [f"output={tmp_path}/d2", "init=pretrained", f"weights={out}", "model.input_format=RGB"]
+            )
+        )
 
 
 def test_a_detection_checkpoint_copied_out_of_its_run_keeps_its_convention(shapes_dir, tmp_path, msra_file):
     run = tmp_path / "msra_run"
-    cfg = load_config(MINI_CONFIG, [*tiny_overrides(shapes_dir, run, **{"train.max_iters": 1}), "init=pretrained",
-                                    f"weights={msra_file}", "model.depth=50", "model.stem_width=16",
-                                    "model.norm=FrozenBN"])
+    cfg = load_config(
+        MINI_CONFIG,
+        [
+            *tiny_overrides(shapes_dir, run, **{"train.max_iters": 1}),
+            "init=pretrained",
+            f"weights={msra_file}",
+            "model.depth=50",
+            "model.stem_width=16",
+            "model.norm=FrozenBN",
+        ],
+    )
     trainer.train(cfg)
     copy = tmp_path / "det_copy.pth"
     shutil.copy(run / "checkpoints" / "model_0000001.pth", copy)

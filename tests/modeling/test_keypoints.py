@@ -65,18 +65,20 @@ def test_keypoint_dataset_keeps_one_category_with_labelled_keypoints(shapes_dir)
     assert (target["labels"] == 1).all() and (kps[..., 2] > 0).any(dim=1).all()
     assert target["keypoint_flip_map"] == keypoint_flip_map(KEYPOINT_NAMES)
     with pytest.raises(ConfigError, match="keypoint_category"):
-        KeypointCocoDetection(shapes_dir / "instances_train.json", shapes_dir / "train", train=True,
-                              keypoint_category="circle")
+        KeypointCocoDetection(
+            shapes_dir / "instances_train.json", shapes_dir / "train", train=True, keypoint_category="circle"
+        )
 
 
 def test_flip_swaps_left_and_right_keypoints(shapes_dir):
     plain = KeypointCocoDetection(shapes_dir / "instances_train.json", shapes_dir / "train", train=True)
-    flipped = KeypointCocoDetection(shapes_dir / "instances_train.json", shapes_dir / "train", train=True,
-                                    transform=RandomHorizontalFlip(1.0))
+    flipped = KeypointCocoDetection(
+        shapes_dir / "instances_train.json", shapes_dir / "train", train=True, transform=RandomHorizontalFlip(1.0)
+    )
     flip = keypoint_flip_map(KEYPOINT_NAMES)
     left = KEYPOINT_NAMES.index(next(n for n in KEYPOINT_NAMES if n.startswith("left_")))
     right = flip[left]
-    assert KEYPOINT_NAMES[right] == "right_" + KEYPOINT_NAMES[left][len("left_"):]
+    assert KEYPOINT_NAMES[right] == "right_" + KEYPOINT_NAMES[left][len("left_") :]
     image, a = plain[0]
     _, b = flipped[0]
     width = image.shape[-1]
@@ -95,14 +97,28 @@ def _kp_gt(shift_second: float) -> tuple:
     images = [{"id": i, "width": 100, "height": 100, "file_name": f"{i}.png"} for i in (1, 2)]
     cats = [{"id": 5, "name": "p", "keypoints": ["left_a", "right_a"]}, {"id": 6, "name": "other"}]
     kps = [20.0, 30.0, 2, 40.0, 30.0, 2]
-    anns = [{"id": i, "image_id": i, "category_id": 5, "bbox": [10.0, 10.0, 40.0, 40.0], "area": 1600.0,
-             "iscrowd": 0, "keypoints": kps, "num_keypoints": 2} for i in (1, 2)]
-    anns.append({"id": 3, "image_id": 1, "category_id": 6, "bbox": [60.0, 60.0, 30.0, 30.0], "area": 900.0,
-                 "iscrowd": 0})  # another category: must not count (catIds restricted to the keypoint one)
+    anns = [
+        {
+            "id": i,
+            "image_id": i,
+            "category_id": 5,
+            "bbox": [10.0, 10.0, 40.0, 40.0],
+            "area": 1600.0,
+            "iscrowd": 0,
+            "keypoints": kps,
+            "num_keypoints": 2,
+        }
+        for i in (1, 2)
+    ]
+    anns.append(
+        {"id": 3, "image_id": 1, "category_id": 6, "bbox": [60.0, 60.0, 30.0, 30.0], "area": 900.0, "iscrowd": 0}
+    )  # another category: must not count (catIds restricted to the keypoint one)
     coco = _build_coco({"images": images, "annotations": anns, "categories": cats})
     shifted = [v + shift_second if k % 3 == 0 else v for k, v in enumerate(kps)]
-    results = [{"image_id": 1, "category_id": 5, "bbox": [10, 10, 40, 40], "score": 0.9, "keypoints": kps},
-               {"image_id": 2, "category_id": 5, "bbox": [10, 10, 40, 40], "score": 0.8, "keypoints": shifted}]
+    results = [
+        {"image_id": 1, "category_id": 5, "bbox": [10, 10, 40, 40], "score": 0.9, "keypoints": kps},
+        {"image_id": 2, "category_id": 5, "bbox": [10, 10, 40, 40], "score": 0.8, "keypoints": shifted},
+    ]
     return coco, results
 
 
@@ -130,11 +146,18 @@ def test_coco_person_sigmas_are_pycocotools_defaults():
 
 
 def test_keypoint_rcnn_trains_and_reports_keypoint_ap(shapes_dir, tmp_path):
-    overrides = tiny_overrides(shapes_dir, tmp_path / "run", **{
-        "train.max_iters": 2, "data.min_size_train": "[80]", "eval.max_images": 2,
-        "model.keypoint_head_convs": 2, "model.keypoint_head_channels": 32,
-        "model.box_score_thresh": 0.0,  # 2 iterations from scratch: keep every detection so there is AP to compute
-    })
+    overrides = tiny_overrides(
+        shapes_dir,
+        tmp_path / "run",
+        **{
+            "train.max_iters": 2,
+            "data.min_size_train": "[80]",
+            "eval.max_images": 2,
+            "model.keypoint_head_convs": 2,
+            "model.keypoint_head_channels": 32,
+            "model.box_score_thresh": 0.0,  # 2 iterations from scratch: keep every detection so there is AP to compute
+        },
+    )
     cfg = load_config(KP_MINI, overrides)
     assert build_train_dataset(cfg).num_keypoints == build_val_dataset(cfg).num_keypoints == len(KEYPOINT_NAMES)
     result = trainer.train(cfg)
@@ -158,15 +181,21 @@ def test_keypoint_rcnn_trains_and_reports_keypoint_ap(shapes_dir, tmp_path):
         (["rightEye", "leftEye"], [("leftEye", "rightEye")]),
         (["EyeRight", "EyeLeft", "Neck"], [("EyeLeft", "EyeRight")]),
         (["eye_left", "eye_right", "hip_r", "hip_l"], [("eye_left", "eye_right"), ("hip_l", "hip_r")]),
-        (["L_shoulder", "R_shoulder", "LEFT_KNEE", "RIGHT_KNEE"],
-         [("L_shoulder", "R_shoulder"), ("LEFT_KNEE", "RIGHT_KNEE")]),
+        (
+            ["L_shoulder", "R_shoulder", "LEFT_KNEE", "RIGHT_KNEE"],
+            [("L_shoulder", "R_shoulder"), ("LEFT_KNEE", "RIGHT_KNEE")],
+        ),
         # OpenPose BODY_25 order, abridged: right side first.
-        (["Nose", "Neck", "RShoulder", "RElbow", "LShoulder", "LElbow", "MidHip", "RBigToe", "LBigToe"],
-         [("LShoulder", "RShoulder"), ("LElbow", "RElbow"), ("LBigToe", "RBigToe")]),
+        (
+            ["Nose", "Neck", "RShoulder", "RElbow", "LShoulder", "LElbow", "MidHip", "RBigToe", "LBigToe"],
+            [("LShoulder", "RShoulder"), ("LElbow", "RElbow"), ("LBigToe", "RBigToe")],
+        ),
         (["hand_left_thumb2", "hand_right_thumb2", "LED", "tail"], [("hand_left_thumb2", "hand_right_thumb2")]),
         # The side letter in the middle: Blender's .L/.R with a .001 suffix, and thumb_L_tip.
-        (["hand.L.001", "hand.R.001", "thumb_R_tip", "thumb_L_tip"],
-         [("hand.L.001", "hand.R.001"), ("thumb_L_tip", "thumb_R_tip")]),
+        (
+            ["hand.L.001", "hand.R.001", "thumb_R_tip", "thumb_L_tip"],
+            [("hand.L.001", "hand.R.001"), ("thumb_L_tip", "thumb_R_tip")],
+        ),
         (["L", "R", "C"], [("L", "R")]),
         # Vertebrae are not sides: L1..L5 (lumbar) beside C7, T1, S1.
         (["C7", "T1", "L1", "L2", "L5", "S1"], []),
@@ -211,7 +240,10 @@ def test_explicit_flip_map_pairs_first_and_marks_names_without_a_mirror():
         keypoint_flip_pairs(names, explicit)
     explicit.append(["right_eye", "right_eye_x"])
     assert keypoint_flip_pairs(names, explicit) == [
-        ("leftfoot", "rightfoot"), ("left_eye", "left_eye_x"), ("right_eye", "right_eye_x")]
+        ("leftfoot", "rightfoot"),
+        ("left_eye", "left_eye_x"),
+        ("right_eye", "right_eye_x"),
+    ]
     with pytest.raises(ConfigError, match=r"names \['nose'\], which the category does not declare"):
         keypoint_flip_pairs(names, [["nose", "leftfoot"]])
 
@@ -226,8 +258,18 @@ def _write_keypoint_coco(root, names: list[str]) -> tuple:
     data = {
         "images": [{"id": 1, "file_name": "a.png", "width": 40, "height": 20}],
         "categories": [{"id": 3, "name": "animal", "keypoints": names}],
-        "annotations": [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [1.0, 2.0, 36.0, 16.0], "area": 576.0,
-                         "iscrowd": 0, "keypoints": kps, "num_keypoints": len(names)}],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 1,
+                "category_id": 3,
+                "bbox": [1.0, 2.0, 36.0, 16.0],
+                "area": 576.0,
+                "iscrowd": 0,
+                "keypoints": kps,
+                "num_keypoints": len(names),
+            }
+        ],
     }
     path = root / "kp.json"
     path.write_text(json.dumps(data))
@@ -237,8 +279,9 @@ def _write_keypoint_coco(root, names: list[str]) -> tuple:
 def test_dataset_flips_openpose_names_and_records_the_pairs(tmp_path):
     names = ["Nose", "REye", "LEye", "tail"]
     json_path, images = _write_keypoint_coco(tmp_path, names)
-    ds = KeypointCocoDetection(json_path, images, train=True, transform=RandomHorizontalFlip(1.0),
-                               kpt_oks_sigmas=[0.1] * 4)
+    ds = KeypointCocoDetection(
+        json_path, images, train=True, transform=RandomHorizontalFlip(1.0), kpt_oks_sigmas=[0.1] * 4
+    )
     assert ds.summary.keypoint_flip_pairs == [["LEye", "REye"]]
     assert ds.summary.to_dict()["keypoint_flip_pairs"] == [["LEye", "REye"]]
     _, target = ds[0]
@@ -249,24 +292,45 @@ def test_dataset_flips_openpose_names_and_records_the_pairs(tmp_path):
 
 def test_dataset_refuses_unpairable_names_naming_file_category_and_names(tmp_path):
     json_path, images = _write_keypoint_coco(tmp_path, ["nose", "leftpaw", "rightpaw"])
-    with pytest.raises(DataError, match=r"category 3 \(animal\): keypoints \['leftpaw', 'rightpaw'\] look like one "
-                                        r"side .*set data.keypoint_flip_map.*file .*kp.json"):
+    with pytest.raises(
+        DataError,
+        match=r"category 3 \(animal\): keypoints \['leftpaw', 'rightpaw'\] look like one "
+        r"side .*set data.keypoint_flip_map.*file .*kp.json",
+    ):
         KeypointCocoDetection(json_path, images, train=True, kpt_oks_sigmas=[0.1] * 3)
-    ds = KeypointCocoDetection(json_path, images, train=True, transform=RandomHorizontalFlip(1.0),
-                               kpt_oks_sigmas=[0.1] * 3, keypoint_flip_map=[["leftpaw", "rightpaw"]])
+    ds = KeypointCocoDetection(
+        json_path,
+        images,
+        train=True,
+        transform=RandomHorizontalFlip(1.0),
+        kpt_oks_sigmas=[0.1] * 3,
+        keypoint_flip_map=[["leftpaw", "rightpaw"]],
+    )
     assert ds.summary.keypoint_flip_pairs == [["leftpaw", "rightpaw"]]
     assert ds[0][1]["keypoints"][0, :, 0].tolist() == [38.0, 30.0, 34.0]
     with pytest.raises(ConfigError, match=r"kp.json, category 3 \(animal\): data.keypoint_flip_map names \['paw'\]"):
-        KeypointCocoDetection(json_path, images, train=True, kpt_oks_sigmas=[0.1] * 3,
-                              keypoint_flip_map=[["paw", "rightpaw"]])
+        KeypointCocoDetection(
+            json_path, images, train=True, kpt_oks_sigmas=[0.1] * 3, keypoint_flip_map=[["paw", "rightpaw"]]
+        )
 
 
 def test_config_keypoint_flip_map_reaches_the_dataset(tmp_path):
     json_path, images = _write_keypoint_coco(tmp_path, ["nose", "leftpaw", "rightpaw"])
-    paths = [f"data.{split}.{kind}={json_path if kind == 'json' else images}"
-             for split in ("train", "val") for kind in ("json", "images")]
-    cfg = load_config(KP_MINI, ["output=x", "data.keypoint_category=animal", "eval.kpt_oks_sigmas=[0.1,0.1,0.1]",
-                                "data.keypoint_flip_map=[[leftpaw,rightpaw]]", *paths])
+    paths = [
+        f"data.{split}.{kind}={json_path if kind == 'json' else images}"
+        for split in ("train", "val")
+        for kind in ("json", "images")
+    ]
+    cfg = load_config(
+        KP_MINI,
+        [
+            "output=x",
+            "data.keypoint_category=animal",
+            "eval.kpt_oks_sigmas=[0.1,0.1,0.1]",
+            "data.keypoint_flip_map=[[leftpaw,rightpaw]]",
+            *paths,
+        ],
+    )
     assert build_train_dataset(cfg).summary.keypoint_flip_pairs == [["leftpaw", "rightpaw"]]
     assert build_val_dataset(cfg).summary.keypoint_flip_pairs == [["leftpaw", "rightpaw"]]
 
@@ -277,9 +341,16 @@ def test_keypoint_ap_scores_only_the_best_20_detections_per_image():
     perfect = [r for r in results if r["image_id"] == 1]
     far = {"image_id": 1, "category_id": 5, "bbox": [60, 60, 30, 30], "keypoints": [75.0, 75.0, 2, 80.0, 75.0, 2]}
     decoys = [{**far, "score": 0.99 - 0.001 * k} for k in range(19)]
-    at_20 = coco_metrics(coco, [*decoys, {**perfect[0], "score": 0.5}], "keypoints", [1], cat_ids=[5],
-                         kpt_oks_sigmas=[0.1, 0.1])
-    at_21 = coco_metrics(coco, [*decoys, {**far, "score": 0.98}, {**perfect[0], "score": 0.5}], "keypoints", [1],
-                         cat_ids=[5], kpt_oks_sigmas=[0.1, 0.1])
+    at_20 = coco_metrics(
+        coco, [*decoys, {**perfect[0], "score": 0.5}], "keypoints", [1], cat_ids=[5], kpt_oks_sigmas=[0.1, 0.1]
+    )
+    at_21 = coco_metrics(
+        coco,
+        [*decoys, {**far, "score": 0.98}, {**perfect[0], "score": 0.5}],
+        "keypoints",
+        [1],
+        cat_ids=[5],
+        kpt_oks_sigmas=[0.1, 0.1],
+    )
     assert at_20["AP"] == pytest.approx(100 / 20, abs=1e-3)  # recall 1 reached at rank 20: precision 1/20
     assert at_21["AP"] == 0.0

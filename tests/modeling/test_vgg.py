@@ -82,8 +82,13 @@ def test_pretrained_config_builds_and_leaves_loading_to_initialization():
 
 def test_trains_two_iterations_on_cpu_and_evaluates(shapes_dir, tmp_path):
     run = tmp_path / "run"
-    extra = {"train.max_iters": 2, "eval.max_images": 2, "model.rpn_post_nms_top_n_test": 50,
-             "model.box_detections_per_img": 5, "model.anchor_sizes": "[16,32,64]"}
+    extra = {
+        "train.max_iters": 2,
+        "eval.max_images": 2,
+        "model.rpn_post_nms_top_n_test": 50,
+        "model.box_detections_per_img": 5,
+        "model.anchor_sizes": "[16,32,64]",
+    }
     overrides = tiny_overrides(shapes_dir, run, **extra) + NARROW
     summary = train(load_config(MINI_CONFIG, overrides))
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -95,10 +100,13 @@ def test_trains_two_iterations_on_cpu_and_evaluates(shapes_dir, tmp_path):
     assert summary["eval"] is not None and any(r["type"] == "eval" for r in records)
 
 
-@pytest.mark.parametrize(("name", "init", "multiplier"), [
-    ("faster_rcnn_VGG16_scratch_11x_trainaug", "scratch", 11),
-    ("faster_rcnn_VGG16_pretrained_9x_trainaug", "pretrained", 9),
-])
+@pytest.mark.parametrize(
+    ("name", "init", "multiplier"),
+    [
+        ("faster_rcnn_VGG16_scratch_11x_trainaug", "scratch", 11),
+        ("faster_rcnn_VGG16_pretrained_9x_trainaug", "pretrained", 9),
+    ],
+)
 def test_paper_configs_load_with_the_papers_values(name, init, multiplier):
     cfg = load_config(PAPER / f"{name}.yaml", ["output=unused"])
     m = cfg.model

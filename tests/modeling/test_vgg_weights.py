@@ -28,8 +28,13 @@ from scratchdet.modeling.vgg import VGG16Backbone
 from scratchdet.modeling.vgg_weights import audit_vgg16, load_vgg16_weights, vgg16_targets
 
 WIDTH, FC = 8, 64  # the narrow model: model.stem_width=8, model.vgg_fc_dim=64
-NARROW = ["model.arch=faster_rcnn", "model.backbone=vgg16", "model.norm=none", f"model.stem_width={WIDTH}",
-          f"model.vgg_fc_dim={FC}"]
+NARROW = [
+    "model.arch=faster_rcnn",
+    "model.backbone=vgg16",
+    "model.norm=none",
+    f"model.stem_width={WIDTH}",
+    f"model.vgg_fc_dim={FC}",
+]
 
 
 def torchvision_vgg16_state(width: int = WIDTH, fc_dim: int = FC, batch_norm: bool = False, seed: int = 1) -> dict:
@@ -41,16 +46,24 @@ def torchvision_vgg16_state(width: int = WIDTH, fc_dim: int = FC, batch_norm: bo
     torch.manual_seed(seed)
     layout = [v if v == "M" else v * width // 64 for v in cfgs["D"]]
     features = make_layers(layout, batch_norm=batch_norm)
-    classifier = nn.Sequential(nn.Linear(8 * width * 7 * 7, fc_dim), nn.ReLU(), nn.Dropout(),
-                               nn.Linear(fc_dim, fc_dim), nn.ReLU(), nn.Dropout(), nn.Linear(fc_dim, 1000))
+    classifier = nn.Sequential(
+        nn.Linear(8 * width * 7 * 7, fc_dim),
+        nn.ReLU(),
+        nn.Dropout(),
+        nn.Linear(fc_dim, fc_dim),
+        nn.ReLU(),
+        nn.Dropout(),
+        nn.Linear(fc_dim, 1000),
+    )
     state = {f"features.{k}": v for k, v in features.state_dict().items()}
     state.update({f"classifier.{k}": v for k, v in classifier.state_dict().items()})
     return state
 
 
 def narrow_config(tmp_path, weights, *overrides):
-    return load_config(MINI_CONFIG, [f"output={tmp_path}/run", "init=pretrained", f"weights={weights}", *NARROW,
-                                     *overrides])
+    return load_config(
+        MINI_CONFIG, [f"output={tmp_path}/run", "init=pretrained", f"weights={weights}", *NARROW, *overrides]
+    )
 
 
 def snapshot(module: nn.Module) -> dict:
@@ -78,8 +91,9 @@ def test_full_width_imagenet_file_fills_the_body_and_fc6_fc7():
 @pytest.mark.parametrize("wrap", ["plain", "state_dict", "ddp"])
 def test_torchvision_file_lands_in_body_and_box_head(tmp_path, wrap):
     state = torchvision_vgg16_state()
-    saved = {"plain": state, "state_dict": {"state_dict": state},
-             "ddp": {f"module.{k}": v for k, v in state.items()}}[wrap]
+    saved = {"plain": state, "state_dict": {"state_dict": state}, "ddp": {f"module.{k}": v for k, v in state.items()}}[
+        wrap
+    ]
     path = tmp_path / "vgg16-397923af.pth"
     torch.save(saved, path)
     cfg = narrow_config(tmp_path, path)
@@ -90,7 +104,7 @@ def test_torchvision_file_lands_in_body_and_box_head(tmp_path, wrap):
     body = model.backbone.body.state_dict()
     for key, value in state.items():
         if key.startswith("features."):
-            assert torch.equal(body[key[len("features."):]], value), key
+            assert torch.equal(body[key[len("features.") :]], value), key
     head = model.roi_heads.box_head
     assert torch.equal(head.fc6.weight, state["classifier.0.weight"])
     assert torch.equal(head.fc6.bias, state["classifier.0.bias"])
@@ -191,9 +205,15 @@ def test_fine_tunes_two_iterations_from_imagenet_weights(shapes_dir, tmp_path):
     path = tmp_path / "vgg16-397923af.pth"
     torch.save(torchvision_vgg16_state(), path)
     run = tmp_path / "run"
-    extra = {"train.max_iters": 2, "eval.max_images": 2, "model.rpn_post_nms_top_n_test": 50,
-             "model.box_detections_per_img": 5, "model.anchor_sizes": "[16,32,64]", "init": "pretrained",
-             "weights": path}
+    extra = {
+        "train.max_iters": 2,
+        "eval.max_images": 2,
+        "model.rpn_post_nms_top_n_test": 50,
+        "model.box_detections_per_img": 5,
+        "model.anchor_sizes": "[16,32,64]",
+        "init": "pretrained",
+        "weights": path,
+    }
     summary = train(load_config(MINI_CONFIG, tiny_overrides(shapes_dir, run, **extra) + NARROW))
     record = json.loads((run / "init.json").read_text())
     assert record["init"] == "pretrained" and record["report"]["coverage"] == 1.0

@@ -125,8 +125,11 @@ def test_low_min_coverage_loads_partially_and_lists_mismatches(r18_file):
 
 def test_bn_weights_into_gn_body_error_by_default(r18_file):
     path, _ = r18_file
-    with pytest.raises(CheckpointError, match=r"BN-normalized weights but the ResNet-18 body uses GN.*skip_norm.*"
-                                              r"load_affine"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"BN-normalized weights but the ResNet-18 body uses GN.*skip_norm.*"
+        r"load_affine",
+    ):
         load_backbone_weights(body(18, "GN"), path, target_norm="GN")
 
 
@@ -190,7 +193,7 @@ def caffe2_name(key: str, norm: str) -> str | None:
     if module == ["bn1"]:
         return "res_conv1_bn_" + suffix[field][-1] if norm == "bn" else "conv1_gn_" + suffix[field][-1]
     layer, block, *part = module
-    prefix = f"res{int(layer[len('layer'):]) + 1}_{block}_branch"
+    prefix = f"res{int(layer[len('layer') :]) + 1}_{block}_branch"
     part = ".".join(part)
     convs = {"conv1": "2a", "conv2": "2b", "conv3": "2c", "downsample.0": "1"}
     norms = {"bn1": "2a", "bn2": "2b", "bn3": "2c", "downsample.1": "1"}
@@ -209,8 +212,13 @@ def write_detectron_pkl(path, model: torch.nn.Module, norm: str, wrap: str = "bl
             blobs[name] = rng.standard_normal(tuple(value.shape)).astype(np.float32)
     weights = dict(blobs)
     blobs.update({f"{k}_momentum": np.zeros_like(v) for k, v in weights.items() if k.endswith("_w")})
-    blobs.update(fc1000_w=rng.standard_normal((1000, 2048)).astype(np.float32), fc1000_b=np.zeros(1000, np.float32),
-                 lr=np.array([0.1], np.float32), model_iter=np.array([0]), weight_order=np.array(sorted(weights)))
+    blobs.update(
+        fc1000_w=rng.standard_normal((1000, 2048)).astype(np.float32),
+        fc1000_b=np.zeros(1000, np.float32),
+        lr=np.array([0.1], np.float32),
+        model_iter=np.array([0]),
+        weight_order=np.array(sorted(weights)),
+    )
     with open(path, "wb") as f:
         pickle.dump({wrap: blobs}, f, protocol=2)
     return weights
@@ -257,19 +265,44 @@ def python2_pickle(blobs: dict[str, np.ndarray]) -> bytes:
         return b"J" + struct.pack("<i", n)
 
     def array(a: np.ndarray) -> bytes:
-        dtype = (b"cnumpy\ndtype\n" + string(b"f4") + integer(0) + integer(1) + b"\x87R("
-                 + integer(3) + string(b"<") + b"NNN" + integer(-1) + integer(-1) + integer(0) + b"tb")
+        dtype = (
+            b"cnumpy\ndtype\n"
+            + string(b"f4")
+            + integer(0)
+            + integer(1)
+            + b"\x87R("
+            + integer(3)
+            + string(b"<")
+            + b"NNN"
+            + integer(-1)
+            + integer(-1)
+            + integer(0)
+            + b"tb"
+        )
         shape = b"(" + b"".join(integer(d) for d in a.shape) + b"t"
-        return (b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n" + integer(0) + b"\x85" + string(b"b")
-                + b"\x87R(" + integer(1) + shape + dtype + b"\x89" + string(a.astype("<f4").tobytes()) + b"tb")
+        return (
+            b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n"
+            + integer(0)
+            + b"\x85"
+            + string(b"b")
+            + b"\x87R("
+            + integer(1)
+            + shape
+            + dtype
+            + b"\x89"
+            + string(a.astype("<f4").tobytes())
+            + b"tb"
+        )
 
     items = b"".join(string(k.encode()) + array(v) + b"s" for k, v in blobs.items())
     return b"\x80\x02}" + string(b"blobs") + b"}" + items + b"s."
 
 
 def test_python2_detectron_pickle_reads(tmp_path):
-    blobs = {"conv1_w": np.arange(64 * 3 * 7 * 7, dtype=np.float32).reshape(64, 3, 7, 7),
-             "res_conv1_bn_s": np.linspace(0, 1, 64, dtype=np.float32)}
+    blobs = {
+        "conv1_w": np.arange(64 * 3 * 7 * 7, dtype=np.float32).reshape(64, 3, 7, 7),
+        "res_conv1_bn_s": np.linspace(0, 1, 64, dtype=np.float32),
+    }
     (tmp_path / "R-50.pkl").write_bytes(python2_pickle(blobs))
     tensors, fmt = read_weight_file(tmp_path / "R-50.pkl")
     assert fmt == "detectron" and set(tensors) == {"conv1.weight", "bn1.weight"}
@@ -283,12 +316,21 @@ def test_detectron2_native_names_load(tmp_path, r18_file):
         key = re.sub(r"^conv1\.", "stem.conv1.", re.sub(r"^bn1\.", "stem.conv1.norm.", key))
         key = re.sub(r"^layer(\d)", lambda m: f"res{int(m[1]) + 1}", key)
         key = re.sub(r"\.bn(\d)\.", r".conv\1.norm.", key)
-        return key.replace("downsample.0.", "shortcut.").replace("downsample.1.", "shortcut.norm.").replace(
-            "fc.", "linear.")
+        return (
+            key.replace("downsample.0.", "shortcut.")
+            .replace("downsample.1.", "shortcut.norm.")
+            .replace("fc.", "linear.")
+        )
 
     with open(tmp_path / "R-18.pkl", "wb") as f:
-        pickle.dump({"model": {d2(k): v.numpy() for k, v in state.items()}, "__author__": "torchvision",
-                     "matching_heuristics": True}, f)
+        pickle.dump(
+            {
+                "model": {d2(k): v.numpy() for k, v in state.items()},
+                "__author__": "torchvision",
+                "matching_heuristics": True,
+            },
+            f,
+        )
     model = body(18, "BN")
     report = load_backbone_weights(model, tmp_path / "R-18.pkl", target_norm="BN")
     assert (report.source_format, report.coverage, report.unexpected) == ("detectron", 1.0, [])
@@ -360,7 +402,6 @@ def test_detection_checkpoint_loads_backbone_and_ignores_heads(tmp_path):
     assert not report.unexpected and not report.missing
     assert any(k.startswith("rpn.") for k in report.ignored) and any(k.startswith("roi_heads.") for k in report.ignored)
     prefix = "backbone.body."
-    body_state = {k[len(prefix):]: v for k, v in source.state_dict().items() if k.startswith(prefix)}
+    body_state = {k[len(prefix) :]: v for k, v in source.state_dict().items() if k.startswith(prefix)}
     assert_loaded(target.backbone.body, body_state)
-    assert not torch.equal(target.backbone.fpn.inner_blocks[0][0].weight,
-                           source.backbone.fpn.inner_blocks[0][0].weight)
+    assert not torch.equal(target.backbone.fpn.inner_blocks[0][0].weight, source.backbone.fpn.inner_blocks[0][0].weight)

@@ -120,8 +120,11 @@ def test_bad_config_values_name_the_key(overrides, match, tmp_path):
 def test_command_line_data_and_schedule_length_win_over_the_file(tmp_path):
     # mini_R18_GN_synth.yaml sets data.synthetic: true and train.epochs: 2; the README's
     # `scratchdet pretrain CONFIG data.root=DIR` must train on DIR, and train.iters=N must set the length.
-    with pytest.warns(UserWarning, match=r"data.root=/x is given on the command line and wins: data.synthetic=True "
-                                         r"\(in the file\) is replaced by False \(file .*mini_R18_GN_synth.yaml\)"):
+    with pytest.warns(
+        UserWarning,
+        match=r"data.root=/x is given on the command line and wins: data.synthetic=True "
+        r"\(in the file\) is replaced by False \(file .*mini_R18_GN_synth.yaml\)",
+    ):
         cfg = load_pretrain_config(MINI_PRETRAIN, [f"output={tmp_path}", "data.root=/x"])
     assert cfg.data.root == "/x" and cfg.data.synthetic is False
     with pytest.warns(UserWarning, match=r"train.epochs=2.0 \(in the file\) is replaced by None"):
@@ -138,15 +141,21 @@ def test_command_line_data_and_schedule_length_win_over_the_file(tmp_path):
 
 
 def test_schedules_warm_up_then_cosine_or_step(tmp_path):
-    cfg = load_pretrain_config(None, tiny(tmp_path, **{"solver.warmup_iters": 2, "solver.base_lr": 0.4,
-                                                        "solver.reference_batch": 4}))
+    cfg = load_pretrain_config(
+        None, tiny(tmp_path, **{"solver.warmup_iters": 2, "solver.base_lr": 0.4, "solver.reference_batch": 4})
+    )
     cosine = classify.build_classify_schedule(cfg, 60)
     # LR 0.4 x (cosine factor) x (warm-up factor: 0.1 -> 1 over 2 iterations).
     cos = [0.5 * (1 + math.cos(math.pi * i / 4)) for i in range(4)]
     expected = [0.4 * cos[0] * 0.1, 0.4 * cos[1] * 0.55, 0.4 * cos[2], 0.4 * cos[3]]
     assert [cosine.lr_at(i) for i in range(4)] == pytest.approx(expected)
-    step_cfg = load_pretrain_config(None, tiny(tmp_path, **{"solver.lr_schedule": "step", "train.epochs": 1,
-                                                            "train.iters": "null", "solver.step_epochs": "[0.5]"}))
+    step_cfg = load_pretrain_config(
+        None,
+        tiny(
+            tmp_path,
+            **{"solver.lr_schedule": "step", "train.epochs": 1, "train.iters": "null", "solver.step_epochs": "[0.5]"},
+        ),
+    )
     step = classify.build_classify_schedule(step_cfg, 60)  # 15 iterations per epoch at batch 4
     assert step.max_iters == 15 and step.milestones == (8,)
     assert step.lr_at(7) == pytest.approx(0.1 * 4 / 256) and step.lr_at(8) == pytest.approx(0.1 * 4 / 256 * 0.1)
@@ -159,8 +168,15 @@ def test_short_run_counts_samples_and_writes_the_run_folder(tmp_path):
     out = tmp_path / "run"
     result = classify.pretrain(load_pretrain_config(None, tiny(out)))
     names = {p.name for p in out.iterdir()}
-    assert {"config.yaml", "env.json", "metrics.jsonl", "checkpoints", "eval", "pretrain_summary.json",
-            "classifier_final.pth"} <= names
+    assert {
+        "config.yaml",
+        "env.json",
+        "metrics.jsonl",
+        "checkpoints",
+        "eval",
+        "pretrain_summary.json",
+        "classifier_final.pth",
+    } <= names
     # 4 iterations x 4 images of 32 x 32 pixels, one labelled object each.
     expected = {"images": 16, "instances": 16, "pixels": 16 * 32 * 32}
     train_records = read_metrics(out, "train")
@@ -267,11 +283,22 @@ def test_a_short_run_learns_two_texture_classes(tmp_path):
     # 93-97% val top-1 with the last logged loss below 0.25 x the first; the bounds leave a wide margin, so another
     # BLAS, thread count or platform cannot flip them.
     out = tmp_path / "learn"
-    overrides = tiny(out, **{
-        "data.synthetic_classes": 2, "data.synthetic_train_images": 2000, "data.synthetic_val_images": 200,
-        "data.synthetic_size": 64, "solver.batch_size": 16, "solver.base_lr": 0.16, "solver.warmup_iters": 5,
-        "train.iters": 150, "train.log_period": 20, "train.checkpoint_period": 150, "eval.batch_size": 100,
-    })
+    overrides = tiny(
+        out,
+        **{
+            "data.synthetic_classes": 2,
+            "data.synthetic_train_images": 2000,
+            "data.synthetic_val_images": 200,
+            "data.synthetic_size": 64,
+            "solver.batch_size": 16,
+            "solver.base_lr": 0.16,
+            "solver.warmup_iters": 5,
+            "train.iters": 150,
+            "train.log_period": 20,
+            "train.checkpoint_period": 150,
+            "eval.batch_size": 100,
+        },
+    )
     result = classify.pretrain(load_pretrain_config(None, overrides))
     losses = [r["loss"] for r in read_metrics(out, "train")]
     assert losses[-1] < 0.6 * losses[0], losses

@@ -74,8 +74,14 @@ def _temp_files(folder):
 def test_kill_during_save_keeps_previous_checkpoint_and_ignores_temp_file(tmp_path, mode):
     folder = tmp_path / "checkpoints"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-c", DIE_DURING_SAVE, str(folder), mode], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", DIE_DURING_SAVE, str(folder), mode],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
 
     assert latest_checkpoint(folder).name == "model_0000001.pth"
@@ -93,8 +99,13 @@ def test_kill_during_save_keeps_previous_checkpoint_and_ignores_temp_file(tmp_pa
     assert torch.equal(load_checkpoint(latest_checkpoint(folder))["w"], torch.arange(3.0))
 
 
-@pytest.mark.parametrize("failure", [OSError(errno.ENOSPC, "No space left on device"),
-                                     RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")])
+@pytest.mark.parametrize(
+    "failure",
+    [
+        OSError(errno.ENOSPC, "No space left on device"),
+        RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed"),
+    ],
+)
 def test_failed_write_keeps_previous_checkpoint_and_pointer(tmp_path, monkeypatch, failure):
     folder = tmp_path / "checkpoints"
     save_checkpoint(folder, 1, {"w": torch.ones(10)})
@@ -105,8 +116,11 @@ def test_failed_write_keeps_previous_checkpoint_and_pointer(tmp_path, monkeypatc
         raise failure
 
     monkeypatch.setattr(ckpt.torch, "save", full_disk_save)
-    with pytest.raises(CheckpointError, match=r"model_0000002\.pth failed .*model_0000001\.pth is intact and "
-                                              r"last_checkpoint still names it.*resume=true"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"model_0000002\.pth failed .*model_0000001\.pth is intact and "
+        r"last_checkpoint still names it.*resume=true",
+    ):
         save_checkpoint(folder, 2, {"w": torch.zeros(10)})
     monkeypatch.undo()
 

@@ -23,8 +23,11 @@ Usage = namedtuple("Usage", "total used free")
 def test_too_little_free_space_fails_before_training(tiny_config, monkeypatch):
     monkeypatch.setattr(ckpt.shutil, "disk_usage", lambda path: Usage(10**9, 10**9 - 1000, 1000))
     checkpoints = f"{tiny_config.output}/checkpoints"
-    with pytest.raises(CheckpointError, match=rf"free disk space .* in {checkpoints}: 1,000 bytes free, about "
-                                              r"[\d,]+ needed \(1 checkpoint"):
+    with pytest.raises(
+        CheckpointError,
+        match=rf"free disk space .* in {checkpoints}: 1,000 bytes free, about "
+        r"[\d,]+ needed \(1 checkpoint",
+    ):
         trainer.train(tiny_config)
     assert not os.path.exists(f"{tiny_config.output}/metrics.jsonl")  # not a single iteration ran
     assert latest_checkpoint(checkpoints) is None
@@ -59,8 +62,9 @@ def test_planned_checkpoints_counts_periodic_extra_and_final():
 
 
 def test_failed_save_mid_run_keeps_previous_checkpoint_and_resume_finishes(shapes_dir, tmp_path, monkeypatch):
-    overrides = tiny_overrides(shapes_dir, tmp_path / "run", **{"train.max_iters": 2, "train.checkpoint_period": 1,
-                                                                 "eval.max_images": 1})
+    overrides = tiny_overrides(
+        shapes_dir, tmp_path / "run", **{"train.max_iters": 2, "train.checkpoint_period": 1, "eval.max_images": 1}
+    )
     real_save, calls = torch.save, []
 
     def disk_full_on_second_save(obj, f):

@@ -41,12 +41,28 @@ sys.exit(main(["train", *sys.argv[1:]]))
 
 
 def _train(shapes_dir, out, kill_at: int = 0, **extra) -> subprocess.CompletedProcess:
-    overrides = tiny_overrides(shapes_dir, out, **{
-        "train.max_iters": N, "train.checkpoint_period": N // 2, "train.record_image_ids": "true",
-        "train.num_threads": 1, "eval.period": 0, "eval.max_images": 1, **extra})
+    overrides = tiny_overrides(
+        shapes_dir,
+        out,
+        **{
+            "train.max_iters": N,
+            "train.checkpoint_period": N // 2,
+            "train.record_image_ids": "true",
+            "train.num_threads": 1,
+            "eval.period": 0,
+            "eval.max_images": 1,
+            **extra,
+        },
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "KILL_AT": str(kill_at)}
-    return subprocess.run([sys.executable, "-c", TRAIN_SCRIPT, str(MINI_CONFIG), *overrides], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", TRAIN_SCRIPT, str(MINI_CONFIG), *overrides],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def _final(out) -> dict:

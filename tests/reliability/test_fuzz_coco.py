@@ -26,8 +26,12 @@ from scratchdet.data.coco import CocoDetection
 from scratchdet.errors import DataError, ScratchdetError
 
 SIZE = 8
-FUZZ = settings(max_examples=200, deadline=None, database=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=200,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
 def _rect(x1: int, y1: int, x2: int, y2: int) -> np.ndarray:
@@ -62,14 +66,42 @@ def base_coco() -> dict:
         ],
         "categories": [{"id": 1, "name": "square"}, {"id": 5, "name": "disk"}],
         "annotations": [
-            {"id": 10, "image_id": 1, "category_id": 1, "bbox": [1, 1, 4, 4], "area": 16.0, "iscrowd": 0,
-             "segmentation": [[1, 1, 5, 1, 5, 5, 1, 5]]},
-            {"id": 11, "image_id": 1, "category_id": 5, "bbox": [4, 4, 3, 3], "area": 9.0, "iscrowd": 0,
-             "segmentation": _compressed(_rect(4, 4, 7, 7))},
-            {"id": 12, "image_id": 2, "category_id": 1, "bbox": [0, 0, 2, 2], "area": 4.0, "iscrowd": 0,
-             "segmentation": _uncompressed(_rect(0, 0, 2, 2))},
-            {"id": 13, "image_id": 2, "category_id": 5, "bbox": [2, 2, 6, 6], "area": 36.0, "iscrowd": 1,
-             "segmentation": _uncompressed(_rect(2, 2, 8, 8))},
+            {
+                "id": 10,
+                "image_id": 1,
+                "category_id": 1,
+                "bbox": [1, 1, 4, 4],
+                "area": 16.0,
+                "iscrowd": 0,
+                "segmentation": [[1, 1, 5, 1, 5, 5, 1, 5]],
+            },
+            {
+                "id": 11,
+                "image_id": 1,
+                "category_id": 5,
+                "bbox": [4, 4, 3, 3],
+                "area": 9.0,
+                "iscrowd": 0,
+                "segmentation": _compressed(_rect(4, 4, 7, 7)),
+            },
+            {
+                "id": 12,
+                "image_id": 2,
+                "category_id": 1,
+                "bbox": [0, 0, 2, 2],
+                "area": 4.0,
+                "iscrowd": 0,
+                "segmentation": _uncompressed(_rect(0, 0, 2, 2)),
+            },
+            {
+                "id": 13,
+                "image_id": 2,
+                "category_id": 5,
+                "bbox": [2, 2, 6, 6],
+                "area": 36.0,
+                "iscrowd": 1,
+                "segmentation": _uncompressed(_rect(2, 2, 8, 8)),
+            },
         ],
     }
 
@@ -83,12 +115,38 @@ def test_base_dataset_is_valid(fuzz_dir):
 
 
 # Replacement values: wrong types, empty containers, out-of-range and non-finite numbers, odd strings.
-EXTREMES = [0, -1, 1, 2**31, 2**63, 10**400, -(10**400), 1e308, 1e12, -1e12, 1e7, 0.5, -0.0, float("nan"),
-            float("inf"), True, None, "1", [], [1, 2]]
+EXTREMES = [
+    0,
+    -1,
+    1,
+    2**31,
+    2**63,
+    10**400,
+    -(10**400),
+    1e308,
+    1e12,
+    -1e12,
+    1e7,
+    0.5,
+    -0.0,
+    float("nan"),
+    float("inf"),
+    True,
+    None,
+    "1",
+    [],
+    [1, 2],
+]
 ODD_VALUES = st.one_of(
-    st.sampled_from(EXTREMES), st.none(), st.booleans(), st.integers(-(2**70), 2**70),
-    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=6), st.sampled_from(["", "\x00", "../a.png"]),
-    st.just({}), st.lists(st.integers(-10, 20), max_size=5),
+    st.sampled_from(EXTREMES),
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=6),
+    st.sampled_from(["", "\x00", "../a.png"]),
+    st.just({}),
+    st.lists(st.integers(-10, 20), max_size=5),
     st.lists(st.floats(allow_nan=True, allow_infinity=True), max_size=5),
     st.dictionaries(st.sampled_from(["size", "counts", "id"]), st.integers(-3, 70), max_size=2),
 )
@@ -197,10 +255,13 @@ def _set_far_polygon(doc):
     doc["annotations"][0]["segmentation"] = [[0, 0, 1e12, 0, 1e12, 1e12]]  # segfault inside pycocotools
 
 
-@pytest.mark.parametrize(("mutate", "message"), [
-    (_set_bbox, r"bbox must be 4 finite numbers .*annotation id 10, field 'bbox'"),
-    (_set_far_polygon, r"polygon 0 has points far outside the 8x8 image .*annotation id 10, field 'segmentation'"),
-])
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (_set_bbox, r"bbox must be 4 finite numbers .*annotation id 10, field 'bbox'"),
+        (_set_far_polygon, r"polygon 0 has points far outside the 8x8 image .*annotation id 10, field 'segmentation'"),
+    ],
+)
 def test_found_cases_are_data_errors(fuzz_dir, mutate, message):
     json_path, image_dir = fuzz_dir
     doc = base_coco()
@@ -210,8 +271,9 @@ def test_found_cases_are_data_errors(fuzz_dir, mutate, message):
         CocoDetection(json_path, image_dir, train=True)
 
 
-@pytest.mark.parametrize("text", ['{"images": [' * 100_000, '{"images": ' + "7" * 5000 + "}"],
-                         ids=["nested_too_deep", "int_of_5000_digits"])
+@pytest.mark.parametrize(
+    "text", ['{"images": [' * 100_000, '{"images": ' + "7" * 5000 + "}"], ids=["nested_too_deep", "int_of_5000_digits"]
+)
 def test_unparsable_json_is_a_data_error(fuzz_dir, text):
     json_path, image_dir = fuzz_dir
     json_path.write_text(text)

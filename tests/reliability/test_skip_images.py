@@ -41,8 +41,9 @@ def ten_images(tmp_path):
 
 def _dataset(ten_images):
     # check_files=False: with the skip policy the wrapper looks for missing files (as build_train_dataset does).
-    return CocoDetection(*ten_images, train=True, load_masks=False, check_files=False,
-                         transform=build_train_transform([16, 24], 32, 0.5))
+    return CocoDetection(
+        *ten_images, train=True, load_masks=False, check_files=False, transform=build_train_transform([16, 24], 32, 0.5)
+    )
 
 
 def _corrupt(image_dir, i):
@@ -74,8 +75,11 @@ def test_too_many_unreadable_images_is_an_error(ten_images):
     _corrupt(image_dir, 8)  # found when read
     with pytest.warns(UserWarning, match=r"1 of 10 training image files are missing"):
         skipping = SkipUnreadableImages(_dataset(ten_images), max_fraction=0.1)  # 1 of 10 allowed
-    with pytest.raises(DataError, match=r"2 of 10 training images are unreadable, more than "
-                                        r"data.max_skip_fraction=0.1 allows; first: image file not found: .*img5"):
+    with pytest.raises(
+        DataError,
+        match=r"2 of 10 training images are unreadable, more than "
+        r"data.max_skip_fraction=0.1 allows; first: image file not found: .*img5",
+    ):
         skipping[(7, 0)]
 
 
@@ -123,9 +127,17 @@ def test_evaluation_never_skips(shapes_dir, tmp_path):
 def test_training_logs_each_skip_and_trains_on_the_replacement(shapes_dir, tmp_path):
     data = tmp_path / "shapes"
     shutil.copytree(shapes_dir, data)
-    overrides = tiny_overrides(data, tmp_path / "run", **{
-        "train.max_iters": 1, "data.skip_bad_images": "true", "data.max_skip_fraction": 0.1,
-        "train.record_image_ids": "true", "eval.max_images": 1})
+    overrides = tiny_overrides(
+        data,
+        tmp_path / "run",
+        **{
+            "train.max_iters": 1,
+            "data.skip_bad_images": "true",
+            "data.max_skip_fraction": 0.1,
+            "train.record_image_ids": "true",
+            "eval.max_images": 1,
+        },
+    )
     cfg = load_config(MINI_CONFIG, overrides)
     dataset = build_train_dataset(cfg)
     first = int(TrainingSampler(len(dataset), cfg.seed).permutation(0)[0])  # the first sample of the run

@@ -12,8 +12,13 @@ from scratchdet.study.fork import check_same_lr_until, fork_run
 
 # A schedule unit of 4 iterations at batch 2 (reference batch 2, so no scaling): 1x = 4 iterations with drops at
 # 2 and 3, 2x = 8 with drops at 6 and 7. Both run at the base LR (after a 1-iteration warm-up) before iteration 2.
-SMALL_SCHEDULE = {"solver.reference_batch": 2, "schedule.unit_iters": 4, "schedule.drop_tails": "[2,1]",
-                  "solver.warmup_iters": 1, "eval.period": 0}
+SMALL_SCHEDULE = {
+    "solver.reference_batch": 2,
+    "schedule.unit_iters": 4,
+    "schedule.drop_tails": "[2,1]",
+    "solver.warmup_iters": 1,
+    "eval.period": 0,
+}
 
 
 def cfg(shapes_dir, out, **extra):
@@ -22,8 +27,11 @@ def cfg(shapes_dir, out, **extra):
 
 def test_forked_schedule_equals_an_independent_run(shapes_dir, tmp_path):
     trainer.train(cfg(shapes_dir, tmp_path / "independent_1x", **{"schedule.multiplier": 1}))
-    trunk = cfg(shapes_dir, tmp_path / "trunk", **{"schedule.multiplier": 2, "train.max_iters": 6,
-                                                  "train.extra_checkpoints": "[2]"})
+    trunk = cfg(
+        shapes_dir,
+        tmp_path / "trunk",
+        **{"schedule.multiplier": 2, "train.max_iters": 6, "train.extra_checkpoints": "[2]"},
+    )
     trainer.train(trunk)
     fork = cfg(shapes_dir, tmp_path / "forked_1x", **{"schedule.multiplier": 1})
     fork_run(tmp_path / "trunk", 2, fork)
@@ -44,8 +52,13 @@ def test_forked_schedule_equals_an_independent_run(shapes_dir, tmp_path):
 
 
 def test_fork_refuses_other_differences_and_late_fork_points(shapes_dir, tmp_path):
-    trainer.train(cfg(shapes_dir, tmp_path / "trunk", **{"schedule.multiplier": 2, "train.max_iters": 2,
-                                                          "train.extra_checkpoints": "[2]"}))
+    trainer.train(
+        cfg(
+            shapes_dir,
+            tmp_path / "trunk",
+            **{"schedule.multiplier": 2, "train.max_iters": 2, "train.extra_checkpoints": "[2]"},
+        )
+    )
     other_lr = cfg(shapes_dir, tmp_path / "x", **{"schedule.multiplier": 1, "solver.base_lr": 0.5})
     with pytest.raises(CheckpointError, match="solver.base_lr"):
         fork_run(tmp_path / "trunk", 2, other_lr)

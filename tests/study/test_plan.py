@@ -8,8 +8,12 @@ from scratchdet.study.spec import load_study_spec
 
 
 def write_spec(tmp_path, **fields):
-    spec = {"name": "t", "base_config": str(ROOT / "configs/paper/mask_rcnn_R50_FPN_GN_scratch_2x.yaml"),
-            "output": str(tmp_path / "study"), **fields}
+    spec = {
+        "name": "t",
+        "base_config": str(ROOT / "configs/paper/mask_rcnn_R50_FPN_GN_scratch_2x.yaml"),
+        "output": str(tmp_path / "study"),
+        **fields,
+    }
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
@@ -31,9 +35,12 @@ def test_grid_expands_arms_sizes_and_hparams(tmp_path):
     spec = write_spec(
         tmp_path,
         arms=[{"name": "scratch"}, {"name": "pre", "init": "pretrained", "weights": "w.pkl"}],
-        schedules=[2, 3], train_sizes=[None, 1000],
-        hparams=[{"name": "lr02", "overrides": ["solver.base_lr=0.02"]},
-                 {"name": "lr04", "overrides": ["solver.base_lr=0.04"]}],
+        schedules=[2, 3],
+        train_sizes=[None, 1000],
+        hparams=[
+            {"name": "lr02", "overrides": ["solver.base_lr=0.02"]},
+            {"name": "lr04", "overrides": ["solver.base_lr=0.04"]},
+        ],
     )
     plan = plan_study(load_study_spec(spec), check_sources=False)  # w.pkl is not there: convention unresolved
     assert len(plan.runs) == 2 * 2 * 2 * 2 and len(plan.trunks) == 8
@@ -44,21 +51,25 @@ def test_grid_expands_arms_sizes_and_hparams(tmp_path):
 
 
 def test_pretrain_arm_uses_the_study_pretraining_run(tmp_path):
-    spec = write_spec(tmp_path, arms=[{"name": "pre", "init": "pretrained", "pretrain_config": "p.yaml"}],
-                      schedules=[2])
+    spec = write_spec(
+        tmp_path, arms=[{"name": "pre", "init": "pretrained", "pretrain_config": "p.yaml"}], schedules=[2]
+    )
     plan = plan_study(load_study_spec(spec), check_sources=False)  # p.yaml is not there: convention unresolved
     assert plan.pretrain == {"pre": "pretrain/pre"}
     assert f"weights={tmp_path / 'study' / 'pretrain' / 'pre'}" in plan.runs[0].overrides
     assert plan.trunks == [] and plan.runs[0].fork_iter is None  # a single schedule needs no trunk
 
 
-@pytest.mark.parametrize(("fields", "message"), [
-    ({"arms": [{"name": "a"}, {"name": "a"}]}, "arm names must be unique"),
-    ({"arms": [{"name": "p", "init": "pretrained"}]}, "needs weights=PATH or pretrain_config"),
-    ({"schedules": [2, 2]}, "duplicates"),
-    ({"train_sizes": [0]}, "positive image counts"),
-    ({"bogus": 1}, "bogus"),
-])
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"arms": [{"name": "a"}, {"name": "a"}]}, "arm names must be unique"),
+        ({"arms": [{"name": "p", "init": "pretrained"}]}, "needs weights=PATH or pretrain_config"),
+        ({"schedules": [2, 2]}, "duplicates"),
+        ({"train_sizes": [0]}, "positive image counts"),
+        ({"bogus": 1}, "bogus"),
+    ],
+)
 def test_bad_specs_name_the_problem(tmp_path, fields, message):
     with pytest.raises(ConfigError, match=message):
         load_study_spec(write_spec(tmp_path, **fields))
@@ -81,7 +92,10 @@ def test_cascade_schedules_share_the_trunk_only_until_their_late_switch(tmp_path
     spec = write_spec(tmp_path, base_config=str(base), schedules=[3, 6, 9])
     plan = plan_study(load_study_spec(spec))
     assert [(r.max_iters, r.fork_iter, r.trunk) for r in plan.runs] == [
-        (270_000, None, None), (540_000, 270_000, "trunks/scratch_all"), (810_000, 540_000, "trunks/scratch_all")]
+        (270_000, None, None),
+        (540_000, 270_000, "trunks/scratch_all"),
+        (810_000, 540_000, "trunks/scratch_all"),
+    ]
     (trunk,) = plan.trunks
     assert trunk.iters == 540_000 and trunk.forks == [270_000, 540_000]
     assert "schedule.multiplier=9" in trunk.overrides
@@ -93,29 +107,42 @@ def test_study_data_root_reaches_every_run_over_the_base_configs_paths(tmp_path)
     with pytest.warns(UserWarning, match="data.root=/shapes"):
         plan = plan_study(spec)
     for run in plan.runs:
-        with pytest.warns(UserWarning, match=r"data.root=/shapes is given on the command line and wins: "
-                                             r"data.train.json=datasets/coco/annotations/instances_train2017.json"):
+        with pytest.warns(
+            UserWarning,
+            match=r"data.root=/shapes is given on the command line and wins: "
+            r"data.train.json=datasets/coco/annotations/instances_train2017.json",
+        ):
             cfg = run_config(spec.base_config, run.overrides, tmp_path / run.name)
         assert (cfg.data.train.json, cfg.data.val.images) == ("/shapes/instances_train.json", "/shapes/val")
 
 
 def test_study_data_root_on_the_command_line_drops_the_files_data_path_overrides(tmp_path):
-    spec_path = write_spec(tmp_path, data_root="/in_file", schedules=[2],
-                           overrides=["data.val.json=/v.json", "train.batch_size=8"],
-                           hparams=[{"name": "a", "overrides": ["data.train.images=/imgs", "solver.base_lr=0.01"]}])
+    spec_path = write_spec(
+        tmp_path,
+        data_root="/in_file",
+        schedules=[2],
+        overrides=["data.val.json=/v.json", "train.batch_size=8"],
+        hparams=[{"name": "a", "overrides": ["data.train.images=/imgs", "solver.base_lr=0.01"]}],
+    )
     # Both in the file: the explicit path wins over data_root for its own key (the documented rule).
     kept = load_study_spec(spec_path)
     assert kept.overrides == ["data.val.json=/v.json", "train.batch_size=8"]
-    with pytest.warns(UserWarning, match=r"data_root=/cli is given on the command line and wins: dropped the run "
-                                         r"overrides \['overrides: data.val.json=/v.json', 'hparams\[a\].overrides: "
-                                         r"data.train.images=/imgs'\]"):
+    with pytest.warns(
+        UserWarning,
+        match=r"data_root=/cli is given on the command line and wins: dropped the run "
+        r"overrides \['overrides: data.val.json=/v.json', 'hparams\[a\].overrides: "
+        r"data.train.images=/imgs'\]",
+    ):
         spec = load_study_spec(spec_path, ["data_root=/cli"])
     assert spec.overrides == ["train.batch_size=8"] and spec.hparams[0].overrides == ["solver.base_lr=0.01"]
     with pytest.warns(UserWarning, match="data.root=/cli"):
         (run,) = plan_study(spec).runs
         cfg = run_config(spec.base_config, run.overrides, tmp_path / "r")
-    assert (cfg.data.val.json, cfg.data.train.images, cfg.train.batch_size) == ("/cli/instances_val.json",
-                                                                                "/cli/train", 8)
+    assert (cfg.data.val.json, cfg.data.train.images, cfg.train.batch_size) == (
+        "/cli/instances_val.json",
+        "/cli/train",
+        8,
+    )
 
 
 def test_study_data_root_and_a_data_root_override_in_one_file_are_refused(tmp_path):

@@ -60,11 +60,18 @@ def write_jsonl(path: Path, records: list[dict], tail: str = "") -> None:
 def eval_record(init: str, finals: tuple, i: int, max_iters: int) -> dict:
     bbox_ap, ap75, mask_ap = finals
     record = {"type": "eval", "iter": i, "status": "ok", "images": 50, "detections": 300}
-    record["bbox"] = {"AP": ap_at(init, bbox_ap, i, max_iters), "AP50": None, "AP75": ap_at(init, ap75, i, max_iters),
-                      "APs": None}
+    record["bbox"] = {
+        "AP": ap_at(init, bbox_ap, i, max_iters),
+        "AP50": None,
+        "AP75": ap_at(init, ap75, i, max_iters),
+        "APs": None,
+    }
     if mask_ap is not None:
-        record["segm"] = {"AP": ap_at(init, mask_ap, i, max_iters), "AP50": float("nan"),
-                          "AP75": ap_at(init, mask_ap - 2, i, max_iters)}
+        record["segm"] = {
+            "AP": ap_at(init, mask_ap, i, max_iters),
+            "AP50": float("nan"),
+            "AP75": ap_at(init, mask_ap - 2, i, max_iters),
+        }
     return record
 
 
@@ -73,11 +80,25 @@ def run_records(init: str, size: str, n: int, train_images: int) -> list[dict]:
     finals = FINALS[(init, size, n)]
     unfinished = (init, size, n) == ("scratch", "all", 3)
     last = 140 if unfinished else max_iters
-    records = [{"type": "start", "iter": 0, "init": init, "train_images": train_images,
-                "pretrain_seen": PRETRAIN_SEEN if init == "pretrained" else {"images": 0, "instances": 0, "pixels": 0}}]
+    records = [
+        {
+            "type": "start",
+            "iter": 0,
+            "init": init,
+            "train_images": train_images,
+            "pretrain_seen": PRETRAIN_SEEN if init == "pretrained" else {"images": 0, "instances": 0, "pixels": 0},
+        }
+    ]
     for i in range(10, last + 1, 10):
-        records.append({"type": "train", "iter": i, "lr": lr_at(i, max_iters), "loss": 2.0 * math.exp(-i / 100) + 0.1,
-                        "seen": seen_at(i)})
+        records.append(
+            {
+                "type": "train",
+                "iter": i,
+                "lr": lr_at(i, max_iters),
+                "loss": 2.0 * math.exp(-i / 100) + 0.1,
+                "seen": seen_at(i),
+            }
+        )
         if i % 20 == 0:
             if finals[0] is None and i == last:
                 records.append({"type": "eval", "iter": i, "status": "no predictions", "images": 50, "detections": 0})
@@ -96,25 +117,47 @@ def make_study(root: Path, sizes=(("all", None, 200), ("50", 50, 50)), schedules
                 if (init, size_label, n) not in FINALS:
                     continue
                 name = f"{init}_{size_label}_{n}x"
-                runs.append({"name": name, "arm": init, "init": init, "schedule": float(n), "train_size": size,
-                             "train_size_label": size_label, "hparams": "default", "hparams_overrides": [],
-                             "path": f"runs/{name}", "trunk": None, "fork_iter": None, "max_iters": n * UNIT})
+                runs.append(
+                    {
+                        "name": name,
+                        "arm": init,
+                        "init": init,
+                        "schedule": float(n),
+                        "train_size": size,
+                        "train_size_label": size_label,
+                        "hparams": "default",
+                        "hparams_overrides": [],
+                        "path": f"runs/{name}",
+                        "trunk": None,
+                        "fork_iter": None,
+                        "max_iters": n * UNIT,
+                    }
+                )
                 run_dir = root / "runs" / name
                 records = run_records(init, size_label, n, images)
                 tail = ""
                 if name == "scratch_all_2x":
                     # A resume from iter 80 re-logs 90..120: the first logged eval at 100 and 120 are stale.
-                    stale = [{**r, "bbox": {**r["bbox"], "AP": 99.9}} if r["type"] == "eval" and r["iter"] >= 100
-                             else r for r in records if r["iter"] <= 120 and r["type"] != "end"]
-                    records = stale + [{"type": "start", "iter": 80, "init": init}] + [
-                        r for r in records if r["iter"] > 80]
+                    stale = [
+                        {**r, "bbox": {**r["bbox"], "AP": 99.9}} if r["type"] == "eval" and r["iter"] >= 100 else r
+                        for r in records
+                        if r["iter"] <= 120 and r["type"] != "end"
+                    ]
+                    records = (
+                        stale + [{"type": "start", "iter": 80, "init": init}] + [r for r in records if r["iter"] > 80]
+                    )
                     # Lines without an iteration are not plotted; the last line is torn (a killed writer).
                     tail = '[1, 2]\n{"type": "note"}\n{"type": "eval", "iter'
                 write_jsonl(run_dir / "metrics.jsonl", records, tail)
                 pre = PRETRAIN_SEEN if init == "pretrained" else {"images": 0, "instances": 0, "pixels": 0}
                 (run_dir / "init.json").write_text(json.dumps({"init": init, "weights": None, "pretrain_seen": pre}))
-    plan = {"name": "toy", "created": "2024-01-01T00:00:00", "runs": runs, "trunks": [],
-            "iterations": {"separate": 1800, "shared": 780, "fraction": 0.433}}
+    plan = {
+        "name": "toy",
+        "created": "2024-01-01T00:00:00",
+        "runs": runs,
+        "trunks": [],
+        "iterations": {"separate": 1800, "shared": 780, "fraction": 0.433},
+    }
     root.mkdir(parents=True, exist_ok=True)
     (root / "plan.json").write_text(json.dumps(plan))
     return root
@@ -188,18 +231,22 @@ def test_findings_computed_from_numbers(report):
     # Early convergence at the first common evaluation of the 2x runs.
     early_pre, early_scr = ap_at("pretrained", 35.0, 20, 120), ap_at("scratch", 34.7, 20, 120)
     gap = round(round(early_pre, 1) - round(early_scr, 1), 1)
-    expected.append(f"{pre}Early, at iter 20 (2x runs' first common evaluation), pre-trained leads by {gap:.1f} "
-                    f"bbox AP (pre-trained {early_pre:.1f} vs scratch {early_scr:.1f}).")
+    expected.append(
+        f"{pre}Early, at iter 20 (2x runs' first common evaluation), pre-trained leads by {gap:.1f} "
+        f"bbox AP (pre-trained {early_pre:.1f} vs scratch {early_scr:.1f})."
+    )
     # Samples at 2x: pre-training + fine-tuning vs scratch.
     ft = seen_at(120)
     images = (ft["images"] + PRETRAIN_SEEN["images"]) / ft["images"]
     pixels = (ft["pixels"] + PRETRAIN_SEEN["pixels"]) / ft["pixels"]
     assert f"{images:.1f}" == "12.8"
-    expected.append(f"At 2x (train size all), pre-training + fine-tuning saw 12.8x the images of scratch, "
-                    f"{(ft['instances'] + PRETRAIN_SEEN['instances']) / ft['instances']:.1f}x the instances and "
-                    f"{pixels:.1f}x the pixels ({ft['images'] + 5664:,} vs {ft['images']:,} images; "
-                    f"{ft['pixels'] + PRETRAIN_SEEN['pixels']:,} vs {ft['pixels']:,} pixels). "
-                    "Pre-training counts are an estimate: toy recipe.")
+    expected.append(
+        f"At 2x (train size all), pre-training + fine-tuning saw 12.8x the images of scratch, "
+        f"{(ft['instances'] + PRETRAIN_SEEN['instances']) / ft['instances']:.1f}x the instances and "
+        f"{pixels:.1f}x the pixels ({ft['images'] + 5664:,} vs {ft['images']:,} images; "
+        f"{ft['pixels'] + PRETRAIN_SEEN['pixels']:,} vs {ft['pixels']:,} pixels). "
+        "Pre-training counts are an estimate: toy recipe."
+    )
     for sentence in expected:
         assert html.escape(sentence) in page, sentence
 
@@ -210,8 +257,10 @@ def test_loss_finding_for_smallest_set(tmp_path):
     run = next(r for r in study.runs if r.name == "pretrained_50_2x")
     loss = dict(run.loss_curve())
     ap = dict(run.curve())
-    assert (f"Train size 50, pre-trained 2x (pretrained_50_2x): from iter 60 to 120 training loss fell "
-            f"({loss[60]:.3f} -> {loss[120]:.3f}) while bbox AP went {ap[60]:.1f} -> 15.0.") in sentences
+    assert (
+        f"Train size 50, pre-trained 2x (pretrained_50_2x): from iter 60 to 120 training loss fell "
+        f"({loss[60]:.3f} -> {loss[120]:.3f}) while bbox AP went {ap[60]:.1f} -> 15.0."
+    ) in sentences
     assert not any("scratch_50_1x" in s for s in sentences)  # no predictions at its end: no AP to set against loss
 
 
@@ -251,8 +300,12 @@ def test_figures_have_labels_and_legends(tmp_path):
     fig = figures.learning_curves_figure(group, "curves")
     axes = fig.axes
     assert len(axes) == 4  # bbox and mask rows x scratch and pre-trained columns
-    assert [ax.get_title() for ax in axes] == ["scratch: bbox AP", "pre-trained: bbox AP", "scratch: mask AP",
-                                               "pre-trained: mask AP"]
+    assert [ax.get_title() for ax in axes] == [
+        "scratch: bbox AP",
+        "pre-trained: bbox AP",
+        "scratch: mask AP",
+        "pre-trained: mask AP",
+    ]
     assert all(ax.get_xlabel() == "iterations" for ax in axes)
     assert axes[0].get_ylabel() == "bbox AP (%)" and axes[2].get_ylabel() == "mask AP (%)"
     assert axes[0].get_ylim() == axes[1].get_ylim()  # same y-axis for both inits
@@ -298,11 +351,18 @@ def test_hparam_grid_selects_on_pretrained(tmp_path):
     extra = []
     for entry in plan["runs"]:
         entry["hparams"], entry["hparams_overrides"] = "lr02", ["solver.base_lr=0.02"]
-        other = {**entry, "name": entry["name"] + "_lr01", "hparams": "lr01", "hparams_overrides":
-                 ["solver.base_lr=0.01"], "path": entry["path"] + "_lr01"}
+        other = {
+            **entry,
+            "name": entry["name"] + "_lr01",
+            "hparams": "lr01",
+            "hparams_overrides": ["solver.base_lr=0.01"],
+            "path": entry["path"] + "_lr01",
+        }
         final = {"scratch": (10.1, 8.0, None), "pretrained": (14.0, 12.0, None)}[entry["init"]]
-        records = [eval_record(entry["init"], final, 120, 120) if r["type"] == "eval" and r["iter"] == 120 else r
-                   for r in run_records(entry["init"], "50", 2, 50)]
+        records = [
+            eval_record(entry["init"], final, 120, 120) if r["type"] == "eval" and r["iter"] == 120 else r
+            for r in run_records(entry["init"], "50", 2, 50)
+        ]
         write_jsonl(root / other["path"] / "metrics.jsonl", records)
         extra.append(other)
     plan["runs"] += extra
@@ -312,32 +372,57 @@ def test_hparam_grid_selects_on_pretrained(tmp_path):
     assert rows["lr02"]["used"] == "yes" and rows["lr01"]["used"] == "no"
     assert rows["lr02"]["best for"] == "pre-trained" and rows["lr01"]["best for"] == "scratch"
     assert rows["lr01"]["overrides"] == "solver.base_lr=0.01"
-    assert ("Train size 50: hparams &#x27;lr02&#x27; are used for both arms (best on the pre-trained arm); "
-            "scratch&#x27;s own best is &#x27;lr01&#x27; (10.1 bbox AP vs 8.6 with &#x27;lr02&#x27;).") in page
+    assert (
+        "Train size 50: hparams &#x27;lr02&#x27; are used for both arms (best on the pre-trained arm); "
+        "scratch&#x27;s own best is &#x27;lr01&#x27; (10.1 bbox AP vs 8.6 with &#x27;lr02&#x27;)."
+    ) in page
 
 
 def test_trunk_head_and_pretrain_fallback(tmp_path):
     root = tmp_path / "s"
     trunk = root / "trunks" / "g"
-    write_jsonl(trunk / "metrics.jsonl", [
-        {"type": "start", "iter": 0, "init": "pretrained"},
-        {"type": "train", "iter": 20, "lr": 0.02, "loss": 1.0, "seen": seen_at(20)},
-        {"type": "eval", "iter": 20, "status": "ok", "bbox": {"AP": 5.0}},
-        {"type": "eval", "iter": 40, "status": "ok", "bbox": {"AP": 7.0}},  # after the fork: not this run's
-        {"type": "end", "iter": 40, "seen": seen_at(40)},
-    ])
-    write_jsonl(root / "runs" / "r" / "metrics.jsonl", [
-        {"type": "start", "iter": 20, "init": "pretrained"},
-        {"type": "eval", "iter": 30, "status": "ok", "bbox": {"AP": 9.0}},
-        {"type": "end", "iter": 30, "seen": seen_at(30)},
-    ])
-    write_jsonl(root / "pretrain" / "pretrained" / "metrics.jsonl",
-                [{"type": "train", "iter": 100, "seen": {"images": 800, "instances": 800, "pixels": 800 * 1024}}])
-    plan = {"name": "t", "pretrain": {"pretrained": "pretrain/pretrained"},
-            "runs": [{"name": "r", "arm": "pretrained", "init": "pretrained", "schedule": 1.0, "train_size": None,
-                      "train_size_label": "all", "hparams": "default", "path": "runs/r", "trunk": "trunks/g",
-                      "fork_iter": 20, "max_iters": 30}],
-            "trunks": [{"name": "g", "path": "trunks/g", "iters": 40}]}
+    write_jsonl(
+        trunk / "metrics.jsonl",
+        [
+            {"type": "start", "iter": 0, "init": "pretrained"},
+            {"type": "train", "iter": 20, "lr": 0.02, "loss": 1.0, "seen": seen_at(20)},
+            {"type": "eval", "iter": 20, "status": "ok", "bbox": {"AP": 5.0}},
+            {"type": "eval", "iter": 40, "status": "ok", "bbox": {"AP": 7.0}},  # after the fork: not this run's
+            {"type": "end", "iter": 40, "seen": seen_at(40)},
+        ],
+    )
+    write_jsonl(
+        root / "runs" / "r" / "metrics.jsonl",
+        [
+            {"type": "start", "iter": 20, "init": "pretrained"},
+            {"type": "eval", "iter": 30, "status": "ok", "bbox": {"AP": 9.0}},
+            {"type": "end", "iter": 30, "seen": seen_at(30)},
+        ],
+    )
+    write_jsonl(
+        root / "pretrain" / "pretrained" / "metrics.jsonl",
+        [{"type": "train", "iter": 100, "seen": {"images": 800, "instances": 800, "pixels": 800 * 1024}}],
+    )
+    plan = {
+        "name": "t",
+        "pretrain": {"pretrained": "pretrain/pretrained"},
+        "runs": [
+            {
+                "name": "r",
+                "arm": "pretrained",
+                "init": "pretrained",
+                "schedule": 1.0,
+                "train_size": None,
+                "train_size_label": "all",
+                "hparams": "default",
+                "path": "runs/r",
+                "trunk": "trunks/g",
+                "fork_iter": 20,
+                "max_iters": 30,
+            }
+        ],
+        "trunks": [{"name": "g", "path": "trunks/g", "iters": 40}],
+    }
     (root / "plan.json").write_text(json.dumps(plan))
     run = load_study(root).runs[0]
     assert run.curve() == [(20, 5.0), (30, 9.0)]
