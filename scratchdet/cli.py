@@ -6,7 +6,9 @@ scratchdet data synth --task classify --out DIR
 scratchdet pretrain CONFIG [key=value ...]
 scratchdet train CONFIG [key=value ...]
 scratchdet eval RUN_DIR [checkpoint=PATH] [key=value ...]
-scratchdet study SPEC.yaml [key=value ...]
+scratchdet study SPEC.yaml [key=value ...] [--dry-run]
+scratchdet study status STUDY_DIR [--json]
+scratchdet study job STUDY_DIR JOB_ID          (what the local and slurm launchers run; study/jobs.py)
 scratchdet report STUDY_DIR
 scratchdet model-info CONFIG [--size H W] [--json] [key=value ...]
 """
@@ -143,11 +145,37 @@ def _cmd_pretrain(args) -> int:
 
 
 def _cmd_study(args) -> int:
-    from scratchdet.study.runner import run_study
+    if args.spec == "status":
+        return _cmd_study_status(args)
+    if args.spec == "job":
+        return _cmd_study_job(args)
+    from scratchdet.study.runner import dry_run, run_study
 
+    if args.dry_run:
+        print(dry_run(args.spec, args.overrides))
+        return 0
     _single_process("study")
     study_dir = run_study(args.spec, args.overrides)
     print(f"study folder: {study_dir}; report: {study_dir}/report/report.html")
+    return 0
+
+
+def _cmd_study_status(args) -> int:
+    from scratchdet.study.status import exit_code, format_status, status_json, study_status
+
+    if len(args.overrides) != 1:
+        raise ConfigError("usage: scratchdet study status STUDY_DIR [--json]")
+    statuses = study_status(args.overrides[0])
+    print(status_json(statuses) if args.json_output else format_status(statuses))
+    return exit_code(statuses)
+
+
+def _cmd_study_job(args) -> int:
+    from scratchdet.study.jobs import run_job
+
+    if len(args.overrides) != 2:
+        raise ConfigError("usage: scratchdet study job STUDY_DIR JOB_ID")
+    print(f"{args.overrides[1]}: {run_job(*args.overrides)}")
     return 0
 
 
@@ -258,8 +286,18 @@ def build_parser() -> argparse.ArgumentParser:
     pre.set_defaults(func=_cmd_pretrain)
 
     study = sub.add_parser("study", help="run a scratch-vs-pre-trained grid (resumable) and write its report")
-    study.add_argument("spec", help="study spec YAML, e.g. configs/study/mini.yaml")
-    study.add_argument("overrides", nargs="*", help="key=value overrides of the spec, e.g. output=runs/my-study")
+    study.add_argument(
+        "spec", help="study spec YAML, e.g. configs/study/mini.yaml; or `status STUDY_DIR`, or `job STUDY_DIR JOB_ID`"
+    )
+    study.add_argument(
+        "overrides",
+        nargs="*",
+        help="key=value overrides of the spec, e.g. output=runs/my-study launcher.name=slurm",
+    )
+    study.add_argument(
+        "--dry-run", action="store_true", help="print the job graph (dependencies, iterations, device-hours) and stop"
+    )
+    study.add_argument("--json", dest="json_output", action="store_true", help="status: print JSON")
     study.set_defaults(func=_cmd_study)
 
     rep = sub.add_parser("report", help="(re)write a study's report: figures, tables, findings, report.html")
@@ -288,6 +326,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["study"]:  # argparse stops reading flags after a nargs="*" positional; allow them anywhere
+        flags = [a for a in argv[1:] if a in ("--dry-run", "--json")]
+        argv = ["study", *flags, *(a for a in argv[1:] if a not in flags)]
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

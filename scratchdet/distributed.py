@@ -6,7 +6,9 @@ Launch with torchrun, unchanged from the single-process command:
     torchrun --nproc_per_node=8 -m scratchdet train CONFIG ...                       (one machine)
     torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=HOST:PORT -m scratchdet train ...
 
-torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; without them the process runs alone and nothing here communicates.
+torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; a task of a multi-task SLURM step (`srun -n 8 scratchdet train ...`,
+or a study's slurm launcher) gets them from SLURM's variables (`adopt_slurm_environment`). Without them the process
+runs alone and nothing here communicates.
 The backend is NCCL when the run uses CUDA and gloo on CPU. train.batch_size stays the global batch (the paper's
 16 images per iteration), so the LR schedule is the same at any world size; each process loads
 train.batch_size / world_size images per iteration (data/samplers.py: TrainingBatchSampler).
@@ -52,7 +54,45 @@ class DistContext:
 SINGLE = DistContext()
 
 
+def _first_host(nodelist: str) -> str:
+    """The first host of a SLURM node list: "gpu[07-09,12],cpu3" -> "gpu07"."""
+    head = nodelist.split(",")[0] if "[" not in nodelist.split(",")[0] else nodelist[: nodelist.index("]") + 1]
+    if "[" not in head:
+        return head
+    prefix, ranges = head.split("[", 1)
+    return prefix + ranges.rstrip("]").split(",")[0].split("-")[0]
+
+
+def adopt_slurm_environment() -> bool:
+    """In a SLURM job step of several tasks (`srun`, or a job the study's slurm launcher submitted), sets the
+    variables torchrun would set (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) from SLURM's, unless
+    they are set already; returns whether it did.
+
+    The master is the step's first node; the port is derived from the job id, so that two jobs sharing a node
+    do not collide and every task of one job computes the same port. A process started directly in a batch
+    script (no srun) is one process, whatever the job's task count: SLURM_STEP_NUM_TASKS, not SLURM_NTASKS, says
+    how many processes this step started.
+    """
+    env = os.environ
+    tasks = int(env.get("SLURM_STEP_NUM_TASKS", "1") or 1)
+    if "RANK" in env or "SLURM_PROCID" not in env or tasks <= 1:
+        return False
+    env["RANK"] = env["SLURM_PROCID"]
+    env["WORLD_SIZE"] = str(tasks)
+    env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
+    env.setdefault("MASTER_ADDR", _first_host(env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST", "")))
+    env.setdefault("MASTER_PORT", str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000))
+    return True
+
+
+def scheduler_rank() -> int:
+    """This process's rank as its launcher (torchrun or a SLURM step) gives it, before any process group exists."""
+    adopt_slurm_environment()
+    return int(os.environ.get("RANK", "0"))
+
+
 def env_world_size() -> int:
+    adopt_slurm_environment()
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 

@@ -18,7 +18,6 @@ iteration still holds plain heads and the loop switches on its first iteration.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -27,6 +26,7 @@ from scratchdet.config import Config
 from scratchdet.engine.metrics import MetricsWriter
 from scratchdet.engine.optim import build_optimizer
 from scratchdet.modeling.cascade import carry_momentum, switch_iteration, switch_to_cascade_
+from scratchdet.run_folder import RunFolder
 
 
 def cascade_switch_iter(cfg: Config, max_iters: int) -> int | None:
@@ -60,5 +60,5 @@ def switch_in_run(
         "momentum_fresh": n_params - carried,
     }
     metrics.write(record)
-    (Path(cfg.output) / "cascade_switch.json").write_text(json.dumps(record, indent=2) + "\n")
+    RunFolder(cfg.output).cascade_switch.write_text(json.dumps(record, indent=2) + "\n")
     return new_optimizer

@@ -23,8 +23,8 @@ import torch
 
 from scratchdet.distributed import SINGLE, DistContext, all_gather, main_first
 from scratchdet.errors import CheckpointError
+from scratchdet.run_folder import POINTER, checkpoint_name
 
-POINTER = "last_checkpoint"
 # Temp files of _atomic_write: "." + final name + "." + random part + ".tmp".
 _TEMP_PATTERNS = (".model_*.pth.*.tmp", f".{POINTER}.*.tmp")
 
@@ -85,7 +85,7 @@ def save_checkpoint(folder: str | Path, iteration: int, state: dict) -> Path:
     """
     folder = Path(folder)
     pointer = folder / POINTER
-    path = folder / f"model_{iteration:07d}.pth"
+    path = folder / checkpoint_name(iteration)
     try:
         previous = pointer.read_text().strip() if pointer.is_file() else None
     except OSError:

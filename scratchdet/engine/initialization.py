@@ -38,6 +38,7 @@ from scratchdet.modeling.input_convention import (
 )
 from scratchdet.modeling.vgg_weights import load_vgg16_weights
 from scratchdet.modeling.weights import load_backbone_weights, read_weight_convention
+from scratchdet.run_folder import RunFolder
 
 ZERO_SEEN = {"images": 0, "instances": 0, "pixels": 0}
 
@@ -67,7 +68,7 @@ def resolve_weights(weights: str | Path) -> Path:
     """`weights` may name a file, or a run folder (pre-training or detection), meaning its latest checkpoint."""
     path = Path(weights)
     if path.is_dir():
-        latest = latest_checkpoint(path / "checkpoints")
+        latest = latest_checkpoint(RunFolder(path).checkpoints)
         if latest is None:
             raise CheckpointError(f"weights={weights} is a folder without checkpoints/last_checkpoint; name a file")
         return latest
@@ -79,7 +80,7 @@ def resolve_weights(weights: str | Path) -> Path:
 def _saved_convention(cfg: Config) -> InputConvention | None:
     """The convention in the config.yaml of the run being resumed (keys it lacks: torchvision's, the only one
     scratchdet had before recording them), or None when there is nothing to resume."""
-    saved = Path(cfg.output) / "config.yaml"
+    saved = RunFolder(cfg.output).config
     if not (cfg.resume and saved.is_file()):
         return None
     model = (yaml.safe_load(saved.read_text()) or {}).get("model") or {}

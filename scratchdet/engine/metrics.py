@@ -18,14 +18,16 @@ import json
 import math
 from pathlib import Path
 
+from scratchdet.run_folder import RunFolder
+
 
 class MetricsWriter:
     """Appends records to `run_dir/metrics.jsonl` and scalars to `run_dir/tb/`."""
 
     def __init__(self, run_dir: str | Path, tensorboard: bool = True, enabled: bool = True):
         self.enabled = enabled  # False on every training process but rank 0: one writer per run folder
-        self.path = Path(run_dir) / "metrics.jsonl"
-        self._tb_dir = Path(run_dir) / "tb"
+        self.path = RunFolder(run_dir).metrics
+        self._tb_dir = RunFolder(run_dir).tensorboard
         self._tb = None
         self._use_tb = tensorboard
 
@@ -66,7 +68,7 @@ def _flatten(record: dict, prefix: str = "") -> dict:
 
 def read_metrics(run_dir: str | Path, record_type: str | None = None) -> list[dict]:
     """All records of a run's metrics.jsonl, optionally only those of one type; a torn last line is skipped."""
-    path = Path(run_dir) / "metrics.jsonl"
+    path = RunFolder(run_dir).metrics
     if not path.is_file():
         return []
     records = []

@@ -1,4 +1,4 @@
-"""Graceful stop on SIGTERM / SIGINT (docs/RELIABILITY.md, promise 3).
+"""Graceful stop on SIGTERM / SIGINT / SIGUSR2 (docs/RELIABILITY.md, promise 3).
 
 Cluster schedulers send SIGTERM some time before killing a job. The handler only records the request; the training
 loop checks it at each iteration boundary, saves a checkpoint and raises `Preempted`, so nothing but the current
@@ -12,9 +12,11 @@ import threading
 
 
 class StopRequest:
-    """Context manager that turns SIGTERM/SIGINT into a flag (`signum`) for the duration of training."""
+    """Context manager that turns SIGTERM/SIGINT/SIGUSR2 into a flag (`signum`) for the duration of training."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    # SIGUSR2: the warning SLURM sends before a job's time limit when asked (`--signal=USR2@SECONDS`, what
+    # submitit and the study's slurm launcher ask for); the job checkpoints and requeues itself (study/jobs.py).
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
 
     def __init__(self):
         self.signum: int | None = None

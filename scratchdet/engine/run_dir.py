@@ -1,12 +1,6 @@
-"""The run folder: what it holds, and the rules that keep a run from silently starting over or changing config.
+"""The run folder: the rules that keep a run from silently starting over or changing config.
 
-output/config.yaml      the resolved config (every default filled in)
-output/env.json         seed, versions, git commit, command line, device
-output/metrics.jsonl    training and evaluation records (engine/metrics.py)
-output/checkpoints/     model_XXXXXXX.pth + last_checkpoint (engine/checkpoint.py)
-output/eval/            iter_XXXXXXX.json, one COCO report per evaluation
-output/dataset_*.json   what dataset cleaning dropped or clipped, per split
-output/discarded_*/     a run set aside by resume=true train.allow_fresh_start=true (unreadable checkpoint)
+What the folder holds (config, env, metrics, checkpoints, eval reports, ...) is listed in scratchdet/run_folder.py.
 """
 
 from __future__ import annotations
@@ -27,6 +21,7 @@ import yaml
 from scratchdet.config import Config, config_to_dict, config_to_yaml
 from scratchdet.engine.checkpoint import latest_checkpoint, verify_checkpoint
 from scratchdet.errors import CheckpointError
+from scratchdet.run_folder import RUN_FILES, RunFolder
 
 if TYPE_CHECKING:  # pretrain imports this module; the alias is for type checkers only
     from scratchdet.pretrain.config import PretrainConfig
@@ -57,9 +52,6 @@ RESUMABLE_KEYS = {
     "data.skip_bad_images",
     "data.max_skip_fraction",
 }
-
-# What a run writes into its folder (module docstring); set aside together when a run is discarded.
-RUN_FILES = ("config.yaml", "env*.json", "metrics.jsonl", "checkpoints", "eval", "tb", "dataset_*.json", "init.json")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -157,11 +149,12 @@ def prepare_run_dir(cfg: RunConfig) -> Path | None:
             two runs), or an output folder that is not writable.
     """
     out = Path(cfg.output)
-    ckpt_dir = out / "checkpoints"
+    folder = RunFolder(out)
+    ckpt_dir = folder.checkpoints
     if cfg.resume:
         last, unreadable = _resume_point(ckpt_dir)
         if last is not None:
-            saved_path = out / "config.yaml"
+            saved_path = folder.config
             if saved_path.is_file():
                 diff = config_diff(yaml.safe_load(saved_path.read_text()), config_to_dict(cfg))
                 if diff:
@@ -203,7 +196,7 @@ def prepare_run_dir(cfg: RunConfig) -> Path | None:
     check_writable(out)
     if ckpt_dir.is_dir():
         check_writable(ckpt_dir)
-    (out / "config.yaml").write_text(config_to_yaml(cfg))
+    folder.config.write_text(config_to_yaml(cfg))
     return None
 
 
@@ -238,5 +231,7 @@ def write_env(out: Path, cfg: RunConfig, device: str) -> None:
         },
         "git_commit": commit,
     }
-    name = "env.json" if not (out / "env.json").exists() else f"env_resume_{datetime.now():%Y%m%d_%H%M%S}.json"
-    (out / name).write_text(json.dumps(env, indent=2) + "\n")
+    path = RunFolder(out).env
+    if path.exists():
+        path = out / f"env_resume_{datetime.now():%Y%m%d_%H%M%S}.json"
+    path.write_text(json.dumps(env, indent=2) + "\n")

@@ -18,6 +18,7 @@ from scratchdet.errors import CheckpointError, ConfigError
 from scratchdet.evaluation.split import evaluate_split
 from scratchdet.evaluation.tta import build_tta_predictor
 from scratchdet.modeling.input_convention import CONVENTION_KEYS, InputConvention
+from scratchdet.run_folder import RunFolder
 
 
 @dataclass
@@ -42,7 +43,7 @@ def check_run_categories(run_dir: Path, val_set) -> None:
     Raises:
         DataError: listing the differences.
     """
-    record = run_dir / "dataset_train.json"
+    record = RunFolder(run_dir).dataset("train")
     trained = json.loads(record.read_text()).get("categories") if record.is_file() else None
     evaluated = category_map(val_set)
     if not trained or evaluated is None:
@@ -68,7 +69,7 @@ def load_run(run_dir: str | Path, overrides: list[str] | None = None) -> LoadedR
         ConfigError: overrides of the input convention keys that would turn the weights into another network.
     """
     run_dir = Path(run_dir)
-    saved = run_dir / "config.yaml"
+    saved = RunFolder(run_dir).config
     if not saved.is_file():
         raise CheckpointError(f"{run_dir} is not a run folder: it has no config.yaml")
     overrides = list(overrides or [])
@@ -91,7 +92,7 @@ def load_run(run_dir: str | Path, overrides: list[str] | None = None) -> LoadedR
             f"{asked.describe()}, another network for the same weights: drop the model.* input "
             "convention overrides"
         )
-    checkpoint = checkpoint or latest_checkpoint(run_dir / "checkpoints")
+    checkpoint = checkpoint or latest_checkpoint(RunFolder(run_dir).checkpoints)
     if checkpoint is None:
         raise CheckpointError(f"{run_dir}/checkpoints has no checkpoint to evaluate; train first")
     state = load_checkpoint(checkpoint)
@@ -135,7 +136,9 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | None = None) -> dic
         ev = cfg.eval
         report.update(tta_sizes=list(ev.tta_sizes), tta_max_size=ev.tta_max_size, tta_flip=ev.tta_flip)
     # A TTA report goes beside the plain one instead of overwriting it.
-    out = run_dir / "eval" / f"iter_{loaded.iteration:07d}{'_tta' if cfg.eval.tta else ''}.json"
+    out = RunFolder(run_dir).eval_report(loaded.iteration)
+    if cfg.eval.tta:
+        out = out.with_name(f"{out.stem}_tta{out.suffix}")
     if ctx.is_main:
         out.parent.mkdir(exist_ok=True)
         out.write_text(json.dumps(report, indent=2) + "\n")

@@ -53,6 +53,7 @@ from scratchdet.evaluation.split import evaluate_split
 from scratchdet.modeling.detector import build_detector
 from scratchdet.modeling.input_convention import model_input_convention
 from scratchdet.modeling.sync_bn import use_native_sync_bn
+from scratchdet.run_folder import RunFolder
 
 MODEL_TARGET_KEYS = ("boxes", "labels", "masks", "keypoints")  # keypoints: Keypoint R-CNN (model.arch=keypoint_rcnn)
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # train.amp
@@ -79,8 +80,9 @@ def run_evaluation(
     report, text = evaluate_split(model, val_set, cfg, device, ctx=ctx)
     report["iter"] = iteration
     if ctx.is_main:
-        (out / "eval").mkdir(exist_ok=True)
-        (out / "eval" / f"iter_{iteration:07d}.json").write_text(json.dumps(report, indent=2) + "\n")
+        folder = RunFolder(out)
+        folder.eval_dir.mkdir(exist_ok=True)
+        folder.eval_report(iteration).write_text(json.dumps(report, indent=2) + "\n")
         metrics.write({"type": "eval", **report})
         tqdm.write(f"[iter {iteration}] evaluation:\n{text}")
     return report
@@ -182,7 +184,7 @@ class _Run:
             "input_convention": model_input_convention(self.model).to_dict(),
         }
         return save_training_state(
-            self.out / "checkpoints",
+            RunFolder(self.out).checkpoints,
             iteration,
             self.model,
             self.optimizer,
@@ -207,6 +209,7 @@ def _start(cfg: Config) -> _Run:
     data are checked before the run folder is touched, the weights are loaded (fresh runs) or the checkpoint
     restored (resumed runs), and the disk is checked for the checkpoints to come."""
     out = Path(cfg.output)
+    folder = RunFolder(out)
     resolve_input_convention(cfg)  # model.input_* / stride_in_1x1 from the weight file, before config.yaml and model
     ctx, device = init_distributed(cfg.train.device)
     if cfg.train.batch_size % ctx.world_size:
@@ -225,14 +228,14 @@ def _start(cfg: Config) -> _Run:
     seed_everything(cfg.seed)
     if ctx.is_main:
         for name, dataset in (("train", train_set), ("val", val_set)):
-            (out / f"dataset_{name}.json").write_text(json.dumps(dataset.summary.to_dict(), indent=2) + "\n")
+            folder.dataset(name).write_text(json.dumps(dataset.summary.to_dict(), indent=2) + "\n")
     model = build_detector(cfg, train_set.num_classes, getattr(train_set, "num_keypoints", None))
     pretrain_seen = None
     if resume_from is None:
         # Loaded once, at the start: on resume the checkpoint already holds the fine-tuned weights.
         init_record = initialize(model, cfg)
         if ctx.is_main:
-            (out / "init.json").write_text(json.dumps(init_record, indent=2) + "\n")
+            folder.init.write_text(json.dumps(init_record, indent=2) + "\n")
         pretrain_seen = init_record["pretrain_seen"]
     if ctx.enabled:  # different RPN/RoI sampling draws per process (the model itself is identical: same seed)
         seed_everything(cfg.seed + 1_000_003 * ctx.rank)
@@ -257,7 +260,7 @@ def _start(cfg: Config) -> _Run:
     # A disk too full for this run's checkpoints fails now, not at a save hours into the run (docs/RELIABILITY.md,
     # promise 9).
     n_checkpoints = planned_checkpoints(start_iter, end_iter, cfg.train.checkpoint_period, cfg.train.extra_checkpoints)
-    main_first(ctx, check_free_space, out / "checkpoints", estimate_checkpoint_bytes(model), n_checkpoints)
+    main_first(ctx, check_free_space, folder.checkpoints, estimate_checkpoint_bytes(model), n_checkpoints)
     return _Run(
         cfg,
         ctx,

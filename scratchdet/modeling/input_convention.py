@@ -31,6 +31,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.models.resnet import Bottleneck
 
 from scratchdet.errors import CheckpointError
+from scratchdet.run_folder import CHECKPOINTS, RunFolder
 
 INPUT_FORMATS = ("RGB", "BGR")
 # The model.* keys that hold a convention, in this order everywhere (config, records, messages).
@@ -218,8 +219,8 @@ def convention_from_record(record: object, where: str) -> InputConvention:
 
 def _run_config(path: Path) -> Path | None:
     """config.yaml of the scratchdet run that wrote `path`: RUN/checkpoints/model_*.pth or RUN/classifier_final.pth."""
-    candidates = [path.parent.parent / "config.yaml"] if path.parent.name == "checkpoints" else []
-    candidates.append(path.parent / "config.yaml")
+    candidates = [RunFolder(path.parent.parent).config] if path.parent.name == CHECKPOINTS else []
+    candidates.append(RunFolder(path.parent).config)
     for candidate in candidates:
         if candidate.is_file():
             try:

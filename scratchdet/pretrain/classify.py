@@ -44,9 +44,7 @@ from scratchdet.engine.trainer import seed_everything
 from scratchdet.modeling.classifier import ResNetClassifier, build_classifier
 from scratchdet.modeling.input_convention import TORCHVISION
 from scratchdet.pretrain.config import PretrainConfig
-
-SUMMARY_FILE = "pretrain_summary.json"
-WEIGHTS_FILE = "classifier_final.pth"
+from scratchdet.run_folder import RunFolder
 
 
 @dataclass(frozen=True)
@@ -199,7 +197,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
         # The input convention is read back by a detector loading this checkpoint (modeling/input_convention.py),
         # so it is fed alike; the weights are in torchvision's ResNet layout.
         return save_training_state(
-            out / "checkpoints",
+            RunFolder(out).checkpoints,
             iteration,
             model,
             optimizer,
@@ -212,8 +210,8 @@ def pretrain(cfg: PretrainConfig) -> dict:
 
     def run_evaluation(iteration: int) -> dict:
         report = {"iter": iteration, **evaluate_classifier(model, eval_loader, device)}
-        (out / "eval").mkdir(exist_ok=True)
-        (out / "eval" / f"iter_{iteration:07d}.json").write_text(json.dumps(report, indent=2) + "\n")
+        RunFolder(out).eval_dir.mkdir(exist_ok=True)
+        RunFolder(out).eval_report(iteration).write_text(json.dumps(report, indent=2) + "\n")
         metrics.write({"type": "eval", **report})
         tqdm.write(
             f"[iter {iteration}] val top-1 {report['top1']:.2f}%, top-5 {report['top5']:.2f}% "
@@ -307,7 +305,8 @@ def _write_results(
 ) -> dict:
     """Writes the final weights (classifier_final.pth) and pretrain_summary.json; returns the summary."""
     out = Path(cfg.output)
-    weights = out / WEIGHTS_FILE
+    folder = RunFolder(out)
+    weights = folder.pretrain_weights
     # torchvision's convention: a plain torchvision-layout state_dict, loadable anywhere. Any other convention is
     # recorded beside the tensors, so the file, copied out of its run folder, cannot be fed the wrong pixels.
     plain = model.input_convention.same_network(TORCHVISION)
@@ -333,12 +332,12 @@ def _write_results(
         "data": cfg.data.root if cfg.data.root else f"synthetic textures (seed {cfg.data.synthetic_seed})",
         "backbone": backbone_description(cfg, model),
         "weights": str(weights),
-        "checkpoint": str(out / "checkpoints" / f"model_{end_iter:07d}.pth"),
+        "checkpoint": str(folder.checkpoint(end_iter)),
     }
-    summary_path = out / SUMMARY_FILE
+    summary_path = folder.pretrain_summary
     summary_path.write_text(json.dumps(summary, indent=2) + "\n")
     tqdm.write(
         f"pre-training results: {summary_path} (top-1 {report['top1']:.2f}%, top-5 {report['top5']:.2f}%); "
-        f"weights ({layout}): {weights}; curves: {out / 'metrics.jsonl'}"
+        f"weights ({layout}): {weights}; curves: {folder.metrics}"
     )
     return {**summary, "summary": str(summary_path)}

@@ -15,13 +15,13 @@ from pathlib import Path
 
 from scratchdet.config import Config, config_to_dict, config_to_yaml, load_config
 from scratchdet.engine.cascade_switch import cascade_switch_iter
-from scratchdet.engine.checkpoint import POINTER
 from scratchdet.engine.initialization import apply_input_convention
 from scratchdet.engine.metrics import read_metrics
 from scratchdet.engine.run_dir import config_diff
 from scratchdet.engine.schedule import Schedule, schedule_from_config
 from scratchdet.errors import CheckpointError
 from scratchdet.modeling.detector import configured_input_convention
+from scratchdet.run_folder import RunFolder
 
 # Keys on which a fork may differ from its trunk, beyond those any resume may change (run_dir.RESUMABLE_KEYS).
 FORKABLE_KEYS = ("schedule.multiplier",)
@@ -74,10 +74,11 @@ def fork_run(trunk_dir: str | Path, iteration: int, cfg: Config) -> Path:
             the two schedules' LRs or box heads (late cascade switch) differ before `iteration`.
     """
     trunk_dir, out = Path(trunk_dir), Path(cfg.output)
-    source = trunk_dir / "checkpoints" / f"model_{iteration:07d}.pth"
+    trunk, fork = RunFolder(trunk_dir), RunFolder(out)
+    source = trunk.checkpoint(iteration)
     if not source.is_file():
         raise CheckpointError(f"trunk {trunk_dir} has no checkpoint at iteration {iteration} ({source.name})")
-    trunk_cfg = load_config(trunk_dir / "config.yaml")
+    trunk_cfg = load_config(trunk.config)
     # The fork continues the trunk's network: input-convention keys it leaves unset take the trunk's values
     # (explicit ones must agree, like every other key), so its config.yaml records what runs.
     apply_input_convention(cfg, configured_input_convention(trunk_cfg))
@@ -88,25 +89,25 @@ def fork_run(trunk_dir: str | Path, iteration: int, cfg: Config) -> Path:
     check_same_lr_until(trunk_schedule, schedule, iteration)
     check_same_heads_until(trunk_cfg, trunk_schedule, cfg, schedule, iteration)
 
-    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-    (out / "eval").mkdir(exist_ok=True)
-    (out / "config.yaml").write_text(config_to_yaml(cfg))
-    for name in ("init.json", "env.json", "dataset_train.json", "dataset_val.json"):
-        if (trunk_dir / name).is_file():
-            shutil.copy2(trunk_dir / name, out / name)
+    fork.checkpoints.mkdir(parents=True, exist_ok=True)
+    fork.eval_dir.mkdir(exist_ok=True)
+    fork.config.write_text(config_to_yaml(cfg))
+    for record in (trunk.init, trunk.env, trunk.dataset("train"), trunk.dataset("val")):
+        if record.is_file():
+            shutil.copy2(record, out / record.name)
     # A hard link costs no disk for what may be a large file; copy where links are not possible.
-    target = out / "checkpoints" / source.name
+    target = fork.checkpoints / source.name
     target.unlink(missing_ok=True)
     try:
         target.hardlink_to(source)
     except OSError:
         shutil.copy2(source, target)
-    (out / "checkpoints" / POINTER).write_text(source.name)
-    with (out / "metrics.jsonl").open("w") as f:
+    fork.pointer.write_text(source.name)
+    with fork.metrics.open("w") as f:
         for record in read_metrics(trunk_dir):
             if record.get("iter", 0) <= iteration and record.get("type") in ("start", "train", "eval"):
                 f.write(json.dumps({**record, "forked_from": str(trunk_dir)}) + "\n")
-    for report in sorted((trunk_dir / "eval").glob("iter_*.json")):
+    for report in trunk.eval_reports():
         if int(report.stem.split("_")[1]) <= iteration:
-            shutil.copy2(report, out / "eval" / report.name)
+            shutil.copy2(report, fork.eval_dir / report.name)
     return out

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from scratchdet.engine.metrics import read_metrics
 from scratchdet.errors import ScratchdetError
+from scratchdet.run_folder import RunFolder
 
 # A drop of at least this factor between two logged LRs is an LR step (warm-up only ever raises the LR).
 LR_DROP_FACTOR = 0.5
@@ -191,7 +192,7 @@ def _read_json(path: Path) -> dict | None:
 def _run_records(run_dir: Path) -> list[dict]:
     """eval/iter_*.json first (written before its metrics record, so a kill can leave only the file), then metrics."""
     records = []
-    for path in sorted((run_dir / "eval").glob("iter_*.json")):
+    for path in RunFolder(run_dir).eval_reports():
         report = _read_json(path)
         if report is not None and isinstance(report.get("iter"), int):
             records.append({"type": "eval", **report})
@@ -206,7 +207,7 @@ def load_run(root: Path, entry: dict, trunks: dict[str, Path]) -> RunData:
     fork_iter = entry.get("fork_iter")
     trunk = entry.get("trunk")
     trunk_dir = (trunks.get(trunk) or root / trunk) if trunk else None  # a trunk's name or its path
-    init_record = _read_json(run_dir / "init.json")
+    init_record = _read_json(RunFolder(run_dir).init)
     if trunk_dir is not None and isinstance(fork_iter, int) and fork_iter > 0:
         has_early = any(r.get("type") in ("train", "eval") and r["iter"] <= fork_iter for r in _dedup(records))
         if not has_early:
@@ -214,7 +215,7 @@ def load_run(root: Path, entry: dict, trunks: dict[str, Path]) -> RunData:
             head = [r for r in _dedup(_run_records(trunk_dir)) if r["iter"] <= fork_iter and r.get("type") != "end"]
             records = head + records
         if init_record is None:
-            init_record = _read_json(trunk_dir / "init.json")
+            init_record = _read_json(RunFolder(trunk_dir).init)
     size = entry.get("train_size")
     init = str(entry.get("init", (init_record or {}).get("init", "?")))
     return RunData(
@@ -237,7 +238,7 @@ def load_run(root: Path, entry: dict, trunks: dict[str, Path]) -> RunData:
 def _pretrain_summaries(root: Path, plan: dict) -> dict[str, dict]:
     """{arm name: last iteration, samples seen, finished} of the pre-training runs the study performed itself."""
     paths = dict(plan.get("pretrain") or {})  # arm name -> folder, relative to the study
-    if not paths and (root / "pretrain" / "metrics.jsonl").is_file():
+    if not paths and RunFolder(root / "pretrain").metrics.is_file():
         paths = {"pretrain": "pretrain"}
     elif not paths and (root / "pretrain").is_dir():
         paths = {d.name: f"pretrain/{d.name}" for d in sorted((root / "pretrain").iterdir()) if d.is_dir()}

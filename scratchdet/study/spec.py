@@ -15,6 +15,11 @@ is what makes the comparison controlled (PAPER.md: same hyper-parameters for bot
     train_sizes: [null, 1000]                   # null = the whole training set (data.train_subset otherwise)
     hparams:                                    # optional grid, e.g. LR x weight decay for small data
       - {name: default, overrides: []}
+    launcher:                                   # where the jobs run (study/launchers.py); default: this process
+      name: slurm
+      tasks_per_node: 8
+      partition: gpu
+      time_minutes: 4320
 """
 
 from __future__ import annotations
@@ -49,6 +54,37 @@ class HParamSpec:
 
 
 @dataclass
+class LauncherSpec:
+    """Where a study's jobs run (study/launchers.py). Not part of any run's config: launching a run elsewhere, or
+    with more processes, changes none of its numbers (train.batch_size is the global batch)."""
+
+    # inprocess: every job in this process, one after another (the default; the demo and CPU users);
+    # local: jobs as process groups on this machine, up to max_parallel at once as their dependencies finish;
+    # slurm: one SLURM job per study job, submitted with afterok dependencies, requeued on preemption.
+    name: str = "inprocess"
+    nodes: int = 1  # slurm: nodes per job
+    tasks_per_node: int = 1  # processes per node: one per GPU, or gloo processes on CPU
+    gpus_per_task: int = 1  # 0: CPU processes (gloo); slurm requests tasks_per_node x gpus_per_task GPUs per node
+    cpus_per_task: int | None = None
+    max_parallel: int = 1  # local: jobs running at once (GPUs are handed out so that no two jobs share one)
+    # slurm (submitit): sbatch's --partition, --account, --qos, --time, --mem, --constraint.
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time_minutes: int = 4320
+    mem_gb: float | None = None
+    constraint: str | None = None
+    # Seconds before the time limit at which SLURM signals the job (USR2): it checkpoints and requeues itself.
+    signal_delay_s: int = 120
+    sbatch_extra: dict[str, str] = field(default_factory=dict)  # any other sbatch option, e.g. {exclude: node7}
+    # For --dry-run's estimate: measured training images per second per device at this study's settings.
+    images_per_second_per_device: float | None = None
+
+
+LAUNCHERS = ("inprocess", "local", "slurm")
+
+
+@dataclass
 class StudySpec:
     name: str = MISSING
     base_config: str = MISSING
@@ -62,6 +98,7 @@ class StudySpec:
     hparams: list[HParamSpec] = field(default_factory=lambda: [HParamSpec()])
     # Train runs that differ only in the schedule length from one trunk (fork_run); false trains each separately.
     share_trunk: bool = True
+    launcher: LauncherSpec = field(default_factory=LauncherSpec)
 
 
 # Run overrides that name the dataset paths data_root gives (data.root, data.train.*, data.val.*, data.voc_root).
@@ -116,6 +153,16 @@ def load_study_spec(path: str | Path, overrides: list[str] | None = None) -> Stu
 
 
 def validate_spec(spec: StudySpec, path: str = "spec") -> None:
+    launcher = spec.launcher
+    if launcher.name not in LAUNCHERS:
+        raise ConfigError(f"{path}: launcher.name={launcher.name!r}; choose one of {', '.join(LAUNCHERS)}")
+    for key in ("nodes", "tasks_per_node", "max_parallel", "time_minutes"):
+        if getattr(launcher, key) < 1:
+            raise ConfigError(f"{path}: launcher.{key} must be at least 1, got {getattr(launcher, key)}")
+    if launcher.gpus_per_task < 0:
+        raise ConfigError(f"{path}: launcher.gpus_per_task must be 0 (CPU) or more, got {launcher.gpus_per_task}")
+    if launcher.name == "local" and launcher.nodes != 1:
+        raise ConfigError(f"{path}: launcher.name=local runs on this machine only; launcher.nodes must be 1")
     names = [a.name for a in spec.arms]
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: arm names must be unique, got {names}")

@@ -6,6 +6,7 @@ import pytest
 import yaml
 from helpers import MINI_CONFIG, tiny_overrides
 
+from scratchdet.engine import trainer
 from scratchdet.engine.metrics import read_metrics
 from scratchdet.study import runner
 
@@ -35,27 +36,28 @@ def write_spec(tmp_path, shapes_dir):
 
 def test_killed_study_resumes_and_skips_finished_runs(shapes_dir, tmp_path, monkeypatch):
     spec = write_spec(tmp_path, shapes_dir)
-    real_train, calls = runner.train, []
+    real_train, calls = trainer.train, []
 
     def dies_on_the_second_run(cfg):
         calls.append(cfg.output)
-        if len(calls) == 3:  # trunk, then 1x's tail, then the 2x tail is "killed" before it trains
+        if len(calls) == 4:  # trunk to 2, trunk to 6, 1x's tail, then the 2x tail is "killed" before it trains
             raise KeyboardInterrupt
         return real_train(cfg)
 
-    monkeypatch.setattr(runner, "train", dies_on_the_second_run)
+    monkeypatch.setattr(trainer, "train", dies_on_the_second_run)
     with pytest.raises(KeyboardInterrupt):
         runner.run_study(spec, report=False)
-    monkeypatch.setattr(runner, "train", real_train)
+    monkeypatch.setattr(trainer, "train", real_train)
 
     study = runner.run_study(spec, report=False)
     status = json.loads((study / "status.json").read_text())
-    assert status["trunks/scratch_all"] == "skipped (finished)"
+    assert status["trunks/scratch_all@2"] == status["trunks/scratch_all@6"] == "skipped (finished)"
     assert status["runs/scratch_all_1x"] == "skipped (finished)"
     # Killed after its fork was set up but before training: it resumes from the forked checkpoint.
     assert status["runs/scratch_all_2x"] == "resumed"
-    # The trunk trained once: one "start" record, never a second one from a redo.
-    assert len(read_metrics(study / "trunks/scratch_all", "start")) == 1
+    # The trunk trained once, in two segments (to the 1x fork at 2, then to the 2x fork at 6): one "start" record
+    # per segment, never a second one from a redo.
+    assert [r["iter"] for r in read_metrics(study / "trunks/scratch_all", "start")] == [0, 2]
     assert [r["iter"] for r in read_metrics(study / "runs/scratch_all_2x", "train")] == list(range(1, 9))
     plan = json.loads((study / "plan.json").read_text())
     assert plan["iterations"] == {"separate": 12, "shared": 6 + 2 + 2, "fraction": pytest.approx(10 / 12, abs=1e-4)}

@@ -1,0 +1,242 @@
+"""Running one job of a study's graph (study/graph.py), wherever it was launched, and its record.
+
+`scratchdet study job STUDY_DIR JOB_ID` (or `run_job`) runs one job: in this process, under torchrun (the local
+launcher), or as the tasks of a SLURM job (the slurm launcher, through submitit). Every process of the job calls it;
+the ranks come from torchrun's or SLURM's environment (scratchdet/distributed.py).
+
+A job is idempotent: a finished one does nothing, an interrupted one resumes from its run folder's last checkpoint,
+a fork not yet made is made from its trunk's checkpoint. One writer per run folder: rank 0 holds an exclusive lock
+(jobs/<run path>.lock) while the job runs, so a second launch of the same run fails at once instead of mixing
+two runs' writes.
+
+Records (jobs/<job id>.json, written atomically): the launcher writes what it submitted (scheduler job id, number
+of submissions); the job writes its state (running, finished, failed with the error, preempted), its start and end
+times, where it ran, and how often it was requeued. `scratchdet study status` reads them with the run folders.
+
+Preemption: SIGTERM (a preemption, `scancel --signal=TERM`) or SIGUSR2 (SLURM's warning before the time limit, as
+submitit asks for it) checkpoints at the iteration boundary (engine/loop.py). Under SLURM, rank 0 then requeues
+the job (`scontrol requeue`): it comes back with the same job id, so its dependents keep waiting for it, and resumes
+exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+from scratchdet.errors import ConfigError, Preempted, ScratchdetError
+from scratchdet.run_folder import RunFolder
+from scratchdet.study.graph import Job, JobGraph, read_graph
+
+RECORDS = "jobs"
+# After requeueing itself, a job waits this long for SLURM to stop it: exiting first could let the job end as
+# COMPLETED, and an afterok dependent would start on an unfinished run.
+REQUEUE_WAIT_S = 300
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def record_path(study_dir: str | Path, job_id: str) -> Path:
+    return Path(study_dir) / RECORDS / f"{job_id}.json"
+
+
+def read_record(study_dir: str | Path, job_id: str) -> dict:
+    try:
+        record = json.loads(record_path(study_dir, job_id).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def update_record(study_dir: str | Path, job_id: str, **fields) -> dict:
+    """Merges `fields` into the job's record (atomic replace); returns the record."""
+    path = record_path(study_dir, job_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {**read_record(study_dir, job_id), **fields}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, path)
+    return record
+
+
+def job_done_iter(study_dir: str | Path, job: Job) -> int | None:
+    """Iterations the job's run folder has finished (its latest checkpoint), None before the first."""
+    return RunFolder(Path(study_dir) / job.path).checkpoint_iteration()
+
+
+def is_finished(study_dir: str | Path, job: Job) -> bool:
+    """Whether the job's work is in its run folder: a pre-training's summary, or a checkpoint at its last
+    iteration. The run folder decides, not the record: a record can be lost, a checkpoint is written atomically."""
+    folder = RunFolder(Path(study_dir) / job.path)
+    if job.kind == "pretrain":
+        return folder.pretrain_summary.is_file()
+    done = folder.checkpoint_iteration()
+    return done is not None and job.end_iter is not None and done >= job.end_iter
+
+
+@contextmanager
+def run_folder_lock(study_dir: str | Path, job: Job):
+    """Exclusive lock on the job's run folder for the duration (rank 0 only).
+
+    Raises:
+        ScratchdetError: another process holds it (the run is being trained elsewhere).
+    """
+    path = Path(study_dir) / RECORDS / f"{job.path}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise ScratchdetError(
+                f"{job.path} is being trained by {holder} (lock {path}); a second writer would mix two runs. "
+                "Wait for it, or stop it first"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}, job {job.id}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _train_until(job: Job, out: Path) -> str:
+    from scratchdet.engine.trainer import train
+    from scratchdet.study.plan import run_config
+
+    done = RunFolder(out).checkpoint_iteration()
+    if done is not None and done >= job.end_iter:
+        return "skipped (finished)"
+    resume = ["resume=true"] if done is not None else []
+    train(run_config(job.config, job.overrides, out, [f"train.max_iters={job.end_iter}", *job.extra, *resume]))
+    return "resumed" if resume else "trained"
+
+
+def _pretrain(job: Job, out: Path) -> str:
+    from scratchdet.pretrain.classify import pretrain
+    from scratchdet.pretrain.config import load_pretrain_config
+
+    if RunFolder(out).pretrain_summary.is_file():
+        return "skipped (finished)"
+    resume = ["resume=true"] if RunFolder(out).checkpoint_iteration() is not None else []
+    pretrain(load_pretrain_config(job.config, [*job.overrides, f"output={out}", *resume]))
+    return "resumed" if resume else "trained"
+
+
+def _make_fork(study_dir: Path, job: Job, out: Path) -> bool:
+    """Creates the run folder from the trunk's checkpoint unless it has a checkpoint already; True if it did."""
+    from scratchdet.study.fork import fork_run
+    from scratchdet.study.plan import run_config
+
+    if RunFolder(out).checkpoint_iteration() is not None:
+        return False
+    if out.exists():
+        shutil.rmtree(out)  # a fork interrupted before its first checkpoint holds nothing to keep
+    fork_run(study_dir / job.fork["trunk"], job.fork["iter"], run_config(job.config, job.overrides, out))
+    return True
+
+
+def execute(graph: JobGraph, job: Job) -> str:
+    """Does the job's work in this process (every rank of a multi-process job calls it); returns what was done."""
+    from scratchdet.distributed import env_world_size, init_distributed, main_first
+    from scratchdet.study.plan import run_config
+
+    study_dir = Path(graph.study_dir)
+    out = study_dir / job.path
+    if job.kind == "pretrain":
+        if env_world_size() > 1:
+            raise ConfigError(f"job {job.id}: pre-training runs in one process; launch it with one task")
+        return _pretrain(job, out)
+    if job.fork is not None and job.start_iter > 0:
+        # Rank 0 makes the fork while the others wait: the process group must exist first.
+        device = run_config(job.config, job.overrides, out).train.device
+        ctx, _ = init_distributed(device)
+        if main_first(ctx, _make_fork, study_dir, job, out):
+            _train_until(job, out)
+            return f"trained from the trunk's iteration {job.fork['iter']}"
+    return _train_until(job, out)
+
+
+def _process_rank() -> int:
+    from scratchdet.distributed import scheduler_rank
+
+    return scheduler_rank()
+
+
+def _requeue_and_wait(study_dir: Path, job: Job, rank: int) -> None:
+    """Under SLURM: rank 0 requeues the job (same id, dependents keep waiting); every rank then waits to be stopped
+    by SLURM. Exits with status 1 if SLURM does not stop it, so the job cannot end as a success."""
+    job_id = os.environ.get("SLURM_JOB_ID")
+    if job_id is None:
+        return
+    if rank == 0:
+        record = read_record(study_dir, job.id)
+        update_record(study_dir, job.id, state="requeued", requeues=int(record.get("requeues", 0)) + 1, ended=now())
+        result = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
+        if result.returncode != 0:  # e.g. a preemption that SLURM requeues by itself
+            print(f"scontrol requeue {job_id}: {result.stderr.strip()}", file=sys.stderr)
+    sys.stdout.flush()
+    time.sleep(REQUEUE_WAIT_S)
+    sys.exit(1)
+
+
+def run_job(study_dir: str | Path, job_id: str) -> str:
+    """Runs job `job_id` of the study in `study_dir` (every process of the job calls it); returns what was done.
+
+    Raises:
+        ScratchdetError: the job failed (recorded with its error); another process is training its run folder.
+        Preempted: a stop signal outside SLURM (the job checkpointed; launch it again to resume).
+    """
+    graph = read_graph(study_dir)
+    job = graph.job(job_id)
+    study_dir = Path(graph.study_dir)
+    if Path.cwd() != Path(graph.cwd):
+        os.chdir(graph.cwd)  # relative paths in the configs and overrides were written from there
+    rank = _process_rank()
+    if rank != 0:
+        try:
+            return execute(graph, job)
+        except Preempted:
+            _requeue_and_wait(study_dir, job, rank)
+            raise
+    with run_folder_lock(study_dir, job):
+        restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+        update_record(
+            study_dir,
+            job.id,
+            state="running",
+            started=now(),
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            slurm_job_id=os.environ.get("SLURM_JOB_ID"),
+            slurm_restarts=restarts,
+            error=None,
+        )
+        try:
+            outcome = execute(graph, job)
+        except Preempted as e:
+            update_record(study_dir, job.id, state="preempted", ended=now(), stopped_at=e.iteration)
+            _requeue_and_wait(study_dir, job, rank)
+            raise
+        except KeyboardInterrupt:
+            update_record(study_dir, job.id, state="interrupted", ended=now())
+            raise
+        except Exception as e:
+            update_record(study_dir, job.id, state="failed", ended=now(), error=f"{type(e).__name__}: {e}")
+            raise
+        update_record(study_dir, job.id, state="finished", ended=now(), outcome=outcome)
+    return outcome

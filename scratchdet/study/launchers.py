@@ -1,0 +1,274 @@
+"""Where a study's jobs run: `launcher.name` = inprocess | local | slurm (study/spec.py: LauncherSpec).
+
+- inprocess: every job in this process, in graph order (the default: the demo, CPU users).
+- local: every job as a group of `launcher.tasks_per_node` processes on this machine (torchrun when more than one),
+  up to `launcher.max_parallel` at once as their dependencies finish; GPUs are handed out so that no two jobs share
+  one. The launcher stays in the foreground; Ctrl-C / SIGTERM makes every running job checkpoint and stop.
+- slurm: every job as a SLURM job of `launcher.nodes` x `launcher.tasks_per_node` tasks, submitted through submitit
+  with `afterok` dependencies on the jobs it needs (`kill-on-invalid-dep`: a failed job cancels its dependents
+  instead of leaving them pending forever), `--requeue`, and SIGUSR2 `launcher.signal_delay_s` before the time
+  limit. The command returns once the graph is submitted.
+
+Submitting is idempotent (`submit`): a job whose run folder is finished, or whose recorded scheduler job is still
+queued or running, is not submitted again; one that failed or vanished is, with its dependents.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from scratchdet.errors import ConfigError, Preempted, ScratchdetError
+from scratchdet.study.graph import Job, JobGraph
+from scratchdet.study.jobs import is_finished, now, read_record, record_path, run_job, update_record
+from scratchdet.study.spec import LauncherSpec
+
+# squeue states of a job that will still run (or is running): it must not be submitted a second time.
+ACTIVE_STATES = {
+    "PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING",
+    "SUSPENDED", "STAGE_OUT", "SIGNALING", "PREEMPTED",
+}  # fmt: skip
+
+
+def _not_run(graph: JobGraph, failed: str, outcome: dict[str, str]) -> None:
+    for dependent in graph.dependents(failed):
+        outcome.setdefault(dependent, f"not run: {failed} failed")
+
+
+# --- inprocess ----------------------------------------------------------------------------------------------------
+
+
+def launch_inprocess(graph: JobGraph, log: Callable[[str], None] = print) -> dict[str, str]:
+    """Runs every job here, in graph order; a failed job's dependents are not run. Returns {job id: outcome}.
+
+    Raises:
+        Preempted: SIGTERM/SIGINT; the running job checkpointed (rerun the same command to resume).
+    """
+    outcome: dict[str, str] = {}
+    for job in graph.jobs:
+        if job.id in outcome:
+            log(f"[study] {job.id}: {outcome[job.id]}")
+            continue
+        try:
+            outcome[job.id] = run_job(graph.study_dir, job.id)
+        except ScratchdetError as e:
+            outcome[job.id] = f"failed: {e}"
+            _not_run(graph, job.id, outcome)
+        log(f"[study] {job.id}: {outcome[job.id]}")
+    return outcome
+
+
+# --- local --------------------------------------------------------------------------------------------------------
+
+
+def job_command(graph: JobGraph, job: Job, processes: int) -> list[str]:
+    """The command that runs `job` with `processes` processes on this machine."""
+    entry = ["-m", "scratchdet", "study", "job", graph.study_dir, job.id]
+    if processes == 1:
+        return [sys.executable, *entry]
+    # torchrun --standalone: a rendezvous on a free local port, so parallel jobs never collide.
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", *entry]
+
+
+def _visible_gpus() -> list[str]:
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [g for g in listed.split(",") if g.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def launch_local(graph: JobGraph, launcher: LauncherSpec, log: Callable[[str], None] = print) -> dict[str, str]:
+    """Runs the graph on this machine, jobs in parallel as their dependencies finish. Returns {job id: outcome}.
+
+    Raises:
+        ConfigError: launcher.gpus_per_task > 0 but too few GPUs for one job.
+        Preempted: SIGTERM/SIGINT; every running job checkpointed (rerun the same command to resume).
+    """
+    study_dir = Path(graph.study_dir)
+    free_gpus = _visible_gpus() if launcher.gpus_per_task else []
+    need = launcher.tasks_per_node * launcher.gpus_per_task
+    if launcher.gpus_per_task and len(free_gpus) < need:
+        raise ConfigError(
+            f"launcher.tasks_per_node={launcher.tasks_per_node} x gpus_per_task={launcher.gpus_per_task} needs "
+            f"{need} GPUs per job; this machine shows {len(free_gpus)}. Use launcher.gpus_per_task=0 for CPU "
+            "processes"
+        )
+    outcome: dict[str, str] = {j.id: "skipped (finished)" for j in graph.jobs if is_finished(study_dir, j)}
+    running: dict[str, tuple[subprocess.Popen, list[str]]] = {}
+    stop: list[int] = []
+    signalled: set[str] = set()
+    previous = {s: signal.signal(s, lambda signum, frame: stop.append(signum)) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while True:
+            for job_id, (proc, _) in running.items():
+                if stop and job_id not in signalled and proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGTERM)  # each job checkpoints at its iteration boundary
+                    signalled.add(job_id)
+            for job_id, (proc, gpus) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                del running[job_id]
+                free_gpus += gpus
+                if proc.returncode == 0:
+                    outcome[job_id] = read_record(study_dir, job_id).get("outcome", "finished")
+                else:
+                    error = read_record(study_dir, job_id).get("error") or f"exit status {proc.returncode}"
+                    outcome[job_id] = "stopped" if stop else f"failed: {error}"
+                    if not stop:
+                        _not_run(graph, job_id, outcome)
+                log(f"[study] {job_id}: {outcome[job_id]}")
+            if stop:
+                if not running:
+                    raise Preempted(stop[0], -1, f"the run folders under {study_dir}")
+                time.sleep(0.2)
+                continue
+            ready = [
+                j
+                for j in graph.jobs
+                if j.id not in outcome
+                and j.id not in running
+                and all(outcome.get(d, "").startswith(("skipped", "trained", "resumed", "finished")) for d in j.deps)
+            ]
+            for job in ready:
+                processes = 1 if job.single_process else launcher.tasks_per_node
+                gpus_needed = processes * launcher.gpus_per_task
+                if len(running) >= launcher.max_parallel or len(free_gpus) < gpus_needed:
+                    break
+                gpus, free_gpus = free_gpus[:gpus_needed], free_gpus[gpus_needed:]
+                env = {**os.environ, "CUDA_VISIBLE_DEVICES": ",".join(gpus)}
+                log_path = record_path(study_dir, job.id).with_suffix(".log")
+                log_path.parent.mkdir(parents=True, exist_ok=True)
+                with log_path.open("a") as out:
+                    proc = subprocess.Popen(
+                        job_command(graph, job, processes),
+                        env=env,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,  # its own process group: a stop reaches every process of the job
+                    )
+                update_record(study_dir, job.id, launcher="local", submitted=now(), pid=proc.pid, log=str(log_path))
+                running[job.id] = (proc, gpus)
+                log(f"[study] {job.id}: started ({processes} process(es){', GPUs ' + ','.join(gpus) if gpus else ''})")
+            if not running:
+                break
+            time.sleep(0.5)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return outcome
+
+
+# --- slurm --------------------------------------------------------------------------------------------------------
+
+
+def squeue_states() -> dict[str, str]:
+    """{SLURM job id: state} of every job the controller still lists.
+
+    Raises:
+        ScratchdetError: squeue is missing or fails (no SLURM here).
+    """
+    try:
+        result = subprocess.run(["squeue", "-h", "-o", "%i %T"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise ScratchdetError(f"squeue failed ({type(e).__name__}: {e}); is this a SLURM login node?") from None
+    if result.returncode != 0:
+        raise ScratchdetError(f"squeue failed: {result.stderr.strip()}")
+    return dict(line.split(None, 1) for line in result.stdout.splitlines() if line.strip())
+
+
+class StudyTask:
+    """The callable submitit runs in every task of a SLURM job: one job of the study graph.
+
+    A plain class (not a closure) so that submitit's pickle stays small and names only this module.
+    """
+
+    def __init__(self, study_dir: str, job_id: str):
+        self.study_dir = study_dir
+        self.job_id = job_id
+
+    def __call__(self) -> str:
+        return run_job(self.study_dir, self.job_id)
+
+    def checkpoint(self):
+        # submitit calls this on SIGUSR2 outside the training loop (start-up, evaluation after the last iteration):
+        # requeue the same call; it resumes from the run folder's last checkpoint.
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self)
+
+
+def _executor(study_dir: Path, launcher: LauncherSpec, job: Job, dependency: list[str]):
+    import submitit
+
+    executor = submitit.SlurmExecutor(folder=study_dir / "slurm" / "%j")
+    tasks = 1 if job.single_process else launcher.tasks_per_node
+    extra = {"requeue": True, "kill-on-invalid-dep": "yes", **launcher.sbatch_extra}
+    if dependency:
+        extra["dependency"] = "afterok:" + ":".join(dependency)
+    params = {
+        "job_name": f"sd-{job.id}",
+        "nodes": 1 if job.single_process else launcher.nodes,
+        "ntasks_per_node": tasks,
+        "time": launcher.time_minutes,
+        "signal_delay_s": launcher.signal_delay_s,
+        "additional_parameters": extra,
+        "partition": launcher.partition,
+        "account": launcher.account,
+        "qos": launcher.qos,
+        "constraint": launcher.constraint,
+        "cpus_per_task": launcher.cpus_per_task,
+        "mem": f"{launcher.mem_gb:g}G" if launcher.mem_gb else None,
+        "gpus_per_node": tasks * launcher.gpus_per_task if launcher.gpus_per_task else None,
+    }
+    executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
+    return executor
+
+
+def submit_slurm(graph: JobGraph, launcher: LauncherSpec, log: Callable[[str], None] = print) -> dict[str, str]:
+    """Submits every job not finished, queued or running, with afterok dependencies; returns {job id: what}.
+
+    Raises:
+        ScratchdetError: squeue or sbatch fails (the message names the job and sbatch's error).
+    """
+    study_dir = Path(graph.study_dir)
+    states = squeue_states()
+    scheduler_id: dict[str, str] = {}
+    outcome: dict[str, str] = {}
+    for job in graph.jobs:
+        if is_finished(study_dir, job):
+            outcome[job.id] = "finished"
+            continue
+        record = read_record(study_dir, job.id)
+        previous = record.get("scheduler_id")
+        if previous and states.get(previous) in ACTIVE_STATES:
+            scheduler_id[job.id] = previous
+            outcome[job.id] = f"already {states[previous].lower()} as SLURM job {previous}"
+            continue
+        dependency = [scheduler_id[d] for d in job.deps if d in scheduler_id]
+        try:
+            submitted = _executor(study_dir, launcher, job, dependency).submit(StudyTask(graph.study_dir, job.id))
+        except Exception as e:  # submitit raises its own types for a refused sbatch
+            raise ScratchdetError(f"sbatch refused job {job.id}: {e}") from None
+        scheduler_id[job.id] = str(submitted.job_id)
+        update_record(
+            study_dir,
+            job.id,
+            launcher="slurm",
+            scheduler_id=str(submitted.job_id),
+            submitted=now(),
+            submissions=int(record.get("submissions", 0)) + 1,
+            state="submitted",
+            error=None,
+        )
+        outcome[job.id] = f"submitted as SLURM job {submitted.job_id}" + (
+            f" after {','.join(dependency)}" if dependency else ""
+        )
+        log(f"[study] {job.id}: {outcome[job.id]}")
+    return outcome

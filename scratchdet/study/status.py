@@ -1,0 +1,197 @@
+"""`scratchdet study status DIR [--json]`: where every job of a study stands, read from outside the jobs.
+
+Sources, in order of authority: the run folders (a checkpoint at a job's last iteration means finished, whatever
+else says), the scheduler (squeue: queued, waiting for a dependency, running), and the job records the launchers and
+jobs write (study/jobs.py: failed with its error, preempted, requeued N times). Iteration, time per iteration and
+the last AP come from each run's metrics.jsonl.
+
+Exit status: 0 when every job finished, 1 when one failed (or was cancelled by a failed dependency), 3 while work
+is still pending.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from scratchdet.engine.metrics import read_metrics
+from scratchdet.errors import ScratchdetError
+from scratchdet.run_folder import RunFolder
+from scratchdet.study.graph import Job, read_graph
+from scratchdet.study.jobs import is_finished, read_record
+from scratchdet.study.launchers import squeue_states
+
+FAILED = ("failed", "cancelled")
+
+
+@dataclass
+class JobStatus:
+    id: str
+    kind: str
+    state: str  # finished | running | queued | waiting | requeued | preempted | failed | cancelled | not submitted
+    scheduler_id: str | None
+    iteration: int | None
+    start_iter: int
+    end_iter: int | None
+    time_per_iter: float | None  # seconds, the last log window
+    eta_s: float | None
+    last_ap: float | None  # bbox AP (or VOC mAP, or top-1 for a pre-training) at the last evaluation
+    last_ap_iter: int | None
+    requeues: int
+    error: str | None
+
+
+def _alive(record: dict) -> bool:
+    pid = record.get("pid")
+    if not pid or record.get("host") not in (None, socket.gethostname()):
+        return True  # cannot tell from here: trust the record
+    try:
+        os.kill(int(pid), 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _last_metric(evals: list[dict]) -> tuple[float | None, int | None]:
+    for record in reversed(evals):
+        for value in (
+            (record.get("bbox") or {}).get("AP"),
+            (record.get("voc") or {}).get("mAP"),
+            record.get("top1"),
+        ):
+            if isinstance(value, (int, float)):
+                return float(value), record.get("iter")
+    return None, None
+
+
+def job_status(study_dir: Path, job: Job, queue: dict[str, str] | None, finished: set[str]) -> JobStatus:
+    record = read_record(study_dir, job.id)
+    scheduler_id = record.get("scheduler_id")
+    records = read_metrics(study_dir / job.path)
+    trains = [r for r in records if r.get("type") == "train" and isinstance(r.get("iter"), int)]
+    last_ap, last_ap_iter = _last_metric([r for r in records if r.get("type") == "eval"])
+    checkpoint = RunFolder(study_dir / job.path).checkpoint_iteration()
+    iteration = max([checkpoint or 0, *(r["iter"] for r in trains)]) if (trains or checkpoint) else None
+    if iteration is not None and job.end_iter is not None:
+        iteration = min(iteration, job.end_iter)
+    state = record.get("state") or "not submitted"
+    if is_finished(study_dir, job):
+        state = "finished"
+    elif queue is not None and scheduler_id in queue:
+        slurm_state = queue[scheduler_id]
+        if slurm_state == "PENDING":
+            state = "waiting" if any(d not in finished for d in job.deps) else "queued"
+        elif slurm_state.startswith("REQUEUE"):
+            state = "requeued"
+        else:
+            state = "running" if slurm_state in ("RUNNING", "COMPLETING", "CONFIGURING") else slurm_state.lower()
+    elif queue is not None and state in ("submitted", "running", "requeued", "preempted"):
+        # Gone from the queue without finishing: cancelled (e.g. a dependency failed), or killed.
+        state = "cancelled"
+    elif state == "running" and not _alive(record):
+        state = "stopped"
+    time_per_iter = trains[-1].get("time_per_iter") if trains else None
+    eta = None
+    if state == "running" and time_per_iter and iteration is not None and job.end_iter is not None:
+        eta = (job.end_iter - iteration) * time_per_iter
+    requeues = int(record.get("requeues", 0))
+    return JobStatus(
+        id=job.id,
+        kind=job.kind,
+        state=state,
+        scheduler_id=scheduler_id,
+        iteration=iteration,
+        start_iter=job.start_iter,
+        end_iter=job.end_iter,
+        time_per_iter=time_per_iter,
+        eta_s=eta,
+        last_ap=last_ap,
+        last_ap_iter=last_ap_iter,
+        requeues=requeues,
+        error=record.get("error") if state in FAILED or state == "stopped" else None,
+    )
+
+
+def study_status(study_dir: str | Path) -> list[JobStatus]:
+    """Every job's status, in graph order.
+
+    Raises:
+        ScratchdetError: not a study folder.
+    """
+    graph = read_graph(study_dir)
+    root = Path(graph.study_dir)
+    uses_slurm = any(read_record(root, j.id).get("launcher") == "slurm" for j in graph.jobs)
+    queue = None
+    if uses_slurm:
+        try:
+            queue = squeue_states()
+        except ScratchdetError:
+            queue = None  # on a machine without SLURM the records still say what was submitted
+    finished = {j.id for j in graph.jobs if is_finished(root, j)}
+    return [job_status(root, job, queue, finished) for job in graph.jobs]
+
+
+def exit_code(statuses: list[JobStatus]) -> int:
+    if any(s.state in FAILED for s in statuses):
+        return 1
+    return 0 if all(s.state == "finished" for s in statuses) else 3
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def progress_line(statuses: list[JobStatus]) -> str:
+    """The whole study in one line: jobs finished, iterations done of all planned, the longest running ETA."""
+    done = sum(s.state == "finished" for s in statuses)
+    total_iters = sum((s.end_iter or 0) - s.start_iter for s in statuses)
+    done_iters = sum(
+        ((s.end_iter or 0) - s.start_iter) if s.state == "finished" else max(0, (s.iteration or 0) - s.start_iter)
+        for s in statuses
+    )
+    etas = [s.eta_s for s in statuses if s.eta_s is not None]
+    failed = sum(s.state in FAILED for s in statuses)
+    return (
+        f"{done}/{len(statuses)} jobs finished, {done_iters}/{total_iters} iterations"
+        + (f", {failed} failed" if failed else "")
+        + (f", running jobs end in {_duration(max(etas))}" if etas else "")
+    )
+
+
+def format_status(statuses: list[JobStatus]) -> str:
+    """The status as a table, with the progress line on top."""
+    header = ("job", "state", "slurm id", "iter", "s/iter", "ETA", "last AP", "requeues")
+    rows = []
+    for s in statuses:
+        end = "?" if s.end_iter is None else s.end_iter
+        rows.append(
+            (
+                s.id,
+                s.state,
+                s.scheduler_id or "-",
+                f"{s.iteration if s.iteration is not None else s.start_iter}/{end}",
+                f"{s.time_per_iter:.3g}" if s.time_per_iter else "-",
+                _duration(s.eta_s),
+                f"{s.last_ap:.1f} @{s.last_ap_iter}" if s.last_ap is not None else "-",
+                str(s.requeues),
+            )
+        )
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = [progress_line(statuses), "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    lines += [f"{s.id}: {s.error}" for s in statuses if s.error]
+    return "\n".join(lines)
+
+
+def status_json(statuses: list[JobStatus]) -> str:
+    return json.dumps(
+        {"progress": progress_line(statuses), "exit_code": exit_code(statuses), "jobs": [asdict(s) for s in statuses]},
+        indent=2,
+    )
