@@ -44,7 +44,7 @@ REQUEUE_WAIT_S = 300
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 def record_path(study_dir: str | Path, job_id: str) -> Path:

@@ -163,6 +163,66 @@ def samples_table(runs: list[RunData]) -> Table:
     )
 
 
+def _hours(value: float | None) -> str | None:
+    return None if value is None else f"{value:.3g}"  # toy runs take seconds, paper runs thousands of hours
+
+
+def _hours_sum(values) -> float | None:
+    values = list(values)
+    return None if not values or any(v is None for v in values) else sum(values)
+
+
+def compute_tables(study: Study) -> tuple[Table, Table, str]:
+    """The study's compute (paper Fig. 2 argues in it): device-hours per run and per arm, and the shared trunks'
+    saving. Device-hours are measured: time per iteration x iterations x processes, from the runs' logs."""
+    runs = findings.sort_runs(study.runs)
+    rows = [
+        [
+            r.name,
+            r.arm,
+            r.label,
+            r.size_label,
+            r.hparams,
+            r.fork_iter,
+            _hours(r.own_device_hours),
+            _hours(r.device_hours),
+        ]
+        for r in runs
+    ]
+    per_run = Table(
+        "compute_per_run",
+        "Device-hours per run (measured: time per iteration x iterations x processes)",
+        ["run", "arm", "schedule", "train size", "hparams", "forked at", "own device-h", "as a separate run device-h"],
+        rows,
+        "'own' counts the run's iterations after its fork; 'as a separate run' adds its trunk's iterations before "
+        "the fork, what it would have cost trained alone. '-': not (yet) logged.",
+    )
+    arm_rows = []
+    for arm in sorted({r.arm for r in runs}):
+        arm_runs = [r for r in runs if r.arm == arm]
+        pretrain = (study.pretrain.get(arm) or {}).get("device_hours")
+        fine_tune = _hours_sum(r.device_hours for r in arm_runs)
+        arm_rows.append([arm, len(arm_runs), _hours(pretrain), _hours(fine_tune)])
+    per_arm = Table(
+        "compute_per_arm",
+        "Device-hours per arm: the study's own pre-training, and fine-tuning summed over runs trained separately",
+        ["arm", "runs", "pre-training device-h", "fine-tuning device-h (separate runs)"],
+        arm_rows,
+        "Pre-training done outside the study (a weights file) is not counted here; its samples are in the "
+        "samples-seen table when the file records them.",
+    )
+    shared = _hours_sum([*study.trunk_hours.values(), *(r.own_device_hours for r in runs)])
+    separate = _hours_sum(r.device_hours for r in runs)
+    if shared is None or separate is None or not separate:
+        saving = "The shared trunks' saving in device-hours is known once every run and trunk has logged its time."
+    else:
+        saving = (
+            f"Fine-tuning used {shared:.3g} device-hours with the shared trunks; separate runs would have used "
+            f"{separate:.3g} ({separate - shared:.3g} saved, {1 - shared / separate:.0%})."
+        )
+    return per_run, per_arm, saving
+
+
 def data_size_table(points: list[findings.SizePoint]) -> Table:
     """Figs. 7-8 as numbers: per size, each arm's best finished run and the gap."""
     rows = []
@@ -323,6 +383,9 @@ def write_report(study_dir: str | Path) -> Path:
             title = f"Train size {size}, hparams {hp}: training loss and bbox AP vs iterations (Fig. 8)"
             fig = figures.loss_and_ap_figure([r for r in runs if (r.size_label, r.hparams) == (size, hp)], title)
             html_parts.append(_embed(fig, fig_dir, f"loss_{size}_{hp}", title))
+    per_run, per_arm, saving = compute_tables(study)
+    tables += [per_arm, per_run]
+    html_parts += ["<h2>Compute (Fig. 2)</h2>", f"<p>{html.escape(saving)}</p>", per_arm.html(), per_run.html()]
     if len({r.hparams for r in runs}) > 1:
         tables.append(hparam_table(runs))
         html_parts += ["<h2>Hyper-parameter grid</h2>", tables[-1].html()]

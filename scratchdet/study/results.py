@@ -32,6 +32,27 @@ def schedule_label(schedule: float | None) -> str:
     return "?x" if schedule is None else f"{schedule:g}x"
 
 
+def device_seconds(records: list[dict], after: int = 0) -> float | None:
+    """Device time of the training windows that end after iteration `after`: the sum over "train" records of
+    time_per_iter x the window's iterations x the processes that trained it (the "start" record's world_size).
+
+    time_per_iter is wall time per iteration including what ran between iterations (checkpoints, evaluation), so
+    this is what the run held its devices for. None when no record has a time.
+    """
+    total, previous, world, found = 0.0, None, 1, False
+    # At one iteration a "train" record closes the window before a "start" record (a resume there) opens one.
+    for record in sorted(records, key=lambda r: (r["iter"], r.get("type") == "start")):
+        if record.get("type") == "start":
+            previous, world = record["iter"], int(record.get("world_size") or 1)
+        elif record.get("type") == "train" and previous is not None:
+            per_iter = metric_value(record.get("time_per_iter"))
+            if per_iter is not None and record["iter"] > after:
+                total += (record["iter"] - max(previous, after)) * per_iter * world
+                found = True
+            previous = record["iter"]
+    return total if found else None
+
+
 @dataclass
 class RunData:
     """One planned run with its de-duplicated records (trunk records before the fork included)."""
@@ -49,6 +70,19 @@ class RunData:
     plan_train_images: int | None = None
     records: list[dict] = field(default_factory=list)
     init_record: dict | None = None
+    fork_iter: int | None = None  # where the run forked from its trunk (None: trained alone)
+
+    @property
+    def device_hours(self) -> float | None:
+        """Device-hours of this run as if trained alone: its trunk's windows before the fork included."""
+        seconds = device_seconds(self.records)
+        return None if seconds is None else seconds / 3600
+
+    @property
+    def own_device_hours(self) -> float | None:
+        """Device-hours this run spent itself: after its fork point (the whole run when it has no trunk)."""
+        seconds = device_seconds(self.records, after=self.fork_iter or 0)
+        return None if seconds is None else seconds / 3600
 
     def of_type(self, record_type: str) -> list[dict]:
         """Records of one type ("start", "train", "eval", "end"), by iteration."""
@@ -167,6 +201,7 @@ class Study:
     runs: list[RunData]
     iterations: dict
     pretrain: dict[str, dict]  # arm name -> summary of the pre-training run the study performed for it
+    trunk_hours: dict[str, float | None] = field(default_factory=dict)  # trunk path -> its device-hours
 
 
 def _dedup(records: list) -> list[dict]:
@@ -232,6 +267,7 @@ def load_run(root: Path, entry: dict, trunks: dict[str, Path]) -> RunData:
         plan_train_images=entry.get("train_images") if isinstance(entry.get("train_images"), int) else None,
         records=_dedup(records),
         init_record=init_record,
+        fork_iter=fork_iter if trunk_dir is not None and isinstance(fork_iter, int) else None,
     )
 
 
@@ -252,6 +288,7 @@ def _pretrain_summaries(root: Path, plan: dict) -> dict[str, dict]:
                 "iter": with_seen[-1].get("iter"),
                 "seen": with_seen[-1]["seen"],
                 "finished": any(r.get("type") == "end" for r in records),
+                "device_hours": None if (sec := device_seconds(records)) is None else sec / 3600,
             }
     return summaries
 
@@ -274,8 +311,18 @@ def load_study(study_dir: str | Path) -> Study:
         summary = pretrain.get(run.arm) or (next(iter(pretrain.values())) if len(pretrain) == 1 else None)
         if run.init == "pretrained" and run.pretrain_seen is None and summary is not None:
             run.init_record = {**(run.init_record or {}), "pretrain_seen": dict(summary["seen"])}
+    trunk_hours = {}
+    for path in trunks.values():
+        seconds = device_seconds(_dedup(read_metrics(path)))
+        trunk_hours[str(path.relative_to(root))] = None if seconds is None else seconds / 3600
     return Study(
-        root, str(plan.get("name", root.name)), plan.get("created"), runs, plan.get("iterations") or {}, pretrain
+        root,
+        str(plan.get("name", root.name)),
+        plan.get("created"),
+        runs,
+        plan.get("iterations") or {},
+        pretrain,
+        trunk_hours,
     )
 
 

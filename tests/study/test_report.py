@@ -445,3 +445,19 @@ def test_untrained_arms_are_not_called_comparable():
     sentence = gap_sentence("At 1x", "bbox AP", 0.3, 0.1)
     assert "both arms are below 1.0 bbox AP" in sentence and "within" not in sentence
     assert gap_sentence("At 6x", "bbox AP", 41.1, 41.3).startswith("At 6x, scratch is within 0.2 bbox AP")
+
+
+def test_device_seconds_counts_each_window_once_with_its_processes():
+    from scratchdet.study.results import device_seconds
+
+    records = [
+        {"type": "start", "iter": 0, "world_size": 1},
+        {"type": "train", "iter": 1, "time_per_iter": 1.0},
+        {"type": "start", "iter": 2, "world_size": 2},  # resumed at 2 on two processes
+        {"type": "train", "iter": 2, "time_per_iter": 2.0},  # closes the window 1..2, before the resume
+        {"type": "train", "iter": 4, "time_per_iter": 1.5},
+    ]
+    assert device_seconds(records) == 1.0 + 2.0 + 2 * 1.5 * 2
+    assert device_seconds(records, after=2) == 2 * 1.5 * 2  # a fork at 2 owns only what follows
+    assert device_seconds(records, after=3) == 1 * 1.5 * 2
+    assert device_seconds([{"type": "start", "iter": 0}]) is None
