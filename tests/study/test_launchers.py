@@ -1,0 +1,236 @@
+"""A study through the local launcher and through a real SLURM cluster (scripts/local_slurm.sh; .ci/run starts it).
+
+The tiny study: a scratch arm, schedules 1x and 2x sharing a trunk (jobs trunk@2 -> trunk@6, 1x tail 2..4, 2x
+tail 6..8). At the same number of processes per job, every launcher must end with exactly the same parameters,
+evaluations and image ids: where a job runs changes nothing it computes. Across process counts the image ids and
+sample counts stay the same (the global batch is split over the ranks), but the RPN/RoI sampling draws come from
+one RNG stream per rank, so the parameters differ (tests/distributed covers that split).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from helpers import MINI_CONFIG, tiny_overrides
+
+from scratchdet.engine.checkpoint import latest_checkpoint, load_checkpoint
+from scratchdet.engine.metrics import read_metrics
+from scratchdet.study import runner
+from scratchdet.study.graph import read_graph
+from scratchdet.study.jobs import read_record
+from scratchdet.study.status import exit_code, format_status, study_status
+
+RUNS = ("runs/scratch_all_1x", "runs/scratch_all_2x")
+
+
+def _slurm_up() -> str | None:
+    """None when a SLURM cluster answers here, else why not."""
+    if shutil.which("sinfo") is None:
+        return "no sinfo on PATH (start one with `bash scripts/local_slurm.sh start`)"
+    result = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
+    states = result.stdout.split()
+    if result.returncode != 0 or not any(s.rstrip("*~#") in ("idle", "mixed", "allocated") for s in states):
+        return f"SLURM does not answer or has no usable node: {result.stderr.strip() or states}"
+    return None
+
+
+def _need_slurm() -> None:
+    why = _slurm_up()
+    if why is None:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI must run the SLURM tests against a real cluster: {why}")
+    pytest.skip(why)
+
+
+def write_spec(tmp_path: Path, shapes_dir: Path, study: str, schedules=(1, 2), **launcher) -> Path:
+    overrides = [o for o in tiny_overrides(shapes_dir, tmp_path / "unused") if not o.startswith("output=")]
+    overrides += [
+        "solver.reference_batch=2",
+        "schedule.unit_iters=4",
+        "schedule.drop_tails=[2,1]",
+        "solver.warmup_iters=1",
+        "eval.period=0",
+        "eval.max_images=2",
+        "train.num_threads=1",  # one intra-op thread everywhere, so float reductions run in the same order
+        "train.record_image_ids=true",
+    ]
+    spec = {
+        "name": study,
+        "base_config": str(MINI_CONFIG),
+        "output": str(tmp_path / study),
+        "overrides": overrides,
+        "schedules": list(schedules),
+        "arms": [{"name": "scratch"}],
+        "launcher": {"gpus_per_task": 0, "time_minutes": 10, "signal_delay_s": 30, **launcher},
+    }
+    path = tmp_path / f"{study}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def final_state(run_dir: Path) -> dict:
+    return load_checkpoint(latest_checkpoint(run_dir / "checkpoints"))
+
+
+def image_ids(run_dir: Path) -> list:
+    return [(r["iter"], r["image_ids"]) for r in read_metrics(run_dir, "batch")]
+
+
+def last_eval(run_dir: Path) -> dict:
+    report = read_metrics(run_dir, "eval")[-1]
+    return {k: v for k, v in report.items() if not k.endswith("_s")}  # everything but the timings
+
+
+def assert_same_runs(a: Path, b: Path, *, exact: bool = True) -> None:
+    for run in RUNS:
+        sa, sb = final_state(a / run), final_state(b / run)
+        assert sa["iteration"] == sb["iteration"] and sa["seen"] == sb["seen"], run
+        assert image_ids(a / run) == image_ids(b / run), run
+        if exact:
+            assert last_eval(a / run) == last_eval(b / run), run
+            for key, value in sa["model"].items():
+                assert torch.equal(value, sb["model"][key]), f"{run}: {key}"
+
+
+def wait_for(study: Path, timeout: float = 420) -> list:
+    """Polls `study status` until nothing is pending; returns the statuses."""
+    deadline = time.time() + timeout
+    while True:
+        statuses = study_status(study)
+        if exit_code(statuses) != 3:
+            return statuses
+        if time.time() > deadline:
+            pytest.fail(f"study {study} still pending after {timeout} s:\n{format_status(statuses)}")
+        time.sleep(1.0)
+
+
+@pytest.fixture(scope="module")
+def inprocess_study(shapes_dir, tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("inprocess")
+    return runner.run_study(write_spec(tmp, shapes_dir, "tiny"), report=False)
+
+
+@pytest.fixture(scope="module")
+def local_two_task_study(shapes_dir, tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("local2")
+    spec = write_spec(tmp, shapes_dir, "local2", name="local", tasks_per_node=2, max_parallel=2)
+    study = runner.run_study(spec, report=False)
+    assert exit_code(study_status(study)) == 0, format_status(study_status(study))
+    return study
+
+
+def test_dry_run_prints_the_graph_and_device_hours(shapes_dir, tmp_path, capsys):
+    from scratchdet.cli import main
+
+    spec = write_spec(tmp_path, shapes_dir, "tiny", images_per_second_per_device=2.0)
+    assert main(["study", str(spec), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "trunks/scratch_all@2 " in out and "after: trunks/scratch_all@2" in out
+    assert "runs/scratch_all_2x" in out and "after: trunks/scratch_all@6" in out
+    # 10 shared iterations x 2 images / 2 images/s = 10 s of device time; separately 12 iterations = 12 s.
+    assert "estimated 0.00278 device-hours" in out and "separate runs would need 0.00333" in out
+    assert not (tmp_path / "tiny").exists()  # a dry run writes nothing
+
+
+def test_local_launcher_one_process_per_job_equals_inprocess_exactly(shapes_dir, tmp_path, inprocess_study):
+    spec = write_spec(tmp_path, shapes_dir, "local1", name="local", max_parallel=2)
+    study = runner.run_study(spec, report=False)
+    assert_same_runs(study, inprocess_study)
+    # The 1x tail and the trunk's second segment depend only on the first segment: they ran side by side.
+    first = read_record(study, "trunks/scratch_all@2")
+    tail, segment = read_record(study, "runs/scratch_all_1x"), read_record(study, "trunks/scratch_all@6")
+    assert tail["started"] >= first["ended"] and segment["started"] >= first["ended"]
+    assert tail["started"] < segment["ended"] and segment["started"] < tail["ended"]
+
+
+def test_local_launcher_two_processes_per_job_sees_the_inprocess_images(local_two_task_study, inprocess_study):
+    start = read_metrics(local_two_task_study / "runs/scratch_all_2x", "start")[-1]
+    assert start["world_size"] == 2  # every job really ran as 2 processes
+    assert_same_runs(local_two_task_study, inprocess_study, exact=False)
+
+
+def test_slurm_two_tasks_per_job_equals_local_exactly(shapes_dir, tmp_path, local_two_task_study):
+    _need_slurm()
+    study = runner.run_study(write_spec(tmp_path, shapes_dir, "slurm2", name="slurm", tasks_per_node=2), report=False)
+    statuses = wait_for(study)
+    assert exit_code(statuses) == 0, format_status(statuses)
+    assert_same_runs(study, local_two_task_study)
+    for job in read_graph(study).jobs:
+        record = read_record(study, job.id)
+        assert record["state"] == "finished" and record["submissions"] == 1 and record["slurm_job_id"]
+
+
+def _scontrol(*args: str) -> None:
+    subprocess.run(["scontrol", *args], check=True, capture_output=True, text=True, timeout=30)
+
+
+def test_slurm_failed_segment_cancels_its_dependents_and_resubmission_runs_only_those(shapes_dir, tmp_path):
+    _need_slurm()
+    spec = write_spec(tmp_path, shapes_dir, "failing", name="slurm")
+    study = runner.run_study(spec, report=False)
+    segment = read_record(study, "trunks/scratch_all@6")["scheduler_id"]
+    _scontrol("hold", segment)  # keeps the second trunk segment from starting until the trunk is broken
+    submitted = {j.id: read_record(study, j.id)["scheduler_id"] for j in read_graph(study).jobs}
+
+    runner.run_study(spec, report=False)  # submitting again while everything is queued submits nothing
+    assert {j.id: read_record(study, j.id)["scheduler_id"] for j in read_graph(study).jobs} == submitted
+    assert {read_record(study, j)["submissions"] for j in submitted} == {1}
+
+    deadline = time.time() + 300
+    while read_record(study, "trunks/scratch_all@2").get("state") != "finished" and time.time() < deadline:
+        time.sleep(0.5)
+    # Break only what the second segment needs: the trunk's checkpoint pointer (the 1x fork copies its checkpoint
+    # by name and goes on).
+    pointer = study / "trunks/scratch_all/checkpoints/last_checkpoint"
+    saved = pointer.read_text()
+    pointer.write_text("garbage")
+    _scontrol("release", segment)
+    statuses = {s.id: s for s in wait_for(study)}
+    assert statuses["trunks/scratch_all@6"].state == "failed"
+    assert "the run folder was altered" in statuses["trunks/scratch_all@6"].error
+    assert statuses["runs/scratch_all_2x"].state == "cancelled"  # never started: no run folder
+    assert not (study / "runs/scratch_all_2x").exists()
+    assert statuses["trunks/scratch_all@2"].state == statuses["runs/scratch_all_1x"].state == "finished"
+
+    pointer.write_text(saved)
+    runner.run_study(spec, report=False)
+    resubmitted = {j: read_record(study, j)["scheduler_id"] for j in submitted}
+    changed = sorted(j for j in submitted if resubmitted[j] != submitted[j])
+    assert changed == ["runs/scratch_all_2x", "trunks/scratch_all@6"]
+    statuses = wait_for(study)
+    assert exit_code(statuses) == 0, format_status(statuses)
+
+
+def test_slurm_job_signalled_mid_run_requeues_and_resumes_exactly(shapes_dir, tmp_path):
+    _need_slurm()
+    # One schedule (no trunk): one job of 40 iterations, long enough to be signalled in the middle.
+    reference = runner.run_study(write_spec(tmp_path, shapes_dir, "long", schedules=[10]), report=False)
+    spec = write_spec(tmp_path, shapes_dir, "preempted", schedules=[10], name="slurm")
+    study = runner.run_study(spec, report=False)
+    job = "runs/scratch_all_10x"
+    slurm_id = read_record(study, job)["scheduler_id"]
+    deadline = time.time() + 300
+    while len(read_metrics(study / job, "train")) < 3 and time.time() < deadline:
+        time.sleep(0.2)
+    subprocess.run(["scancel", "--signal=TERM", slurm_id], check=True, timeout=30)
+    statuses = {s.id: s for s in wait_for(study)}
+    assert statuses[job].state == "finished" and statuses[job].requeues == 1
+    assert "requeues" in format_status(list(statuses.values()))
+    (stop,) = read_metrics(study / job, "preempted")
+    assert 3 <= stop["iter"] < 40
+    assert read_record(study, job)["slurm_restarts"] == 1  # the same SLURM job, started a second time
+    a, b = final_state(reference / job), final_state(study / job)
+    assert a["iteration"] == b["iteration"] == 40 and a["seen"] == b["seen"]
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    assert image_ids(reference / job) == image_ids(study / job)  # nothing skipped or repeated across the requeue
+    json.dumps([s.__dict__ for s in statuses.values()])  # the status is JSON-serializable (`--json`)
