@@ -141,7 +141,7 @@ def test_dry_run_prints_the_graph_and_device_hours(shapes_dir, tmp_path, capsys)
     assert not (tmp_path / "tiny").exists()  # a dry run writes nothing
 
 
-def test_local_launcher_one_process_per_job_equals_inprocess_exactly(shapes_dir, tmp_path, inprocess_study):
+def test_local_launcher_one_process_per_job_equals_inprocess_exactly(shapes_dir, tmp_path, inprocess_study, capsys):
     spec = write_spec(tmp_path, shapes_dir, "local1", name="local", max_parallel=2)
     study = runner.run_study(spec, report=False)
     assert_same_runs(study, inprocess_study)
@@ -150,6 +150,16 @@ def test_local_launcher_one_process_per_job_equals_inprocess_exactly(shapes_dir,
     tail, segment = read_record(study, "runs/scratch_all_1x"), read_record(study, "trunks/scratch_all@6")
     assert tail["started"] >= first["ended"] and segment["started"] >= first["ended"]
     assert tail["started"] < segment["ended"] and segment["started"] < tail["ended"]
+    from scratchdet.cli import main
+
+    capsys.readouterr()
+    assert main(["study", "status", str(study)]) == 0
+    table = capsys.readouterr().out
+    assert table.startswith("4/4 jobs finished, 10/10 iterations") and "runs/scratch_all_2x" in table
+    assert main(["study", "status", str(study), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["exit_code"] == 0 and {j["state"] for j in shown["jobs"]} == {"finished"}
+    assert [j["iteration"] for j in shown["jobs"]] == [2, 6, 4, 8]
 
 
 def test_local_launcher_two_processes_per_job_sees_the_inprocess_images(local_two_task_study, inprocess_study):

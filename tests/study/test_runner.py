@@ -64,3 +64,19 @@ def test_killed_study_resumes_and_skips_finished_runs(shapes_dir, tmp_path, monk
 
     again = runner.run_study(spec, report=False)
     assert set(json.loads((again / "status.json").read_text()).values()) == {"skipped (finished)"}
+
+
+@pytest.mark.parametrize("launcher", ["inprocess", "local"])
+def test_a_failed_job_leaves_its_dependents_unstarted_and_reported(tmp_path, launcher):
+    from scratchdet.errors import ScratchdetError
+    from scratchdet.study.status import exit_code, study_status
+
+    spec = write_spec(tmp_path, tmp_path / "no-such-data")
+    with pytest.raises(ScratchdetError, match="4 of 4 study jobs failed or were not run"):
+        runner.run_study(spec, [f"launcher.name={launcher}", "launcher.gpus_per_task=0"], report=False)
+    status = json.loads((tmp_path / "study" / "status.json").read_text())
+    assert status["trunks/scratch_all@2"].startswith("failed")
+    assert status["runs/scratch_all_1x"] == status["trunks/scratch_all@6"] == "not run: trunks/scratch_all@2 failed"
+    assert not (tmp_path / "study" / "runs").exists()
+    statuses = study_status(tmp_path / "study")
+    assert exit_code(statuses) == 1 and statuses[0].state == "failed" and "no-such-data" in statuses[0].error

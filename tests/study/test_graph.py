@@ -1,0 +1,95 @@
+"""The study plan as a job graph (study/graph.py) and the SLURM task environment (distributed.py)."""
+
+from helpers import ROOT
+
+from scratchdet.distributed import _first_host, adopt_slurm_environment
+from scratchdet.study.graph import compute_estimate
+from scratchdet.study.plan import plan_study
+from scratchdet.study.runner import build_study_graph
+from scratchdet.study.spec import load_study_spec
+
+MINI_SPEC = ROOT / "configs" / "study" / "mini.yaml"
+
+
+def mini_graph(tmp_path, *overrides):
+    spec = load_study_spec(MINI_SPEC, [f"output={tmp_path / 'study'}", *overrides])
+    return build_study_graph(plan_study(spec, check_sources=False), spec), spec
+
+
+def test_mini_study_graph_chains_trunk_segments_and_forks_tails(tmp_path):
+    graph, _ = mini_graph(tmp_path)
+    jobs = {j.id: j for j in graph.jobs}
+    assert len(jobs) == 1 + 4 * 3 + 12  # pre-training, 4 trunks x 3 segments, 12 runs
+    assert jobs["pretrain/pretrained"].single_process and jobs["pretrain/pretrained"].end_iter == 600
+    # 1x/2x/3x at batch 2: first LR drops at 24, 88, 152 (64 x N - 40).
+    assert [jobs[f"trunks/scratch_all@{i}"].deps for i in (24, 88, 152)] == [
+        [],
+        ["trunks/scratch_all@24"],
+        ["trunks/scratch_all@88"],
+    ]
+    assert jobs["trunks/pretrained_50@24"].deps == ["pretrain/pretrained"]
+    tail = jobs["runs/pretrained_50_2x"]
+    assert tail.deps == ["trunks/pretrained_50@88"] and (tail.start_iter, tail.end_iter) == (88, 128)
+    assert tail.fork == {"trunk": "trunks/pretrained_50", "iter": 88}
+    # Every segment resumes the one trunk folder with the same checkpoints (fork points) and its own cut.
+    segment = jobs["trunks/scratch_all@88"]
+    assert segment.path == "trunks/scratch_all" and segment.extra == [
+        "train.max_iters=88",
+        "train.extra_checkpoints=[24,88,152]",
+    ]
+    order = [j.id for j in graph.jobs]
+    assert all(order.index(d) < order.index(j.id) for j in graph.jobs for d in j.deps)
+    assert set(graph.dependents("trunks/scratch_all@88")) == {
+        "trunks/scratch_all@152",
+        "runs/scratch_all_2x",
+        "runs/scratch_all_3x",
+    }
+
+
+def test_without_a_shared_trunk_every_run_is_one_job(tmp_path):
+    graph, _ = mini_graph(tmp_path, "share_trunk=false")
+    runs = [j for j in graph.jobs if j.kind == "run"]
+    assert len(runs) == 12 and all(j.start_iter == 0 and j.fork is None for j in runs)
+    assert not [j for j in graph.jobs if j.kind == "segment"]
+
+
+def test_compute_estimate_and_critical_path(tmp_path):
+    graph, spec = mini_graph(tmp_path, "launcher.images_per_second_per_device=4", "launcher.tasks_per_node=2")
+    estimate = compute_estimate(graph, spec.launcher)
+    batch = 2
+    shared_iters = sum(j.iters for j in graph.jobs if j.kind != "pretrain")
+    pretrain = graph.job("pretrain/pretrained")
+    expected = (shared_iters * batch + pretrain.iters * pretrain.batch_size) / 4 / 3600
+    assert abs(estimate["shared"] - expected) < 1e-9
+    # The longest chain: pre-training (1 process) -> 3 segments of a pre-trained trunk -> the 3x tail (2 processes).
+    chain = pretrain.iters * pretrain.batch_size / 4 / 3600 + (152 + 40) * batch / 4 / 3600 / 2
+    assert abs(estimate["wall_hours"] - chain) < 1e-9
+    assert estimate["separate"] > estimate["shared"]
+
+
+def test_first_host_of_a_slurm_node_list():
+    assert _first_host("gpu[07-09,12],cpu3") == "gpu07"
+    assert _first_host("vm") == "vm"
+    assert _first_host("a,b") == "a"
+
+
+def test_slurm_step_tasks_become_ranks(monkeypatch):
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    # A process started directly by a batch script of a 2-task job: one process, not a rank of two.
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    monkeypatch.setenv("SLURM_JOB_ID", "4321")
+    monkeypatch.setenv("SLURM_JOB_NODELIST", "node[3-4]")
+    assert not adopt_slurm_environment()
+    # A task of a 2-task srun step.
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    monkeypatch.setenv("SLURM_LOCALID", "1")
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "2")
+    monkeypatch.setenv("SLURM_STEP_NODELIST", "node[3-4]")
+    assert adopt_slurm_environment()
+    import os
+
+    got = {k: os.environ[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    assert got == {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "node3", "MASTER_PORT": "24321"}
+    assert not adopt_slurm_environment()  # torchrun's (or earlier) variables are never overwritten
