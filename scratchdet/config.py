@@ -218,6 +218,9 @@ class EvalConfig:
     # COCO metric implementation: "pycocotools" (the reference) or "faster_coco_eval" (same numbers, faster; see
     # benchmarks/RESULTS.md for the measured speed and agreement).
     coco_backend: str = "pycocotools"
+    # The final evaluation's detections (COCO results) to eval/iter_XXXXXXX_detections.json.gz: a study report
+    # bootstraps the arms' AP difference over images and draws example images from them (COCO data only).
+    save_detections: bool = True
 
 
 @dataclass

@@ -9,7 +9,8 @@ resume, `scratchdet eval`, the report) names its files through `RunFolder`, so t
     tb/                    the same scalars for TensorBoard
     checkpoints/           model_XXXXXXX.pth (XXXXXXX = iterations finished) + last_checkpoint, the pointer that
                            alone decides what a resume loads (engine/checkpoint.py)
-    eval/                  iter_XXXXXXX.json, one evaluation report per evaluation
+    eval/                  iter_XXXXXXX.json, one evaluation report per evaluation; the final evaluation's
+                           detections as iter_XXXXXXX_detections.json.gz (COCO results)
     init.json              how the weights were initialized (engine/initialization.py)
     dataset_train.json     what dataset cleaning dropped or clipped, per split; the training categories
     dataset_val.json
@@ -111,9 +112,13 @@ class RunFolder:
     def eval_report(self, iteration: int) -> Path:
         return self.eval_dir / f"iter_{iteration:07d}.json"
 
+    def detections(self, iteration: int) -> Path:
+        """The COCO results of the evaluation at `iteration` (eval.save_detections: the final one)."""
+        return self.eval_dir / f"iter_{iteration:07d}_detections.json.gz"
+
     def eval_reports(self) -> list[Path]:
         """The evaluation reports, in iteration order."""
-        return sorted(self.eval_dir.glob("iter_*.json"))
+        return sorted(self.eval_dir.glob("iter_???????.json"))
 
     def checkpoint_iteration(self) -> int | None:
         """Iterations finished by the latest checkpoint (read off the pointer's file name), None before the first.

@@ -70,14 +70,23 @@ def seed_everything(seed: int) -> None:
 
 
 def run_evaluation(
-    model, val_set, cfg: Config, device, iteration: int, out: Path, metrics: MetricsWriter, ctx: DistContext = SINGLE
+    model,
+    val_set,
+    cfg: Config,
+    device,
+    iteration: int,
+    out: Path,
+    metrics: MetricsWriter,
+    ctx: DistContext = SINGLE,
+    keep_detections: bool = False,
 ) -> dict:
     """Evaluates (sharded over the training processes), writes eval/iter_XXXXXXX.json and an "eval" record.
 
     COCO AP for data.format=coco; VOC mAP (report key "voc") for data.format=voc. Every rank returns the report;
-    rank 0 alone writes it.
+    rank 0 alone writes it. keep_detections: also write the detections (COCO data; RunFolder.detections).
     """
-    report, text = evaluate_split(model, val_set, cfg, device, ctx=ctx)
+    results_path = RunFolder(out).detections(iteration) if keep_detections else None
+    report, text = evaluate_split(model, val_set, cfg, device, ctx=ctx, results_path=results_path)
     report["iter"] = iteration
     if ctx.is_main:
         folder = RunFolder(out)
@@ -359,7 +368,8 @@ def train(cfg: Config) -> dict:
             if due(done, cfg.train.checkpoint_period, end_iter, cfg.train.extra_checkpoints):
                 run.save(done)
             if due(done, cfg.eval.period, end_iter):
-                report = run_evaluation(model, run.val_set, cfg, device, done, run.out, metrics, ctx)
+                final = done == schedule.max_iters and cfg.eval.save_detections  # the study report reads them
+                report = run_evaluation(model, run.val_set, cfg, device, done, run.out, metrics, ctx, final)
     progress.close()
     seen = run.counter.sync(ctx)
     metrics.write({"type": "end", "iter": end_iter, "seen": seen, "pretrain_seen": run.pretrain_seen})

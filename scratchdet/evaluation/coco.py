@@ -8,8 +8,12 @@ reported as `{"status": "no predictions"}` instead of a misleading 0.
 
 from __future__ import annotations
 
+import gzip
+import json
+import os
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import pycocotools.mask as mask_util
@@ -153,8 +157,11 @@ def evaluate(
     predict: Predictor | None = None,
     ctx: DistContext = SINGLE,
     backend: str = "pycocotools",
+    results_path: Path | None = None,
 ) -> dict:
     """Inference + COCO metrics; bbox always, segm when the model predicts masks. Adds timing to the report.
+
+    results_path: rank 0 also writes the COCO results there (gzipped JSON, written atomically).
 
     Under distributed training every rank calls this; inference is sharded, rank 0 scores, all ranks return its
     report.
@@ -168,11 +175,27 @@ def evaluate(
         iou_types += ["keypoints"] if getattr(model.roi_heads, "has_keypoint", lambda: False)() else []
         n_images = len(dataset) if max_images is None else min(max_images, len(dataset))
         report = evaluate_results(dataset, results, iou_types, n_images, backend=backend)
+        if results_path is not None:
+            write_results(results_path, results)
         report["inference_s"] = round(inference_s, 3)
         report["eval_s"] = round(time.perf_counter() - start - inference_s, 3)
         if ctx.enabled:
             report["eval_processes"] = ctx.world_size
     return broadcast_from_main(ctx, report)
+
+
+def write_results(path: Path, results: list[dict]) -> None:
+    """COCO results as gzipped JSON, written atomically (a kill never leaves half a file under the name)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with gzip.open(tmp, "wt") as f:
+        json.dump(results, f)
+    os.replace(tmp, path)
+
+
+def read_results(path: Path) -> list[dict]:
+    with gzip.open(path, "rt") as f:
+        return json.load(f)
 
 
 def format_report(report: dict) -> str:

@@ -7,6 +7,8 @@ data.format=voc (evaluation/voc.py, with data.voc_metric).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -24,12 +26,14 @@ def evaluate_split(
     *,
     predict: Predictor | None = None,
     ctx: DistContext = SINGLE,
+    results_path: Path | None = None,
 ) -> tuple[dict, str]:
     """Scores `model` on `val_set` (the first eval.max_images images).
 
     Args:
         predict: replaces the plain forward per image (test-time augmentation, evaluation/tta.py).
         ctx: under torchrun, inference is sharded over the processes and rank 0 scores (evaluation/sharding.py).
+        results_path: COCO data: rank 0 also writes the detections there (COCO results, gzipped JSON).
 
     Returns:
         (report, its table as text). The report is the same on every rank: COCO metrics in percent per IoU type
@@ -48,6 +52,13 @@ def evaluate_split(
         )
         return report, format_voc_report(report)
     report = evaluate(
-        model, val_set, device, max_images=cfg.eval.max_images, predict=predict, backend=cfg.eval.coco_backend, ctx=ctx
+        model,
+        val_set,
+        device,
+        max_images=cfg.eval.max_images,
+        predict=predict,
+        backend=cfg.eval.coco_backend,
+        ctx=ctx,
+        results_path=results_path,
     )
     return report, format_report(report)

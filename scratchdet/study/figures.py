@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import matplotlib
+import matplotlib.colors
+import matplotlib.patches
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -215,5 +217,79 @@ def loss_and_ap_figure(runs: list[RunData], title: str) -> Figure:
             ax.text(0.5, 0.5, "no records", ha="center", va="center", transform=ax.transAxes, color="gray")
     if loss_ax.lines and all(v > 0 for r in runs for _, v in r.loss_curve()):
         loss_ax.set_yscale("log")  # a loss that keeps falling on a small set spans orders of magnitude
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+SCHEDULE_STYLES = ("-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)))
+
+
+def arms_curves_figure(runs: list[RunData], title: str) -> Figure:
+    """Fig. 1 of the paper: bbox AP vs iterations, scratch and pre-trained on the same axes; one colour per arm,
+    one line style per schedule, each schedule's LR drops marked on its own curve (open markers)."""
+    fig = new_figure((9, 4.8))
+    ax = fig.subplots()
+    schedules = sorted({r.schedule or 0.0 for r in runs})
+    styles = {s: SCHEDULE_STYLES[i % len(SCHEDULE_STYLES)] for i, s in enumerate(schedules)}
+    drawn = False
+    for run in sorted(runs, key=lambda r: (ARMS.index(r.init) if r.init in ARMS else 9, r.schedule or 0.0)):
+        curve = run.curve("bbox")
+        if not curve:
+            continue
+        xs, ys = zip(*curve, strict=True)
+        color = ARM_COLORS.get(run.init, "tab:gray")
+        label = f"{ARM_NAMES.get(run.init, run.init)} {_legend_label(run)}"
+        ax.plot(xs, ys, color=color, linestyle=styles[run.schedule or 0.0], marker="o", markersize=2.5, label=label)
+        for drop in run.lr_drops:  # the curve's value at the last evaluation before the drop
+            before = [(x, y) for x, y in curve if x <= drop]
+            if before:
+                ax.plot(*before[-1], marker="v", markersize=7, markerfacecolor="white", color=color)
+        drawn = True
+    if not drawn:
+        ax.text(0.5, 0.5, "no evaluation with predictions yet", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("iterations")
+    ax.set_ylabel(IOU_LABELS["bbox"])
+    ax.grid(alpha=0.3)
+    if drawn:
+        ax.legend(fontsize=8, ncols=2, title="arm and schedule")
+    fig.suptitle(f"{title}\n(open triangles: the LR drops of that schedule, inferred from the logged LR)", fontsize=10)
+    return fig
+
+
+def _draw_instances(ax, image, instances: list[dict], names: dict[int, str], color: str) -> None:
+    """An image with boxes (XYWH), masks (H x W uint8, optional) and labels."""
+    import numpy as np
+
+    ax.imshow(image)
+    overlay = np.zeros((*image.shape[:2], 4))
+    for inst in instances:
+        x, y, w, h = inst["bbox"]
+        ax.add_patch(matplotlib.patches.Rectangle((x, y), w, h, fill=False, edgecolor=color, linewidth=1.2))
+        text = names.get(inst["category_id"], str(inst["category_id"]))
+        if "score" in inst:
+            text += f" {inst['score']:.2f}"
+        ax.text(x, y, text, fontsize=6, color="white", va="bottom", bbox={"facecolor": color, "pad": 0.5, "lw": 0})
+        if inst.get("mask") is not None:
+            overlay[inst["mask"] > 0] = matplotlib.colors.to_rgba(color, 0.35)
+    ax.imshow(overlay)
+    ax.set_axis_off()
+
+
+def examples_figure(rows: list[dict], columns: list[str], title: str) -> Figure:
+    """Validation images side by side: the ground truth, then each arm's detections.
+
+    Args:
+        rows: per image {"image": H x W x 3 array, "id": image id, "names": {category id: name},
+            "panels": {column name: [{"bbox", "category_id", optional "score", optional "mask"}]}}.
+        columns: panel names in order, e.g. ["ground truth", "scratch 3x", "pre-trained 3x"].
+    """
+    fig = new_figure((3.2 * len(columns), 3.0 * len(rows)))
+    axes = fig.subplots(len(rows), len(columns), squeeze=False)
+    colors = {"ground truth": "tab:green"}
+    for i, row in enumerate(rows):
+        for j, column in enumerate(columns):
+            color = colors.get(column, ARM_COLORS["pretrained" if column.startswith("pre") else "scratch"])
+            _draw_instances(axes[i][j], row["image"], row["panels"].get(column, []), row["names"], color)
+            axes[i][j].set_title(f"{column} (image {row['id']})" if j == 0 else column, fontsize=8)
     fig.suptitle(title, fontsize=10)
     return fig

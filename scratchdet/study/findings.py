@@ -421,21 +421,30 @@ def hparam_findings(runs: list[RunData]) -> list[str]:
     return out
 
 
-def compute_findings(runs: list[RunData]) -> list[str]:
-    """All findings, in the order of the paper: schedules, samples, data size, hparams, then what is missing."""
+def grouped_findings(runs: list[RunData]) -> dict[str, list[str]]:
+    """All findings by topic, in the order of the paper: schedules (per data size), samples seen, data size,
+    hyper-parameters, then what is missing or unusable. Empty topics are left out."""
     if not runs:
-        return ["The plan lists no runs."]
-    out = []
+        return {"Plan": ["The plan lists no runs."]}
+    out: dict[str, list[str]] = {}
     several = len(sizes(runs)) > 1 or len({r.hparams for r in runs}) > 1
     for size in reversed(sizes(runs)):  # the full training set first, as in the paper
         hp = selected_hparams(runs, size)[0]
         prefix = f"[train size {size}, hparams {hp}] " if several else ""
-        out += schedule_findings([r for r in runs if (r.size_label, r.hparams) == (size, hp)], prefix)
-    out += sample_findings(runs)
+        found = schedule_findings([r for r in runs if (r.size_label, r.hparams) == (size, hp)], prefix)
+        out.setdefault("Schedules (Figs. 1, 3, 4)", []).extend(found)
+    out["Samples seen (Fig. 2)"] = sample_findings(runs)
     if len(sizes(runs)) > 1:
-        out += size_findings(size_points(runs))
+        data = size_findings(size_points(runs))
         for size in smallest_sizes(runs):
             hp = selected_hparams(runs, size)[0]
-            out += loss_findings([r for r in runs if r.hparams == hp], size)
-    out += hparam_findings(runs)
-    return out + problem_findings(runs)
+            data += loss_findings([r for r in runs if r.hparams == hp], size)
+        out["Training-set size (Figs. 7, 8)"] = data
+    out["Hyper-parameters"] = hparam_findings(runs)
+    out["Missing or unusable runs"] = problem_findings(runs)
+    return {topic: lines for topic, lines in out.items() if lines}
+
+
+def compute_findings(runs: list[RunData]) -> list[str]:
+    """All findings as one list (grouped_findings, flattened)."""
+    return [line for lines in grouped_findings(runs).values() for line in lines]

@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from scratchdet.study import figures, findings
+from scratchdet.study import figures, findings, verdict
 from scratchdet.study.findings import SEEN_KEYS
 from scratchdet.study.results import RunData, Study, load_study, metric_value
 
@@ -349,12 +349,33 @@ def write_report(study_dir: str | Path) -> Path:
     fig_dir, table_dir = out / "figures", out / "tables"
     fig_dir.mkdir(parents=True, exist_ok=True)
     table_dir.mkdir(parents=True, exist_ok=True)
-    found = "".join(f"<li>{html.escape(s)}</li>" for s in findings.compute_findings(runs))
-    html_parts = [
-        _header(study),
-        f"<h2>Findings</h2><ul>{found}</ul>",
+    compared = verdict.comparisons(study)
+    sentences = " ".join(html.escape(s) for s in verdict.verdict(compared))
+    html_parts = [_header(study), f"<h2>Verdict</h2><p class='verdict'>{sentences}</p>"]
+    main = findings.main_size(runs) if runs else None
+    if main is not None:
+        hp = findings.selected_hparams(runs, main)[0]
+        title = f"{study.name}: bbox AP vs iterations, train size {main}, hparams {hp} (Fig. 1)"
+        group = [r for r in runs if (r.size_label, r.hparams) == (main, hp)]
+        html_parts.append(_embed(figures.arms_curves_figure(group, title), fig_dir, "fig1_arms", title))
+    longest = [c for c in compared if c.size_label == (compared[0].size_label if compared else None)]
+    rows = verdict.example_rows(longest[-1]) if longest else []
+    if rows:
+        c = longest[-1]
+        columns = list(rows[0]["panels"])
+        title = (
+            f"Validation images: ground truth and each arm's detections (score >= 0.5) at the end of {c.schedule:g}x, "
+            f"train size {c.size_label}"
+        )
+        html_parts.append(_embed(figures.examples_figure(rows, columns, title), fig_dir, "examples", title))
+    grouped = "".join(
+        f"<h3>{html.escape(topic)}</h3><ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in lines) + "</ul>"
+        for topic, lines in findings.grouped_findings(runs).items()
+    )
+    html_parts += [
+        f"<h2>Findings</h2>{grouped}",
         f"<p class='note'>{html.escape(findings.thresholds_text())}</p>",
-        "<h2>Learning curves (Figs. 1, 3, 4)</h2>",
+        "<h2>Learning curves per arm (Figs. 1, 3, 4)</h2>",
     ]
     for (size, hp), group in findings.groups(runs).items():
         title = f"{study.name}: learning curves, train size {size}, hparams {hp}"

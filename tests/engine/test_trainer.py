@@ -97,3 +97,20 @@ def test_non_finite_loss_stops_with_iteration_values_and_image_ids(tiny_config, 
 def test_stop_if_not_finite_passes_finite_losses():
     losses = {"a": torch.tensor(1.0), "b": torch.tensor(2.0)}
     stop_if_not_finite(SINGLE, torch.device("cpu"), sum(losses.values()), 0, lambda: "unused", "")
+
+
+def test_final_evaluation_keeps_its_detections_and_a_cut_run_does_not(shapes_dir, tmp_path):
+    from scratchdet.evaluation.coco import read_results
+    from scratchdet.run_folder import RunFolder
+
+    schedule = {"solver.reference_batch": 2, "schedule.unit_iters": 4, "schedule.drop_tails": "[2,1]"}
+    schedule |= {"schedule.multiplier": 1, "solver.warmup_iters": 1, "eval.max_images": 3}
+    cut = trainer.train(
+        load_config(MINI_CONFIG, tiny_overrides(shapes_dir, tmp_path / "cut", **schedule, **{"train.max_iters": 2}))
+    )
+    assert not cut["finished"] and not list(RunFolder(tmp_path / "cut").eval_dir.glob("*detections*"))
+    done = trainer.train(load_config(MINI_CONFIG, tiny_overrides(shapes_dir, tmp_path / "full", **schedule)))
+    assert done["finished"] and done["iter"] == 4
+    results = read_results(RunFolder(tmp_path / "full").detections(4))
+    assert len(results) == done["eval"]["detections"]
+    assert all("segmentation" in r and r["image_id"] >= 0 for r in results)

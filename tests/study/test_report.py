@@ -461,3 +461,33 @@ def test_device_seconds_counts_each_window_once_with_its_processes():
     assert device_seconds(records, after=2) == 2 * 1.5 * 2  # a fork at 2 owns only what follows
     assert device_seconds(records, after=3) == 1 * 1.5 * 2
     assert device_seconds([{"type": "start", "iter": 0}]) is None
+
+
+def test_verdict_opens_the_report_before_the_grouped_findings(report):
+    page = html.unescape(report.read_text())
+    verdict = page[page.index("<p class='verdict'>") : page.index("</p>", page.index("<p class='verdict'>"))]
+    sentences = [s for s in verdict.split("'>", 1)[1].split(". ") if s]
+    assert len(sentences) <= 5
+    # The longest schedule both arms finished (3x scratch is unfinished), then the shortest, the trend, and the
+    # other data size; no caveat sentence (the best run has 35 AP). Hand-written runs keep no detections.
+    assert sentences[0].startswith("At 2x on ") and "pre-trained leads scratch by 0.3 bbox AP (35.0 pre-trained" in (
+        sentences[0]
+    )
+    assert "noise not estimated" in sentences[0]
+    assert sentences[1].startswith("At 1x on ") and "leads scratch by 10.0" in sentences[1]
+    assert "gap shrinks (+10.0 to +0.3 AP)" in sentences[2]
+    assert sentences[3].startswith("At 2x on 50 training images") and "by 6.4 bbox AP" in sentences[3]
+    assert page.index("<h2>Verdict</h2>") < page.index("fig1_arms") < page.index("<h2>Findings</h2>")
+    assert "<h3>Schedules (Figs. 1, 3, 4)</h3>" in page and "<h3>Samples seen (Fig. 2)</h3>" in page
+
+
+def test_fig1_draws_both_arms_on_one_axes(tmp_path):
+    study = load_study(make_study(tmp_path / "toy"))
+    group = [r for r in study.runs if r.size_label == "all"]
+    fig = figures.arms_curves_figure(group, "t")
+    (ax,) = fig.axes
+    lines = [line for line in ax.get_lines() if line.get_label() and not line.get_label().startswith("_")]
+    colors = {line.get_label().split(" ")[0]: line.get_color() for line in lines}
+    assert set(colors) == {"scratch", "pre-trained"} and len(set(colors.values())) == 2
+    styles = {line.get_label(): line.get_linestyle() for line in lines}
+    assert styles["scratch 1x"] == styles["pre-trained 1x"] != styles["scratch 2x"]
