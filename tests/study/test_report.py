@@ -470,8 +470,9 @@ def test_verdict_opens_the_report_before_the_grouped_findings(report):
     assert len(sentences) <= 5
     # The longest schedule both arms finished (3x scratch is unfinished), then the shortest, the trend, and the
     # other data size; no caveat sentence (the best run has 35 AP). Hand-written runs keep no detections.
-    assert sentences[0].startswith("At 2x on ") and "pre-trained leads scratch by 0.3 bbox AP (35.0 pre-trained" in (
-        sentences[0]
+    assert (
+        sentences[0].startswith("At 2x on ")
+        and "pre-trained leads scratch by 0.3 bbox AP (35.0 pre-trained" in (sentences[0])
     )
     assert "noise not estimated" in sentences[0]
     assert sentences[1].startswith("At 1x on ") and "leads scratch by 10.0" in sentences[1]
