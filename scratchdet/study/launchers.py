@@ -50,6 +50,7 @@ def launch_inprocess(graph: JobGraph, log: Callable[[str], None] = print) -> dic
         Preempted: SIGTERM/SIGINT; the running job checkpointed (rerun the same command to resume).
     """
     outcome: dict[str, str] = {}
+    progress = StudyProgress(graph)
     for job in graph.jobs:
         if job.id in outcome:
             log(f"[study] {job.id}: {outcome[job.id]}")
@@ -60,7 +61,33 @@ def launch_inprocess(graph: JobGraph, log: Callable[[str], None] = print) -> dic
             outcome[job.id] = f"failed: {e}"
             _not_run(graph, job.id, outcome)
         log(f"[study] {job.id}: {outcome[job.id]}")
+        log(progress.line(job, trained=not outcome[job.id].startswith(("skipped", "failed", "not run"))))
     return outcome
+
+
+class StudyProgress:
+    """The whole study in one line, printed between jobs: jobs done of all, iterations done of all planned, and the
+    time left at the pace of the jobs trained so far in this process."""
+
+    def __init__(self, graph: JobGraph):
+        self.total_jobs = len(graph.jobs)
+        self.total_iters = sum(j.iters or 0 for j in graph.jobs)
+        self.jobs = self.iters = self.trained_iters = 0
+        self.started = time.perf_counter()
+
+    def line(self, job: Job, trained: bool) -> str:
+        self.jobs += 1
+        self.iters += job.iters or 0
+        elapsed = time.perf_counter() - self.started
+        if trained:
+            self.trained_iters += job.iters or 0
+        left = self.total_iters - self.iters
+        eta = elapsed / self.trained_iters * left if self.trained_iters else None
+        eta_text = "" if eta is None or not left else f", about {eta / 60:.1f} min left"
+        return (
+            f"[study] progress: {self.jobs}/{self.total_jobs} jobs, {self.iters}/{self.total_iters} iterations"
+            f"{eta_text}"
+        )
 
 
 # --- local --------------------------------------------------------------------------------------------------------

@@ -93,3 +93,17 @@ def test_slurm_step_tasks_become_ranks(monkeypatch):
     got = {k: os.environ[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     assert got == {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "node3", "MASTER_PORT": "24321"}
     assert not adopt_slurm_environment()  # torchrun's (or earlier) variables are never overwritten
+
+
+def test_study_progress_line_counts_jobs_and_iterations(tmp_path):
+    from scratchdet.study.launchers import StudyProgress
+
+    graph, _ = mini_graph(tmp_path)
+    progress = StudyProgress(graph)
+    total = 600 + 4 * 152 + 12 * 40
+    assert progress.line(graph.job("pretrain/pretrained"), trained=False) == (
+        f"[study] progress: 1/25 jobs, 600/{total} iterations"
+    )
+    line = progress.line(graph.job("trunks/scratch_all@24"), trained=True)
+    assert line.startswith(f"[study] progress: 2/25 jobs, 624/{total} iterations, about ")
+    assert line.endswith(" min left")
