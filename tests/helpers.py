@@ -2,10 +2,27 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 MINI_CONFIG = ROOT / "configs" / "mini" / "mask_rcnn_R18_FPN_GN_scratch.yaml"
+# Real data and metric oracles beside the checkout (../shared/data/coco_tiny, ../shared/oracles/...): not in git.
+SHARED = ROOT.parent / "shared"
+
+
+def shared_path(*parts: str) -> Path:
+    """SHARED/parts..., for a test that needs it: skips the test when it is absent, but fails it under CI=true
+    (CI must run these tests, never skip them)."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        reason = f"{path} is missing: ../shared is not beside this checkout"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason}; CI must run with ../shared beside the checkout")
+        pytest.skip(reason)
+    return path
 
 
 def tiny_overrides(data_root: Path, output: Path, **extra) -> list[str]:

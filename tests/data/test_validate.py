@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import shared_path
 
 from scratchdet.data.build import check_categories
 from scratchdet.data.coco import CocoDetection, load_coco_json
@@ -18,8 +17,6 @@ from scratchdet.data.validate import area_tolerance, geometric_areas
 from scratchdet.errors import DataError
 from scratchdet.evaluation.backends import BACKENDS
 from scratchdet.evaluation.coco import evaluate_results
-
-COCO_TINY = Path(__file__).resolve().parents[3] / "shared" / "data" / "coco_tiny"
 
 
 def _boxes_spec(first_ann_id: int) -> dict:
@@ -162,19 +159,16 @@ def test_geometric_area_is_the_polygon_area_rle_count_or_box_area():
 
 
 def test_coco_official_areas_agree_with_their_polygons():
-    if not COCO_TINY.is_dir():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{COCO_TINY} is missing; CI must run with ../shared beside the checkout")
-        pytest.skip("../shared/data/coco_tiny is not beside this checkout")
+    coco_tiny = shared_path("data", "coco_tiny")
     for split in ("train2017", "val2017"):
-        data = load_coco_json(COCO_TINY / "annotations" / f"instances_{split}.json")
+        data = load_coco_json(coco_tiny / "annotations" / f"instances_{split}.json")
         images = {img["id"]: img for img in data["images"]}
         instances = [a for a in data["annotations"] if not a["iscrowd"]]
         stored = np.array([a["area"] for a in instances])
         np.testing.assert_allclose(geometric_areas(instances, images), stored, rtol=1e-6)
         ds = CocoDetection(
-            COCO_TINY / "annotations" / f"instances_{split}.json",
-            COCO_TINY / split,
+            coco_tiny / "annotations" / f"instances_{split}.json",
+            coco_tiny / split,
             train=False,
             load_masks=False,
             segm_eval=True,
