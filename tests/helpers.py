@@ -41,3 +41,34 @@ def tiny_overrides(data_root: Path, output: Path, **extra) -> list[str]:
     }
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]
+
+
+def tiny_study_overrides(data_root: Path, **extra) -> list[str]:
+    """Run overrides of a seconds-long study over the mini config: 1x = 4 iterations at batch 2, LR drops at the
+    last 2 and 1, so 1x and 2x share a trunk up to iteration 2 (1x's first drop) and 6 (2x's)."""
+    study = {
+        "solver.reference_batch": 2,
+        "schedule.unit_iters": 4,
+        "schedule.drop_tails": "[2,1]",
+        "solver.warmup_iters": 1,
+        "eval.period": 0,
+        "eval.max_images": 2,
+    }
+    return [o for o in tiny_overrides(data_root, Path("unused"), **study, **extra) if not o.startswith("output=")]
+
+
+def write_study_spec(path: Path, output: Path, overrides: list[str], **fields) -> Path:
+    """A study spec over the mini config (one scratch arm, schedules 1x and 2x unless `fields` say otherwise)."""
+    import yaml
+
+    spec = {
+        "name": output.name,
+        "base_config": str(MINI_CONFIG),
+        "output": str(output),
+        "overrides": overrides,
+        "schedules": [1, 2],
+        "arms": [{"name": "scratch"}],
+        **fields,
+    }
+    path.write_text(yaml.safe_dump(spec))
+    return path

@@ -75,7 +75,10 @@ def test_first_host_of_a_slurm_node_list():
 
 def test_slurm_step_tasks_become_ranks(monkeypatch):
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(key, raising=False)
+        # setenv first: monkeypatch then restores the variable's absence after the test, so what
+        # adopt_slurm_environment writes cannot leak into later tests (they would wait for a second rank).
+        monkeypatch.setenv(key, "unset")
+        monkeypatch.delenv(key)
     # A process started directly by a batch script of a 2-task job: one process, not a rank of two.
     monkeypatch.setenv("SLURM_PROCID", "0")
     monkeypatch.setenv("SLURM_NTASKS", "2")

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
-from helpers import MINI_CONFIG, tiny_overrides
+from helpers import tiny_study_overrides, write_study_spec
 
 from scratchdet.engine.checkpoint import latest_checkpoint, load_checkpoint
 from scratchdet.engine.metrics import read_metrics
@@ -52,29 +51,17 @@ def _need_slurm() -> None:
 
 
 def write_spec(tmp_path: Path, shapes_dir: Path, study: str, schedules=(1, 2), **launcher) -> Path:
-    overrides = [o for o in tiny_overrides(shapes_dir, tmp_path / "unused") if not o.startswith("output=")]
-    overrides += [
-        "solver.reference_batch=2",
-        "schedule.unit_iters=4",
-        "schedule.drop_tails=[2,1]",
-        "solver.warmup_iters=1",
-        "eval.period=0",
-        "eval.max_images=2",
-        "train.num_threads=1",  # one intra-op thread everywhere, so float reductions run in the same order
-        "train.record_image_ids=true",
-    ]
-    spec = {
-        "name": study,
-        "base_config": str(MINI_CONFIG),
-        "output": str(tmp_path / study),
-        "overrides": overrides,
-        "schedules": list(schedules),
-        "arms": [{"name": "scratch"}],
-        "launcher": {"gpus_per_task": 0, "time_minutes": 10, "signal_delay_s": 30, **launcher},
-    }
-    path = tmp_path / f"{study}.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
+    overrides = tiny_study_overrides(
+        shapes_dir,
+        **{
+            "train.num_threads": 1,  # one intra-op thread everywhere, so float reductions run in the same order
+            "train.record_image_ids": "true",
+        },
+    )
+    launcher = {"gpus_per_task": 0, "time_minutes": 10, "signal_delay_s": 30, **launcher}
+    return write_study_spec(
+        tmp_path / f"{study}.yaml", tmp_path / study, overrides, schedules=list(schedules), launcher=launcher
+    )
 
 
 def final_state(run_dir: Path) -> dict:

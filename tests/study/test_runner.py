@@ -3,8 +3,7 @@
 import json
 
 import pytest
-import yaml
-from helpers import MINI_CONFIG, tiny_overrides
+from helpers import tiny_study_overrides, write_study_spec
 
 from scratchdet.engine import trainer
 from scratchdet.engine.metrics import read_metrics
@@ -12,26 +11,7 @@ from scratchdet.study import runner
 
 
 def write_spec(tmp_path, shapes_dir):
-    overrides = [o for o in tiny_overrides(shapes_dir, tmp_path / "unused") if not o.startswith("output=")]
-    overrides += [
-        "solver.reference_batch=2",
-        "schedule.unit_iters=4",
-        "schedule.drop_tails=[2,1]",
-        "solver.warmup_iters=1",
-        "eval.period=0",
-        "eval.max_images=2",
-    ]
-    spec = {
-        "name": "tiny",
-        "base_config": str(MINI_CONFIG),
-        "output": str(tmp_path / "study"),
-        "overrides": overrides,
-        "schedules": [1, 2],
-        "arms": [{"name": "scratch"}],
-    }
-    path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
+    return write_study_spec(tmp_path / "spec.yaml", tmp_path / "study", tiny_study_overrides(shapes_dir), name="tiny")
 
 
 def test_killed_study_resumes_and_skips_finished_runs(shapes_dir, tmp_path, monkeypatch):
