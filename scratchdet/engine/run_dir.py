@@ -90,11 +90,11 @@ def config_diff(saved: dict, current: dict) -> list[str]:
     ]
 
 
-def check_writable(folder: Path) -> None:
+def check_writable(folder: Path, what: str = "output folder") -> None:
     """Creates `folder` if needed and proves a file can be written in it.
 
     Raises:
-        CheckpointError: naming the folder and the OS error, before any training time is spent.
+        CheckpointError: naming `what`, the folder and the OS error, before any training time is spent.
     """
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -103,7 +103,7 @@ def check_writable(folder: Path) -> None:
         os.unlink(probe)
     except OSError as e:
         raise CheckpointError(
-            f"output folder {folder} is not writable ({type(e).__name__}: {e.strerror or e}); fix its permissions "
+            f"{what} {folder} is not writable ({type(e).__name__}: {e.strerror or e}); fix its permissions "
             "or free space, or choose another output="
         ) from None
 

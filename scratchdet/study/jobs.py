@@ -25,6 +25,7 @@ import fcntl
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -190,6 +191,9 @@ def _requeue_and_wait(study_dir: Path, job: Job, rank: int) -> None:
         if result.returncode != 0:  # e.g. a preemption that SLURM requeues by itself
             print(f"scontrol requeue {job_id}: {result.stderr.strip()}", file=sys.stderr)
     sys.stdout.flush()
+    # SLURM stops a requeued job with SIGTERM; submitit's handler would ignore it, leaving SLURM to wait KillWait
+    # seconds before SIGKILL. The checkpoint is written: end at once.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     time.sleep(REQUEUE_WAIT_S)
     sys.exit(1)
 

@@ -14,6 +14,7 @@ import json
 import shutil
 from pathlib import Path
 
+from scratchdet.engine.run_dir import check_writable
 from scratchdet.errors import ScratchdetError
 from scratchdet.study.graph import JobGraph, build_graph, describe_graph
 from scratchdet.study.launchers import launch_inprocess, launch_local, submit_slurm
@@ -58,7 +59,8 @@ def run_study(spec_path: str | Path, overrides: list[str] | None = None, *, repo
     spec = load_study_spec(spec_path, overrides)
     study_dir = Path(spec.output)
     plan = plan_study(spec)
-    study_dir.mkdir(parents=True, exist_ok=True)
+    # Every job reads jobs.json and writes its run folder and record here, wherever it runs: say so when it cannot.
+    check_writable(study_dir, "the study folder (it must be on a file system every job's node can write)")
     if Path(spec_path).resolve() != (study_dir / "spec.yaml").resolve():
         shutil.copy2(spec_path, study_dir / "spec.yaml")
     (study_dir / "plan.json").write_text(json.dumps(plan.to_dict(), indent=2) + "\n")

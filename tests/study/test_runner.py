@@ -60,3 +60,12 @@ def test_a_failed_job_leaves_its_dependents_unstarted_and_reported(tmp_path, lau
     assert not (tmp_path / "study" / "runs").exists()
     statuses = study_status(tmp_path / "study")
     assert exit_code(statuses) == 1 and statuses[0].state == "failed" and "no-such-data" in statuses[0].error
+
+
+def test_a_study_folder_that_cannot_be_written_is_refused_naming_it(shapes_dir, tmp_path):
+    from scratchdet.errors import CheckpointError
+
+    (tmp_path / "a-file").write_text("")
+    spec = write_spec(tmp_path, shapes_dir)
+    with pytest.raises(CheckpointError, match=r"the study folder .*every job's node can write\) .*a-file/study"):
+        runner.run_study(spec, [f"output={tmp_path / 'a-file' / 'study'}"], report=False)
