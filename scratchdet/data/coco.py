@@ -20,7 +20,7 @@ import json
 import os
 import sys
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from pycocotools.coco import COCO
 
-from scratchdet.data.detection import DetectionDataset, Transform, is_int
+from scratchdet.data.detection import DetectionDataset, SummaryCounts, Transform, is_int
 from scratchdet.data.masks import decode_mask, rle_string_total
 from scratchdet.data.validate import (
     GT_AREA_POLICIES,
@@ -45,7 +45,7 @@ _TOP_LEVEL_KEYS = ("images", "annotations", "categories")
 
 
 @dataclass
-class DatasetSummary:
+class DatasetSummary(SummaryCounts):
     """What loading a dataset kept and dropped; every cleaning action is counted.
 
     Annotation counts cover the whole file (cleaning runs before the subset is drawn); each dropped annotation is
@@ -63,28 +63,15 @@ class DatasetSummary:
     knowing (e.g. annotation ids that COCOeval cannot represent and that evaluation shifts).
     """
 
-    path: str
-    images_total: int = 0
-    images_used: int = 0
-    images_without_annotations: int = 0  # skipped for training only; evaluation keeps every image
-    annotations_total: int = 0
     crowd_excluded: int = 0
-    boxes_clipped: int = 0
     boxes_outside_dropped: int = 0
-    degenerate_boxes_dropped: int = 0
     invalid_polygons_dropped: int = 0
-    subset: int | None = None
     polygon_parts_dropped: int = 0
-    annotations_used: int = 0
     area_mismatches: int = 0
     areas_from_geometry: int = 0
     eval_polygon_parts_dropped: int = 0
     categories: list = dataclasses.field(default_factory=list)
     notes: list = dataclasses.field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        """Plain JSON-serializable dict of all counts."""
-        return asdict(self)
 
 
 def _is_number(value: Any) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import operator
 import random
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,26 @@ def sample_key(key: int | tuple[int, int]) -> tuple[int, int]:
         return operator.index(key[0]), operator.index(key[1])
     index = operator.index(key)
     return index, index
+
+
+@dataclass
+class SummaryCounts:
+    """The counts every detection format's loading summary has (coco.DatasetSummary, voc.VocSummary add their own):
+    images and objects in the file, what training uses, and what was clipped or dropped."""
+
+    path: str
+    images_total: int = 0
+    images_used: int = 0
+    images_without_annotations: int = 0  # skipped for training only; evaluation keeps every image
+    annotations_total: int = 0
+    annotations_used: int = 0
+    boxes_clipped: int = 0
+    degenerate_boxes_dropped: int = 0
+    subset: int | None = None
+
+    def to_dict(self) -> dict:
+        """Plain JSON-serializable dict of all counts."""
+        return asdict(self)
 
 
 class DetectionDataset(torch.utils.data.Dataset):

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ET
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 
 from scratchdet.data.coco import load_coco_json
-from scratchdet.data.detection import DetectionDataset, Transform, is_int
+from scratchdet.data.detection import DetectionDataset, SummaryCounts, Transform, is_int
 from scratchdet.errors import ConfigError, DataError
 
 # The 20 VOC classes in the devkit's order; label k (1..20) is VOC_CLASSES[k - 1], 0 is background.
@@ -45,28 +45,15 @@ SYNTH_DIFFICULT_MAX_AREA = 150.0
 
 
 @dataclass
-class VocSummary:
+class VocSummary(SummaryCounts):
     """What loading a VOC dataset kept and dropped (the VOC counterpart of coco.DatasetSummary).
 
     Each object is counted once in `annotations_total`; dropped ones in exactly one of difficult_excluded (training
     only) and degenerate_boxes_dropped. `boxes_clipped` counts kept boxes clipped to the image.
     """
 
-    path: str
-    images_total: int = 0
-    images_used: int = 0
-    images_without_annotations: int = 0  # skipped for training only; evaluation keeps every image
-    annotations_total: int = 0
     difficult_total: int = 0
     difficult_excluded: int = 0
-    boxes_clipped: int = 0
-    degenerate_boxes_dropped: int = 0
-    subset: int | None = None
-    annotations_used: int = 0
-
-    def to_dict(self) -> dict:
-        """Plain JSON-serializable dict of all counts."""
-        return asdict(self)
 
 
 @dataclass
