@@ -62,6 +62,7 @@ def launch_inprocess(graph: JobGraph, log: Callable[[str], None] = print) -> dic
             _not_run(graph, job.id, outcome)
         log(f"[study] {job.id}: {outcome[job.id]}")
         log(progress.line(job, trained=not outcome[job.id].startswith(("skipped", "failed", "not run"))))
+    log(progress.summary())
     return outcome
 
 
@@ -72,7 +73,7 @@ class StudyProgress:
     def __init__(self, graph: JobGraph):
         self.total_jobs = len(graph.jobs)
         self.total_iters = sum(j.iters or 0 for j in graph.jobs)
-        self.jobs = self.iters = self.trained_iters = 0
+        self.jobs = self.iters = self.trained_iters = self.trained_images = 0
         self.started = time.perf_counter()
 
     def line(self, job: Job, trained: bool) -> str:
@@ -81,12 +82,23 @@ class StudyProgress:
         elapsed = time.perf_counter() - self.started
         if trained:
             self.trained_iters += job.iters or 0
+            self.trained_images += (job.iters or 0) * (job.batch_size or 0)
         left = self.total_iters - self.iters
         eta = elapsed / self.trained_iters * left if self.trained_iters else None
         eta_text = "" if eta is None or not left else f", about {eta / 60:.1f} min left"
         return (
             f"[study] progress: {self.jobs}/{self.total_jobs} jobs, {self.iters}/{self.total_iters} iterations"
             f"{eta_text}"
+        )
+
+    def summary(self) -> str:
+        """The study's training throughput in this process: images trained (pre-training included) per wall-second
+        over the whole launch, evaluations, checkpoints and start-up included: what a user waits for."""
+        elapsed = time.perf_counter() - self.started
+        rate = self.trained_images / elapsed if elapsed > 0 else 0.0
+        return (
+            f"[study] trained {self.trained_images} images in {elapsed:.0f} s: {rate:.2f} training images per "
+            "wall-second"
         )
 
 
@@ -128,6 +140,9 @@ def launch_local(graph: JobGraph, launcher: LauncherSpec, log: Callable[[str], N
             "processes"
         )
     outcome: dict[str, str] = {j.id: "skipped (finished)" for j in graph.jobs if is_finished(study_dir, j)}
+    progress = StudyProgress(graph)
+    for job_id in outcome:
+        progress.line(graph.job(job_id), trained=False)
     running: dict[str, tuple[subprocess.Popen, list[str]]] = {}
     stop: list[int] = []
     signalled: set[str] = set()
@@ -151,6 +166,7 @@ def launch_local(graph: JobGraph, launcher: LauncherSpec, log: Callable[[str], N
                     if not stop:
                         _not_run(graph, job_id, outcome)
                 log(f"[study] {job_id}: {outcome[job_id]}")
+                log(progress.line(graph.job(job_id), trained=proc.returncode == 0))
             if stop:
                 if not running:
                     raise Preempted(stop[0], -1, f"the run folders under {study_dir}")
@@ -189,6 +205,7 @@ def launch_local(graph: JobGraph, launcher: LauncherSpec, log: Callable[[str], N
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+    log(progress.summary())
     return outcome
 
 

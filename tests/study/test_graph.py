@@ -110,3 +110,4 @@ def test_study_progress_line_counts_jobs_and_iterations(tmp_path):
     line = progress.line(graph.job("trunks/scratch_all@24"), trained=True)
     assert line.startswith(f"[study] progress: 2/25 jobs, 624/{total} iterations, about ")
     assert line.endswith(" min left")
+    assert progress.summary().startswith(f"[study] trained {24 * 2} images in ")  # the trunk segment's 24 x 2
