@@ -34,6 +34,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
+from scratchdet.distributed import env_world_size, init_distributed, main_first, scheduler_rank
 from scratchdet.errors import ConfigError, Preempted, ScratchdetError
 from scratchdet.run_folder import RunFolder
 from scratchdet.study.graph import Job, JobGraph, read_graph
@@ -153,7 +154,6 @@ def _make_fork(study_dir: Path, job: Job, out: Path) -> bool:
 
 def execute(graph: JobGraph, job: Job) -> str:
     """Does the job's work in this process (every rank of a multi-process job calls it); returns what was done."""
-    from scratchdet.distributed import env_world_size, init_distributed, main_first
     from scratchdet.study.plan import run_config
 
     study_dir = Path(graph.study_dir)
@@ -170,12 +170,6 @@ def execute(graph: JobGraph, job: Job) -> str:
             _train_until(job, out)
             return f"trained from the trunk's iteration {job.fork['iter']}"
     return _train_until(job, out)
-
-
-def _process_rank() -> int:
-    from scratchdet.distributed import scheduler_rank
-
-    return scheduler_rank()
 
 
 def _requeue_and_wait(study_dir: Path, job: Job, rank: int) -> None:
@@ -210,7 +204,7 @@ def run_job(study_dir: str | Path, job_id: str) -> str:
     study_dir = Path(graph.study_dir)
     if Path.cwd() != Path(graph.cwd):
         os.chdir(graph.cwd)  # relative paths in the configs and overrides were written from there
-    rank = _process_rank()
+    rank = scheduler_rank()
     if rank != 0:
         try:
             return execute(graph, job)
