@@ -56,21 +56,23 @@ def _alive(record: dict) -> bool:
 
 
 def _last_metric(evals: list[dict]) -> tuple[float | None, int | None]:
-    for record in reversed(evals):
-        for value in (
-            (record.get("bbox") or {}).get("AP"),
-            (record.get("voc") or {}).get("mAP"),
-            record.get("top1"),
-        ):
-            if isinstance(value, (int, float)):
-                return float(value), record.get("iter")
-    return None, None
+    """(bbox AP, or VOC mAP, or top-1; iteration) of the LAST evaluation; (None, its iteration) when it had no
+    predictions: an earlier number would be shown as if it were current."""
+    if not evals:
+        return None, None
+    record = evals[-1]
+    for value in ((record.get("bbox") or {}).get("AP"), (record.get("voc") or {}).get("mAP"), record.get("top1")):
+        if isinstance(value, (int, float)):
+            return float(value), record.get("iter")
+    return None, record.get("iter")
 
 
 def job_status(study_dir: Path, job: Job, queue: dict[str, str] | None, finished: set[str]) -> JobStatus:
     record = read_record(study_dir, job.id)
     scheduler_id = record.get("scheduler_id")
-    records = read_metrics(study_dir / job.path)
+    # A trunk's segments share its run folder: each shows the records of its own iterations only.
+    end = job.end_iter
+    records = [r for r in read_metrics(study_dir / job.path) if end is None or r.get("iter", 0) <= end]
     trains = [r for r in records if r.get("type") == "train" and isinstance(r.get("iter"), int)]
     last_ap, last_ap_iter = _last_metric([r for r in records if r.get("type") == "eval"])
     checkpoint = RunFolder(study_dir / job.path).checkpoint_iteration()
@@ -165,6 +167,10 @@ def progress_line(statuses: list[JobStatus]) -> str:
     )
 
 
+def _no_ap(s: JobStatus) -> str:
+    return "-" if s.last_ap_iter is None else f"none @{s.last_ap_iter}"  # evaluated, no predictions
+
+
 def format_status(statuses: list[JobStatus]) -> str:
     """The status as a table, with the progress line on top."""
     header = ("job", "state", "slurm id", "iter", "s/iter", "ETA", "last AP", "requeues")
@@ -179,7 +185,7 @@ def format_status(statuses: list[JobStatus]) -> str:
                 f"{s.iteration if s.iteration is not None else s.start_iter}/{end}",
                 f"{s.time_per_iter:.3g}" if s.time_per_iter else "-",
                 _duration(s.eta_s),
-                f"{s.last_ap:.1f} @{s.last_ap_iter}" if s.last_ap is not None else "-",
+                f"{s.last_ap:.1f} @{s.last_ap_iter}" if s.last_ap is not None else _no_ap(s),
                 str(s.requeues),
             )
         )
