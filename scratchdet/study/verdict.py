@@ -9,7 +9,7 @@ sentence says that noise was not estimated; it never guesses.
 
 from __future__ import annotations
 
-import functools
+import json
 from dataclasses import dataclass
 
 from scratchdet.run_folder import RunFolder
@@ -29,8 +29,10 @@ class Comparison:
     scratch: RunData
     pretrained: RunData
     delta: float  # pre-trained minus scratch, AP points
-    ci95: tuple[float, float] | None  # None: noise not estimated
-    images: int | None
+    # Filled by estimate_noise, for the comparisons a verdict sentence states (the bootstrap costs seconds each).
+    ci95: tuple[float, float] | None = None  # None: noise not estimated
+    images: int | None = None  # validation images both arms were scored on
+    noise_estimated: bool = False
 
     def runs(self) -> dict[str, RunData]:
         return {"scratch": self.scratch, "pretrained": self.pretrained}
@@ -42,20 +44,24 @@ class Comparison:
         return self.ci95[0] > 0 or self.ci95[1] < 0
 
 
+# Validation sets already read, by their data settings: the runs of a study share one (they differ in the training
+# subset, the schedule and the initialization), so a report reads it once, not once per run.
+_VAL_SETS: dict[str, object] = {}
+
+
 def _val_ground_truth(run: RunData):
     """The run's validation set (as `scratchdet eval` builds it from the run's config.yaml); None for VOC data."""
-    return _val_set(str(RunFolder(run.path).config))
-
-
-@functools.lru_cache(maxsize=4)  # the runs of a study share one validation set: read it once per report
-def _val_set(config_path: str):
-    from scratchdet.config import load_config
+    from scratchdet.config import config_to_dict, load_config
     from scratchdet.data.build import build_val_dataset
 
-    cfg = load_config(config_path)
+    cfg = load_config(RunFolder(run.path).config)
     if cfg.data.format != "coco":
         return None
-    return build_val_dataset(cfg)
+    data = {k: v for k, v in config_to_dict(cfg)["data"].items() if k not in ("train", "train_subset")}
+    key = json.dumps(data, sort_keys=True, default=str)
+    if key not in _VAL_SETS:
+        _VAL_SETS[key] = build_val_dataset(cfg)
+    return _VAL_SETS[key]
 
 
 def bootstrap_pair(scratch: RunData, pretrained: RunData) -> tuple[tuple[float, float] | None, int | None]:
@@ -97,9 +103,16 @@ def comparisons(study: Study) -> list[Comparison]:
             ap_s, ap_p = scratch.final("bbox"), pretrained.final("bbox")
             if ap_s is None or ap_p is None:
                 continue
-            ci, images = bootstrap_pair(scratch, pretrained)
-            found.append(Comparison(size, schedule, scratch, pretrained, ap_p - ap_s, ci, images))
+            found.append(Comparison(size, schedule, scratch, pretrained, ap_p - ap_s))
     return found
+
+
+def estimate_noise(c: Comparison) -> Comparison:
+    """Bootstraps `c`'s difference over its validation images, once; returns `c`."""
+    if not c.noise_estimated:
+        c.ci95, c.images = bootstrap_pair(c.scratch, c.pretrained)
+        c.noise_estimated = True
+    return c
 
 
 def _size_words(c: Comparison) -> str:
@@ -108,6 +121,7 @@ def _size_words(c: Comparison) -> str:
 
 
 def _sentence(c: Comparison) -> str:
+    estimate_noise(c)
     winner, loser = ("pre-trained", "scratch") if c.delta > 0 else ("scratch", "pre-trained")
     ap_p, ap_s = c.pretrained.final("bbox"), c.scratch.final("bbox")
     lead = (
@@ -142,9 +156,9 @@ def verdict(found: list[Comparison]) -> list[str]:
             f"From {shortest.schedule:g}x to {longest.schedule:g}x the pre-trained minus scratch gap {change} "
             f"({shortest.delta:+.1f} to {longest.delta:+.1f} AP)."
         )
-    for size in dict.fromkeys(c.size_label for c in found if c.size_label != longest.size_label):
-        sentences.append(_sentence([c for c in found if c.size_label == size][-1]))
-        break  # the smallest other size would repeat the pattern; the table below has them all
+    others = [c for c in found if c.size_label != longest.size_label]
+    if others:  # the next size's longest schedule; further sizes would repeat the pattern (the tables have them)
+        sentences.append(_sentence([c for c in others if c.size_label == others[0].size_label][-1]))
     best = max(max(c.pretrained.final("bbox"), c.scratch.final("bbox")) for c in found)
     if best < LOW_AP:
         sentences.append(
@@ -171,7 +185,7 @@ def example_rows(c: Comparison, n_images: int = 3, min_score: float = 0.5, max_s
     detections = {arm: read_results(path) for arm, path in paths.items()}
     names = {cat["id"]: cat["name"] for cat in val.coco.dataset.get("categories", [])}
     rows = []
-    for image_id in val.image_ids[: min(n_images, c.images or n_images)]:
+    for image_id in val.image_ids[: min(n_images, c.scratch.last_eval.get("images") or n_images)]:
         image = (read_image(val.image_file(image_id)).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
         gt = [
             {"bbox": a["bbox"], "category_id": a["category_id"], "mask": val.coco.annToMask(a)}

@@ -34,6 +34,8 @@ def test_verdict_bootstraps_kept_detections_and_the_report_shows_examples(shapes
     study_dir = runner.run_study(tmp_path / "spec.yaml", report=False)
 
     (compared,) = verdict.comparisons(load_study(study_dir))
+    assert compared.ci95 is None and not compared.noise_estimated  # bootstrapped only for a sentence that says it
+    verdict.estimate_noise(compared)
     assert compared.schedule == 1 and compared.images == 4 and compared.ci95 is not None
     low, high = compared.ci95
     assert low <= compared.delta <= high or compared.delta == 0.0
