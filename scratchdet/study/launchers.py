@@ -123,6 +123,16 @@ def _visible_gpus() -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
+def _tail(path: Path, lines: int = 25) -> str:
+    """The last `lines` lines of a job's log, progress-bar redraws dropped (they are one long line each)."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as e:
+        return f"(unreadable: {e})"
+    kept = [line.rsplit("\r", 1)[-1] for line in text.splitlines()]
+    return "\n".join("    " + line for line in kept[-lines:])
+
+
 def launch_local(graph: JobGraph, launcher: LauncherSpec, log: Callable[[str], None] = print) -> dict[str, str]:
     """Runs the graph on this machine, jobs in parallel as their dependencies finish. Returns {job id: outcome}.
 
@@ -166,6 +176,10 @@ def launch_local(graph: JobGraph, launcher: LauncherSpec, log: Callable[[str], N
                     if not stop:
                         _not_run(graph, job_id, outcome)
                 log(f"[study] {job_id}: {outcome[job_id]}")
+                if proc.returncode != 0 and not stop:
+                    # The job's own output is the only place a crash outside run_job (torchrun, another rank) shows.
+                    log_path = record_path(study_dir, job_id).with_suffix(".log")
+                    log(f"[study] {job_id}: last lines of {log_path}:\n{_tail(log_path)}")
                 log(progress.line(graph.job(job_id), trained=proc.returncode == 0))
             if stop:
                 if not running:
