@@ -1,6 +1,8 @@
 """Training and inference throughput of scratchdet's loop vs a plain torchvision loop, same model, same data.
 
     .venv/bin/python benchmarks/train_throughput.py --size 320 --iters 8 --out bench.json
+    .venv/bin/python benchmarks/train_throughput.py --config configs/mini/mask_rcnn_R18_FPN_GN_scratch.yaml \
+        --size 96 --max-size 128 --workers 0 --iters 60 --warmup 5 --repeats 3 --options --out mini.json
 
 Each measurement runs in its own process (so peak memory is that measurement's alone), in alternation
 ours / plain / ours / plain ... for --repeats rounds (so slow drifts of a shared machine hit both alike):
@@ -13,6 +15,8 @@ ours / plain / ours / plain ... for --repeats rounds (so slow drifts of a shared
            step; the same model built by scratchdet (same init), the same dataset objects (same decoding, resizing,
            flips), loader workers, and the same batches in the same order (scratchdet's sampler), since an
            iteration's cost depends on its images.
+- plain_stock: the plain loop on the same network with torchvision's stock RoI poolers instead of scratchdet's
+           (modeling/roi_align.py: the same forward, a faster CPU backward): what torchvision's reference trains.
 - loader:  the training DataLoader alone (decode, resize, flip, collate), no model: the input pipeline's ceiling.
 - infer:   evaluation-mode forward passes over validation images, one image per call, as `scratchdet eval` does.
 - pad:     (no timing) the fraction of padded pixels in the batches the model sees, with and without
@@ -37,7 +41,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ROOT / "configs" / "paper" / "mask_rcnn_R50_FPN_GN_scratch_2x.yaml"
+PAPER_CONFIG = ROOT / "configs" / "paper" / "mask_rcnn_R50_FPN_GN_scratch_2x.yaml"
 
 
 def _overrides(args, data: Path, out: Path, extra: list[str]) -> list[str]:
@@ -52,9 +56,9 @@ def _overrides(args, data: Path, out: Path, extra: list[str]) -> list[str]:
         *paths,
         f"output={out}",
         f"data.min_size_train=[{size}]",
-        f"data.max_size_train={int(size * 1.667)}",
+        f"data.max_size_train={args.max_size or int(size * 1.667)}",
         f"data.min_size_test={size}",
-        f"data.max_size_test={int(size * 1.667)}",
+        f"data.max_size_test={args.max_size or int(size * 1.667)}",
         f"train.batch_size={args.batch}",
         f"data.num_workers={args.workers}",
         f"train.device={args.device}",
@@ -80,7 +84,7 @@ UNUSED_OUTPUT = Path(tempfile.gettempdir()) / "scratchdet-benchmark-unused"
 def _cfg(args, data: Path, extra: list[str], out: Path = UNUSED_OUTPUT):
     from scratchdet.config import load_config
 
-    return load_config(CONFIG, _overrides(args, data, out, extra))
+    return load_config(args.config, _overrides(args, data, out, extra))
 
 
 def measure_ours(args, data: Path, extra: list[str]) -> dict:
@@ -97,7 +101,19 @@ def measure_ours(args, data: Path, extra: list[str]) -> dict:
     }
 
 
-def _plain_setup(args, data: Path, extra: list[str]):
+def _stock_poolers_(model) -> None:
+    """Swaps scratchdet's RoI poolers (roi_align.py: the same forward, a sparse CPU backward) for torchvision's own,
+    in place: the model a plain torchvision user builds, with the same weights."""
+    from torchvision.ops import MultiScaleRoIAlign
+
+    heads = model.roi_heads
+    for name in ("box_roi_pool", "mask_roi_pool", "keypoint_roi_pool"):
+        pool = getattr(heads, name, None)
+        if pool is not None:
+            setattr(heads, name, MultiScaleRoIAlign(pool.featmap_names, pool.output_size, pool.sampling_ratio))
+
+
+def _plain_setup(args, data: Path, extra: list[str], stock: bool = False):
     """The plain loop's pieces: config, device, the scratchdet-built model with the trainer's init, SGD, and a
     DataLoader over scratchdet's batches (same images, same order, same flips: an iteration's cost depends on its
     images, so only the loop may differ)."""
@@ -115,6 +131,8 @@ def _plain_setup(args, data: Path, extra: list[str]):
     dataset = build_train_dataset(cfg)
     model = build_detector(cfg, dataset.num_classes)
     initialize(model, cfg)  # the trainer's scratch init (MSRA fill)
+    if stock:
+        _stock_poolers_(model)
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=0.0025, momentum=0.9, weight_decay=1e-4)
@@ -125,12 +143,12 @@ def _plain_setup(args, data: Path, extra: list[str]):
     return device, model, optimizer, loader
 
 
-def measure_plain(args, data: Path, extra: list[str]) -> dict:
+def measure_plain(args, data: Path, extra: list[str], stock: bool = False) -> dict:
     import torch
 
     from scratchdet.engine.trainer import MODEL_TARGET_KEYS
 
-    device, model, optimizer, loader = _plain_setup(args, data, extra)
+    device, model, optimizer, loader = _plain_setup(args, data, extra, stock)
     times = []
     stream = iter(loader)
     for _ in range(args.warmup + args.iters):
@@ -156,6 +174,11 @@ def measure_plain(args, data: Path, extra: list[str]) -> dict:
         "img_s": args.batch / statistics.median(times),
         "peak_mb": _peak_memory_mb(args.device),
     }
+
+
+def measure_plain_stock(args, data: Path, extra: list[str]) -> dict:
+    """The plain loop on the same network with torchvision's stock RoI poolers (what torchvision's reference trains)."""
+    return measure_plain(args, data, extra, stock=True)
 
 
 def measure_loader(args, data: Path, extra: list[str]) -> dict:
@@ -250,9 +273,13 @@ def measure_profile(args, data: Path, extra: list[str]) -> dict:
     }
 
 
+# One round: each training measurement once, in this order.
+ROUND = ("ours", "plain", "plain_stock")
+
 MODES = {
     "ours": measure_ours,
     "plain": measure_plain,
+    "plain_stock": measure_plain_stock,
     "loader": measure_loader,
     "infer": measure_infer,
     "pad": measure_padding,
@@ -287,12 +314,16 @@ def _common(args) -> list[str]:
         f"--workers={args.workers}",
         f"--device={args.device}",
         f"--threads={args.threads}",
+        f"--config={args.config}",
+        f"--max-size={args.max_size}",
     ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default=str(PAPER_CONFIG), help="the detector config (default: R50-FPN-GN paper)")
     parser.add_argument("--size", type=int, default=320, help="short side of train and test images")
+    parser.add_argument("--max-size", type=int, default=0, help="long side limit (default: 1.667 x --size)")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--iters", type=int, default=8, help="timed iterations per measurement")
     parser.add_argument("--warmup", type=int, default=2)
@@ -324,10 +355,12 @@ def main() -> None:
         )
     results: dict = {"args": {k: v for k, v in vars(args).items() if k not in ("mode", "extra")}, "rounds": []}
     for _ in range(args.repeats):
-        results["rounds"].append({"ours": _run_child(args, "ours", []), "plain": _run_child(args, "plain", [])})
+        results["rounds"].append({who: _run_child(args, who, []) for who in ROUND})
     ours = statistics.median(r["ours"]["img_s"] for r in results["rounds"])
     plain = statistics.median(r["plain"]["img_s"] for r in results["rounds"])
+    stock = statistics.median(r["plain_stock"]["img_s"] for r in results["rounds"])
     results["ratio"] = ours / plain
+    results["ratio_stock"] = ours / stock
     results["options"] = {o: _run_child(args, "ours", o.split()) for o in args.options}  # "a=1 b=2": both
     results["loader"] = _run_child(args, "loader", [])
     results["infer"] = _run_child(args, "infer", [])
@@ -337,9 +370,10 @@ def main() -> None:
 
     print("| measurement | img/s | peak MB |\n|---|---|---|")
     for i, r in enumerate(results["rounds"]):
-        for who in ("ours", "plain"):
+        for who in ROUND:
             print(f"| train, {who}, round {i + 1} | {r[who]['img_s']:.3f} | {r[who]['peak_mb']:.0f} |")
     print(f"| train, ours / plain (median of rounds) | {results['ratio']:.3f} | |")
+    print(f"| train, ours / plain with torchvision's poolers (median of rounds) | {results['ratio_stock']:.3f} | |")
     for option, r in results["options"].items():
         print(f"| train, ours + {option} | {r['img_s']:.3f} | {r['peak_mb']:.0f} |")
     print(f"| data loader alone | {results['loader']['img_s']:.2f} | |")

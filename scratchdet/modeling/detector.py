@@ -36,6 +36,7 @@ from scratchdet.modeling.input_convention import (
 )
 from scratchdet.modeling.keypoint_head import KeypointRCNNConvNormHead, KeypointRCNNPredictor
 from scratchdet.modeling.norm import build_norm
+from scratchdet.modeling.roi_align import MultiScaleRoIAlign
 from scratchdet.modeling.vgg import build_vgg16_faster_rcnn
 
 # torchvision's normalization of [0, 1] RGB input: the convention when model.pixel_mean/pixel_std are unset.
@@ -132,8 +133,12 @@ def build_detector(cfg: Config, num_classes: int, num_keypoints: int | None = No
     # 4conv1fc: four 3x3 convs (each followed by the norm) then one fc; 0 convs gives the classic 2fc head.
     fc_layers = [m.box_head_fc] if m.box_head_convs > 0 else [m.box_head_fc, m.box_head_fc]
     box_head = FastRCNNConvFCHead((channels, 7, 7), [channels] * m.box_head_convs, fc_layers, norm_layer=head_norm)
+    # torchvision's default poolers (P2-P5, sampling ratio 2: Detectron's ROI_XFORM_SAMPLING_RATIO), with the faster
+    # CPU backward of roi_align.py.
+    levels = ["0", "1", "2", "3"]
     common = dict(
         **transform_and_sampling_kwargs(cfg),
+        box_roi_pool=MultiScaleRoIAlign(levels, output_size=7, sampling_ratio=2),
         rpn_anchor_generator=anchors,
         box_head=box_head,
         box_predictor=FastRCNNPredictor(fc_layers[-1], num_classes),
@@ -141,6 +146,7 @@ def build_detector(cfg: Config, num_classes: int, num_keypoints: int | None = No
     if m.arch == "mask_rcnn":
         model = MaskRCNN(
             backbone,
+            mask_roi_pool=MultiScaleRoIAlign(levels, output_size=14, sampling_ratio=2),
             mask_head=MaskRCNNHeads(channels, [channels] * m.mask_head_convs, 1, norm_layer=head_norm),
             mask_predictor=MaskRCNNPredictor(channels, channels, num_classes),
             **common,
@@ -154,6 +160,7 @@ def build_detector(cfg: Config, num_classes: int, num_keypoints: int | None = No
         kp_layers = [m.keypoint_head_channels] * m.keypoint_head_convs
         model = KeypointRCNN(
             backbone,
+            keypoint_roi_pool=MultiScaleRoIAlign(levels, output_size=14, sampling_ratio=2),
             keypoint_head=KeypointRCNNConvNormHead(channels, kp_layers, norm_layer=head_norm),
             keypoint_predictor=KeypointRCNNPredictor(kp_layers[-1] if kp_layers else channels, num_keypoints),
             **common,

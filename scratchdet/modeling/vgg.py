@@ -18,9 +18,9 @@ from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
-from torchvision.ops import MultiScaleRoIAlign
 
 from scratchdet.config import Config, validate_backbone
+from scratchdet.modeling.roi_align import MultiScaleRoIAlign
 
 # torchvision's "D" configuration: conv widths per stage in units of the first width, "M" = 2x2 max-pool.
 VGG16_LAYOUT = (1, 1, "M", 2, 2, "M", 4, 4, 4, "M", 8, 8, 8, "M", 8, 8, 8)

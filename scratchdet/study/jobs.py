@@ -72,6 +72,21 @@ def update_record(study_dir: str | Path, job_id: str, **fields) -> dict:
     return record
 
 
+def squeue_states() -> dict[str, str]:
+    """{SLURM job id: state} of every job the controller still lists.
+
+    Raises:
+        ScratchdetError: squeue is missing or fails (no SLURM here).
+    """
+    try:
+        result = subprocess.run(["squeue", "-h", "-o", "%i %T"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise ScratchdetError(f"squeue failed ({type(e).__name__}: {e}); is this a SLURM login node?") from None
+    if result.returncode != 0:
+        raise ScratchdetError(f"squeue failed: {result.stderr.strip()}")
+    return dict(line.split(None, 1) for line in result.stdout.splitlines() if line.strip())
+
+
 def job_done_iter(study_dir: str | Path, job: Job) -> int | None:
     """Iterations the job's run folder has finished (its latest checkpoint), None before the first."""
     return RunFolder(Path(study_dir) / job.path).checkpoint_iteration()

@@ -25,8 +25,17 @@ from pathlib import Path
 
 from scratchdet.errors import ConfigError, Preempted, ScratchdetError
 from scratchdet.study.graph import Job, JobGraph
-from scratchdet.study.jobs import is_finished, now, read_record, record_path, run_job, update_record
+from scratchdet.study.jobs import (
+    is_finished,
+    now,
+    read_record,
+    record_path,
+    run_job,
+    squeue_states,
+    update_record,
+)
 from scratchdet.study.spec import LauncherSpec
+from scratchdet.study.status import progress_line, study_status
 
 # squeue states of a job that will still run (or is running): it must not be submitted a second time.
 ACTIVE_STATES = {
@@ -133,6 +142,10 @@ def _tail(path: Path, lines: int = 25) -> str:
     return "\n".join("    " + line for line in kept[-lines:])
 
 
+# Seconds between the local launcher's progress lines while jobs run.
+PROGRESS_PERIOD_S = 60.0
+
+
 def launch_local(graph: JobGraph, launcher: LauncherSpec, log: Callable[[str], None] = print) -> dict[str, str]:
     """Runs the graph on this machine, jobs in parallel as their dependencies finish. Returns {job id: outcome}.
 
@@ -157,6 +170,7 @@ def launch_local(graph: JobGraph, launcher: LauncherSpec, log: Callable[[str], N
     stop: list[int] = []
     signalled: set[str] = set()
     previous = {s: signal.signal(s, lambda signum, frame: stop.append(signum)) for s in (signal.SIGTERM, signal.SIGINT)}
+    last_line = time.perf_counter()
     try:
         while True:
             for job_id, (proc, _) in running.items():
@@ -215,6 +229,10 @@ def launch_local(graph: JobGraph, launcher: LauncherSpec, log: Callable[[str], N
                 log(f"[study] {job.id}: started ({processes} process(es){', GPUs ' + ','.join(gpus) if gpus else ''})")
             if not running:
                 break
+            if time.perf_counter() - last_line >= PROGRESS_PERIOD_S:
+                # Jobs write their own bars to their logs; this line is what the terminal shows meanwhile.
+                log(f"[study] progress: {progress_line(study_status(study_dir))}")
+                last_line = time.perf_counter()
             time.sleep(0.5)
     finally:
         for s, handler in previous.items():
@@ -224,21 +242,6 @@ def launch_local(graph: JobGraph, launcher: LauncherSpec, log: Callable[[str], N
 
 
 # --- slurm --------------------------------------------------------------------------------------------------------
-
-
-def squeue_states() -> dict[str, str]:
-    """{SLURM job id: state} of every job the controller still lists.
-
-    Raises:
-        ScratchdetError: squeue is missing or fails (no SLURM here).
-    """
-    try:
-        result = subprocess.run(["squeue", "-h", "-o", "%i %T"], capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise ScratchdetError(f"squeue failed ({type(e).__name__}: {e}); is this a SLURM login node?") from None
-    if result.returncode != 0:
-        raise ScratchdetError(f"squeue failed: {result.stderr.strip()}")
-    return dict(line.split(None, 1) for line in result.stdout.splitlines() if line.strip())
 
 
 class StudyTask:

@@ -47,10 +47,12 @@ def test_killed_study_resumes_and_skips_finished_runs(shapes_dir, tmp_path, monk
 
 
 @pytest.mark.parametrize("launcher", ["inprocess", "local"])
-def test_a_failed_job_leaves_its_dependents_unstarted_and_reported(tmp_path, launcher, capsys):
+def test_a_failed_job_leaves_its_dependents_unstarted_and_reported(tmp_path, launcher, capsys, monkeypatch):
     from scratchdet.errors import ScratchdetError
+    from scratchdet.study import launchers
     from scratchdet.study.status import exit_code, study_status
 
+    monkeypatch.setattr(launchers, "PROGRESS_PERIOD_S", 0.0)  # the local launcher's line while jobs run
     spec = write_spec(tmp_path, tmp_path / "no-such-data")
     with pytest.raises(ScratchdetError, match="4 of 4 study jobs failed or were not run"):
         runner.run_study(spec, [f"launcher.name={launcher}", "launcher.gpus_per_task=0"], report=False)
@@ -58,6 +60,7 @@ def test_a_failed_job_leaves_its_dependents_unstarted_and_reported(tmp_path, lau
         # The job's own output (its traceback) is shown, since a crash on another rank or in torchrun is only there.
         out = capsys.readouterr().out
         assert "trunks/scratch_all@2: last lines of" in out and "    error: annotation file not found" in out
+        assert "[study] progress: 0/4 jobs finished, 0/10 iterations" in out
     status = json.loads((tmp_path / "study" / "status.json").read_text())
     assert status["trunks/scratch_all@2"].startswith("failed")
     assert status["runs/scratch_all_1x"] == status["trunks/scratch_all@6"] == "not run: trunks/scratch_all@2 failed"
