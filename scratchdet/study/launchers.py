@@ -82,7 +82,7 @@ class StudyProgress:
     def __init__(self, graph: JobGraph):
         self.total_jobs = len(graph.jobs)
         self.total_iters = sum(j.iters or 0 for j in graph.jobs)
-        self.jobs = self.iters = self.trained_iters = self.trained_images = 0
+        self.jobs = self.iters = self.trained_iters = self.trained_images = self.pretrain_images = 0
         self.started = time.perf_counter()
 
     def line(self, job: Job, trained: bool) -> str:
@@ -91,7 +91,11 @@ class StudyProgress:
         elapsed = time.perf_counter() - self.started
         if trained:
             self.trained_iters += job.iters or 0
-            self.trained_images += (job.iters or 0) * (job.batch_size or 0)
+            images = (job.iters or 0) * (job.batch_size or 0)
+            if job.kind == "pretrain":
+                self.pretrain_images += images
+            else:
+                self.trained_images += images
         left = self.total_iters - self.iters
         eta = elapsed / self.trained_iters * left if self.trained_iters else None
         eta_text = "" if eta is None or not left else f", about {eta / 60:.1f} min left"
@@ -101,13 +105,16 @@ class StudyProgress:
         )
 
     def summary(self) -> str:
-        """The study's training throughput in this process: images trained (pre-training included) per wall-second
-        over the whole launch, evaluations, checkpoints and start-up included: what a user waits for."""
+        """The study's training throughput in this launch: detection training images per wall-second over the whole
+        launch, pre-training, evaluations, checkpoints and start-up included: what a user waits for. Pre-training
+        images (small classification crops) are counted apart: adding them would make a study look faster the more
+        of its time goes to pre-training."""
         elapsed = time.perf_counter() - self.started
         rate = self.trained_images / elapsed if elapsed > 0 else 0.0
+        pretrain = f" (and {self.pretrain_images} pre-training images)" if self.pretrain_images else ""
         return (
-            f"[study] trained {self.trained_images} images in {elapsed:.0f} s: {rate:.2f} training images per "
-            "wall-second"
+            f"[study] trained {self.trained_images} detection images{pretrain} in {elapsed:.0f} s: {rate:.2f} "
+            "detection training images per wall-second"
         )
 
 

@@ -8,11 +8,26 @@ from scratchdet.study.plan import plan_study
 from scratchdet.study.runner import build_study_graph
 from scratchdet.study.spec import load_study_spec
 
-MINI_SPEC = ROOT / "configs" / "study" / "mini.yaml"
+# A mini study with numbers these tests can follow by hand (not the demo's sizing, which may change): scratch and
+# pre-trained, 1x/2x/3x of 64 iterations at batch 2 (first LR drop 40 before the end), two data sizes.
+GRAPH_SPEC = f"""
+name: mini
+base_config: {ROOT / "configs" / "mini" / "mask_rcnn_R18_FPN_GN_scratch.yaml"}
+output: unused
+data_root: data/shapes
+overrides: [train.batch_size=2, schedule.unit_iters=8, "schedule.drop_tails=[5,2]"]
+arms:
+  - {{name: scratch, init: scratch}}
+  - {{name: pretrained, init: pretrained, pretrain_config: {ROOT / "configs" / "pretrain" / "mini_R18_GN_synth.yaml"}}}
+schedules: [1, 2, 3]
+train_sizes: [null, 50]
+"""
 
 
 def mini_graph(tmp_path, *overrides):
-    spec = load_study_spec(MINI_SPEC, [f"output={tmp_path / 'study'}", *overrides])
+    path = tmp_path / "graph_spec.yaml"
+    path.write_text(GRAPH_SPEC)
+    spec = load_study_spec(path, [f"output={tmp_path / 'study'}", *overrides])
     return build_study_graph(plan_study(spec, check_sources=False), spec), spec
 
 
@@ -110,4 +125,6 @@ def test_study_progress_line_counts_jobs_and_iterations(tmp_path):
     line = progress.line(graph.job("trunks/scratch_all@24"), trained=True)
     assert line.startswith(f"[study] progress: 2/25 jobs, 624/{total} iterations, about ")
     assert line.endswith(" min left")
-    assert progress.summary().startswith(f"[study] trained {24 * 2} images in ")  # the trunk segment's 24 x 2
+    assert progress.summary().startswith(f"[study] trained {24 * 2} detection images in ")  # the segment's 24 x 2
+    progress.line(graph.job("pretrain/pretrained"), trained=True)  # counted apart from the detection images
+    assert progress.summary().startswith(f"[study] trained 48 detection images (and {600 * 32} pre-training images)")
