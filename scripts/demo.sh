@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make demo`: the mini study on the embedded synthetic data, on CPU. Scratch vs pre-trained Mask R-CNN (R18-FPN,
-# GN), schedules 1x/2x/3x sharing one trunk per arm and data size, two training-set sizes, then the report.
+# GN), schedules 1x/2x/3x sharing one trunk per arm, two 1-thread jobs at a time, then the report.
 # Everything lands in demo_output/; rerunning resumes (finished runs are skipped).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,3 +14,4 @@ echo
 echo "demo finished in $(( $(date +%s) - start )) s"
 echo "report:   $OUT/study/report/report.html   (open it in a browser; figures in report/figures, tables in report/tables)"
 echo "runs:     $OUT/study/runs/*   (metrics.jsonl, eval/*.json, checkpoints/, config.yaml; tensorboard --logdir $OUT/study)"
+echo "job logs: $OUT/study/jobs/*/*.log   (scratchdet study status $OUT/study)"
