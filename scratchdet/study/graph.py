@@ -73,6 +73,16 @@ class JobGraph:
                 found.append(job.id)
         return found
 
+    def remaining_chain(self) -> dict[str, int]:
+        """{job id: iterations on the longest chain from the job's start to the end of the study}, the job's own
+        included. Starting the job with the longest chain first (critical-path list scheduling) keeps the study's
+        last jobs from running alone: e.g. a pre-trained arm's trunk, which waits for its pre-training."""
+        chain: dict[str, int] = {}
+        for job in reversed(self.jobs):  # dependents come after their dependencies
+            after = [chain[j.id] for j in self.jobs if job.id in j.deps]
+            chain[job.id] = (job.iters or 0) + max(after, default=0)
+        return chain
+
     def to_dict(self) -> dict:
         return {"study_dir": self.study_dir, "cwd": self.cwd, "jobs": [asdict(j) for j in self.jobs]}
 

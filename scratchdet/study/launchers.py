@@ -35,7 +35,7 @@ from scratchdet.study.jobs import (
     update_record,
 )
 from scratchdet.study.spec import LauncherSpec
-from scratchdet.study.status import progress_line, study_status
+from scratchdet.study.status import iteration_counts, progress_line, study_status
 
 # squeue states of a job that will still run (or is running): it must not be submitted a second time.
 ACTIVE_STATES = {
@@ -149,12 +149,31 @@ def _tail(path: Path, lines: int = 25) -> str:
     return "\n".join("    " + line for line in kept[-lines:])
 
 
+class _LiveProgress:
+    """The study's progress line read from its run folders (running jobs' iterations included, as `study status`
+    shows it), with the time left at the pace of this launch: iterations done since it began (a resumed study's
+    earlier iterations do not count) per wall-second."""
+
+    def __init__(self, study_dir: Path):
+        self.study_dir = study_dir
+        self.started = time.perf_counter()
+        self.done_before = iteration_counts(study_status(study_dir))[0]
+
+    def line(self) -> str:
+        statuses = study_status(self.study_dir)
+        done, total = iteration_counts(statuses)
+        pace = (done - self.done_before) / (time.perf_counter() - self.started)
+        left = f", about {(total - done) / pace / 60:.1f} min left at this pace" if pace > 0 and done < total else ""
+        return f"[study] progress: {progress_line(statuses)}{left}"
+
+
 # Seconds between the local launcher's progress lines while jobs run.
 PROGRESS_PERIOD_S = 60.0
 
 
 def launch_local(graph: JobGraph, launcher: LauncherSpec, log: Callable[[str], None] = print) -> dict[str, str]:
-    """Runs the graph on this machine, jobs in parallel as their dependencies finish. Returns {job id: outcome}.
+    """Runs the graph on this machine, jobs in parallel as their dependencies finish, the job with the longest chain
+    of work after it first (JobGraph.remaining_chain). Returns {job id: outcome}.
 
     Raises:
         ConfigError: launcher.gpus_per_task > 0 but too few GPUs for one job.
@@ -178,6 +197,8 @@ def launch_local(graph: JobGraph, launcher: LauncherSpec, log: Callable[[str], N
     signalled: set[str] = set()
     previous = {s: signal.signal(s, lambda signum, frame: stop.append(signum)) for s in (signal.SIGTERM, signal.SIGINT)}
     last_line = time.perf_counter()
+    chain = graph.remaining_chain()
+    live = _LiveProgress(study_dir)
     try:
         while True:
             for job_id, (proc, _) in running.items():
@@ -201,7 +222,8 @@ def launch_local(graph: JobGraph, launcher: LauncherSpec, log: Callable[[str], N
                     # The job's own output is the only place a crash outside run_job (torchrun, another rank) shows.
                     log_path = record_path(study_dir, job_id).with_suffix(".log")
                     log(f"[study] {job_id}: last lines of {log_path}:\n{_tail(log_path)}")
-                log(progress.line(graph.job(job_id), trained=proc.returncode == 0))
+                progress.line(graph.job(job_id), trained=proc.returncode == 0)  # counts the images for the summary
+                log(live.line())
             if stop:
                 if not running:
                     raise Preempted(stop[0], -1, f"the run folders under {study_dir}")
@@ -214,6 +236,7 @@ def launch_local(graph: JobGraph, launcher: LauncherSpec, log: Callable[[str], N
                 and j.id not in running
                 and all(outcome.get(d, "").startswith(("skipped", "trained", "resumed", "finished")) for d in j.deps)
             ]
+            ready.sort(key=lambda j: -chain[j.id])  # stable: graph order among equals
             for job in ready:
                 processes = 1 if job.single_process else launcher.tasks_per_node
                 gpus_needed = processes * launcher.gpus_per_task
@@ -238,7 +261,7 @@ def launch_local(graph: JobGraph, launcher: LauncherSpec, log: Callable[[str], N
                 break
             if time.perf_counter() - last_line >= PROGRESS_PERIOD_S:
                 # Jobs write their own bars to their logs; this line is what the terminal shows meanwhile.
-                log(f"[study] progress: {progress_line(study_status(study_dir))}")
+                log(live.line())
                 last_line = time.perf_counter()
             time.sleep(0.5)
     finally:

@@ -149,14 +149,20 @@ def _duration(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
-def progress_line(statuses: list[JobStatus]) -> str:
-    """The whole study in one line: jobs finished, iterations done of all planned, the longest running ETA."""
-    done = sum(s.state == "finished" for s in statuses)
+def iteration_counts(statuses: list[JobStatus]) -> tuple[int, int]:
+    """(iterations done, iterations planned) over every job, running jobs' done iterations included."""
     total_iters = sum((s.end_iter or 0) - s.start_iter for s in statuses)
     done_iters = sum(
         ((s.end_iter or 0) - s.start_iter) if s.state == "finished" else max(0, (s.iteration or 0) - s.start_iter)
         for s in statuses
     )
+    return done_iters, total_iters
+
+
+def progress_line(statuses: list[JobStatus]) -> str:
+    """The whole study in one line: jobs finished, iterations done of all planned, the longest running ETA."""
+    done = sum(s.state == "finished" for s in statuses)
+    done_iters, total_iters = iteration_counts(statuses)
     etas = [s.eta_s for s in statuses if s.eta_s is not None]
     failed = sum(s.state in FAILED for s in statuses)
     return (

@@ -128,3 +128,15 @@ def test_study_progress_line_counts_jobs_and_iterations(tmp_path):
     assert progress.summary().startswith(f"[study] trained {24 * 2} detection images in ")  # the segment's 24 x 2
     progress.line(graph.job("pretrain/pretrained"), trained=True)  # counted apart from the detection images
     assert progress.summary().startswith(f"[study] trained 48 detection images (and {600 * 32} pre-training images)")
+
+
+def test_remaining_chain_puts_the_pretrained_trunk_first(tmp_path):
+    graph, _ = mini_graph(tmp_path)
+    chain = graph.remaining_chain()
+    # Pre-training (600) -> trunk segments to 24, 88, 152 -> the 3x tail (152..192).
+    assert chain["pretrain/pretrained"] == 600 + 24 + 64 + 64 + 40
+    assert chain["trunks/scratch_all@24"] == chain["trunks/pretrained_50@24"] == 192
+    assert chain["trunks/scratch_all@152"] == 64 + 40 and chain["runs/scratch_all_3x"] == 40
+    assert chain["runs/scratch_all_1x"] == chain["runs/scratch_all_2x"] == 40  # every tail is the last 40
+    first = sorted(graph.jobs, key=lambda j: -chain[j.id])[0]
+    assert first.id == "pretrain/pretrained"
