@@ -140,6 +140,8 @@ def _train_until(job: Job, out: Path) -> str:
         return "skipped (finished)"
     resume = ["resume=true"] if done is not None else []
     train(run_config(job.config, job.overrides, out, [f"train.max_iters={job.end_iter}", *job.extra, *resume]))
+    if job.kind == "segment" and done == job.start_iter:
+        return f"continued the trunk from iteration {done}"  # the plan, not a recovery from a crash
     return "resumed" if resume else "trained"
 
 

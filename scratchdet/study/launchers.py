@@ -167,6 +167,9 @@ class _LiveProgress:
         return f"[study] progress: {progress_line(statuses)}{left}"
 
 
+# How run_job's outcomes begin when the job's work is done (study/jobs.py).
+DONE_OUTCOMES = ("skipped", "trained", "resumed", "continued", "finished")
+
 # Seconds between the local launcher's progress lines while jobs run.
 PROGRESS_PERIOD_S = 60.0
 
@@ -234,7 +237,7 @@ def launch_local(graph: JobGraph, launcher: LauncherSpec, log: Callable[[str], N
                 for j in graph.jobs
                 if j.id not in outcome
                 and j.id not in running
-                and all(outcome.get(d, "").startswith(("skipped", "trained", "resumed", "finished")) for d in j.deps)
+                and all(outcome.get(d, "").startswith(DONE_OUTCOMES) for d in j.deps)
             ]
             ready.sort(key=lambda j: -chain[j.id])  # stable: graph order among equals
             for job in ready:

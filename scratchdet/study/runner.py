@@ -67,10 +67,14 @@ def run_study(spec_path: str | Path, overrides: list[str] | None = None, *, repo
     graph = build_study_graph(plan, spec)
     graph.write()
     it = plan.iterations()
+    # The progress lines count every job's iterations, pre-training included: say so here, where the total is given.
+    pretrain = sum(j.iters or 0 for j in graph.jobs if j.kind == "pretrain")
     print(
         f"[study] {spec.name}: {len(plan.runs)} runs, {len(plan.trunks)} shared trunks, {len(graph.jobs)} jobs; "
         f"trains {it['shared']} iterations instead of {it['separate']} for separate runs "
-        f"({100 * it['fraction']:.0f}%); launcher {spec.launcher.name}"
+        f"({100 * it['fraction']:.0f}%)"
+        + (f", plus {pretrain} pre-training iterations" if pretrain else "")
+        + f"; launcher {spec.launcher.name}"
     )
     launcher = spec.launcher
     if launcher.name == "slurm":

@@ -176,9 +176,16 @@ def _no_ap(s: JobStatus) -> str:
     return "-" if s.last_ap_iter is None else f"none @{s.last_ap_iter}"  # evaluated, no predictions
 
 
+def _metric_cell(s: JobStatus) -> str:
+    if s.last_ap is None:
+        return _no_ap(s)
+    label = "top-1 " if s.kind == "pretrain" else ""  # a pre-training's number is its classification top-1
+    return f"{label}{s.last_ap:.1f} @{s.last_ap_iter}"
+
+
 def format_status(statuses: list[JobStatus]) -> str:
     """The status as a table, with the progress line on top."""
-    header = ("job", "state", "slurm id", "iter", "s/iter", "ETA", "last AP", "requeues")
+    header = ("job", "state", "slurm id", "iter", "s/iter", "ETA", "last AP (%)", "requeues")
     rows = []
     for s in statuses:
         end = "?" if s.end_iter is None else s.end_iter
@@ -190,7 +197,7 @@ def format_status(statuses: list[JobStatus]) -> str:
                 f"{s.iteration if s.iteration is not None else s.start_iter}/{end}",
                 f"{s.time_per_iter:.3g}" if s.time_per_iter else "-",
                 _duration(s.eta_s),
-                f"{s.last_ap:.1f} @{s.last_ap_iter}" if s.last_ap is not None else _no_ap(s),
+                _metric_cell(s),
                 str(s.requeues),
             )
         )

@@ -120,14 +120,21 @@ def _size_words(c: Comparison) -> str:
     return f"all {images} training images" if c.size_label == "all" and images else f"{c.size_label} training images"
 
 
+def _shown_gap(c: Comparison) -> float:
+    """Pre-trained minus scratch bbox AP as the difference of the two numbers the sentences show (each rounded to
+    0.1, as in the findings below), so that a reader's subtraction agrees with the text."""
+    return round(c.pretrained.final("bbox"), 1) - round(c.scratch.final("bbox"), 1)
+
+
 def _sentence(c: Comparison) -> str:
     estimate_noise(c)
     winner, loser = ("pre-trained", "scratch") if c.delta > 0 else ("scratch", "pre-trained")
     ap_p, ap_s = c.pretrained.final("bbox"), c.scratch.final("bbox")
+    shown = abs(_shown_gap(c))
     lead = (
         f"the two arms tie ({ap_p:.1f} vs {ap_s:.1f} bbox AP)"
-        if round(abs(c.delta), 1) == 0
-        else f"{winner} leads {loser} by {abs(c.delta):.1f} bbox AP ({ap_p:.1f} pre-trained vs {ap_s:.1f} scratch)"
+        if round(shown, 1) == 0
+        else f"{winner} leads {loser} by {shown:.1f} bbox AP ({ap_p:.1f} pre-trained vs {ap_s:.1f} scratch)"
     )
     if c.beyond_noise is None:
         noise = "noise not estimated (no per-image detections kept)"
@@ -154,7 +161,7 @@ def verdict(found: list[Comparison]) -> list[str]:
             change = "changes sign"
         sentences.append(
             f"From {shortest.schedule:g}x to {longest.schedule:g}x the pre-trained minus scratch gap {change} "
-            f"({shortest.delta:+.1f} to {longest.delta:+.1f} AP)."
+            f"({_shown_gap(shortest):+.1f} to {_shown_gap(longest):+.1f} AP)."
         )
     others = [c for c in found if c.size_label != longest.size_label]
     if others:  # the next size's longest schedule; further sizes would repeat the pattern (the tables have them)
