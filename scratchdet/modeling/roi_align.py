@@ -111,9 +111,9 @@ class _RoIAlignSparseBackward(torch.autograd.Function):
         if rois.shape[0] == 0:
             return grad_output.new_zeros(shape), grad_rois, None, None, None, None
         matrix = sampling_matrix(rois, (n, h, w), output_size, spatial_scale, sampling_ratio, aligned)
-        per_bin = grad_output.permute(0, 2, 3, 1).reshape(-1, c)  # (R*PH*PW, C)
-        grad = torch.sparse.mm(matrix, per_bin.to(matrix.dtype))  # (N*H*W, C)
-        grad_features = grad.view(n, h, w, c).permute(0, 3, 1, 2).contiguous().to(grad_output.dtype)
+        per_bin = grad_output.permute(0, 2, 3, 1).reshape(-1, c)  # (R*PH*PW, C); rois' dtype, as roi_align checked
+        grad = torch.sparse.mm(matrix, per_bin)  # (N*H*W, C)
+        grad_features = grad.view(n, h, w, c).permute(0, 3, 1, 2).contiguous()
         return grad_features, grad_rois, None, None, None, None
 
 

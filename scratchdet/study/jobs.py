@@ -131,6 +131,13 @@ def run_folder_lock(study_dir: str | Path, job: Job):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+# How run_job's outcomes begin when it trained the job in this call; failures raise.
+TRAINED_OUTCOMES = ("trained", "resumed", "continued")
+# ... and when the job's work is done, by this call or an earlier one ("finished": the local launcher's word for a
+# job that exited 0 without an outcome in its record).
+DONE_OUTCOMES = (*TRAINED_OUTCOMES, "skipped", "finished")
+
+
 def _train_until(job: Job, out: Path) -> str:
     from scratchdet.engine.trainer import train
     from scratchdet.study.plan import run_config

@@ -26,6 +26,8 @@ from pathlib import Path
 from scratchdet.errors import ConfigError, Preempted, ScratchdetError
 from scratchdet.study.graph import Job, JobGraph
 from scratchdet.study.jobs import (
+    DONE_OUTCOMES,
+    TRAINED_OUTCOMES,
     is_finished,
     now,
     read_record,
@@ -59,7 +61,7 @@ def launch_inprocess(graph: JobGraph, log: Callable[[str], None] = print) -> dic
         Preempted: SIGTERM/SIGINT; the running job checkpointed (rerun the same command to resume).
     """
     outcome: dict[str, str] = {}
-    progress = StudyProgress(graph)
+    throughput, progress = StudyThroughput(), StudyProgress(graph.study_dir)
     for job in graph.jobs:
         if job.id in outcome:
             log(f"[study] {job.id}: {outcome[job.id]}")
@@ -70,39 +72,27 @@ def launch_inprocess(graph: JobGraph, log: Callable[[str], None] = print) -> dic
             outcome[job.id] = f"failed: {e}"
             _not_run(graph, job.id, outcome)
         log(f"[study] {job.id}: {outcome[job.id]}")
-        log(progress.line(job, trained=not outcome[job.id].startswith(("skipped", "failed", "not run"))))
-    log(progress.summary())
+        throughput.count(job, outcome[job.id])
+        log(progress.line())
+    log(throughput.summary())
     return outcome
 
 
-class StudyProgress:
-    """The whole study in one line, printed between jobs: jobs done of all, iterations done of all planned, and the
-    time left at the pace of the jobs trained so far in this process."""
+class StudyThroughput:
+    """Counts the images the jobs of this launch trained, for the closing throughput line."""
 
-    def __init__(self, graph: JobGraph):
-        self.total_jobs = len(graph.jobs)
-        self.total_iters = sum(j.iters or 0 for j in graph.jobs)
-        self.jobs = self.iters = self.trained_iters = self.trained_images = self.pretrain_images = 0
+    def __init__(self):
+        self.trained_images = self.pretrain_images = 0
         self.started = time.perf_counter()
 
-    def line(self, job: Job, trained: bool) -> str:
-        self.jobs += 1
-        self.iters += job.iters or 0
-        elapsed = time.perf_counter() - self.started
-        if trained:
-            self.trained_iters += job.iters or 0
-            images = (job.iters or 0) * (job.batch_size or 0)
-            if job.kind == "pretrain":
-                self.pretrain_images += images
-            else:
-                self.trained_images += images
-        left = self.total_iters - self.iters
-        eta = elapsed / self.trained_iters * left if self.trained_iters else None
-        eta_text = "" if eta is None or not left else f", about {eta / 60:.1f} min left"
-        return (
-            f"[study] progress: {self.jobs}/{self.total_jobs} jobs, {self.iters}/{self.total_iters} iterations"
-            f"{eta_text}"
-        )
+    def count(self, job: Job, outcome: str) -> None:
+        if not outcome.startswith(TRAINED_OUTCOMES):
+            return
+        images = (job.iters or 0) * (job.batch_size or 0)
+        if job.kind == "pretrain":
+            self.pretrain_images += images
+        else:
+            self.trained_images += images
 
     def summary(self) -> str:
         """The study's training throughput in this launch: detection training images per wall-second over the whole
@@ -116,6 +106,24 @@ class StudyProgress:
             f"[study] trained {self.trained_images} detection images{pretrain} in {elapsed:.0f} s: {rate:.2f} "
             "detection training images per wall-second"
         )
+
+
+class StudyProgress:
+    """The study's progress line read from its run folders (running jobs' iterations included, as `study status`
+    shows it), with the time left at the pace of this launch: iterations done since it began (a resumed study's
+    earlier iterations do not count) per wall-second."""
+
+    def __init__(self, study_dir: str | Path):
+        self.study_dir = Path(study_dir)
+        self.started = time.perf_counter()
+        self.done_before = iteration_counts(study_status(self.study_dir))[0]
+
+    def line(self) -> str:
+        statuses = study_status(self.study_dir)
+        done, total = iteration_counts(statuses)
+        pace = (done - self.done_before) / (time.perf_counter() - self.started)
+        left = f", about {(total - done) / pace / 60:.1f} min left at this pace" if pace > 0 and done < total else ""
+        return f"[study] progress: {progress_line(statuses)}{left}"
 
 
 # --- local --------------------------------------------------------------------------------------------------------
@@ -149,27 +157,6 @@ def _tail(path: Path, lines: int = 25) -> str:
     return "\n".join("    " + line for line in kept[-lines:])
 
 
-class _LiveProgress:
-    """The study's progress line read from its run folders (running jobs' iterations included, as `study status`
-    shows it), with the time left at the pace of this launch: iterations done since it began (a resumed study's
-    earlier iterations do not count) per wall-second."""
-
-    def __init__(self, study_dir: Path):
-        self.study_dir = study_dir
-        self.started = time.perf_counter()
-        self.done_before = iteration_counts(study_status(study_dir))[0]
-
-    def line(self) -> str:
-        statuses = study_status(self.study_dir)
-        done, total = iteration_counts(statuses)
-        pace = (done - self.done_before) / (time.perf_counter() - self.started)
-        left = f", about {(total - done) / pace / 60:.1f} min left at this pace" if pace > 0 and done < total else ""
-        return f"[study] progress: {progress_line(statuses)}{left}"
-
-
-# How run_job's outcomes begin when the job's work is done (study/jobs.py).
-DONE_OUTCOMES = ("skipped", "trained", "resumed", "continued", "finished")
-
 # Seconds between the local launcher's progress lines while jobs run.
 PROGRESS_PERIOD_S = 60.0
 
@@ -192,16 +179,14 @@ def launch_local(graph: JobGraph, launcher: LauncherSpec, log: Callable[[str], N
             "processes"
         )
     outcome: dict[str, str] = {j.id: "skipped (finished)" for j in graph.jobs if is_finished(study_dir, j)}
-    progress = StudyProgress(graph)
-    for job_id in outcome:
-        progress.line(graph.job(job_id), trained=False)
+    throughput = StudyThroughput()
     running: dict[str, tuple[subprocess.Popen, list[str]]] = {}
     stop: list[int] = []
     signalled: set[str] = set()
     previous = {s: signal.signal(s, lambda signum, frame: stop.append(signum)) for s in (signal.SIGTERM, signal.SIGINT)}
     last_line = time.perf_counter()
     chain = graph.remaining_chain()
-    live = _LiveProgress(study_dir)
+    progress = StudyProgress(study_dir)
     try:
         while True:
             for job_id, (proc, _) in running.items():
@@ -225,8 +210,8 @@ def launch_local(graph: JobGraph, launcher: LauncherSpec, log: Callable[[str], N
                     # The job's own output is the only place a crash outside run_job (torchrun, another rank) shows.
                     log_path = record_path(study_dir, job_id).with_suffix(".log")
                     log(f"[study] {job_id}: last lines of {log_path}:\n{_tail(log_path)}")
-                progress.line(graph.job(job_id), trained=proc.returncode == 0)  # counts the images for the summary
-                log(live.line())
+                throughput.count(graph.job(job_id), outcome[job_id])
+                log(progress.line())
             if stop:
                 if not running:
                     raise Preempted(stop[0], -1, f"the run folders under {study_dir}")
@@ -264,13 +249,13 @@ def launch_local(graph: JobGraph, launcher: LauncherSpec, log: Callable[[str], N
                 break
             if time.perf_counter() - last_line >= PROGRESS_PERIOD_S:
                 # Jobs write their own bars to their logs; this line is what the terminal shows meanwhile.
-                log(live.line())
+                log(progress.line())
                 last_line = time.perf_counter()
             time.sleep(0.5)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-    log(progress.summary())
+    log(throughput.summary())
     return outcome
 
 

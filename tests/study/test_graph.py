@@ -113,21 +113,17 @@ def test_slurm_step_tasks_become_ranks(monkeypatch):
     assert not adopt_slurm_environment()  # torchrun's (or earlier) variables are never overwritten
 
 
-def test_study_progress_line_counts_jobs_and_iterations(tmp_path):
-    from scratchdet.study.launchers import StudyProgress
+def test_study_throughput_counts_detection_images_apart_from_pretraining(tmp_path):
+    from scratchdet.study.launchers import StudyThroughput
 
     graph, _ = mini_graph(tmp_path)
-    progress = StudyProgress(graph)
-    total = 600 + 4 * 152 + 12 * 40
-    assert progress.line(graph.job("pretrain/pretrained"), trained=False) == (
-        f"[study] progress: 1/25 jobs, 600/{total} iterations"
-    )
-    line = progress.line(graph.job("trunks/scratch_all@24"), trained=True)
-    assert line.startswith(f"[study] progress: 2/25 jobs, 624/{total} iterations, about ")
-    assert line.endswith(" min left")
-    assert progress.summary().startswith(f"[study] trained {24 * 2} detection images in ")  # the segment's 24 x 2
-    progress.line(graph.job("pretrain/pretrained"), trained=True)  # counted apart from the detection images
-    assert progress.summary().startswith(f"[study] trained 48 detection images (and {600 * 32} pre-training images)")
+    throughput = StudyThroughput()
+    throughput.count(graph.job("trunks/scratch_all@24"), "trained")
+    throughput.count(graph.job("trunks/scratch_all@88"), "skipped (finished)")  # trained nothing in this launch
+    throughput.count(graph.job("runs/scratch_all_1x"), "failed: DataError: ...")
+    assert throughput.summary().startswith(f"[study] trained {24 * 2} detection images in ")  # the segment's 24 x 2
+    throughput.count(graph.job("pretrain/pretrained"), "trained")
+    assert throughput.summary().startswith(f"[study] trained 48 detection images (and {600 * 32} pre-training images)")
 
 
 def test_remaining_chain_puts_the_pretrained_trunk_first(tmp_path):

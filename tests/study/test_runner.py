@@ -14,7 +14,7 @@ def write_spec(tmp_path, shapes_dir):
     return write_study_spec(tmp_path / "spec.yaml", tmp_path / "study", tiny_study_overrides(shapes_dir), name="tiny")
 
 
-def test_killed_study_resumes_and_skips_finished_runs(shapes_dir, tmp_path, monkeypatch):
+def test_killed_study_resumes_and_skips_finished_runs(shapes_dir, tmp_path, monkeypatch, capsys):
     spec = write_spec(tmp_path, shapes_dir)
     real_train, calls = trainer.train, []
 
@@ -28,8 +28,19 @@ def test_killed_study_resumes_and_skips_finished_runs(shapes_dir, tmp_path, monk
     with pytest.raises(KeyboardInterrupt):
         runner.run_study(spec, report=False)
     monkeypatch.setattr(trainer, "train", real_train)
+    first = capsys.readouterr().out
+    trunk_done = "[study] trunks/scratch_all@2: trained\n[study] progress: 1/4 jobs finished, 2/10 iterations, about "
+    assert trunk_done in first
+    assert "min left at this pace" in first
 
     study = runner.run_study(spec, report=False)
+    out = capsys.readouterr().out
+    # The progress line counts the work done before; the time left is at the pace of this launch alone, so it is
+    # not given until this launch has trained something.
+    skipped = "[study] runs/scratch_all_1x: skipped (finished)\n[study] progress: 3/4 jobs finished, 8/10 iterations\n"
+    assert skipped in out
+    assert "[study] progress: 4/4 jobs finished, 10/10 iterations\n" in out
+    assert "[study] trained 4 detection images in " in out  # the 2x tail's 2 iterations x batch 2, not the skipped
     status = json.loads((study / "status.json").read_text())
     assert status["trunks/scratch_all@2"] == status["trunks/scratch_all@6"] == "skipped (finished)"
     assert status["runs/scratch_all_1x"] == "skipped (finished)"
@@ -56,11 +67,11 @@ def test_a_failed_job_leaves_its_dependents_unstarted_and_reported(tmp_path, lau
     spec = write_spec(tmp_path, tmp_path / "no-such-data")
     with pytest.raises(ScratchdetError, match="4 of 4 study jobs failed or were not run"):
         runner.run_study(spec, [f"launcher.name={launcher}", "launcher.gpus_per_task=0"], report=False)
+    out = capsys.readouterr().out
+    assert "[study] progress: 0/4 jobs finished, 0/10 iterations, 1 failed" in out
     if launcher == "local":
         # The job's own output (its traceback) is shown, since a crash on another rank or in torchrun is only there.
-        out = capsys.readouterr().out
         assert "trunks/scratch_all@2: last lines of" in out and "    error: annotation file not found" in out
-        assert "[study] progress: 0/4 jobs finished, 0/10 iterations" in out
     status = json.loads((tmp_path / "study" / "status.json").read_text())
     assert status["trunks/scratch_all@2"].startswith("failed")
     assert status["runs/scratch_all_1x"] == status["trunks/scratch_all@6"] == "not run: trunks/scratch_all@2 failed"
