@@ -62,7 +62,7 @@ def _overrides(args, data: Path, out: Path, extra: list[str]) -> list[str]:
         f"train.batch_size={args.batch}",
         f"data.num_workers={args.workers}",
         f"train.device={args.device}",
-        "train.log_period=1",
+        f"train.log_period={args.window}",
         f"train.max_iters={args.warmup + args.iters}",
         "eval.max_images=1",
         *extra,
@@ -93,7 +93,8 @@ def measure_ours(args, data: Path, extra: list[str]) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         train(_cfg(args, data, extra, Path(tmp) / "run"))
-        times = [r["time_per_iter"] for r in read_metrics(Path(tmp) / "run", "train")][args.warmup :]
+        # One record per --window iterations, each the window's mean time per iteration; warm-up windows dropped.
+        times = [r["time_per_iter"] for r in read_metrics(Path(tmp) / "run", "train")][args.warmup // args.window :]
     return {
         "s_per_iter": statistics.median(times),
         "img_s": args.batch / statistics.median(times),
@@ -116,12 +117,12 @@ def _stock_poolers_(model) -> None:
 def _plain_setup(args, data: Path, extra: list[str], stock: bool = False):
     """The plain loop's pieces: config, device, the scratchdet-built model with the trainer's init, SGD, and a
     DataLoader over scratchdet's batches (same images, same order, same flips: an iteration's cost depends on its
-    images, so only the loop may differ)."""
+    images, so only the loop may differ). Returns (cfg, device, model, optimizer, loader)."""
     import torch
     from torch.utils.data import DataLoader
 
     from scratchdet.data.build import build_train_dataset, collate
-    from scratchdet.data.samplers import TrainingBatchSampler
+    from scratchdet.data.samplers import TrainingBatchSampler, aspect_groups
     from scratchdet.engine.initialization import initialize
     from scratchdet.modeling.detector import build_detector
 
@@ -134,13 +135,35 @@ def _plain_setup(args, data: Path, extra: list[str], stock: bool = False):
     if stock:
         _stock_poolers_(model)
     model.to(device).train()
+    if cfg.train.channels_last:
+        model.to(memory_format=torch.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=0.0025, momentum=0.9, weight_decay=1e-4)
-    batches = TrainingBatchSampler(len(dataset), cfg.seed, args.batch)
+    # The batches `ours` trains on: aspect-ratio groups too when the config asks (the paper configs do), since
+    # grouping changes how much each batch is padded.
+    groups = aspect_groups(dataset.image_sizes()) if cfg.data.aspect_ratio_grouping else None
+    batches = TrainingBatchSampler(len(dataset), cfg.seed, args.batch, group_ids=groups)
     loader = DataLoader(
         dataset, batch_sampler=batches, num_workers=args.workers, collate_fn=collate, pin_memory=device.type == "cuda"
     )
-    return device, model, optimizer, loader
+    return cfg, device, model, optimizer, loader
+
+
+def _plain_autocast(cfg, device):
+    """train.amp for the plain loop, as torchvision's reference does it (--amp: autocast, and a GradScaler for
+    fp16; bf16 needs no scaler)."""
+    import torch
+
+    dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.train.amp]
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16")
+    return lambda: torch.autocast(device.type, dtype=dtype, enabled=dtype is not None), scaler
+
+
+def _windows(times: list[float], args) -> list[float]:
+    """Per-iteration times -> the mean of each --window iterations after the warm-up (as `ours` logs them)."""
+    times = times[args.warmup :]
+    w = args.window
+    return [sum(times[i : i + w]) / w for i in range(0, len(times) - w + 1, w)]
 
 
 def measure_plain(args, data: Path, extra: list[str], stock: bool = False) -> dict:
@@ -148,7 +171,8 @@ def measure_plain(args, data: Path, extra: list[str], stock: bool = False) -> di
 
     from scratchdet.engine.trainer import MODEL_TARGET_KEYS
 
-    device, model, optimizer, loader = _plain_setup(args, data, extra, stock)
+    cfg, device, model, optimizer, loader = _plain_setup(args, data, extra, stock)
+    autocast, scaler = _plain_autocast(cfg, device)
     times = []
     stream = iter(loader)
     for _ in range(args.warmup + args.iters):
@@ -156,19 +180,21 @@ def measure_plain(args, data: Path, extra: list[str], stock: bool = False) -> di
         images, targets = next(stream)
         images = [img.to(device) for img in images]
         targets = [{k: t[k].to(device) for k in MODEL_TARGET_KEYS if k in t} for t in targets]
-        loss_dict = model(images, targets)
+        with autocast():
+            loss_dict = model(images, targets)
         losses = sum(loss_dict.values())
         loss_value = losses.item()  # the reference logs (and checks) the loss every iteration
         if not math.isfinite(loss_value):
             raise SystemExit(f"loss is {loss_value}")
         _ = {k: v.item() for k, v in loss_dict.items()}  # MetricLogger.update
         optimizer.zero_grad()
-        losses.backward()
-        optimizer.step()
+        scaler.scale(losses).backward()
+        scaler.step(optimizer)
+        scaler.update()
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - tick)
-    times = times[args.warmup :]
+    times = _windows(times, args)
     return {
         "s_per_iter": statistics.median(times),
         "img_s": args.batch / statistics.median(times),
@@ -238,38 +264,84 @@ def measure_padding(args, data: Path, extra: list[str]) -> dict:
 
 
 def measure_profile(args, data: Path, extra: list[str]) -> dict:
-    """Where a training iteration's time goes: torch.profiler over 3 iterations after 2 warm-up, by operator."""
+    """Where a training iteration's time goes: torch.profiler over 3 iterations after 2 warm-up (the plain loop's
+    step, under train.amp as given). Operators by self time on the device that computes (the GPU's kernels on
+    CUDA), the host's own top operators, the host-device sync points per iteration, and on CUDA the fraction of the
+    wall time the GPU was busy (1 - that fraction: the host gaps)."""
+    import torch
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     from scratchdet.engine.trainer import MODEL_TARGET_KEYS
 
-    device, model, optimizer, batches = _plain_setup(args, data, extra)
+    cfg, device, model, optimizer, batches = _plain_setup(args, data, extra)
+    autocast, scaler = _plain_autocast(cfg, device)
     loader = iter(batches)
 
     def step():
         images, targets = next(loader)
         images = [i.to(device) for i in images]
         targets = [{k: t[k].to(device) for k in MODEL_TARGET_KEYS if k in t} for t in targets]
-        loss = sum(model(images, targets).values())
+        with autocast():
+            loss = sum(model(images, targets).values())
         optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
 
     for _ in range(2):
         step()
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    if cuda:
+        torch.cuda.synchronize()
+    tick = time.perf_counter()
     with profile(activities=activities) as prof:
         for _ in range(3):
             step()
-    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)
-    total = sum(getattr(e, key) for e in events)
+        if cuda:
+            torch.cuda.synchronize()
+    wall_ms = (time.perf_counter() - tick) * 1000 / 3
+    averages = prof.key_averages()
+
+    def self_time(event, on_device: bool) -> float:  # microseconds; torch renamed "cuda" to "device" in 2.4
+        if not on_device:
+            return event.self_cpu_time_total
+        return getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0)
+
+    def top(events, on_device: bool, n: int) -> tuple[float, list[dict]]:
+        events = sorted(events, key=lambda e: self_time(e, on_device), reverse=True)
+        total = sum(self_time(e, on_device) for e in events)
+        rows = [
+            {
+                "op": e.key,
+                "share": self_time(e, on_device) / total if total else 0.0,
+                "ms_per_iter": self_time(e, on_device) / 3 / 1000,
+                "calls_per_iter": e.count / 3,
+            }
+            for e in events[:n]
+        ]
+        return total / 3 / 1000, rows
+
+    host_events = [e for e in averages if e.device_type == DeviceType.CPU]
+    syncs = ("aten::item", "aten::_local_scalar_dense", "aten::nonzero", "cudaStreamSynchronize", "cudaMemcpyAsync")
+    if not cuda:
+        total_ms, rows = top(host_events, False, 25)
+        return {"wall_ms_per_iter": wall_ms, "total_ms_per_iter": total_ms, "top": rows}
+    # On CUDA, kernels (and copies) are device events; an operator's own device time is that of the kernels it
+    # launched, so summing both kinds would count each kernel twice.
+    kernel_ms, kernels = top([e for e in averages if e.device_type != DeviceType.CPU], True, 25)
+    _, op_rows = top(host_events, True, 20)
+    host_ms, host_rows = top(host_events, False, 15)
     return {
-        "total_ms_per_iter": total / 3 / 1000,
-        "top": [
-            {"op": e.key, "share": getattr(e, key) / total, "ms_per_iter": getattr(e, key) / 3 / 1000}
-            for e in events[:15]
-        ],
+        "wall_ms_per_iter": wall_ms,
+        "total_ms_per_iter": kernel_ms,
+        "gpu_busy_fraction": kernel_ms / wall_ms,  # one stream: kernel times do not overlap
+        "top": kernels,
+        "ops_by_gpu_time": op_rows,
+        "host_ms_per_iter": host_ms,
+        "host_top": host_rows,
+        "sync_points_per_iter": {e.key: e.count / 3 for e in averages if e.key in syncs},
     }
 
 
@@ -311,6 +383,7 @@ def _common(args) -> list[str]:
         f"--batch={args.batch}",
         f"--iters={args.iters}",
         f"--warmup={args.warmup}",
+        f"--window={args.window}",
         f"--workers={args.workers}",
         f"--device={args.device}",
         f"--threads={args.threads}",
@@ -327,6 +400,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--iters", type=int, default=8, help="timed iterations per measurement")
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument(
+        "--window",
+        type=int,
+        default=1,
+        help="iterations per timed window (ours logs once per window, as a run would; a log reads the losses "
+        "from the device); the median window is reported. --warmup and --iters must be multiples of it",
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2, help="alternating ours/plain rounds")
     parser.add_argument("--device", default="cpu")
@@ -342,6 +422,8 @@ def main() -> None:
     parser.add_argument("--child", choices=sorted(MODES), dest="mode", help=argparse.SUPPRESS)
     parser.add_argument("--extra", action="append", default=[], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.warmup % args.window or args.iters % args.window:
+        parser.error("--warmup and --iters must be multiples of --window")
     if args.mode:
         return _child(args)
 
@@ -383,7 +465,7 @@ def main() -> None:
         f"padded pixels / real pixels: {p['grouping_false']:.3f} without grouping, "
         f"{p['grouping_true']:.3f} with data.aspect_ratio_grouping"
     )
-    print("profile (self time per operator, share of the iteration):")
+    print("profile (self time per operator, share of the iteration's compute):")
     for e in results["profile"]["top"]:
         print(f"  {e['op']:<45} {100 * e['share']:5.1f}%  {e['ms_per_iter']:8.1f} ms/iter")
     return None

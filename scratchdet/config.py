@@ -200,6 +200,13 @@ class TrainConfig:
     amp: str = "none"
     # Convolutions in channels_last memory layout (faster with tensor cores; measured in benchmarks/RESULTS.md).
     channels_last: bool = False
+    # Deterministic kernels (torch.use_deterministic_algorithms) for the run's training: on a GPU, atomics in
+    # backward kernels otherwise make two runs differ in the last bits after one step, and detection's discrete
+    # choices (top-k, NMS, RoI sampling) grow that into different losses within a few iterations, so a resumed or
+    # repeated CUDA run is only equal to the original with this on. An operation with no deterministic CUDA
+    # kernel then raises, naming itself. CPU runs are deterministic without it. On a GPU it is many times slower
+    # (benchmarks/RESULTS.md, "On one GPU"): a switch to verify with, not to train with.
+    deterministic: bool = False
 
 
 @dataclass

@@ -23,12 +23,14 @@ LEARNING_OVERRIDES = [
 ]
 
 
-def learning_config(tmp_path, norm: str):
+def learning_config(tmp_path, norm: str, extra: tuple[str, ...] = ()):
+    """The recipe's config on 16 fresh synthetic images; `extra` overrides go last (tests/gpu runs it on CUDA)."""
     data = tmp_path / "d16"
     write_synthetic_coco(data, train_images=16, val_images=1, seed=0)
     # Evaluate on the 16 training images themselves: the question is whether the model can learn them at all.
     paths = [f"data.root={data}", f"data.val.json={data}/instances_train.json", f"data.val.images={data}/train"]
-    return load_config(MINI_CONFIG, [f"output={tmp_path}/run", f"model.norm={norm}", *paths, *LEARNING_OVERRIDES])
+    overrides = [f"output={tmp_path}/run", f"model.norm={norm}", *paths, *LEARNING_OVERRIDES, *extra]
+    return load_config(MINI_CONFIG, overrides)
 
 
 @pytest.mark.slow

@@ -12,7 +12,8 @@ Each part owns one concern of an iteration, so a loop reads as its step and noth
 - `SampleCounter`: images, instances and pixels fed, summed over ranks when a record or checkpoint needs them
   (the paper's accounting of samples seen, PAPER.md Fig. 2);
 - `due`: whether a periodic action (log, checkpoint, evaluation) falls on an iteration;
-- `progress_bar`: tqdm on rank 0, redrawn rarely when stderr is not a terminal.
+- `progress_bar`: tqdm on rank 0, redrawn rarely when stderr is not a terminal;
+- `deterministic_kernels`: train.deterministic, scoped to the loop.
 
 The checkpoint state itself is assembled and restored by engine/checkpoint.py (`save_training_state`,
 `restore_training_state`), so both loops resume exactly the same way.
@@ -20,10 +21,12 @@ The checkpoint state itself is assembled and restored by engine/checkpoint.py (`
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -169,3 +172,30 @@ def progress_bar(total: int, initial: int, desc: str, enabled: bool = True) -> t
         mininterval=0.1 if sys.stderr.isatty() else 5.0,
         disable=not enabled,
     )
+
+
+@contextmanager
+def deterministic_kernels(enabled: bool) -> Iterator[None]:
+    """train.deterministic: inside the block every kernel is deterministic (torch.use_deterministic_algorithms;
+    cuDNN then picks deterministic algorithms), and the previous setting is restored after it.
+
+    cuBLAS is deterministic only with a fixed workspace (CUBLAS_WORKSPACE_CONFIG, PyTorch's reproducibility notes):
+    set to ":4096:8" here when absent. cuBLAS reads it when a process first uses it, so set it before the process
+    starts when the same process ran CUDA work before the run.
+
+    Raises:
+        RuntimeError: (from PyTorch, inside the block) an operation without a deterministic implementation on its
+            device, named in the message.
+    """
+    if not enabled:
+        yield
+        return
+    previous = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0])
+        torch.backends.cudnn.benchmark = previous[1]

@@ -39,6 +39,7 @@ RESUMABLE_KEYS = {
     "train.extra_checkpoints",
     "train.device",
     "train.num_threads",
+    "train.deterministic",
     "data.num_workers",
     "data.check_files",
     "eval.period",

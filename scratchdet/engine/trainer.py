@@ -35,6 +35,7 @@ from scratchdet.engine.initialization import initialize, resolve_input_conventio
 from scratchdet.engine.loop import (
     LossWindow,
     SampleCounter,
+    deterministic_kernels,
     due,
     next_batch,
     preempt,
@@ -327,7 +328,8 @@ def train(cfg: Config) -> dict:
     train_model.train()
     window, report = LossWindow(), {}
     progress = progress_bar(end_iter, start_iter, "train", enabled=ctx.is_main)
-    with StopRequest() as stop:  # SIGTERM/SIGINT -> checkpoint at the next iteration boundary, then stop
+    # SIGTERM/SIGINT -> checkpoint at the next iteration boundary, then stop.
+    with deterministic_kernels(cfg.train.deterministic), StopRequest() as stop:
         for iteration in range(start_iter, end_iter):
             (images, targets), stopping = next_batch(loader, ctx, stop, iteration, window)
             if stopping and iteration > start_iter:

@@ -61,3 +61,29 @@ def test_channels_last_places_conv_weights_and_trains(shapes_dir, tmp_path):
     trainer.train(cfg)
     losses = [r["loss"] for r in read_metrics(cfg.output, "train")]
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+
+
+def test_deterministic_kernels_are_scoped_to_the_run(shapes_dir, tmp_path, monkeypatch):
+    """train.deterministic turns torch's deterministic mode on for the training loop only (a CPU run trains under
+    it) and restores the caller's setting; it may change on resume. Its point, equal CUDA runs, is tested on a GPU
+    (tests/gpu/test_cuda.py)."""
+    seen = []
+    original = trainer.stop_if_not_finite
+
+    def spy(*args, **kwargs):
+        seen.append(torch.are_deterministic_algorithms_enabled())
+        return original(*args, **kwargs)
+
+    out = tmp_path / "run"
+    cfg = load_config(
+        MINI_CONFIG, tiny_overrides(shapes_dir, out, **{"train.deterministic": "true", "train.max_iters": 2})
+    )
+    import pytest as _pytest
+
+    with _pytest.MonkeyPatch.context() as mp:
+        mp.setattr(trainer, "stop_if_not_finite", spy)
+        trainer.train(cfg)
+    assert seen == [True, True] and not torch.are_deterministic_algorithms_enabled()
+    resumed = tiny_overrides(shapes_dir, out, resume="true", **{"train.max_iters": 3})
+    trainer.train(load_config(MINI_CONFIG, resumed))  # the switch is off now: not a different run
+    assert [r["iter"] for r in read_metrics(out, "train")] == [1, 2, 3]
