@@ -87,3 +87,47 @@ def test_a_study_folder_that_cannot_be_written_is_refused_naming_it(shapes_dir, 
     spec = write_spec(tmp_path, shapes_dir)
     with pytest.raises(CheckpointError, match=r"the study folder .*every job's node can write\) .*a-file/study"):
         runner.run_study(spec, [f"output={tmp_path / 'a-file' / 'study'}"], report=False)
+
+
+def test_local_launcher_stop_reaches_the_job_and_a_rerun_resumes(shapes_dir, tmp_path):
+    """SIGTERM to the local launcher while a job trains: the job (its own process group) gets it, checkpoints at
+    its iteration boundary and exits; the launcher raises Preempted; the same command then resumes the job where
+    it stopped and finishes the study."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from scratchdet.errors import Preempted
+
+    longer = {"schedule.unit_iters=": "100", "train.log_period=": "1"}  # time to stop it mid-run
+    overrides = [o for o in tiny_study_overrides(shapes_dir) if not o.startswith(tuple(longer))]
+    overrides += [k + v for k, v in longer.items()]
+    spec = write_study_spec(tmp_path / "spec.yaml", tmp_path / "study", overrides, name="stop", schedules=[1])
+    launcher = ["launcher.name=local", "launcher.gpus_per_task=0"]
+    run = tmp_path / "study" / "runs" / "scratch_all_1x"  # one schedule: no shared trunk, one job
+    launched = threading.Event()
+
+    def training() -> bool:
+        metrics = run / "metrics.jsonl"
+        return metrics.exists() and '"type": "train"' in metrics.read_text()
+
+    def stop_once_training():
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not training() and launched.is_set():
+            time.sleep(0.1)
+        if launched.is_set():  # never signal this test process once the launcher's handler is gone
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    launched.set()
+    threading.Thread(target=stop_once_training, daemon=True).start()
+    try:
+        with pytest.raises(Preempted):
+            runner.run_study(spec, launcher, report=False)
+    finally:
+        launched.clear()
+    (stopped,) = read_metrics(run, "preempted")
+    assert 1 <= stopped["iter"] < 100
+    study = runner.run_study(spec, launcher, report=False)
+    assert json.loads((study / "status.json").read_text())["runs/scratch_all_1x"] == "resumed"
+    assert [r["iter"] for r in read_metrics(run, "train")] == list(range(1, 101))
