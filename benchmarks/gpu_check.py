@@ -34,8 +34,11 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT)]  # scratchdet from this checkout, installed or not
 import train_throughput as tt  # noqa: E402  (the measurements themselves, shared with the CPU benchmark)
+
+PARTS = ["train", "options", "infer", "loader", "profile"]
 
 
 def coco_view(coco: Path, into: Path) -> Path:
@@ -83,7 +86,8 @@ def _args(base: argparse.Namespace, **changes) -> argparse.Namespace:
     return argparse.Namespace(**{**vars(base), **changes})
 
 
-def measure(rec: Recorder, base, data: Path, mode: str, extra: list[str], **changes) -> dict:
+def measure(rec: Recorder, base, data: Path, mode: str, extra: list[str], role: str = "", **changes) -> dict:
+    """One measurement, recorded with its `role` ("train", "option", or the mode's name)."""
     args = _args(base, **changes)
     _fresh(args.device)
     tick = time.perf_counter()
@@ -91,7 +95,7 @@ def measure(rec: Recorder, base, data: Path, mode: str, extra: list[str], **chan
         result = tt.MODES[mode](args, data, extra)
     except Exception as error:  # a failed measurement is a result too; the others still run
         result = {"error": f"{type(error).__name__}: {error}"}
-    row = {"mode": mode, "batch": args.batch, "workers": args.workers, "extra": extra}
+    row = {"mode": mode, "role": role or mode, "batch": args.batch, "workers": args.workers, "extra": extra}
     row.update(wall_s=time.perf_counter() - tick, **result)
     return rec.add(row)
 
@@ -119,7 +123,7 @@ def _img_s(rows: list[dict]) -> float | None:
 
 def markdown(rec: Recorder, base) -> str:
     lines = ["| measurement | img/s | peak GiB |", "| --- | --- | --- |"]
-    train = [r for r in rec.rows if r["mode"] in ("ours", "plain")]
+    train = [r for r in rec.rows if r["role"] == "train"]
     for batch in base.batches:
         for amp in base.amps:
             extra = [f"train.amp={amp}"]
@@ -140,7 +144,7 @@ def markdown(rec: Recorder, base) -> str:
             if ours and plain:
                 lines.append(f"| train ours / plain, batch {batch}/GPU, {amp} | {ours / plain:.3f} | |")
     for r in rec.rows:
-        option = r["mode"] == "ours" and len(r["extra"]) > 1  # --options rows: more than the precision
+        option = r["role"] == "option"
         if option or r["mode"] in ("infer", "loader"):
             name = f"{'train ours' if option else r['mode']}, batch {r['batch']} {' '.join(r['extra'])}"
             if r["mode"] == "loader":
@@ -171,47 +175,62 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=4)
     parser.add_argument("--workers", type=int, default=8, help="loader workers while training")
     parser.add_argument("--loader-workers", type=int, default=0, help="the loader-alone row's (default: --workers)")
-    parser.add_argument(
-        "--only", nargs="*", default=[], help="run only these parts: train options infer loader profile"
-    )
+    parser.add_argument("--only", nargs="*", default=[], choices=PARTS, help="run only these parts (default: all)")
     parser.add_argument("--dry-run", action="store_true", help="CPU, 160 px, batch 2, 1 round: checks the script")
     base = parser.parse_args()
+    if base.warmup % base.window or base.iters % base.window:
+        parser.error("--warmup and --iters must be multiples of --window")
     base.device, base.threads = "cuda", 0
     if base.dry_run:
         base.device, base.size, base.max_size, base.batches, base.amps = "cpu", 160, 256, [2], ["none", "bf16"]
         base.rounds, base.warmup, base.iters, base.window, base.workers = 1, 2, 2, 2, 2
+    if not base.dry_run:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit("no CUDA device is visible: nothing to measure (--dry-run checks the script on CPU)")
     out = Path(base.out)
     out.mkdir(parents=True, exist_ok=True)
     data = coco_view(Path(base.coco), Path(tempfile.mkdtemp()) / "coco_view")
     rec = Recorder(out)
+    rows = out / "gpu_rows.md"  # rewritten after each step, so a run cut short still has its table
     rec.add(
         {
             "mode": "environment",
+            "role": "environment",
             "batch": 0,
             "extra": [],
             **environment(),
             "args": {k: str(v) for k, v in vars(base).items()},
         }
     )
-    parts = set(base.only or ["train", "options", "infer", "loader", "profile"])
+    parts = set(base.only or PARTS)
     largest = max(base.batches)
     if "train" in parts:
         for batch in base.batches:
             for amp in base.amps:
-                for _ in range(base.rounds):
-                    for who in ("ours", "plain"):
-                        measure(rec, base, data, who, [f"train.amp={amp}"], batch=batch)
+                for round_ in range(base.rounds):
+                    # Alternate which loop goes first: the first measurement of a new batch/precision pays for
+                    # kernels loaded and shapes met for the first time.
+                    order = ("ours", "plain") if round_ % 2 == 0 else ("plain", "ours")
+                    for who in order:
+                        measure(rec, base, data, who, [f"train.amp={amp}"], "train", batch=batch)
+                    rows.write_text(markdown(rec, base))
     if "options" in parts:
         for option in base.options:
-            measure(rec, base, data, "ours", option.split(), batch=largest)
+            measure(rec, base, data, "ours", option.split(), "option", batch=largest)
+            rows.write_text(markdown(rec, base))
     if "infer" in parts:
         measure(rec, base, data, "infer", [], batch=1)
     if "loader" in parts:
         measure(rec, base, data, "loader", [], batch=largest, workers=base.loader_workers or base.workers)
     if "profile" in parts:
         measure(rec, base, data, "profile", ["train.amp=bf16"], batch=largest)
-    (out / "gpu_rows.md").write_text(markdown(rec, base))
-    print((out / "gpu_rows.md").read_text())
+    rows.write_text(markdown(rec, base))
+    print(rows.read_text())
+    failed = [r for r in rec.rows if "error" in r]
+    if failed:
+        raise SystemExit(f"{len(failed)} measurement(s) failed: see the 'error' rows of {rec.path}")
 
 
 if __name__ == "__main__":

@@ -8,8 +8,8 @@ Each measurement runs in its own process (so peak memory is that measurement's a
 ours / plain / ours / plain ... for --repeats rounds (so slow drifts of a shared machine hit both alike):
 
 - ours:    `scratchdet.engine.trainer.train` (the real loop: stream sampler, loss checks, logging, checkpoint at the
-           end) on the R50-FPN-GN Mask R-CNN paper config at reduced size; img/s from its own per-iteration wall
-           times in metrics.jsonl, warm-up iterations excluded.
+           end) on the R50-FPN-GN Mask R-CNN paper config at reduced size; img/s from the time per iteration it
+           logs in metrics.jsonl once per --window iterations, warm-up windows excluded, median window.
 - plain:   torchvision's reference detection loop (references/detection/engine.py: train_one_epoch): a DataLoader,
            `sum(model(images, targets).values())`, `.item()` of the losses every iteration, zero_grad / backward /
            step; the same model built by scratchdet (same init), the same dataset objects (same decoding, resizing,
@@ -18,10 +18,12 @@ ours / plain / ours / plain ... for --repeats rounds (so slow drifts of a shared
 - plain_stock: the plain loop on the same network with torchvision's stock RoI poolers instead of scratchdet's
            (modeling/roi_align.py: the same forward, a faster CPU backward): what torchvision's reference trains.
 - loader:  the training DataLoader alone (decode, resize, flip, collate), no model: the input pipeline's ceiling.
-- infer:   evaluation-mode forward passes over validation images, one image per call, as `scratchdet eval` does.
+- infer:   evaluation-mode forward passes over validation images, one image per call, as `scratchdet eval` does,
+           of the scratch-initialized (untrained) model: a trained one keeps other numbers of detections.
 - pad:     (no timing) the fraction of padded pixels in the batches the model sees, with and without
            data.aspect_ratio_grouping.
-- profile: torch.profiler over three training iterations of the model: self time per operator, the top 15.
+- profile: torch.profiler over three training iterations of the model: self time per operator (on CUDA, per
+           kernel), the top 25, sync points, and on CUDA the GPU-busy share of the profiled wall time.
 
 Peak memory: the process's peak resident set (ru_maxrss) on CPU; torch.cuda.max_memory_allocated on a GPU.
 Prints one markdown row per measurement and writes every number to --out.
@@ -159,42 +161,44 @@ def _plain_autocast(cfg, device):
     return lambda: torch.autocast(device.type, dtype=dtype, enabled=dtype is not None), scaler
 
 
-def _windows(times: list[float], args) -> list[float]:
-    """Per-iteration times -> the mean of each --window iterations after the warm-up (as `ours` logs them)."""
-    times = times[args.warmup :]
-    w = args.window
-    return [sum(times[i : i + w]) / w for i in range(0, len(times) - w + 1, w)]
-
-
 def measure_plain(args, data: Path, extra: list[str], stock: bool = False) -> dict:
+    """The reference loop, timed per --window iterations: on a GPU the device is synchronized only at window
+    boundaries (the reference itself never synchronizes; its per-iteration `.item()` waits for the forward pass
+    only), so each window's time includes its last kernels and nothing of the next window's."""
     import torch
 
     from scratchdet.engine.trainer import MODEL_TARGET_KEYS
 
     cfg, device, model, optimizer, loader = _plain_setup(args, data, extra, stock)
     autocast, scaler = _plain_autocast(cfg, device)
-    times = []
-    stream = iter(loader)
-    for _ in range(args.warmup + args.iters):
-        tick = time.perf_counter()
-        images, targets = next(stream)
-        images = [img.to(device) for img in images]
-        targets = [{k: t[k].to(device) for k in MODEL_TARGET_KEYS if k in t} for t in targets]
-        with autocast():
-            loss_dict = model(images, targets)
-        losses = sum(loss_dict.values())
-        loss_value = losses.item()  # the reference logs (and checks) the loss every iteration
-        if not math.isfinite(loss_value):
-            raise SystemExit(f"loss is {loss_value}")
-        _ = {k: v.item() for k, v in loss_dict.items()}  # MetricLogger.update
-        optimizer.zero_grad()
-        scaler.scale(losses).backward()
-        scaler.step(optimizer)
-        scaler.update()
+
+    def sync():
         if device.type == "cuda":
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - tick)
-    times = _windows(times, args)
+
+    windows = []
+    stream = iter(loader)
+    for _ in range((args.warmup + args.iters) // args.window):
+        sync()
+        tick = time.perf_counter()
+        for _ in range(args.window):
+            images, targets = next(stream)
+            images = [img.to(device) for img in images]
+            targets = [{k: t[k].to(device) for k in MODEL_TARGET_KEYS if k in t} for t in targets]
+            with autocast():
+                loss_dict = model(images, targets)
+            losses = sum(loss_dict.values())
+            loss_value = losses.item()  # the reference logs (and checks) the loss every iteration
+            if not math.isfinite(loss_value):
+                raise SystemExit(f"loss is {loss_value}")
+            _ = {k: v.item() for k, v in loss_dict.items()}  # MetricLogger.update
+            optimizer.zero_grad()
+            scaler.scale(losses).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        sync()
+        windows.append((time.perf_counter() - tick) / args.window)
+    times = windows[args.warmup // args.window :]
     return {
         "s_per_iter": statistics.median(times),
         "img_s": args.batch / statistics.median(times),
@@ -293,15 +297,17 @@ def measure_profile(args, data: Path, extra: list[str]) -> dict:
         step()
     cuda = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    if cuda:
-        torch.cuda.synchronize()
-    tick = time.perf_counter()
     with profile(activities=activities) as prof:
+        # Timed inside the block: the profiler's start and its trace processing at the end are not the step's.
+        # The profiler still slows the host (it records every launch): this wall time is an upper bound.
+        if cuda:
+            torch.cuda.synchronize()
+        tick = time.perf_counter()
         for _ in range(3):
             step()
         if cuda:
             torch.cuda.synchronize()
-    wall_ms = (time.perf_counter() - tick) * 1000 / 3
+        wall_ms = (time.perf_counter() - tick) * 1000 / 3
     averages = prof.key_averages()
 
     def self_time(event, on_device: bool) -> float:  # microseconds; torch renamed "cuda" to "device" in 2.4

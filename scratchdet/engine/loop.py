@@ -57,8 +57,10 @@ class LossWindow:
         """Means over the window's iterations (and over ranks), "time_per_iter" and "data_time" in seconds per
         iteration; starts a new window. Every rank must call it at the same iteration (one all-reduce)."""
         n = max(self.iters, 1)
-        elapsed = time.perf_counter() - self.start
+        # Read the sums first: that waits for the device to finish the window's work, which belongs to its time
+        # (on a GPU the host runs ahead of the kernels it queued).
         means = all_reduce_tensors(ctx, device, list(self.sums.values()))
+        elapsed = time.perf_counter() - self.start
         record = {key: total / n for key, total in zip(self.sums, means, strict=True)}
         record.update(time_per_iter=elapsed / n, data_time=self.data_time / n)
         self.__init__()
@@ -177,7 +179,10 @@ def progress_bar(total: int, initial: int, desc: str, enabled: bool = True) -> t
 @contextmanager
 def deterministic_kernels(enabled: bool) -> Iterator[None]:
     """train.deterministic: inside the block every kernel is deterministic (torch.use_deterministic_algorithms;
-    cuDNN then picks deterministic algorithms), and the previous setting is restored after it.
+    cuDNN then picks deterministic algorithms), and the previous settings are restored after it. On CUDA,
+    torchvision's RoIAlign then runs its pure-PyTorch implementation instead of its kernel (torchvision
+    ops/roi_align.py); the mode made a GPU run many times slower (benchmarks/RESULTS.md), where the time goes was
+    not profiled.
 
     cuBLAS is deterministic only with a fixed workspace (CUBLAS_WORKSPACE_CONFIG, PyTorch's reproducibility notes):
     set to ":4096:8" here when absent. cuBLAS reads it when a process first uses it, so set it before the process
@@ -190,12 +195,17 @@ def deterministic_kernels(enabled: bool) -> Iterator[None]:
     if not enabled:
         yield
         return
-    previous = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    mode = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    benchmark, workspace = torch.backends.cudnn.benchmark, os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    if workspace is None:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
     torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.benchmark = False
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(previous[0])
-        torch.backends.cudnn.benchmark = previous[1]
+        torch.use_deterministic_algorithms(mode, warn_only=warn_only)
+        torch.backends.cudnn.benchmark = benchmark
+        if workspace is None:
+            del os.environ["CUBLAS_WORKSPACE_CONFIG"]

@@ -3,6 +3,8 @@ is saved in checkpoints and restored on resume, and channels_last lays out the c
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from helpers import MINI_CONFIG, tiny_overrides
@@ -65,8 +67,8 @@ def test_channels_last_places_conv_weights_and_trains(shapes_dir, tmp_path):
 
 def test_deterministic_kernels_are_scoped_to_the_run(shapes_dir, tmp_path, monkeypatch):
     """train.deterministic turns torch's deterministic mode on for the training loop only (a CPU run trains under
-    it) and restores the caller's setting; it may change on resume. Its point, equal CUDA runs, is tested on a GPU
-    (tests/gpu/test_cuda.py)."""
+    it) and restores the caller's settings (the mode, and cuBLAS's workspace variable it sets); it may change on
+    resume. Its point, equal CUDA runs, is tested on a GPU (tests/gpu/test_cuda.py)."""
     seen = []
     original = trainer.stop_if_not_finite
 
@@ -75,15 +77,13 @@ def test_deterministic_kernels_are_scoped_to_the_run(shapes_dir, tmp_path, monke
         return original(*args, **kwargs)
 
     out = tmp_path / "run"
-    cfg = load_config(
-        MINI_CONFIG, tiny_overrides(shapes_dir, out, **{"train.deterministic": "true", "train.max_iters": 2})
-    )
-    import pytest as _pytest
-
-    with _pytest.MonkeyPatch.context() as mp:
-        mp.setattr(trainer, "stop_if_not_finite", spy)
-        trainer.train(cfg)
+    overrides = tiny_overrides(shapes_dir, out, **{"train.deterministic": "true", "train.max_iters": 2})
+    monkeypatch.setattr(trainer, "stop_if_not_finite", spy)
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    trainer.train(load_config(MINI_CONFIG, overrides))
     assert seen == [True, True] and not torch.are_deterministic_algorithms_enabled()
+    assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ  # set for the run only
+    monkeypatch.undo()
     resumed = tiny_overrides(shapes_dir, out, resume="true", **{"train.max_iters": 3})
     trainer.train(load_config(MINI_CONFIG, resumed))  # the switch is off now: not a different run
     assert [r["iter"] for r in read_metrics(out, "train")] == [1, 2, 3]
