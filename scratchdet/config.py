@@ -183,29 +183,22 @@ class TrainConfig:
     batch_size: int = 16  # images per iteration, over all devices
     max_iters: int | None = None  # stop early (smoke runs, shared trunks); the LR schedule is unchanged by it
     checkpoint_period: int = 5000
-    # Also checkpoint at these iterations: the study saves a shared trunk at each schedule's first LR drop
-    # (study/plan.py).
+    # Also checkpoint at these iterations (a study's shared trunk, at each schedule's first LR drop: study/plan.py).
     extra_checkpoints: list[int] = field(default_factory=list)
     log_period: int = 20
     device: str = "auto"  # auto | cpu | cuda
     num_threads: int | None = None  # torch intra-op threads on CPU; None = torch's default
     # Write {"type": "batch", "iter": i, "image_ids": [...]} to metrics.jsonl for every iteration (audits data order).
     record_image_ids: bool = False
-    # With resume=true: start from iteration 0 when the folder has no checkpoint, or its latest one is unreadable
-    # (the unreadable run's files are moved to output/discarded_*/), instead of failing (docs/RELIABILITY.md,
-    # promise 4).
+    # With resume=true: start from iteration 0, instead of failing, when the folder has no readable checkpoint
+    # (an unreadable run's files are moved to output/discarded_*/; docs/RELIABILITY.md, promise 4).
     allow_fresh_start: bool = False
-    # Mixed precision: "none" (fp32), "bf16" (autocast, no scaler) or "fp16" (autocast + GradScaler, whose
-    # state is saved in checkpoints). Measured in benchmarks/RESULTS.md.
+    # Mixed precision: none (fp32) | bf16 (autocast) | fp16 (autocast, GradScaler checkpointed); benchmarks/RESULTS.md.
     amp: str = "none"
     # Convolutions in channels_last memory layout (faster with tensor cores; measured in benchmarks/RESULTS.md).
     channels_last: bool = False
-    # Deterministic kernels (torch.use_deterministic_algorithms) for the run's training: on a GPU, atomics in
-    # backward kernels otherwise make two runs differ in the last bits after one step, and detection's discrete
-    # choices (top-k, NMS, RoI sampling) grow that into different losses within a few iterations, so a resumed or
-    # repeated CUDA run is only equal to the original with this on. An operation with no deterministic CUDA
-    # kernel then raises, naming itself. CPU runs are deterministic without it. On a GPU it is many times slower
-    # (benchmarks/RESULTS.md, "On one GPU"): a switch to verify with, not to train with.
+    # Deterministic kernels: the only way a CUDA run repeats or resumes bit for bit; many times slower on a GPU, a
+    # switch to verify with (engine/loop.py::deterministic_kernels says why). CPU runs are deterministic without it.
     deterministic: bool = False
 
 

@@ -179,7 +179,11 @@ def progress_bar(total: int, initial: int, desc: str, enabled: bool = True) -> t
 @contextmanager
 def deterministic_kernels(enabled: bool) -> Iterator[None]:
     """train.deterministic: inside the block every kernel is deterministic (torch.use_deterministic_algorithms;
-    cuDNN then picks deterministic algorithms), and the previous settings are restored after it. On CUDA,
+    cuDNN then picks deterministic algorithms), and the previous settings are restored after it.
+
+    Why: on a GPU, atomics in backward kernels make two runs differ in the last bits after one step, and
+    detection's discrete choices (RPN top-k, NMS, RoI sampling) grow that into different losses within a few
+    iterations, so a resumed or repeated CUDA run equals the original only in this mode. On CUDA,
     torchvision's RoIAlign then runs its pure-PyTorch implementation instead of its kernel (torchvision
     ops/roi_align.py); the mode made a GPU run many times slower (benchmarks/RESULTS.md), where the time goes was
     not profiled.
