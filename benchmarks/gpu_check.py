@@ -10,8 +10,9 @@ train2017/ and val2017/), JPEG decoding included:
 - train: for each batch per GPU (--batches) and precision (--amps: none = fp32 with PyTorch's defaults, i.e. TF32
   convolutions and fp32 matmuls; bf16 = autocast), scratchdet's loop ("ours", `engine.trainer.train`) and the
   plain torchvision reference loop on the same model and batches ("plain", train_throughput.py), one of each per
-  round for --rounds rounds in this one process, the first loop alternating between rounds; each measurement is the median of its windows of
-  --window iterations after --warmup. Images/s and peak GPU memory (max_memory_allocated, reset before each);
+  round for --rounds rounds in this one process, the first loop alternating between rounds; each measurement is
+  the median of its windows of --window iterations after --warmup. Images/s and peak GPU memory
+  (max_memory_allocated, reset before each);
 - ours at the largest batch with each of --options (default: bf16 with train.channels_last);
 - inference: evaluation-mode forward passes, one image per call, as `scratchdet eval` runs;
 - loader: the training DataLoader alone (JPEG decode, resize, flip, collate) with --workers workers, against what
