@@ -20,7 +20,7 @@ from torchvision.models.detection import FasterRCNN, KeypointRCNN, MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor
-from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from scratchdet.config import Config
@@ -34,8 +34,9 @@ from scratchdet.modeling.input_convention import (
     InputConvention,
     InputConventionTransform,
 )
-from scratchdet.modeling.keypoint_head import KeypointRCNNConvNormHead, KeypointRCNNPredictor
+from scratchdet.modeling.keypoint_head import KeypointRCNNConvNormHead
 from scratchdet.modeling.norm import build_norm
+from scratchdet.modeling.predictors import KeypointPredictor, MaskPredictor
 from scratchdet.modeling.roi_align import MultiScaleRoIAlign
 from scratchdet.modeling.vgg import build_vgg16_faster_rcnn
 
@@ -148,7 +149,7 @@ def build_detector(cfg: Config, num_classes: int, num_keypoints: int | None = No
             backbone,
             mask_roi_pool=MultiScaleRoIAlign(levels, output_size=14, sampling_ratio=2),
             mask_head=MaskRCNNHeads(channels, [channels] * m.mask_head_convs, 1, norm_layer=head_norm),
-            mask_predictor=MaskRCNNPredictor(channels, channels, num_classes),
+            mask_predictor=MaskPredictor(channels, channels, num_classes),
             **common,
         )
     elif m.arch == "faster_rcnn":
@@ -162,7 +163,7 @@ def build_detector(cfg: Config, num_classes: int, num_keypoints: int | None = No
             backbone,
             keypoint_roi_pool=MultiScaleRoIAlign(levels, output_size=14, sampling_ratio=2),
             keypoint_head=KeypointRCNNConvNormHead(channels, kp_layers, norm_layer=head_norm),
-            keypoint_predictor=KeypointRCNNPredictor(kp_layers[-1] if kp_layers else channels, num_keypoints),
+            keypoint_predictor=KeypointPredictor(kp_layers[-1] if kp_layers else channels, num_keypoints),
             **common,
         )
     else:

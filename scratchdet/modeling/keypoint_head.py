@@ -3,17 +3,16 @@
 torchvision's KeypointRCNNHeads is 8 x (conv3x3 512, ReLU) with no norm option. The paper uses GN in every head
 ("gn-all", PAPER.md), so this head is the same stack with the chosen norm after every conv; the conv bias is off
 then (the norm's shift replaces it). With norm=none it equals torchvision's head. The predictor (deconv + x2
-upsampling to 56x56 heatmaps, one per keypoint) is torchvision's KeypointRCNNPredictor.
+upsampling to 56x56 heatmaps, one per keypoint) is torchvision's KeypointRCNNPredictor (predictors.py).
 """
 
 from __future__ import annotations
 
 from torch import nn
-from torchvision.models.detection.keypoint_rcnn import KeypointRCNNPredictor
 
 from scratchdet.modeling.norm import NormFactory
 
-__all__ = ["KeypointRCNNConvNormHead", "KeypointRCNNPredictor"]
+__all__ = ["KeypointRCNNConvNormHead"]
 
 
 class KeypointRCNNConvNormHead(nn.Sequential):

@@ -21,6 +21,7 @@ from scratchdet.evaluation.coco import KEYPOINT_STAT_NAMES, coco_metrics
 from scratchdet.modeling.detector import build_detector
 from scratchdet.modeling.keypoint_head import KeypointRCNNConvNormHead
 from scratchdet.modeling.norm import build_norm
+from scratchdet.modeling.predictors import KeypointPredictor
 
 KP_MINI = ROOT / "configs" / "mini" / "keypoint_rcnn_R18_FPN_GN_scratch.yaml"
 
@@ -46,6 +47,7 @@ def test_detector_builds_keypoint_rcnn_with_the_norm_head(shapes_dir, tmp_path):
     assert heads.has_keypoint()
     assert sum(isinstance(m, nn.GroupNorm) for m in heads.keypoint_head) == cfg.model.keypoint_head_convs
     assert heads.keypoint_predictor.kps_score_lowres.out_channels == len(KEYPOINT_NAMES)
+    assert type(heads.keypoint_predictor) is KeypointPredictor  # channels-last on CPU (modeling/predictors.py)
     with pytest.raises(ValueError, match="num_keypoints"):
         build_detector(cfg, 2)
 
