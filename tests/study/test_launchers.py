@@ -244,3 +244,18 @@ def test_slurm_job_signalled_mid_run_requeues_and_resumes_exactly(shapes_dir, tm
         assert torch.equal(value, b["model"][key]), key
     assert image_ids(reference / job) == image_ids(study / job)  # nothing skipped or repeated across the requeue
     json.dumps([s.__dict__ for s in statuses.values()])  # the status is JSON-serializable (`--json`)
+
+
+def test_forked_job_writes_its_log_and_exit_status(tmp_path):
+    """One-process local jobs fork from a server that imported torch once; they keep a subprocess's contract: own
+    process group, output in the job's log, `scratchdet study job`'s exit status."""
+    from scratchdet.study.launchers import ForkedJob
+
+    log_path = tmp_path / "job.log"
+    job = ForkedJob(["study", "job", str(tmp_path / "no-study"), "runs/x"], log_path, "")
+    deadline = time.monotonic() + 120
+    while job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert job.returncode == 2  # a ScratchdetError, as the CLI reports it
+    text = log_path.read_text()
+    assert "error:" in text and "no-study" in text
