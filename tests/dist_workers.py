@@ -33,6 +33,9 @@ def _entry(rank: int, world: int, port: int, fn: Callable, args: tuple) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         fn(rank, world, *args)
+        # Leave together: a rank that tears its gloo connections down while a peer still reads from them can make
+        # that peer's process abort at exit ("terminate called without an active exception", SIGABRT).
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
