@@ -15,6 +15,7 @@ queued or running, is not submitted again; one that failed or vanished is, with 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -138,7 +139,10 @@ def job_command(graph: JobGraph, job: Job, processes: int) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", *entry]
 
 
-# Modules a one-process job imports, loaded once by the fork server (below) instead of by every job.
+# Modules a one-process job imports, loaded once by the fork server (below) instead of by every job. Not
+# torch.utils.tensorboard: with it preloaded, the stop-and-resume test of tests/study/test_runner.py took 183 s
+# instead of 31 s (one run each; the cause was not pinned down, tensorboard brings in libraries that start threads,
+# which a fork does not copy); the metrics writer imports it in the job.
 FORK_SERVER_PRELOAD = [
     "scratchdet.cli",
     "scratchdet.study.jobs",
@@ -147,17 +151,20 @@ FORK_SERVER_PRELOAD = [
 ]
 
 
-def _job_in_forked_process(argv: list[str], log_path: str, cuda_visible_devices: str) -> None:
+def _job_in_forked_process(argv: list[str], log_path: str, env: dict[str, str]) -> None:
     """The body of a one-process job forked from the fork server: its own process group (so a stop reaches it as
-    it reaches a torchrun job), output to the job's log, the job's GPUs, then what `scratchdet study job` does."""
+    it reaches a torchrun job), output to the job's log, the launcher's environment of now with the job's GPUs (the
+    fork server holds the one of its own start), then what `scratchdet study job` does."""
     os.setsid()
     fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     for stream, target in ((sys.stdout, 1), (sys.stderr, 2)):
         stream.flush()
         os.dup2(fd, target)
     os.close(fd)
-    # Read by CUDA when it first initializes, which the fork server never does.
-    os.environ["CUDA_VISIBLE_DEVICES"] = cuda_visible_devices
+    # CUDA reads CUDA_VISIBLE_DEVICES when it first initializes, which the fork server never does.
+    os.environ.clear()
+    os.environ.update(env)
+    sys.argv = ["scratchdet", *argv]  # what the job's env.json records, as for `scratchdet study job ...`
     from scratchdet.cli import main
 
     code = main(argv)
@@ -169,23 +176,26 @@ def _job_in_forked_process(argv: list[str], log_path: str, cuda_visible_devices:
 class ForkedJob:
     """A one-process job started from a fork server that has imported torch, torchvision and scratchdet once.
 
-    Importing them takes about 2-3 s of every job's start on a CPU machine (`python -X importtime`): in the old demo
+    Importing them takes about 3 s of every job's start on a CPU machine (`python -X importtime`): in the old demo
     study's 25 short jobs that was about an eighth of the slot time. Forking from a process that has them imported
-    skips it; the fork server itself never initializes CUDA or starts threads, so each job starts clean
-    (multiprocessing's "forkserver" start method, with its preload). Same interface as the subprocess.Popen the
-    launcher uses for torchrun jobs: pid, poll(), returncode (negative: killed by that signal).
+    skips it; the fork server itself only imports (it never initializes CUDA or runs torch code), so each job starts
+    clean (multiprocessing's "forkserver" start method, with its preload). Same interface as the subprocess.Popen
+    the launcher uses for torchrun jobs: pid, poll(), returncode (negative: killed by that signal).
+
+    Like every multiprocessing child, a job imports the launcher's main script as `__mp_main__`: a script that calls
+    `run_study` needs the usual `if __name__ == "__main__":` guard (the `scratchdet` command and pytest have it).
     """
 
     _context = None
 
-    def __init__(self, argv: list[str], log_path: Path, cuda_visible_devices: str):
+    def __init__(self, argv: list[str], log_path: Path, env: dict[str, str]):
         if ForkedJob._context is None:
             import multiprocessing
 
             ForkedJob._context = multiprocessing.get_context("forkserver")
             ForkedJob._context.set_forkserver_preload(FORK_SERVER_PRELOAD)
         self._process = ForkedJob._context.Process(
-            target=_job_in_forked_process, args=(argv, str(log_path), cuda_visible_devices), daemon=False
+            target=_job_in_forked_process, args=(argv, str(log_path), dict(env)), daemon=False
         )
         self._process.start()
         self.pid = self._process.pid
@@ -198,12 +208,14 @@ class ForkedJob:
         return self._process.exitcode
 
 
-def _stop_job(proc) -> None:
-    """SIGTERM to the job's process group; to the process alone when a forked job has not made its group yet."""
+def _stop_job(proc: subprocess.Popen | ForkedJob) -> None:
+    """SIGTERM to the job's process group; to the process alone when a forked job has not made its group yet;
+    nothing when it has already ended (the fork server reaps forked jobs before the launcher polls them)."""
     try:
         os.killpg(proc.pid, signal.SIGTERM)
     except ProcessLookupError:
-        os.kill(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGTERM)
 
 
 def _visible_gpus() -> list[str]:
@@ -248,7 +260,7 @@ def launch_local(graph: JobGraph, launcher: LauncherSpec, log: Callable[[str], N
         )
     outcome: dict[str, str] = {j.id: "skipped (finished)" for j in graph.jobs if is_finished(study_dir, j)}
     throughput = StudyThroughput()
-    running: dict[str, tuple[subprocess.Popen, list[str]]] = {}
+    running: dict[str, tuple[subprocess.Popen | ForkedJob, list[str]]] = {}
     stop: list[int] = []
     signalled: set[str] = set()
     previous = {s: signal.signal(s, lambda signum, frame: stop.append(signum)) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -303,7 +315,7 @@ def launch_local(graph: JobGraph, launcher: LauncherSpec, log: Callable[[str], N
                 log_path = record_path(study_dir, job.id).with_suffix(".log")
                 log_path.parent.mkdir(parents=True, exist_ok=True)
                 if processes == 1:
-                    proc = ForkedJob(["study", "job", graph.study_dir, job.id], log_path, env["CUDA_VISIBLE_DEVICES"])
+                    proc = ForkedJob(["study", "job", graph.study_dir, job.id], log_path, env)
                 else:
                     with log_path.open("a") as out:
                         proc = subprocess.Popen(
@@ -326,6 +338,11 @@ def launch_local(graph: JobGraph, launcher: LauncherSpec, log: Callable[[str], N
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        # Left by an error in the launcher itself: they checkpoint and stop rather than run on unwatched (and a
+        # forked job would hold the interpreter's exit until it ended).
+        for proc, _ in running.values():
+            if proc.poll() is None:
+                _stop_job(proc)
     log(throughput.summary())
     return outcome
 

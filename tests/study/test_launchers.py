@@ -247,12 +247,12 @@ def test_slurm_job_signalled_mid_run_requeues_and_resumes_exactly(shapes_dir, tm
 
 
 def test_forked_job_writes_its_log_and_exit_status(tmp_path):
-    """One-process local jobs fork from a server that imported torch once; they keep a subprocess's contract: own
-    process group, output in the job's log, `scratchdet study job`'s exit status."""
+    """One-process local jobs fork from a server that imported torch once; they keep a subprocess's contract: output
+    in the job's log and `scratchdet study job`'s exit status (the stop path: test_runner.py)."""
     from scratchdet.study.launchers import ForkedJob
 
     log_path = tmp_path / "job.log"
-    job = ForkedJob(["study", "job", str(tmp_path / "no-study"), "runs/x"], log_path, "")
+    job = ForkedJob(["study", "job", str(tmp_path / "no-study"), "runs/x"], log_path, dict(os.environ))
     deadline = time.monotonic() + 120
     while job.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
