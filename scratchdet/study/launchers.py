@@ -130,13 +130,16 @@ class StudyProgress:
 # --- local --------------------------------------------------------------------------------------------------------
 
 
-def job_command(graph: JobGraph, job: Job, processes: int) -> list[str]:
-    """The command that runs `job` with `processes` processes on this machine."""
-    entry = ["-m", "scratchdet", "study", "job", graph.study_dir, job.id]
-    if processes == 1:
-        return [sys.executable, *entry]
+def job_argv(graph: JobGraph, job: Job) -> list[str]:
+    """The `scratchdet` arguments that run `job` in one process of it: `study job STUDY_DIR JOB_ID`."""
+    return ["study", "job", graph.study_dir, job.id]
+
+
+def torchrun_command(graph: JobGraph, job: Job, processes: int) -> list[str]:
+    """The command that runs `job` as `processes` processes on this machine (one-process jobs are ForkedJobs)."""
     # torchrun --standalone: a rendezvous on a free local port, so parallel jobs never collide.
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", *entry]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+    return [*torchrun, "-m", "scratchdet", *job_argv(graph, job)]
 
 
 # Modules a one-process job imports, loaded once by the fork server (below) instead of by every job. Not
@@ -315,11 +318,11 @@ def launch_local(graph: JobGraph, launcher: LauncherSpec, log: Callable[[str], N
                 log_path = record_path(study_dir, job.id).with_suffix(".log")
                 log_path.parent.mkdir(parents=True, exist_ok=True)
                 if processes == 1:
-                    proc = ForkedJob(["study", "job", graph.study_dir, job.id], log_path, env)
+                    proc = ForkedJob(job_argv(graph, job), log_path, env)
                 else:
                     with log_path.open("a") as out:
                         proc = subprocess.Popen(
-                            job_command(graph, job, processes),
+                            torchrun_command(graph, job, processes),
                             env=env,
                             stdout=out,
                             stderr=subprocess.STDOUT,
