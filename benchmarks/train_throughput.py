@@ -125,8 +125,8 @@ def _plain_setup(args, data: Path, extra: list[str], stock: bool = False):
 
     from scratchdet.data.build import build_train_dataset, collate
     from scratchdet.data.samplers import TrainingBatchSampler, aspect_groups
-    from scratchdet.engine.initialization import initialize
     from scratchdet.modeling.detector import build_detector
+    from scratchdet.weights.initialization import initialize
 
     cfg = _cfg(args, data, extra)
     torch.manual_seed(cfg.seed)
@@ -231,9 +231,9 @@ def measure_infer(args, data: Path, extra: list[str]) -> dict:
     import torch
 
     from scratchdet.data.build import build_val_dataset
-    from scratchdet.engine.initialization import initialize
     from scratchdet.evaluation.coco import run_inference
     from scratchdet.modeling.detector import build_detector
+    from scratchdet.weights.initialization import initialize
 
     cfg = _cfg(args, data, extra)
     torch.manual_seed(cfg.seed)

@@ -21,7 +21,7 @@ import os
 import sys
 from pathlib import Path
 
-from scratchdet.errors import ConfigError, Preempted, ScratchdetError
+from scratchdet.errors import ConfigError, exit_status
 
 
 def _cmd_data_synth(args) -> int:
@@ -118,7 +118,7 @@ def _cmd_train(args) -> int:
         shutdown_distributed()  # under torchrun: leave the process group cleanly, also after an error
     if int(os.environ.get("RANK", "0")) == 0:
         processes = f" ({env_world_size()} processes)" if env_world_size() > 1 else ""
-        print(f"run folder: {result['output']}{processes} (config.yaml, metrics.jsonl, checkpoints/, eval/)")
+        print(f"run folder: {result.output}{processes} (config.yaml, metrics.jsonl, checkpoints/, eval/)")
     return 0
 
 
@@ -140,7 +140,7 @@ def _cmd_pretrain(args) -> int:
 
     _single_process("pretrain")
     result = pretrain(load_pretrain_config(args.config, args.overrides))
-    print(f"run folder: {result['output']}; fine-tune from it with init=pretrained weights={result['output']}")
+    print(f"run folder: {result.output}; fine-tune from it with init=pretrained weights={result.output}")
     return 0
 
 
@@ -171,16 +171,16 @@ def _cmd_study_status(args) -> int:
 
 
 def _cmd_study_job(args) -> int:
-    from scratchdet.study.jobs import run_job
+    from scratchdet.study.jobs import run_and_print_job
 
     if len(args.overrides) != 2:
         raise ConfigError("usage: scratchdet study job STUDY_DIR JOB_ID")
-    print(f"{args.overrides[1]}: {run_job(*args.overrides)}")
+    run_and_print_job(*args.overrides)
     return 0
 
 
 def _cmd_report(args) -> int:
-    from scratchdet.study.report import write_report
+    from scratchdet.report.page import write_report
 
     print(f"report: {write_report(args.study_dir)}")
     return 0
@@ -331,17 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         flags = [a for a in argv[1:] if a in ("--dry-run", "--json")]
         argv = ["study", *flags, *(a for a in argv[1:] if a not in flags)]
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except ScratchdetError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except Preempted as e:
-        print(f"preempted: {e}", file=sys.stderr)
-        return 128 + e.signum  # the shell's convention for "ended by signal N"
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return exit_status(args.func, args)
 
 
 if __name__ == "__main__":

@@ -225,7 +225,7 @@ class EvalConfig:
 
 @dataclass
 class PretrainedConfig:
-    """How init=pretrained loads weights=PATH into the backbone (scratchdet/modeling/weights.py)."""
+    """How init=pretrained loads weights=PATH into the backbone (scratchdet/weights/audit.py)."""
 
     # Below this fraction of backbone elements loaded, the run refuses to start (wrong file, depth or layout).
     min_coverage: float = 0.99

@@ -68,3 +68,28 @@ class Preempted(Exception):  # noqa: N818 - it is a request, not an error
         self.signum = signum
         self.iteration = iteration
         self.checkpoint = checkpoint
+
+
+def exit_status(fn, *args) -> int:
+    """Calls `fn(*args)` and returns the process exit status its ending means, printing one line for a known stop.
+
+    The one mapping from how a command ended to its exit status, for the CLI and for study jobs forked by the local
+    launcher (study/launchers.py), so that both end the same way: `fn`'s own int (None: 0); 2 for a
+    ScratchdetError (the user's to fix, printed as one line without a traceback); 128 + N for a stop by signal N
+    (the shell's convention, so launchers tell a preemption from a failure); 130 for Ctrl-C. Any other exception is
+    a bug in scratchdet and propagates with its traceback.
+    """
+    import sys
+
+    try:
+        status = fn(*args)
+    except ScratchdetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Preempted as e:
+        print(f"preempted: {e}", file=sys.stderr)
+        return 128 + e.signum
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0 if status is None else int(status)

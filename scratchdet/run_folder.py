@@ -11,7 +11,7 @@ resume, `scratchdet eval`, the report) names its files through `RunFolder`, so t
                            alone decides what a resume loads (engine/checkpoint.py)
     eval/                  iter_XXXXXXX.json, one evaluation report per evaluation; the final evaluation's
                            detections as iter_XXXXXXX_detections.json.gz (COCO results)
-    init.json              how the weights were initialized (engine/initialization.py)
+    init.json              how the weights were initialized (weights/initialization.py)
     dataset_train.json     what dataset cleaning dropped or clipped, per split; the training categories
     dataset_val.json
     cascade_switch.json    the late switch to cascade heads, when the run made it

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from scratchdet.study.results import load_study
+from scratchdet.report.results import load_study
 
 
 def finals(study_dir: Path) -> dict:

@@ -30,13 +30,8 @@ from scratchdet.engine.optim import build_optimizer
 from scratchdet.engine.schedule import schedule_from_config
 from scratchdet.evaluation.coco import detections_to_coco
 from scratchdet.modeling.detector import build_backbone, build_detector, build_transform
-from scratchdet.modeling.input_convention import (
-    TORCHVISION,
-    InputConvention,
-    detect_file_convention,
-    model_input_convention,
-    stride_in_1x1,
-)
+from scratchdet.modeling.input_transform import model_input_convention, stride_in_1x1
+from scratchdet.weights.convention import TORCHVISION, InputConvention, detect_file_convention
 
 PAPER = ROOT / "configs" / "paper"
 SCRATCH_2X = PAPER / "mask_rcnn_R50_FPN_GN_scratch_2x.yaml"

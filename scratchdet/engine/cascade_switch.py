@@ -17,14 +17,13 @@ iteration still holds plain heads and the loop switches on its first iteration.
 
 from __future__ import annotations
 
-import json
-
 import torch
 from torch import nn
 
 from scratchdet.config import Config
 from scratchdet.engine.metrics import MetricsWriter
 from scratchdet.engine.optim import build_optimizer
+from scratchdet.files import atomic_write_json
 from scratchdet.modeling.cascade import carry_momentum, switch_iteration, switch_to_cascade_
 from scratchdet.run_folder import RunFolder
 
@@ -60,5 +59,5 @@ def switch_in_run(
         "momentum_fresh": n_params - carried,
     }
     metrics.write(record)
-    RunFolder(cfg.output).cascade_switch.write_text(json.dumps(record, indent=2) + "\n")
+    atomic_write_json(RunFolder(cfg.output).cascade_switch, record)
     return new_optimizer

@@ -11,10 +11,8 @@ docs/RELIABILITY.md, promises 1, 2, 4 and 9.
 from __future__ import annotations
 
 import itertools
-import os
 import random
 import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -23,23 +21,11 @@ import torch
 
 from scratchdet.distributed import SINGLE, DistContext, all_gather, main_first
 from scratchdet.errors import CheckpointError
+from scratchdet.files import atomic_write, atomic_write_bytes
 from scratchdet.run_folder import POINTER, checkpoint_name
 
-# Temp files of _atomic_write: "." + final name + "." + random part + ".tmp".
+# Temp files of files.atomic_write: "." + final name + "." + random part + ".tmp".
 _TEMP_PATTERNS = (".model_*.pth.*.tmp", f".{POINTER}.*.tmp")
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def remove_stray_temp_files(folder: str | Path) -> list[Path]:
@@ -99,9 +85,9 @@ def save_checkpoint(folder: str | Path, iteration: int, state: dict) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
         remove_stray_temp_files(folder)  # before writing: a dead temp file may hold the space this save needs
-        _atomic_write(path, lambda f: torch.save(state, f))
+        atomic_write(path, lambda f: torch.save(state, f))
         step = f"moving {POINTER} to"
-        _atomic_write(pointer, lambda f: f.write(path.name.encode()))
+        atomic_write_bytes(pointer, path.name.encode())
     except (OSError, RuntimeError) as e:  # torch.save reports a failed write (e.g. ENOSPC) as RuntimeError
         raise CheckpointError(
             f"{step} checkpoint {path} failed ({type(e).__name__}: {e}); {kept}. Fix the cause (full disk? "

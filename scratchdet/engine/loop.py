@@ -22,6 +22,7 @@ The checkpoint state itself is assembled and restored by engine/checkpoint.py (`
 from __future__ import annotations
 
 import os
+import random
 import signal
 import sys
 import time
@@ -29,6 +30,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -93,10 +95,8 @@ class SampleCounter:
         return dict(self.seen)
 
 
-def next_batch(
-    loader: Iterator, ctx: DistContext, stop: StopRequest, iteration: int, window: LossWindow
-) -> tuple[object, bool]:
-    """(this rank's batch, whether any rank was asked to stop) for `iteration`.
+def next_batch(loader: Iterator, ctx: DistContext, stop: StopRequest, iteration: int) -> tuple[object, bool, float]:
+    """(this rank's batch, whether any rank was asked to stop, seconds spent waiting for the batch) for `iteration`.
 
     The ranks agree on load failures and stop requests before the forward pass. A process alone re-raises its load
     error at once; among several, the failed rank re-raises its own and the others raise a TrainingError naming it,
@@ -110,7 +110,7 @@ def next_batch(
         if not ctx.enabled:
             raise
         load_error = e
-    window.data_time += time.perf_counter() - tick
+    waited = time.perf_counter() - tick
     failed, stopping = agree_on_host(ctx, failed=load_error is not None, stop=stop.signum is not None)
     if failed:
         if load_error is not None:
@@ -119,7 +119,7 @@ def next_batch(
             f"rank(s) {failed} could not load their batch of iteration {iteration} (see their "
             f"error); rank {ctx.rank} stops with them, nothing was stepped"
         )
-    return batch, stopping
+    return batch, stopping, waited
 
 
 def preempt(
@@ -213,3 +213,10 @@ def deterministic_kernels(enabled: bool) -> Iterator[None]:
         torch.backends.cudnn.benchmark = benchmark
         if workspace is None:
             del os.environ["CUBLAS_WORKSPACE_CONFIG"]
+
+
+def seed_everything(seed: int) -> None:
+    """Seeds Python's, NumPy's and torch's global generators (both training loops, before the model is built)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

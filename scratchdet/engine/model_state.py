@@ -20,7 +20,7 @@ output channels of the keypoint predictor.
 Changes of the model that keep every parameter and buffer name and shape are not recorded, since any model built
 here loads them: on CUDA under torchrun the trainer swaps SyncBatchNorm2d for torch's nn.SyncBatchNorm (same state
 dict, tested), and train.channels_last changes the memory layout only. Importing a detection run as pre-trained
-weights (`init=pretrained weights=RUN`) reads the backbone body only (modeling/weights.py), which no switch changes.
+weights (`init=pretrained weights=RUN`) reads the backbone body only (weights/audit.py), which no switch changes.
 """
 
 from __future__ import annotations

@@ -6,7 +6,6 @@ What the folder holds (config, env, metrics, checkpoints, eval reports, ...) is 
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import platform
 import subprocess
@@ -21,6 +20,7 @@ import yaml
 from scratchdet.config import Config, config_to_dict, config_to_yaml
 from scratchdet.engine.checkpoint import latest_checkpoint, verify_checkpoint
 from scratchdet.errors import CheckpointError
+from scratchdet.files import atomic_write_json, atomic_write_text
 from scratchdet.run_folder import RUN_FILES, RunFolder
 
 if TYPE_CHECKING:  # pretrain imports this module; the alias is for type checkers only
@@ -197,7 +197,7 @@ def prepare_run_dir(cfg: RunConfig) -> Path | None:
     check_writable(out)
     if ckpt_dir.is_dir():
         check_writable(ckpt_dir)
-    folder.config.write_text(config_to_yaml(cfg))
+    atomic_write_text(folder.config, config_to_yaml(cfg))
     return None
 
 
@@ -235,4 +235,4 @@ def write_env(out: Path, cfg: RunConfig, device: str) -> None:
     path = RunFolder(out).env
     if path.exists():
         path = out / f"env_resume_{datetime.now():%Y%m%d_%H%M%S}.json"
-    path.write_text(json.dumps(env, indent=2) + "\n")
+    atomic_write_json(path, env)

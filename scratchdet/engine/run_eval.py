@@ -17,8 +17,9 @@ from scratchdet.engine.model_state import build_model_for_checkpoint
 from scratchdet.errors import CheckpointError, ConfigError
 from scratchdet.evaluation.split import evaluate_split
 from scratchdet.evaluation.tta import build_tta_predictor
-from scratchdet.modeling.input_convention import CONVENTION_KEYS, InputConvention
+from scratchdet.files import atomic_write_json
 from scratchdet.run_folder import RunFolder
+from scratchdet.weights.convention import CONVENTION_KEYS, InputConvention
 
 
 @dataclass
@@ -141,7 +142,7 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | None = None) -> dic
         out = out.with_name(f"{out.stem}_tta{out.suffix}")
     if ctx.is_main:
         out.parent.mkdir(exist_ok=True)
-        out.write_text(json.dumps(report, indent=2) + "\n")
+        atomic_write_json(out, report)
         print(text)
     report["path"] = str(out)
     return report

@@ -7,13 +7,11 @@ of the paper's figures), checkpoints every train.checkpoint_period iterations an
 
 from __future__ import annotations
 
-import json
-import random
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -31,7 +29,6 @@ from scratchdet.engine.checkpoint import (
     restore_training_state,
     save_training_state,
 )
-from scratchdet.engine.initialization import initialize, resolve_input_convention
 from scratchdet.engine.loop import (
     LossWindow,
     SampleCounter,
@@ -40,6 +37,7 @@ from scratchdet.engine.loop import (
     next_batch,
     preempt,
     progress_bar,
+    seed_everything,
     set_lr,
     stop_if_not_finite,
 )
@@ -51,10 +49,12 @@ from scratchdet.engine.run_dir import prepare_run_dir, write_env
 from scratchdet.engine.schedule import Schedule, schedule_from_config
 from scratchdet.errors import ConfigError
 from scratchdet.evaluation.split import evaluate_split
+from scratchdet.files import atomic_write_json
 from scratchdet.modeling.detector import build_detector
-from scratchdet.modeling.input_convention import model_input_convention
+from scratchdet.modeling.input_transform import model_input_convention
 from scratchdet.modeling.sync_bn import use_native_sync_bn
 from scratchdet.run_folder import RunFolder
+from scratchdet.weights.initialization import initialize, resolve_input_convention
 
 MODEL_TARGET_KEYS = ("boxes", "labels", "masks", "keypoints")  # keypoints: Keypoint R-CNN (model.arch=keypoint_rcnn)
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # train.amp
@@ -62,12 +62,6 @@ NONFINITE_HINT = (
     "Lower solver.base_lr or lengthen solver.warmup_iters, and check these images' annotations "
     "(nothing was stepped: the parameters are those of the previous iteration)."
 )
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def run_evaluation(
@@ -92,7 +86,7 @@ def run_evaluation(
     if ctx.is_main:
         folder = RunFolder(out)
         folder.eval_dir.mkdir(exist_ok=True)
-        folder.eval_report(iteration).write_text(json.dumps(report, indent=2) + "\n")
+        atomic_write_json(folder.eval_report(iteration), report)
         metrics.write({"type": "eval", **report})
         tqdm.write(f"[iter {iteration}] evaluation:\n{text}")
     return report
@@ -158,6 +152,18 @@ def _to_device(images: list[torch.Tensor], targets: list[dict], device: torch.de
     )
 
 
+@dataclass(frozen=True)
+class TrainResult:
+    """What `train` returns (the same on every rank under torchrun)."""
+
+    output: str  # the run folder
+    iter: int  # the last iteration trained
+    seen: dict  # samples seen by this run: {"images", "instances", "pixels"} (engine/loop.py, SampleCounter)
+    pretrain_seen: dict | None  # the pre-training's samples seen (a pre-trained run), else None
+    eval: dict  # the last evaluation report of this call ({} when it evaluated nothing)
+    finished: bool  # whether the schedule's last iteration was reached
+
+
 @dataclass
 class _Run:
     """A detection run ready to train: everything `train` sets up before its first iteration."""
@@ -190,7 +196,7 @@ class _Run:
                 self.model, self.train_set.num_classes, getattr(self.train_set, "num_keypoints", None)
             ),
             # The pixels and stride the weights were trained with, so a copy of this file away from its run
-            # folder still fine-tunes as the same network (modeling/input_convention.py reads it back).
+            # folder still fine-tunes as the same network (weights/convention.py reads it back).
             "input_convention": model_input_convention(self.model).to_dict(),
         }
         return save_training_state(
@@ -217,7 +223,8 @@ class _Run:
 def _start(cfg: Config) -> _Run:
     """Everything before the first iteration, in the order that keeps failures cheap: the input convention and the
     data are checked before the run folder is touched, the weights are loaded (fresh runs) or the checkpoint
-    restored (resumed runs), and the disk is checked for the checkpoints to come."""
+    restored (resumed runs), and the disk is checked for the checkpoints to come. `cfg` is the run's own copy:
+    the weight file's input convention is written into it."""
     out = Path(cfg.output)
     folder = RunFolder(out)
     resolve_input_convention(cfg)  # model.input_* / stride_in_1x1 from the weight file, before config.yaml and model
@@ -238,14 +245,14 @@ def _start(cfg: Config) -> _Run:
     seed_everything(cfg.seed)
     if ctx.is_main:
         for name, dataset in (("train", train_set), ("val", val_set)):
-            folder.dataset(name).write_text(json.dumps(dataset.summary.to_dict(), indent=2) + "\n")
+            atomic_write_json(folder.dataset(name), dataset.summary.to_dict())
     model = build_detector(cfg, train_set.num_classes, getattr(train_set, "num_keypoints", None))
     pretrain_seen = None
     if resume_from is None:
         # Loaded once, at the start: on resume the checkpoint already holds the fine-tuned weights.
         init_record = initialize(model, cfg)
         if ctx.is_main:
-            folder.init.write_text(json.dumps(init_record, indent=2) + "\n")
+            atomic_write_json(folder.init, init_record)
         pretrain_seen = init_record["pretrain_seen"]
     if ctx.enabled:  # different RPN/RoI sampling draws per process (the model itself is identical: same seed)
         seed_everything(cfg.seed + 1_000_003 * ctx.rank)
@@ -272,34 +279,37 @@ def _start(cfg: Config) -> _Run:
     n_checkpoints = planned_checkpoints(start_iter, end_iter, cfg.train.checkpoint_period, cfg.train.extra_checkpoints)
     main_first(ctx, check_free_space, folder.checkpoints, estimate_checkpoint_bytes(model), n_checkpoints)
     return _Run(
-        cfg,
-        ctx,
-        device,
-        train_set,
-        val_set,
-        model,
-        optimizer,
-        scaler,
-        schedule,
-        start_iter,
-        end_iter,
-        switch_iter,
-        counter,
-        pretrain_seen,
+        cfg=cfg,
+        ctx=ctx,
+        device=device,
+        train_set=train_set,
+        val_set=val_set,
+        model=model,
+        optimizer=optimizer,
+        scaler=scaler,
+        schedule=schedule,
+        start_iter=start_iter,
+        end_iter=end_iter,
+        switch_iter=switch_iter,
+        counter=counter,
+        pretrain_seen=pretrain_seen,
     )
 
 
-def train(cfg: Config) -> dict:
+def train(cfg: Config) -> TrainResult:
     """Trains (or resumes) the run described by `cfg`; returns a summary with the last evaluation report.
 
-    Under torchrun every process calls this (distributed.py); the summary is the same on every rank.
+    Under torchrun every process calls this (distributed.py); the summary is the same on every rank. `cfg` is left
+    as it was given: the run works on a copy, completed with the weight file's input convention (what the run
+    folder's config.yaml records).
 
     Raises:
         ConfigError, DataError, CheckpointError: before training, naming the key, file or folder.
         TrainingError: a non-finite loss or a batch that cannot be loaded, before that iteration's step.
         Preempted: SIGTERM/SIGINT; the iteration boundary was checkpointed.
     """
-    run = _start(cfg)
+    run = _start(copy.deepcopy(cfg))
+    cfg = run.cfg
     ctx, device, model, scaler, schedule = run.ctx, run.device, run.model, run.scaler, run.schedule
     start_iter, end_iter = run.start_iter, run.end_iter
     amp_dtype = AMP_DTYPES[cfg.train.amp]
@@ -331,7 +341,8 @@ def train(cfg: Config) -> dict:
     # SIGTERM/SIGINT -> checkpoint at the next iteration boundary, then stop.
     with deterministic_kernels(cfg.train.deterministic), StopRequest() as stop:
         for iteration in range(start_iter, end_iter):
-            (images, targets), stopping = next_batch(loader, ctx, stop, iteration, window)
+            (images, targets), stopping, waited = next_batch(loader, ctx, stop, iteration)
+            window.data_time += waited
             if stopping and iteration > start_iter:
                 preempt(stop, iteration, run.save, metrics, progress)
             _record_batch(cfg, ctx, run.train_set, iteration, targets, metrics)
@@ -376,11 +387,11 @@ def train(cfg: Config) -> dict:
     seen = run.counter.sync(ctx)
     metrics.write({"type": "end", "iter": end_iter, "seen": seen, "pretrain_seen": run.pretrain_seen})
     metrics.close()
-    return {
-        "output": str(run.out),
-        "iter": end_iter,
-        "seen": seen,
-        "pretrain_seen": run.pretrain_seen,
-        "eval": report,
-        "finished": end_iter == schedule.max_iters,
-    }
+    return TrainResult(
+        output=str(run.out),
+        iter=end_iter,
+        seen=seen,
+        pretrain_seen=run.pretrain_seen,
+        eval=report,
+        finished=end_iter == schedule.max_iters,
+    )

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,6 +23,7 @@ from torch import nn
 from scratchdet.distributed import SINGLE, DistContext, broadcast_from_main  # rank 0's report to every rank
 from scratchdet.evaluation.backends import cocoeval_stats
 from scratchdet.evaluation.sharding import gather_in_order, shard
+from scratchdet.files import atomic_write
 
 # The order of COCOeval.stats for bbox/segm.
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -187,10 +187,12 @@ def evaluate(
 def write_results(path: Path, results: list[dict]) -> None:
     """COCO results as gzipped JSON, written atomically (a kill never leaves half a file under the name)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with gzip.open(tmp, "wt") as f:
-        json.dump(results, f)
-    os.replace(tmp, path)
+
+    def write(f) -> None:
+        with gzip.open(f, "wt") as text:
+            json.dump(results, text)
+
+    atomic_write(path, write)
 
 
 def read_results(path: Path) -> list[dict]:

@@ -1,7 +1,7 @@
 """ResNet and ResNeXt bodies with a configurable normalization and width.
 
 The module names are torchvision's (conv1, bn1, layer1..layer4, and its BasicBlock/Bottleneck classes), so a
-torchvision ImageNet state_dict loads by name (modeling/weights.py). What torchvision's own ResNet class cannot do,
+torchvision ImageNet state_dict loads by name (weights/audit.py). What torchvision's own ResNet class cannot do,
 and why this file exists: a stem narrower than 64 channels for CPU-sized models, GN/none instead of BN in every
 block, and the stride of each stage in the first block's 1x1 conv (`stride_in_1x1`), as MSRA's ResNets in
 Detectron's R-50.pkl / R-101.pkl were trained (torchvision's Bottleneck, "ResNet v1.5", strides in the 3x3;

@@ -15,8 +15,8 @@ from torch import nn
 
 from scratchdet.modeling.backbones import ResNet
 from scratchdet.modeling.init import msra_fill_
-from scratchdet.modeling.input_convention import TORCHVISION, InputConvention
 from scratchdet.modeling.norm import NormFactory, build_norm
+from scratchdet.weights.convention import TORCHVISION, InputConvention
 
 if TYPE_CHECKING:  # imported for the type hint only: scratchdet.pretrain imports this module
     from scratchdet.pretrain.config import PretrainConfig

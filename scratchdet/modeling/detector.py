@@ -10,7 +10,7 @@ transform resizes to data.min_size_test / max_size_test and maps boxes and masks
 
 Input convention: the model's transform takes the dataset's RGB 0..1 images and converts them to the backbone's
 convention (model.input_format, pixel_scale, pixel_mean, pixel_std) before normalizing, and the ResNet puts each
-stage's stride where model.stride_in_1x1 says (input_convention.py); unset keys mean torchvision's convention.
+stage's stride where model.stride_in_1x1 says (input_transform.py); unset keys mean torchvision's convention.
 """
 
 from __future__ import annotations
@@ -27,18 +27,13 @@ from scratchdet.config import Config
 from scratchdet.modeling.backbones import ResNet
 from scratchdet.modeling.cascade import switch_to_cascade_
 from scratchdet.modeling.init import init_detector_
-from scratchdet.modeling.input_convention import (
-    CONVENTION_KEYS,
-    TORCHVISION_MEAN,
-    TORCHVISION_STD,
-    InputConvention,
-    InputConventionTransform,
-)
+from scratchdet.modeling.input_transform import InputConventionTransform
 from scratchdet.modeling.keypoint_head import KeypointRCNNConvNormHead
 from scratchdet.modeling.norm import build_norm
 from scratchdet.modeling.predictors import KeypointPredictor, MaskPredictor
 from scratchdet.modeling.roi_align import MultiScaleRoIAlign
 from scratchdet.modeling.vgg import build_vgg16_faster_rcnn
+from scratchdet.weights.convention import CONVENTION_KEYS, TORCHVISION_MEAN, TORCHVISION_STD, InputConvention
 
 # torchvision's normalization of [0, 1] RGB input: the convention when model.pixel_mean/pixel_std are unset.
 IMAGE_MEAN = list(TORCHVISION_MEAN)

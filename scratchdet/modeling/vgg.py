@@ -9,7 +9,7 @@ Choices, stated because the paper leaves them open:
 - Width: model.stem_width is the first conv's width (64 = VGG-16); narrower values give CPU-sized variants.
 The body is a Sequential laid out like torchvision's `vgg16().features[:30]`, so its keys ("N.weight") are
 torchvision's "features.N.weight"; init=pretrained imports ImageNet VGG-16 into it, and fc6/fc7 into the box head as
-the original Faster R-CNN does (vgg_weights.py, called by engine/initialization.py).
+the original Faster R-CNN does (weights/vgg.py, called by weights/initialization.py).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class VGG16Backbone(nn.Module):
 def build_vgg16_faster_rcnn(cfg: Config, num_classes: int, common: dict) -> FasterRCNN:
     """Returns an uninitialized VGG-16 Faster R-CNN; `common` holds the transform/RPN/RoI-sampling kwargs.
 
-    init=pretrained weights are loaded afterwards, by engine/initialization.py (vgg_weights.py).
+    init=pretrained weights are loaded afterwards, by weights/initialization.py (weights/vgg.py).
 
     Raises:
         ConfigError: unsupported settings.

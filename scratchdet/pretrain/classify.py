@@ -13,9 +13,7 @@ the paper's accounting charges pre-training images to the pre-trained arm (PAPER
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,11 +38,11 @@ from scratchdet.engine.optim import param_groups
 from scratchdet.engine.preemption import StopRequest
 from scratchdet.engine.run_dir import prepare_run_dir, write_env
 from scratchdet.engine.schedule import linear_warmup
-from scratchdet.engine.trainer import seed_everything
+from scratchdet.files import atomic_write, atomic_write_json
 from scratchdet.modeling.classifier import ResNetClassifier, build_classifier
-from scratchdet.modeling.input_convention import TORCHVISION
 from scratchdet.pretrain.config import PretrainConfig
 from scratchdet.run_folder import RunFolder
+from scratchdet.weights.convention import TORCHVISION
 
 
 @dataclass(frozen=True)
@@ -158,12 +156,23 @@ def backbone_description(cfg: PretrainConfig, model: ResNetClassifier) -> dict:
 
 
 def _save_weights(path: Path, state_dict: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state_dict, tmp)
-    os.replace(tmp, path)  # atomic: a kill never leaves a half-written weights file
+    atomic_write(path, lambda f: torch.save(state_dict, f))  # a kill never leaves a half-written weights file
 
 
-def pretrain(cfg: PretrainConfig) -> dict:
+@dataclass(frozen=True)
+class PretrainResult:
+    """What `pretrain` returns."""
+
+    output: str  # the run folder
+    iter: int  # the last iteration trained
+    seen: dict  # samples seen: {"images", "instances", "pixels"}
+    eval: dict  # the last evaluation: top1/top5 in percent, images
+    summary: str  # path of pretrain_summary.json
+    weights: str  # path of the final weights (torchvision layout)
+    finished: bool  # whether the schedule's last iteration was reached
+
+
+def pretrain(cfg: PretrainConfig) -> PretrainResult:
     """Pre-trains (or resumes) the classifier described by `cfg`.
 
     Returns:
@@ -176,7 +185,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     write_env(out, cfg, str(device))
-    seed_everything(cfg.seed)
+    loop.seed_everything(cfg.seed)
 
     train_set, val_set, classes = build_classification_datasets(cfg)
     eval_set = _eval_subset(val_set, cfg.eval.max_images)
@@ -194,7 +203,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
         tqdm.write(f"resuming {out} from {resume_from.name} (iteration {start_iter})")
 
     def save(iteration: int) -> Path | None:
-        # The input convention is read back by a detector loading this checkpoint (modeling/input_convention.py),
+        # The input convention is read back by a detector loading this checkpoint (weights/convention.py),
         # so it is fed alike; the weights are in torchvision's ResNet layout.
         return save_training_state(
             RunFolder(out).checkpoints,
@@ -211,7 +220,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
     def run_evaluation(iteration: int) -> dict:
         report = {"iter": iteration, **evaluate_classifier(model, eval_loader, device)}
         RunFolder(out).eval_dir.mkdir(exist_ok=True)
-        RunFolder(out).eval_report(iteration).write_text(json.dumps(report, indent=2) + "\n")
+        atomic_write_json(RunFolder(out).eval_report(iteration), report)
         metrics.write({"type": "eval", **report})
         tqdm.write(
             f"[iter {iteration}] val top-1 {report['top1']:.2f}%, top-5 {report['top5']:.2f}% "
@@ -241,7 +250,8 @@ def pretrain(cfg: PretrainConfig) -> dict:
     progress = loop.progress_bar(end_iter, start_iter, "pretrain")
     with StopRequest() as stop:  # SIGTERM/SIGINT -> checkpoint at the next iteration boundary, then stop
         for iteration in range(start_iter, end_iter):
-            (images, labels), stopping = loop.next_batch(batches, SINGLE, stop, iteration, window)
+            (images, labels), stopping, waited = loop.next_batch(batches, SINGLE, stop, iteration)
+            window.data_time += waited
             if stopping and iteration > start_iter:
                 loop.preempt(stop, iteration, save, metrics, progress)
             # One labelled object per image; pixels after the crop, as fed.
@@ -282,15 +292,15 @@ def pretrain(cfg: PretrainConfig) -> dict:
     metrics.close()
 
     summary = _write_results(cfg, model, schedule, end_iter, report, seen, len(train_set), len(classes))
-    return {
-        "output": str(out),
-        "iter": end_iter,
-        "seen": seen,
-        "eval": report,
-        "summary": summary["summary"],
-        "weights": summary["weights"],
-        "finished": summary["finished"],
-    }
+    return PretrainResult(
+        output=str(out),
+        iter=end_iter,
+        seen=seen,
+        eval=report,
+        summary=summary["summary"],
+        weights=summary["weights"],
+        finished=summary["finished"],
+    )
 
 
 def _write_results(
@@ -335,7 +345,7 @@ def _write_results(
         "checkpoint": str(folder.checkpoint(end_iter)),
     }
     summary_path = folder.pretrain_summary
-    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_json(summary_path, summary)  # its presence means "finished": never half a file
     tqdm.write(
         f"pre-training results: {summary_path} (top-1 {report['top1']:.2f}%, top-5 {report['top5']:.2f}%); "
         f"weights ({layout}): {weights}; curves: {folder.metrics}"

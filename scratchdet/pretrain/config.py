@@ -25,7 +25,7 @@ from scratchdet.config import (
 )
 from scratchdet.data.classification import TEXTURE_CLASSES
 from scratchdet.errors import ConfigError
-from scratchdet.modeling.input_convention import TORCHVISION_MEAN, TORCHVISION_STD
+from scratchdet.weights.convention import TORCHVISION_MEAN, TORCHVISION_STD
 
 # FrozenBN is left out: frozen statistics of a randomly initialized network would never be learned.
 PRETRAIN_NORMS = ("GN", "BN", "SyncBN", "none")

@@ -1,10 +1,10 @@
 """Forking a schedule's LR tail from a shared trunk.
 
-Every Nx schedule keeps the base LR until 60k iterations (at batch 16) before its own end (PAPER.md, "schedule"), so
-runs that differ only in N are the same computation up to their first LR drop. The study trains one trunk at the
-base LR, checkpoints it at each schedule's first drop, and starts each schedule's tail from there. Because data order
-and augmentation depend only on (seed, position) and the checkpoint holds every RNG state, a forked run computes
-what an independent run would (tested).
+Every Nx schedule keeps the base LR until 60k iterations (at batch 16) before its own end (docs/PAPER.md,
+"Schedules"), so runs that differ only in N are the same computation up to their first LR drop. The study trains one
+trunk at the base LR, checkpoints it at each schedule's first drop, and starts each schedule's tail from there. Because
+data order and augmentation depend only on (seed, position) and the checkpoint holds every RNG state, a forked run
+computes what an independent run would (tested).
 """
 
 from __future__ import annotations
@@ -15,13 +15,14 @@ from pathlib import Path
 
 from scratchdet.config import Config, config_to_dict, config_to_yaml, load_config
 from scratchdet.engine.cascade_switch import cascade_switch_iter
-from scratchdet.engine.initialization import apply_input_convention
 from scratchdet.engine.metrics import read_metrics
 from scratchdet.engine.run_dir import config_diff
 from scratchdet.engine.schedule import Schedule, schedule_from_config
 from scratchdet.errors import CheckpointError
+from scratchdet.files import atomic_write_text
 from scratchdet.modeling.detector import configured_input_convention
 from scratchdet.run_folder import RunFolder
+from scratchdet.weights.initialization import apply_input_convention
 
 # Keys on which a fork may differ from its trunk, beyond those any resume may change (run_dir.RESUMABLE_KEYS).
 FORKABLE_KEYS = ("schedule.multiplier",)
@@ -91,7 +92,7 @@ def fork_run(trunk_dir: str | Path, iteration: int, cfg: Config) -> Path:
 
     fork.checkpoints.mkdir(parents=True, exist_ok=True)
     fork.eval_dir.mkdir(exist_ok=True)
-    fork.config.write_text(config_to_yaml(cfg))
+    atomic_write_text(fork.config, config_to_yaml(cfg))
     for record in (trunk.init, trunk.env, trunk.dataset("train"), trunk.dataset("val")):
         if record.is_file():
             shutil.copy2(record, out / record.name)
@@ -102,12 +103,16 @@ def fork_run(trunk_dir: str | Path, iteration: int, cfg: Config) -> Path:
         target.hardlink_to(source)
     except OSError:
         shutil.copy2(source, target)
-    fork.pointer.write_text(source.name)
-    with fork.metrics.open("w") as f:
-        for record in read_metrics(trunk_dir):
-            if record.get("iter", 0) <= iteration and record.get("type") in ("start", "train", "eval"):
-                f.write(json.dumps({**record, "forked_from": str(trunk_dir)}) + "\n")
+    copied = [
+        json.dumps({**record, "forked_from": str(trunk_dir)}) + "\n"
+        for record in read_metrics(trunk_dir)
+        if record.get("iter", 0) <= iteration and record.get("type") in ("start", "train", "eval")
+    ]
+    atomic_write_text(fork.metrics, "".join(copied))
     for report in trunk.eval_reports():
         if int(report.stem.split("_")[1]) <= iteration:
             shutil.copy2(report, fork.eval_dir / report.name)
+    # The pointer last: a fork counts as made once it has a checkpoint (study/jobs.py), so a kill before this line
+    # leaves a folder the next attempt makes again, never a fork without the trunk's curve.
+    atomic_write_text(fork.pointer, source.name)
     return out

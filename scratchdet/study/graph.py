@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from scratchdet.errors import ScratchdetError
+from scratchdet.files import atomic_write_json
 from scratchdet.study.plan import Plan
 from scratchdet.study.spec import LauncherSpec, StudySpec
 
@@ -88,9 +89,7 @@ class JobGraph:
 
     def write(self) -> Path:
         path = Path(self.study_dir) / GRAPH_FILE
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        os.replace(tmp, path)
+        atomic_write_json(path, self.to_dict())
         return path
 
 

@@ -36,8 +36,10 @@ from pathlib import Path
 
 from scratchdet.distributed import env_world_size, init_distributed, main_first, scheduler_rank
 from scratchdet.errors import ConfigError, Preempted, ScratchdetError
+from scratchdet.files import atomic_write_json
 from scratchdet.run_folder import RunFolder
 from scratchdet.study.graph import Job, JobGraph, read_graph
+from scratchdet.study.outcome import JobOutcome, JobState
 
 RECORDS = "jobs"
 # After requeueing itself, a job waits this long for SLURM to stop it: exiting first could let the job end as
@@ -66,9 +68,7 @@ def update_record(study_dir: str | Path, job_id: str, **fields) -> dict:
     path = record_path(study_dir, job_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {**read_record(study_dir, job_id), **fields}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_json(path, record)
     return record
 
 
@@ -131,36 +131,30 @@ def run_folder_lock(study_dir: str | Path, job: Job):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-# How run_job's outcomes begin when it trained the job in this call; failures raise.
-TRAINED_OUTCOMES = ("trained", "resumed", "continued")
-# ... and when the job's work is done, by this call or an earlier one ("finished": the local launcher's word for a
-# job that exited 0 without an outcome in its record).
-DONE_OUTCOMES = (*TRAINED_OUTCOMES, "skipped", "finished")
-
-
-def _train_until(job: Job, out: Path) -> str:
+def _train_until(job: Job, out: Path) -> JobOutcome:
     from scratchdet.engine.trainer import train
     from scratchdet.study.plan import run_config
 
     done = RunFolder(out).checkpoint_iteration()
     if done is not None and done >= job.end_iter:
-        return "skipped (finished)"
+        return JobOutcome(JobState.SKIPPED, "(finished)")
     resume = ["resume=true"] if done is not None else []
     train(run_config(job.config, job.overrides, out, [f"train.max_iters={job.end_iter}", *job.extra, *resume]))
     if job.kind == "segment" and done == job.start_iter:
-        return f"continued the trunk from iteration {done}"  # the plan, not a recovery from a crash
-    return "resumed" if resume else "trained"
+        # The plan, not a recovery from a crash.
+        return JobOutcome(JobState.CONTINUED, f"the trunk from iteration {done}")
+    return JobOutcome(JobState.RESUMED if resume else JobState.TRAINED)
 
 
-def _pretrain(job: Job, out: Path) -> str:
+def _pretrain(job: Job, out: Path) -> JobOutcome:
     from scratchdet.pretrain.classify import pretrain
     from scratchdet.pretrain.config import load_pretrain_config
 
     if RunFolder(out).pretrain_summary.is_file():
-        return "skipped (finished)"
+        return JobOutcome(JobState.SKIPPED, "(finished)")
     resume = ["resume=true"] if RunFolder(out).checkpoint_iteration() is not None else []
     pretrain(load_pretrain_config(job.config, [*job.overrides, f"output={out}", *resume]))
-    return "resumed" if resume else "trained"
+    return JobOutcome(JobState.RESUMED if resume else JobState.TRAINED)
 
 
 def _make_fork(study_dir: Path, job: Job, out: Path) -> bool:
@@ -176,7 +170,7 @@ def _make_fork(study_dir: Path, job: Job, out: Path) -> bool:
     return True
 
 
-def execute(graph: JobGraph, job: Job) -> str:
+def execute(graph: JobGraph, job: Job) -> JobOutcome:
     """Does the job's work in this process (every rank of a multi-process job calls it); returns what was done."""
     from scratchdet.study.plan import run_config
 
@@ -192,7 +186,7 @@ def execute(graph: JobGraph, job: Job) -> str:
         ctx, _ = init_distributed(device)
         if main_first(ctx, _make_fork, study_dir, job, out):
             _train_until(job, out)
-            return f"trained from the trunk's iteration {job.fork['iter']}"
+            return JobOutcome(JobState.TRAINED, f"from the trunk's iteration {job.fork['iter']}")
     return _train_until(job, out)
 
 
@@ -216,7 +210,7 @@ def _requeue_and_wait(study_dir: Path, job: Job, rank: int) -> None:
     sys.exit(1)
 
 
-def run_job(study_dir: str | Path, job_id: str) -> str:
+def run_job(study_dir: str | Path, job_id: str) -> JobOutcome:
     """Runs job `job_id` of the study in `study_dir` (every process of the job calls it); returns what was done.
 
     Raises:
@@ -247,18 +241,30 @@ def run_job(study_dir: str | Path, job_id: str) -> str:
             slurm_job_id=os.environ.get("SLURM_JOB_ID"),
             slurm_restarts=restarts,
             error=None,
+            outcome=None,
         )
         try:
             outcome = execute(graph, job)
         except Preempted as e:
-            update_record(study_dir, job.id, state="preempted", ended=now(), stopped_at=e.iteration)
+            stopped = JobOutcome(JobState.STOPPED, f"after iteration {e.iteration}").to_record()
+            update_record(study_dir, job.id, state="preempted", ended=now(), stopped_at=e.iteration, outcome=stopped)
             _requeue_and_wait(study_dir, job, rank)
             raise
         except KeyboardInterrupt:
-            update_record(study_dir, job.id, state="interrupted", ended=now())
+            update_record(
+                study_dir, job.id, state="interrupted", ended=now(), outcome=JobOutcome(JobState.STOPPED).to_record()
+            )
             raise
         except Exception as e:
-            update_record(study_dir, job.id, state="failed", ended=now(), error=f"{type(e).__name__}: {e}")
+            error = f"{type(e).__name__}: {e}"
+            failed = JobOutcome(JobState.FAILED, error).to_record()
+            update_record(study_dir, job.id, state="failed", ended=now(), error=error, outcome=failed)
             raise
-        update_record(study_dir, job.id, state="finished", ended=now(), outcome=outcome)
+        update_record(study_dir, job.id, state="finished", ended=now(), outcome=outcome.to_record())
     return outcome
+
+
+def run_and_print_job(study_dir: str | Path, job_id: str) -> None:
+    """`scratchdet study job STUDY_DIR JOB_ID`: runs the job and prints what was done (the job's log line). The
+    CLI and the local launcher's forked jobs both run this, through errors.exit_status."""
+    print(f"{job_id}: {run_job(study_dir, job_id)}")

@@ -24,21 +24,21 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from scratchdet.errors import ConfigError, Preempted, ScratchdetError
+from scratchdet.errors import ConfigError, Preempted, ScratchdetError, exit_status
 from scratchdet.study.graph import Job, JobGraph
 from scratchdet.study.jobs import (
-    DONE_OUTCOMES,
-    TRAINED_OUTCOMES,
     is_finished,
     now,
     read_record,
     record_path,
+    run_and_print_job,
     run_job,
     squeue_states,
     update_record,
 )
+from scratchdet.study.outcome import JobOutcome, JobState
 from scratchdet.study.spec import LauncherSpec
-from scratchdet.study.status import iteration_counts, progress_line, study_status
+from scratchdet.study.status import StudyProgress, StudyThroughput
 
 # squeue states of a job that will still run (or is running): it must not be submitted a second time.
 ACTIVE_STATES = {
@@ -47,21 +47,21 @@ ACTIVE_STATES = {
 }  # fmt: skip
 
 
-def _not_run(graph: JobGraph, failed: str, outcome: dict[str, str]) -> None:
+def _not_run(graph: JobGraph, failed: str, outcome: dict[str, JobOutcome]) -> None:
     for dependent in graph.dependents(failed):
-        outcome.setdefault(dependent, f"not run: {failed} failed")
+        outcome.setdefault(dependent, JobOutcome(JobState.NOT_RUN, f"{failed} failed"))
 
 
 # --- inprocess ----------------------------------------------------------------------------------------------------
 
 
-def launch_inprocess(graph: JobGraph, log: Callable[[str], None] = print) -> dict[str, str]:
+def launch_inprocess(graph: JobGraph, log: Callable[[str], None] = print) -> dict[str, JobOutcome]:
     """Runs every job here, in graph order; a failed job's dependents are not run. Returns {job id: outcome}.
 
     Raises:
         Preempted: SIGTERM/SIGINT; the running job checkpointed (rerun the same command to resume).
     """
-    outcome: dict[str, str] = {}
+    outcome: dict[str, JobOutcome] = {}
     throughput, progress = StudyThroughput(), StudyProgress(graph.study_dir)
     for job in graph.jobs:
         if job.id in outcome:
@@ -70,61 +70,13 @@ def launch_inprocess(graph: JobGraph, log: Callable[[str], None] = print) -> dic
         try:
             outcome[job.id] = run_job(graph.study_dir, job.id)
         except ScratchdetError as e:
-            outcome[job.id] = f"failed: {e}"
+            outcome[job.id] = JobOutcome(JobState.FAILED, str(e))
             _not_run(graph, job.id, outcome)
         log(f"[study] {job.id}: {outcome[job.id]}")
         throughput.count(job, outcome[job.id])
         log(progress.line())
     log(throughput.summary())
     return outcome
-
-
-class StudyThroughput:
-    """Counts the images the jobs of this launch trained, for the closing throughput line."""
-
-    def __init__(self):
-        self.trained_images = self.pretrain_images = 0
-        self.started = time.perf_counter()
-
-    def count(self, job: Job, outcome: str) -> None:
-        if not outcome.startswith(TRAINED_OUTCOMES):
-            return
-        images = (job.iters or 0) * (job.batch_size or 0)
-        if job.kind == "pretrain":
-            self.pretrain_images += images
-        else:
-            self.trained_images += images
-
-    def summary(self) -> str:
-        """The study's training throughput in this launch: detection training images per wall-second over the whole
-        launch, pre-training, evaluations, checkpoints and start-up included: what a user waits for. Pre-training
-        images (small classification crops) are counted apart: adding them would make a study look faster the more
-        of its time goes to pre-training."""
-        elapsed = time.perf_counter() - self.started
-        rate = self.trained_images / elapsed if elapsed > 0 else 0.0
-        pretrain = f" (and {self.pretrain_images} pre-training images)" if self.pretrain_images else ""
-        return (
-            f"[study] trained {self.trained_images} detection images{pretrain} in {elapsed:.0f} s: {rate:.2f} "
-            "detection training images per wall-second"
-        )
-
-
-class StudyProgress:
-    """The study's progress line read from its run folders (running jobs' iterations included, as `study status`
-    shows it), with the time left at the pace of this launch: iterations done since it began (a resumed study's
-    earlier iterations do not count) per wall-second."""
-
-    def __init__(self, study_dir: str | Path):
-        self.study_dir = Path(study_dir)
-        self.started = time.perf_counter()
-        self.done_before = iteration_counts(study_status(self.study_dir))[0]
-
-    def line(self) -> str:
-        statuses = study_status(self.study_dir)
-        done, total = iteration_counts(statuses)
-        pace = (done - self.done_before) / (time.perf_counter() - self.started)
-        left = f", about {(total - done) / pace / 60:.1f} min left at this pace" if pace > 0 and done < total else ""
-        return f"[study] progress: {progress_line(statuses)}{left}"
 
 
 # --- local --------------------------------------------------------------------------------------------------------
@@ -147,7 +99,6 @@ def torchrun_command(graph: JobGraph, job: Job, processes: int) -> list[str]:
 # instead of 31 s (one run each; the cause was not pinned down, tensorboard brings in libraries that start threads,
 # which a fork does not copy); the metrics writer imports it in the job.
 FORK_SERVER_PRELOAD = [
-    "scratchdet.cli",
     "scratchdet.study.jobs",
     "scratchdet.engine.trainer",
     "scratchdet.pretrain.classify",
@@ -168,9 +119,8 @@ def _job_in_forked_process(argv: list[str], log_path: str, env: dict[str, str]) 
     os.environ.clear()
     os.environ.update(env)
     sys.argv = ["scratchdet", *argv]  # what the job's env.json records, as for `scratchdet study job ...`
-    from scratchdet.cli import main
-
-    code = main(argv)
+    study_dir, job_id = argv[2:]
+    code = exit_status(run_and_print_job, study_dir, job_id)  # ends as `scratchdet study job` does
     sys.stdout.flush()
     sys.stderr.flush()
     sys.exit(code)
@@ -244,7 +194,7 @@ def _tail(path: Path, lines: int = 25) -> str:
 PROGRESS_PERIOD_S = 60.0
 
 
-def launch_local(graph: JobGraph, launcher: LauncherSpec, log: Callable[[str], None] = print) -> dict[str, str]:
+def launch_local(graph: JobGraph, launcher: LauncherSpec, log: Callable[[str], None] = print) -> dict[str, JobOutcome]:
     """Runs the graph on this machine, jobs in parallel as their dependencies finish, the job with the longest chain
     of work after it first (JobGraph.remaining_chain). Returns {job id: outcome}.
 
@@ -261,7 +211,7 @@ def launch_local(graph: JobGraph, launcher: LauncherSpec, log: Callable[[str], N
             f"{need} GPUs per job; this machine shows {len(free_gpus)}. Use launcher.gpus_per_task=0 for CPU "
             "processes"
         )
-    outcome: dict[str, str] = {j.id: "skipped (finished)" for j in graph.jobs if is_finished(study_dir, j)}
+    outcome = {j.id: JobOutcome(JobState.SKIPPED, "(finished)") for j in graph.jobs if is_finished(study_dir, j)}
     throughput = StudyThroughput()
     running: dict[str, tuple[subprocess.Popen | ForkedJob, list[str]]] = {}
     stop: list[int] = []
@@ -281,11 +231,14 @@ def launch_local(graph: JobGraph, launcher: LauncherSpec, log: Callable[[str], N
                     continue
                 del running[job_id]
                 free_gpus += gpus
+                record = read_record(study_dir, job_id)
                 if proc.returncode == 0:
-                    outcome[job_id] = read_record(study_dir, job_id).get("outcome", "finished")
+                    outcome[job_id] = JobOutcome.from_record(record.get("outcome")) or JobOutcome(JobState.FINISHED)
+                elif stop:
+                    outcome[job_id] = JobOutcome(JobState.STOPPED)
                 else:
-                    error = read_record(study_dir, job_id).get("error") or f"exit status {proc.returncode}"
-                    outcome[job_id] = "stopped" if stop else f"failed: {error}"
+                    error = record.get("error") or f"exit status {proc.returncode}"
+                    outcome[job_id] = JobOutcome(JobState.FAILED, error)
                     if not stop:
                         _not_run(graph, job_id, outcome)
                 log(f"[study] {job_id}: {outcome[job_id]}")
@@ -303,9 +256,7 @@ def launch_local(graph: JobGraph, launcher: LauncherSpec, log: Callable[[str], N
             ready = [
                 j
                 for j in graph.jobs
-                if j.id not in outcome
-                and j.id not in running
-                and all(outcome.get(d, "").startswith(DONE_OUTCOMES) for d in j.deps)
+                if j.id not in outcome and j.id not in running and all(d in outcome and outcome[d].done for d in j.deps)
             ]
             ready.sort(key=lambda j: -chain[j.id])  # stable: graph order among equals
             for job in ready:
@@ -363,7 +314,7 @@ class StudyTask:
         self.study_dir = study_dir
         self.job_id = job_id
 
-    def __call__(self) -> str:
+    def __call__(self) -> JobOutcome:
         return run_job(self.study_dir, self.job_id)
 
     def checkpoint(self):
@@ -401,7 +352,7 @@ def _executor(study_dir: Path, launcher: LauncherSpec, job: Job, dependency: lis
     return executor
 
 
-def submit_slurm(graph: JobGraph, launcher: LauncherSpec, log: Callable[[str], None] = print) -> dict[str, str]:
+def submit_slurm(graph: JobGraph, launcher: LauncherSpec, log: Callable[[str], None] = print) -> dict[str, JobOutcome]:
     """Submits every job not finished, queued or running, with afterok dependencies; returns {job id: what}.
 
     Raises:
@@ -410,16 +361,16 @@ def submit_slurm(graph: JobGraph, launcher: LauncherSpec, log: Callable[[str], N
     study_dir = Path(graph.study_dir)
     states = squeue_states()
     scheduler_id: dict[str, str] = {}
-    outcome: dict[str, str] = {}
+    outcome: dict[str, JobOutcome] = {}
     for job in graph.jobs:
         if is_finished(study_dir, job):
-            outcome[job.id] = "finished"
+            outcome[job.id] = JobOutcome(JobState.SKIPPED, "(finished)")
             continue
         record = read_record(study_dir, job.id)
         previous = record.get("scheduler_id")
         if previous and states.get(previous) in ACTIVE_STATES:
             scheduler_id[job.id] = previous
-            outcome[job.id] = f"already {states[previous].lower()} as SLURM job {previous}"
+            outcome[job.id] = JobOutcome(JobState.QUEUED, f"as SLURM job {previous} ({states[previous].lower()})")
             continue
         dependency = [scheduler_id[d] for d in job.deps if d in scheduler_id]
         try:
@@ -437,8 +388,7 @@ def submit_slurm(graph: JobGraph, launcher: LauncherSpec, log: Callable[[str], N
             state="submitted",
             error=None,
         )
-        outcome[job.id] = f"submitted as SLURM job {submitted.job_id}" + (
-            f" after {','.join(dependency)}" if dependency else ""
-        )
+        after = f" after {','.join(dependency)}" if dependency else ""
+        outcome[job.id] = JobOutcome(JobState.SUBMITTED, f"as SLURM job {submitted.job_id}{after}")
         log(f"[study] {job.id}: {outcome[job.id]}")
     return outcome

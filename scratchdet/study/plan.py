@@ -7,7 +7,7 @@ comes first).
 
 Every run gets the same input convention and stride placement (model.input_format, pixel_scale, pixel_mean,
 pixel_std, stride_in_1x1): those the pre-trained arms' weights were trained with, so the scratch arm trains the same
-network on the same inputs and only the initialization differs (PAPER.md: the controlled comparison).
+network on the same inputs and only the initialization differs (docs/PAPER.md, "The claim": the controlled comparison).
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from pathlib import Path
 
 from scratchdet.config import Config, load_config
 from scratchdet.engine.cascade_switch import cascade_switch_iter
-from scratchdet.engine.initialization import apply_input_convention, resolve_input_convention
 from scratchdet.engine.schedule import schedule_from_config
 from scratchdet.errors import ConfigError
 from scratchdet.modeling.detector import configured_input_convention
-from scratchdet.modeling.input_convention import FileConvention, InputConvention
 from scratchdet.study.fork import first_drop
 from scratchdet.study.spec import ArmSpec, StudySpec
+from scratchdet.weights.convention import FileConvention, InputConvention
+from scratchdet.weights.initialization import apply_input_convention, resolve_input_convention
 
 
 @dataclass
@@ -112,7 +112,7 @@ def study_input_convention(
 ) -> tuple[InputConvention | None, str]:
     """The convention every run of the study uses, and where it comes from.
 
-    The pre-trained arms decide: a weights file's convention (modeling/input_convention.py), or the pre-training
+    The pre-trained arms decide: a weights file's convention (weights/convention.py), or the pre-training
     config's for a pre-training the study runs; model.* keys set in the spec or base config must agree with them.
     Without pre-trained arms, the base config's (torchvision's where unset). With check_sources=False, a weights
     file or pre-training config that is not there yet leaves the convention unresolved (None).

@@ -10,16 +10,18 @@ same whichever launcher runs them.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 from scratchdet.engine.run_dir import check_writable
 from scratchdet.errors import ScratchdetError
+from scratchdet.files import atomic_write_json, atomic_write_text
 from scratchdet.study.graph import JobGraph, build_graph, describe_graph
+from scratchdet.study.jobs import update_record
 from scratchdet.study.launchers import launch_inprocess, launch_local, submit_slurm
 from scratchdet.study.plan import Plan, plan_study, run_config
 from scratchdet.study.spec import StudySpec, load_study_spec
+from scratchdet.study.status import status_json, study_status
 
 STATUS_FILE = "status.json"
 
@@ -63,7 +65,7 @@ def run_study(spec_path: str | Path, overrides: list[str] | None = None, *, repo
     check_writable(study_dir, "the study folder (it must be on a file system every job's node can write)")
     if Path(spec_path).resolve() != (study_dir / "spec.yaml").resolve():
         shutil.copy2(spec_path, study_dir / "spec.yaml")
-    (study_dir / "plan.json").write_text(json.dumps(plan.to_dict(), indent=2) + "\n")
+    atomic_write_json(study_dir / "plan.json", plan.to_dict())
     graph = build_study_graph(plan, spec)
     graph.write()
     it = plan.iterations()
@@ -85,12 +87,15 @@ def run_study(spec_path: str | Path, overrides: list[str] | None = None, *, repo
         )
         return study_dir
     outcome = launch_local(graph, launcher) if launcher.name == "local" else launch_inprocess(graph)
-    (study_dir / STATUS_FILE).write_text(json.dumps(outcome, indent=2) + "\n")
+    for job_id, ended in outcome.items():  # so that `study status` and status.json show what this launch did
+        update_record(study_dir, job_id, outcome=ended.to_record())
+    # The same JSON as `scratchdet study status DIR --json`, kept beside the study as of the end of this launch.
+    atomic_write_text(study_dir / STATUS_FILE, status_json(study_status(study_dir)) + "\n")
     if report:
-        from scratchdet.study.report import write_report
+        from scratchdet.report.page import write_report
 
         print(f"[study] report: {write_report(study_dir)}")
-    failed = {k: v for k, v in outcome.items() if v.startswith(("failed", "not run"))}
+    failed = {k: v for k, v in outcome.items() if v.failed}
     if failed:
         raise ScratchdetError(
             f"{len(failed)} of {len(outcome)} study jobs failed or were not run, see {study_dir}/{STATUS_FILE}: "

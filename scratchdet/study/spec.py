@@ -1,7 +1,8 @@
 """The study spec: which controlled comparison to run.
 
 A spec names one base config and the axes to vary over it; everything not on an axis is identical across runs, which
-is what makes the comparison controlled (PAPER.md: same hyper-parameters for both initializations). Example:
+is what makes the comparison controlled (docs/PAPER.md, "The claim": same hyper-parameters for both
+initializations). Example:
 
     name: schedules
     base_config: configs/mini/mask_rcnn_R18_FPN_GN_scratch.yaml
@@ -120,6 +121,23 @@ def _override_sets(override: str, keys: tuple[str, ...]) -> bool:
         return override.partition("=")[0].strip() in keys
 
 
+# Keys that make an arm what it is: its initialization, its weights, and the input convention a weight file sets
+# (weights/convention.py, CONVENTION_KEYS; the plan gives the scratch arm the same values). A run override that
+# set one would change the arm behind its name: plan.json, the tables and the verdict would still call it scratch.
+ARM_KEYS = (
+    "init",
+    "weights",
+    "model.input_format",
+    "model.pixel_scale",
+    "model.pixel_mean",
+    "model.pixel_std",
+    "model.stride_in_1x1",
+)
+# Keys the plan sets per run from the axes (schedules, train_sizes) and the study folder: the plan applies them after
+# every run override, so an override of one would be dropped without a word.
+AXIS_KEYS = ("schedule.multiplier", "data.train_subset", "output")
+
+
 def _sets_data_paths(override: str) -> bool:
     return _override_sets(override, _DATA_PATH_KEYS)
 
@@ -179,6 +197,10 @@ def validate_spec(spec: StudySpec, path: str = "spec") -> None:
         raise ConfigError(f"{path}: schedules has duplicates: {list(spec.schedules)}")
     if any(s is not None and s <= 0 for s in spec.train_sizes):
         raise ConfigError(f"{path}: train_sizes must be positive image counts or null, got {list(spec.train_sizes)}")
+    if len(set(spec.train_sizes)) != len(spec.train_sizes):
+        # Two entries would plan two runs into one folder: trained once, counted (iterations, device-hours) twice.
+        raise ConfigError(f"{path}: train_sizes has duplicates: {list(spec.train_sizes)}")
+    _refuse_arm_and_axis_keys(spec, path)
     hp_names = [h.name for h in spec.hparams]
     if len(set(hp_names)) != len(hp_names):
         raise ConfigError(f"{path}: hparams names must be unique, got {hp_names}")
@@ -194,3 +216,37 @@ def validate_spec(spec: StudySpec, path: str = "spec") -> None:
                 f"{path}: data_root={spec.data_root} and the run override {clash[0]!r} both set "
                 "data.root; give one of them"
             )
+
+
+def _refuse_arm_and_axis_keys(spec: StudySpec, path: str) -> None:
+    """Refuses run overrides (global `overrides:` or an `hparams` entry's) that set an arm's keys or an axis's.
+
+    The arms are the compared axis (docs/PAPER.md, "The claim": the same hyper-parameters for every
+    initialization); only `arms:` may set init, weights and the input convention, and only the axes set the schedule,
+    the training-set size and the output.
+
+    Raises:
+        ConfigError: naming the entry (`overrides` or `hparams[NAME]`), the override and the key.
+    """
+    entries = [("overrides", spec.overrides)] + [(f"hparams[{hp.name}].overrides", hp.overrides) for hp in spec.hparams]
+    for where, overrides in entries:
+        for override in overrides:
+            for keys, why in (
+                (ARM_KEYS, "defines an arm: set it in `arms:` (init, weights), or let the weight file set it"),
+                (AXIS_KEYS, "is set by the study's axes (schedules, train_sizes) and output"),
+            ):
+                hit = sorted(_override_keys_in(override, keys))
+                if hit:
+                    raise ConfigError(
+                        f"{path}: {where} has {override!r}, which sets {hit[0]}; that key {why}. The arms are the "
+                        "compared axis: nothing else may change what an arm is"
+                    )
+
+
+def _override_keys_in(override: str, keys: tuple[str, ...]) -> set[str]:
+    """The `keys` (or a parent of one: `model={...}` sets model.pixel_mean) that a `key=value` override sets."""
+    try:
+        given = override_keys([override])
+    except (OmegaConfBaseException, ValueError, yaml.YAMLError):
+        given = {override.partition("=")[0].strip()}
+    return {k for k in keys for g in given if k == g or k.startswith(g + ".")}

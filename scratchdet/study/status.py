@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from scratchdet.errors import ScratchdetError
 from scratchdet.run_folder import RunFolder
 from scratchdet.study.graph import Job, read_graph
 from scratchdet.study.jobs import is_finished, read_record, squeue_states
+from scratchdet.study.outcome import JobOutcome
 
 FAILED = ("failed", "cancelled")
 
@@ -41,6 +43,7 @@ class JobStatus:
     last_ap_iter: int | None
     requeues: int
     error: str | None
+    outcome: dict | None  # what the job's last launch did (study/outcome.py's record form), None before one
 
 
 def _alive(record: dict) -> bool:
@@ -113,6 +116,7 @@ def job_status(study_dir: Path, job: Job, queue: dict[str, str] | None, finished
         last_ap_iter=last_ap_iter,
         requeues=requeues,
         error=record.get("error") if state in FAILED or state == "stopped" else None,
+        outcome=record.get("outcome") if JobOutcome.from_record(record.get("outcome")) else None,
     )
 
 
@@ -213,3 +217,51 @@ def status_json(statuses: list[JobStatus]) -> str:
         {"progress": progress_line(statuses), "exit_code": exit_code(statuses), "jobs": [asdict(s) for s in statuses]},
         indent=2,
     )
+
+
+class StudyThroughput:
+    """Counts the images the jobs of this launch trained, for the closing throughput line."""
+
+    def __init__(self):
+        self.trained_images = self.pretrain_images = 0
+        self.started = time.perf_counter()
+
+    def count(self, job: Job, outcome: JobOutcome) -> None:
+        if not outcome.trained:
+            return
+        images = (job.iters or 0) * (job.batch_size or 0)
+        if job.kind == "pretrain":
+            self.pretrain_images += images
+        else:
+            self.trained_images += images
+
+    def summary(self) -> str:
+        """The study's training throughput in this launch: detection training images per wall-second over the whole
+        launch, pre-training, evaluations, checkpoints and start-up included: what a user waits for. Pre-training
+        images (small classification crops) are counted apart: adding them would make a study look faster the more
+        of its time goes to pre-training."""
+        elapsed = time.perf_counter() - self.started
+        rate = self.trained_images / elapsed if elapsed > 0 else 0.0
+        pretrain = f" (and {self.pretrain_images} pre-training images)" if self.pretrain_images else ""
+        return (
+            f"[study] trained {self.trained_images} detection images{pretrain} in {elapsed:.0f} s: {rate:.2f} "
+            "detection training images per wall-second"
+        )
+
+
+class StudyProgress:
+    """The study's progress line read from its run folders (running jobs' iterations included, as `study status`
+    shows it), with the time left at the pace of this launch: iterations done since it began (a resumed study's
+    earlier iterations do not count) per wall-second."""
+
+    def __init__(self, study_dir: str | Path):
+        self.study_dir = Path(study_dir)
+        self.started = time.perf_counter()
+        self.done_before = iteration_counts(study_status(self.study_dir))[0]
+
+    def line(self) -> str:
+        statuses = study_status(self.study_dir)
+        done, total = iteration_counts(statuses)
+        pace = (done - self.done_before) / (time.perf_counter() - self.started)
+        left = f", about {(total - done) / pace / 60:.1f} min left at this pace" if pace > 0 and done < total else ""
+        return f"[study] progress: {progress_line(statuses)}{left}"

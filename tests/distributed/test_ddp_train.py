@@ -67,7 +67,7 @@ def test_two_process_run_trains_evaluates_and_resumes(shapes_dir, tmp_path):
         load_config(MINI_CONFIG, tiny_overrides(shapes_dir, single, **extra, **{"train.max_iters": 4}))
     )
     assert _batches(run) == _batches(single)
-    assert read_metrics(run, "end")[-1]["seen"] == result["seen"]
+    assert read_metrics(run, "end")[-1]["seen"] == result.seen
 
     # `scratchdet eval` under torchrun: sharded over 2 processes, the report of a single-process eval.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

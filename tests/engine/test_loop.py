@@ -58,14 +58,26 @@ def test_next_batch_alone_reraises_the_load_error():
         yield
 
     with pytest.raises(DataError, match="image 7"):
-        next_batch(loader(), SINGLE, StopRequest(), 0, LossWindow())
+        next_batch(loader(), SINGLE, StopRequest(), 0)
 
 
 def test_next_batch_reports_a_stop_request():
     stop = StopRequest()
     stop.signum = signal.SIGTERM
-    batch, stopping = next_batch(iter([("images", "targets")]), SINGLE, stop, 3, LossWindow())
+    batch, stopping, waited = next_batch(iter([("images", "targets")]), SINGLE, stop, 3)
     assert batch == ("images", "targets") and stopping
+    assert 0.0 <= waited < 1.0  # seconds spent in the loader's next(): the caller adds it to its loss window
+
+
+def test_next_batch_returns_the_loaders_wait():
+    import time
+
+    def slow():
+        time.sleep(0.05)
+        yield "batch"
+
+    _, _, waited = next_batch(slow(), SINGLE, StopRequest(), 0)
+    assert waited >= 0.05
 
 
 def test_preempt_saves_records_and_raises(tmp_path):

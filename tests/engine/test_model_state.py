@@ -17,7 +17,6 @@ from helpers import MINI_CONFIG, tiny_overrides
 from scratchdet.config import load_config
 from scratchdet.engine import trainer
 from scratchdet.engine.checkpoint import load_checkpoint, restore_training_state
-from scratchdet.engine.initialization import initialize
 from scratchdet.engine.metrics import read_metrics
 from scratchdet.engine.model_state import (
     MODEL_STATE_KEY,
@@ -32,6 +31,7 @@ from scratchdet.errors import CheckpointError
 from scratchdet.modeling.detector import build_detector
 from scratchdet.modeling.sync_bn import use_native_sync_bn
 from scratchdet.study.fork import fork_run
+from scratchdet.weights.initialization import initialize
 
 # Few test proposals and detections: evaluating an untrained model is most of these tests' time.
 SWITCHED = {

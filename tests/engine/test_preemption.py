@@ -41,4 +41,4 @@ def test_sigterm_checkpoints_and_resume_finishes(shapes_dir, tmp_path):
 
     finish = tiny_overrides(shapes_dir, out, resume="true", **{"train.max_iters": stop["iter"] + 2, "eval.period": 0})
     result = trainer.train(load_config(MINI_CONFIG, finish))
-    assert result["iter"] == stop["iter"] + 2
+    assert result.iter == stop["iter"] + 2

@@ -29,7 +29,7 @@ def test_short_run_writes_the_run_folder(tiny_config):
     assert len(evals) == 1 and evals[0]["iter"] == 2
     saved = json.loads((Path(out) / "eval" / "iter_0000002.json").read_text())
     assert saved["images"] == 4
-    assert result["iter"] == 2
+    assert result.iter == 2
     env = json.loads((Path(out) / "env.json").read_text())
     assert env["seed"] == 0 and "torch" in env["versions"]
 
@@ -108,9 +108,9 @@ def test_final_evaluation_keeps_its_detections_and_a_cut_run_does_not(shapes_dir
     cut = trainer.train(
         load_config(MINI_CONFIG, tiny_overrides(shapes_dir, tmp_path / "cut", **schedule, **{"train.max_iters": 2}))
     )
-    assert not cut["finished"] and not list(RunFolder(tmp_path / "cut").eval_dir.glob("*detections*"))
+    assert not cut.finished and not list(RunFolder(tmp_path / "cut").eval_dir.glob("*detections*"))
     done = trainer.train(load_config(MINI_CONFIG, tiny_overrides(shapes_dir, tmp_path / "full", **schedule)))
-    assert done["finished"] and done["iter"] == 4
+    assert done.finished and done.iter == 4
     results = read_results(RunFolder(tmp_path / "full").detections(4))
-    assert len(results) == done["eval"]["detections"]
+    assert len(results) == done.eval["detections"]
     assert all("segmentation" in r and r["image_id"] >= 0 for r in results)

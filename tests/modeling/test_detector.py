@@ -90,7 +90,7 @@ def test_group_count_falls_back_to_a_divisor():
 
 
 def test_resnet_matches_torchvision_layout():
-    # Same names and shapes as torchvision, so its ImageNet state_dicts load by name (modeling/weights.py).
+    # Same names and shapes as torchvision, so its ImageNet state_dicts load by name (weights/audit.py).
     for ours, theirs in (
         (ResNet(50, norm_layer=nn.BatchNorm2d), resnet50()),
         (ResNet(101, norm_layer=nn.BatchNorm2d, groups=32, width_per_group=8), resnext101_32x8d()),

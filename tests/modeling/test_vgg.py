@@ -34,7 +34,7 @@ def test_full_width_body_matches_torchvision_vgg16_up_to_conv5_3():
     body = VGG16Backbone(64).body
     reference = vgg16(weights=None).features[:30]  # conv5_3 + ReLU; the last max-pool dropped
     assert [tuple(p.shape) for p in body.parameters()] == [tuple(p.shape) for p in reference.parameters()]
-    assert list(body.state_dict()) == list(reference.state_dict())  # same "N.weight" keys: vgg_weights.py relies on it
+    assert list(body.state_dict()) == list(reference.state_dict())  # same "N.weight" keys: weights/vgg.py relies on it
     features = VGG16Backbone(64)(torch.zeros(1, 3, 64, 96))
     assert features.shape == (1, 512, 4, 6)  # stride 16, 512 channels
 
@@ -75,7 +75,7 @@ def test_config_refusals(overrides, match):
 
 
 def test_pretrained_config_builds_and_leaves_loading_to_initialization():
-    # The weights are imported after building, by engine/initialization.py (tests/modeling/test_vgg_weights.py).
+    # The weights are imported after building, by weights/initialization.py (tests/weights/test_vgg_weights.py).
     cfg = mini(*NARROW, "init=pretrained", "weights=weights/vgg16.pth")
     assert isinstance(build_detector(cfg, num_classes=6), FasterRCNN)
 
@@ -97,7 +97,7 @@ def test_trains_two_iterations_on_cpu_and_evaluates(shapes_dir, tmp_path):
     loss_keys = [k for k in trains[0] if k.startswith("loss")]
     assert {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"} <= set(loss_keys)
     assert all(math.isfinite(r[k]) for r in trains for k in loss_keys)
-    assert summary["eval"] is not None and any(r["type"] == "eval" for r in records)
+    assert summary.eval is not None and any(r["type"] == "eval" for r in records)
 
 
 @pytest.mark.parametrize(

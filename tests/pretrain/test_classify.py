@@ -182,7 +182,7 @@ def test_short_run_counts_samples_and_writes_the_run_folder(tmp_path):
     train_records = read_metrics(out, "train")
     assert [r["iter"] for r in train_records] == [1, 2, 3, 4]
     assert [r["seen"]["images"] for r in train_records] == [4, 8, 12, 16]
-    assert train_records[-1]["seen"] == expected == result["seen"]
+    assert train_records[-1]["seen"] == expected == result.seen
     assert load_checkpoint(latest_checkpoint(out / "checkpoints"))["seen"] == expected
     evals = read_metrics(out, "eval")
     assert [e["iter"] for e in evals] == [4] and 0 <= evals[0]["top1"] <= evals[0]["top5"] <= 100
@@ -272,7 +272,7 @@ def test_image_folder_data(tmp_path):
     write_synthetic_classification(tmp_path / "data", num_classes=2, train_per_class=4, val_per_class=2, size=40)
     overrides = tiny(tmp_path / "run", **{"data.synthetic": "false", "data.root": str(tmp_path / "data")})
     result = classify.pretrain(load_pretrain_config(None, overrides))
-    assert result["eval"]["images"] == 4 and result["seen"]["images"] == 16
+    assert result.eval["images"] == 4 and result.seen["images"] == 16
     missing = tiny(tmp_path / "run2", **{"data.synthetic": "false", "data.root": str(tmp_path / "nowhere")})
     with pytest.raises(DataError, match=r"image folder not found.*nowhere/train"):
         classify.pretrain(load_pretrain_config(None, missing))
@@ -302,4 +302,4 @@ def test_a_short_run_learns_two_texture_classes(tmp_path):
     result = classify.pretrain(load_pretrain_config(None, overrides))
     losses = [r["loss"] for r in read_metrics(out, "train")]
     assert losses[-1] < 0.6 * losses[0], losses
-    assert result["eval"]["top1"] >= 75.0, result["eval"]  # chance: 50%
+    assert result.eval["top1"] >= 75.0, result.eval  # chance: 50%

@@ -132,14 +132,14 @@ def test_failed_write_keeps_previous_checkpoint_and_pointer(tmp_path, monkeypatc
 def test_failed_pointer_update_keeps_previous_pointer(tmp_path, monkeypatch):
     folder = tmp_path / "checkpoints"
     save_checkpoint(folder, 1, {"w": torch.ones(3)})
-    real_atomic_write = ckpt._atomic_write
+    real_atomic_write_bytes = ckpt.atomic_write_bytes
 
-    def pointer_write_fails(path, write):
+    def pointer_write_fails(path, data):
         if path.name == POINTER:
             raise OSError(errno.EIO, "Input/output error")
-        real_atomic_write(path, write)
+        real_atomic_write_bytes(path, data)
 
-    monkeypatch.setattr(ckpt, "_atomic_write", pointer_write_fails)
+    monkeypatch.setattr(ckpt, "atomic_write_bytes", pointer_write_fails)
     with pytest.raises(CheckpointError, match=r"moving last_checkpoint to .*model_0000001\.pth is intact"):
         save_checkpoint(folder, 2, {"w": torch.zeros(3)})
     assert latest_checkpoint(folder).name == "model_0000001.pth"

@@ -87,7 +87,7 @@ def test_failed_save_mid_run_keeps_previous_checkpoint_and_resume_finishes(shape
     assert 1.5 * model_bytes < path.stat().st_size < 3 * model_bytes
 
     result = trainer.train(load_config(MINI_CONFIG, [*overrides, "resume=true"]))
-    assert result["iter"] == 2
+    assert result.iter == 2
 
 
 def test_disk_usage_is_measured_where_the_checkpoints_go(tmp_path, monkeypatch):

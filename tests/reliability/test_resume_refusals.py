@@ -62,7 +62,7 @@ def test_allow_fresh_start_sets_the_broken_run_aside_and_trains_from_zero(shapes
     _truncate(path)
     result = trainer.train(_cfg(shapes_dir, out, resume="true", **{"train.allow_fresh_start": "true"}))
 
-    assert result["iter"] == 1
+    assert result.iter == 1
     (discarded,) = out.glob("discarded_*")
     assert (discarded / "checkpoints" / path.name).is_file() and (discarded / "metrics.jsonl").is_file()
     assert [r["iter"] for r in read_metrics(out, "start")] == [0]  # the new run's log only, from iteration 0

@@ -1,6 +1,6 @@
 """docs/RELIABILITY.md, promise 11, for training checkpoints: resuming from a crafted checkpoint never runs its code.
 
-(Weight files and Detectron pickles: tests/modeling/test_weights.py.)
+(Weight files and Detectron pickles: tests/weights/test_weights.py.)
 """
 
 from __future__ import annotations

@@ -114,15 +114,17 @@ def test_slurm_step_tasks_become_ranks(monkeypatch):
 
 
 def test_study_throughput_counts_detection_images_apart_from_pretraining(tmp_path):
-    from scratchdet.study.launchers import StudyThroughput
+    from scratchdet.study.outcome import JobOutcome, JobState
+    from scratchdet.study.status import StudyThroughput
 
     graph, _ = mini_graph(tmp_path)
     throughput = StudyThroughput()
-    throughput.count(graph.job("trunks/scratch_all@24"), "trained")
-    throughput.count(graph.job("trunks/scratch_all@88"), "skipped (finished)")  # trained nothing in this launch
-    throughput.count(graph.job("runs/scratch_all_1x"), "failed: DataError: ...")
+    throughput.count(graph.job("trunks/scratch_all@24"), JobOutcome(JobState.TRAINED))
+    # Trained nothing in this launch:
+    throughput.count(graph.job("trunks/scratch_all@88"), JobOutcome(JobState.SKIPPED, "(finished)"))
+    throughput.count(graph.job("runs/scratch_all_1x"), JobOutcome(JobState.FAILED, "DataError: ..."))
     assert throughput.summary().startswith(f"[study] trained {24 * 2} detection images in ")  # the segment's 24 x 2
-    throughput.count(graph.job("pretrain/pretrained"), "trained")
+    throughput.count(graph.job("pretrain/pretrained"), JobOutcome(JobState.TRAINED))
     assert throughput.summary().startswith(f"[study] trained 48 detection images (and {600 * 32} pre-training images)")
 
 

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import yaml
 from helpers import ROOT
@@ -67,12 +69,49 @@ def test_pretrain_arm_uses_the_study_pretraining_run(tmp_path):
         ({"arms": [{"name": "p", "init": "pretrained"}]}, "needs weights=PATH or pretrain_config"),
         ({"schedules": [2, 2]}, "duplicates"),
         ({"train_sizes": [0]}, "positive image counts"),
+        ({"train_sizes": [2, None, 2]}, r"train_sizes has duplicates: \[2, None, 2\]"),
         ({"bogus": 1}, "bogus"),
     ],
 )
 def test_bad_specs_name_the_problem(tmp_path, fields, message):
     with pytest.raises(ConfigError, match=message):
         load_study_spec(write_spec(tmp_path, **fields))
+
+
+PRE_ARMS = [{"name": "scratch"}, {"name": "pre", "init": "pretrained", "weights": "w.pkl"}]
+
+
+@pytest.mark.parametrize(
+    ("where", "override", "key"),
+    [
+        ("hparams[lr].overrides", "init=pretrained", "init"),
+        ("hparams[lr].overrides", "weights=/elsewhere/w.pth", "weights"),
+        ("overrides", "init=scratch", "init"),
+        ("overrides", "model.input_format=BGR", "model.input_format"),
+        ("hparams[lr].overrides", "model={pixel_mean: [1, 2, 3]}", "model.pixel_mean"),
+        ("hparams[lr].overrides", "model.stride_in_1x1=true", "model.stride_in_1x1"),
+        ("overrides", "schedule.multiplier=3", "schedule.multiplier"),
+        ("hparams[lr].overrides", "data.train_subset=10", "data.train_subset"),
+        ("overrides", "output=/tmp/x", "output"),
+    ],
+)
+def test_run_overrides_that_change_an_arm_or_an_axis_are_refused_naming_entry_and_key(tmp_path, where, override, key):
+    """An hparams entry applied after the arm would win in silence: the run called scratch would load weights."""
+    hparams = [{"name": "lr", "overrides": ["solver.base_lr=0.02"]}]
+    fields = {"arms": PRE_ARMS, "hparams": hparams}
+    if where == "overrides":
+        fields["overrides"] = [override]
+    else:
+        hparams[0]["overrides"].append(override)
+    message = rf"{re.escape(where)} has {re.escape(repr(override))}, which sets {re.escape(key)}; that key"
+    with pytest.raises(ConfigError, match=message):
+        load_study_spec(write_spec(tmp_path, **fields))
+
+
+def test_other_run_overrides_stay_allowed(tmp_path):
+    hparams = [{"name": "lr", "overrides": ["solver.base_lr=0.02", "pretrained.min_coverage=0.95", "seed=3"]}]
+    spec = load_study_spec(write_spec(tmp_path, arms=PRE_ARMS, hparams=hparams, overrides=["train.batch_size=8"]))
+    assert spec.hparams[0].overrides[1] == "pretrained.min_coverage=0.95"
 
 
 @pytest.mark.parametrize("name", ["mini.yaml", "small_data_hparams.yaml"])

@@ -10,6 +10,16 @@ from scratchdet.engine.metrics import read_metrics
 from scratchdet.study import runner
 
 
+def launch_outcomes(study) -> dict[str, str]:
+    """{job id: what the last launch did, in words} from status.json, which is what `study status --json` prints."""
+    from scratchdet.study.outcome import JobOutcome
+    from scratchdet.study.status import status_json, study_status
+
+    text = (study / "status.json").read_text()
+    assert text == status_json(study_status(study)) + "\n"
+    return {job["id"]: str(JobOutcome.from_record(job["outcome"])) for job in json.loads(text)["jobs"]}
+
+
 def write_spec(tmp_path, shapes_dir):
     return write_study_spec(tmp_path / "spec.yaml", tmp_path / "study", tiny_study_overrides(shapes_dir), name="tiny")
 
@@ -41,7 +51,7 @@ def test_killed_study_resumes_and_skips_finished_runs(shapes_dir, tmp_path, monk
     assert skipped in out
     assert "[study] progress: 4/4 jobs finished, 10/10 iterations\n" in out
     assert "[study] trained 4 detection images in " in out  # the 2x tail's 2 iterations x batch 2, not the skipped
-    status = json.loads((study / "status.json").read_text())
+    status = launch_outcomes(study)
     assert status["trunks/scratch_all@2"] == status["trunks/scratch_all@6"] == "skipped (finished)"
     assert status["runs/scratch_all_1x"] == "skipped (finished)"
     # Killed after its fork was set up but before training: it resumes from the forked checkpoint.
@@ -54,7 +64,7 @@ def test_killed_study_resumes_and_skips_finished_runs(shapes_dir, tmp_path, monk
     assert plan["iterations"] == {"separate": 12, "shared": 6 + 2 + 2, "fraction": pytest.approx(10 / 12, abs=1e-4)}
 
     again = runner.run_study(spec, report=False)
-    assert set(json.loads((again / "status.json").read_text()).values()) == {"skipped (finished)"}
+    assert set(launch_outcomes(again).values()) == {"skipped (finished)"}
 
 
 @pytest.mark.parametrize("launcher", ["inprocess", "local"])
@@ -72,7 +82,7 @@ def test_a_failed_job_leaves_its_dependents_unstarted_and_reported(tmp_path, lau
     if launcher == "local":
         # The job's own output (its traceback) is shown, since a crash on another rank or in torchrun is only there.
         assert "trunks/scratch_all@2: last lines of" in out and "    error: annotation file not found" in out
-    status = json.loads((tmp_path / "study" / "status.json").read_text())
+    status = launch_outcomes(tmp_path / "study")
     assert status["trunks/scratch_all@2"].startswith("failed")
     assert status["runs/scratch_all_1x"] == status["trunks/scratch_all@6"] == "not run: trunks/scratch_all@2 failed"
     assert not (tmp_path / "study" / "runs").exists()
@@ -129,5 +139,5 @@ def test_local_launcher_stop_reaches_the_job_and_a_rerun_resumes(shapes_dir, tmp
     (stopped,) = read_metrics(run, "preempted")
     assert 1 <= stopped["iter"] < 100
     study = runner.run_study(spec, launcher, report=False)
-    assert json.loads((study / "status.json").read_text())["runs/scratch_all_1x"] == "resumed"
+    assert launch_outcomes(study)["runs/scratch_all_1x"] == "resumed"
     assert [r["iter"] for r in read_metrics(run, "train")] == list(range(1, 101))

@@ -20,16 +20,14 @@ import torch.nn.functional as F
 import yaml
 from helpers import MINI_CONFIG, tiny_overrides
 
-from scratchdet.config import load_config
+from scratchdet.config import config_to_dict, load_config
 from scratchdet.engine import trainer
-from scratchdet.engine.initialization import initialize, resolve_input_convention
 from scratchdet.engine.run_eval import evaluate_run
 from scratchdet.errors import CheckpointError, ConfigError
-from scratchdet.modeling.backbones import ResNet
 from scratchdet.modeling.detector import build_detector
-from scratchdet.modeling.input_convention import DETECTRON_MSRA, InputConventionTransform, model_input_convention
-from scratchdet.modeling.norm import build_norm
-from scratchdet.modeling.weights import read_weight_convention
+from scratchdet.modeling.input_transform import model_input_convention
+from scratchdet.weights.convention import DETECTRON_MSRA, read_weight_convention
+from scratchdet.weights.initialization import initialize, resolve_input_convention
 
 BLOCKS = (3, 4, 6, 3)  # ResNet-50
 DETECTRON_MEAN = torch.tensor([102.9801, 115.9465, 122.7717])  # Detectron PIXEL_MEANS, BGR order, 0..255
@@ -122,7 +120,7 @@ def torchvision_input(rgb: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Writing the state in each source's layout (the test's own mappings, not weights.py's)
+# Writing the state in each source's layout (the test's own mappings, not weights/names.py's)
 # ---------------------------------------------------------------------------------------------------------------
 
 _C2_BRANCH = {
@@ -428,39 +426,6 @@ def test_bad_convention_values_name_the_key(tmp_path, override, match):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The pieces: stride placement, the transform
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def test_stride_in_1x1_moves_the_stride_and_keeps_names_and_shapes():
-    norm = build_norm("FrozenBN", for_backbone_block=True)
-    v15, msra = ResNet(50, norm_layer=norm, stem_width=8), ResNet(50, norm_layer=norm, stem_width=8, stride_in_1x1=True)
-    assert {k: v.shape for k, v in v15.state_dict().items()} == {k: v.shape for k, v in msra.state_dict().items()}
-    for layer in (msra.layer2, msra.layer3, msra.layer4):
-        assert (layer[0].conv1.stride, layer[0].conv2.stride, layer[0].downsample[0].stride) == ((2, 2), (1, 1), (2, 2))
-        assert all(block.conv1.stride == (1, 1) for block in layer[1:])
-    assert msra.layer1[0].conv1.stride == (1, 1)
-    x = torch.randn(1, 3, 64, 64)
-    assert msra(x).shape == v15(x).shape == (1, 256, 2, 2)
-    with pytest.raises(ValueError, match="basic blocks, which have no 1x1 conv"):
-        ResNet(18, norm_layer=norm, stride_in_1x1=True)
-
-
-def test_transform_flips_scales_then_normalizes():
-    t = InputConventionTransform(
-        64, 96, [100.0, 110.0, 120.0], [2.0, 4.0, 8.0], input_format="BGR", pixel_scale=255.0, _skip_resize=True
-    )
-    image = torch.rand(3, 32, 32)
-    expected = (image.flip(0) * 255 - torch.tensor([100.0, 110.0, 120.0])[:, None, None]) / torch.tensor(
-        [2.0, 4.0, 8.0]
-    )[:, None, None]
-    torch.testing.assert_close(t.normalize(image), expected)
-    assert "input_format=BGR, pixel_scale=255" in repr(t)
-    with pytest.raises(TypeError, match="float images"):
-        t.normalize(torch.zeros(3, 4, 4, dtype=torch.uint8))
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # Through `scratchdet train`: config.yaml and init.json; `scratchdet pretrain` records its convention
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -484,7 +449,10 @@ def test_training_from_a_gn_pkl_records_the_convention(shapes_dir, tmp_path, fai
             },
         ),
     )
+    given = config_to_dict(cfg)
     trainer.train(cfg)
+    # The run filled in the file's convention in its own copy: the caller's config is as it was given.
+    assert config_to_dict(cfg) == given and cfg.model.input_format is None
     saved = yaml.safe_load((out / "config.yaml").read_text())["model"]
     assert (saved["input_format"], saved["pixel_scale"], saved["pixel_std"], saved["stride_in_1x1"]) == (
         "BGR",

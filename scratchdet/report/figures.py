@@ -17,10 +17,11 @@ import matplotlib.patches
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from scratchdet.study.findings import ARM_NAMES, ARMS, CAUGHT_UP_AP, SEEN_KEYS, SizePoint
+from scratchdet.report.findings import CAUGHT_UP_AP, SizePoint
+from scratchdet.report.results import ARM_NAMES, ARMS, SEEN_KEYS
 
 if TYPE_CHECKING:
-    from scratchdet.study.results import RunData
+    from scratchdet.report.results import RunData
 
 IOU_LABELS = {"bbox": "bbox AP (%)", "segm": "mask AP (%)"}
 ARM_COLORS = {"scratch": "tab:blue", "pretrained": "tab:orange"}

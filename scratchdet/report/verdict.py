@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from scratchdet.report import findings, results
+from scratchdet.report.results import RunData, Study
 from scratchdet.run_folder import RunFolder
-from scratchdet.study import findings
-from scratchdet.study.results import RunData, Study
 
 N_BOOT = 300  # resamples: the interval's ends move by ~0.1 AP between seeds at this count on 50-image sets
 LOW_AP = 10.0  # below this, both detectors are too weak for their comparison to say much about pre-training
@@ -93,7 +93,7 @@ def comparisons(study: Study) -> list[Comparison]:
     hyper-parameters (the pre-trained arm's best, as in the paper); sizes largest first, schedules ascending."""
     runs = study.runs
     found = []
-    for size in reversed(findings.sizes(runs)):
+    for size in reversed(results.sizes(runs)):
         hp = findings.selected_hparams(runs, size)[0]
         by = {(r.init, r.schedule): r for r in runs if (r.size_label, r.hparams) == (size, hp) and r.finished}
         for schedule in sorted({s for (_, s) in by if s is not None}):
@@ -200,10 +200,10 @@ def example_rows(c: Comparison, n_images: int = 3, min_score: float = 0.5, max_s
             if not a.get("iscrowd")
         ]
         panels = {"ground truth": gt}
-        for arm, results in detections.items():
-            kept = sorted((r for r in results if r["image_id"] == image_id and r["score"] >= min_score),
+        for arm, found in detections.items():
+            kept = sorted((r for r in found if r["image_id"] == image_id and r["score"] >= min_score),
                           key=lambda r: -r["score"])[:max_shown]  # fmt: skip
-            panels[f"{findings.ARM_NAMES[arm]} {c.schedule:g}x"] = [
+            panels[f"{results.ARM_NAMES[arm]} {c.schedule:g}x"] = [
                 {**r, "mask": mask_util.decode(r["segmentation"]) if "segmentation" in r else None} for r in kept
             ]
         rows.append({"image": image, "id": image_id, "names": names, "panels": panels})

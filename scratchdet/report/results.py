@@ -9,12 +9,19 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from scratchdet.engine.metrics import read_metrics
 from scratchdet.errors import ScratchdetError
 from scratchdet.run_folder import RunFolder
+
+# The compared axis: the arms (spec `arms[].init`) and their names in sentences, tables and figures.
+ARMS = ("scratch", "pretrained")
+ARM_NAMES = {"scratch": "scratch", "pretrained": "pre-trained"}
+SEEN_KEYS = ("images", "instances", "pixels")
+
 
 # A drop of at least this factor between two logged LRs is an LR step (warm-up only ever raises the LR).
 LR_DROP_FACTOR = 0.5
@@ -327,3 +334,84 @@ def load_study(study_dir: str | Path) -> Study:
 
 
 # ---------------------------------------------------------------------------------------------------- tables
+
+
+# ---------------------------------------------------------------------------------------------------- run queries
+
+
+def unusable_reason(run: RunData | None) -> str | None:
+    """Why a run cannot enter a comparison, or None when it can."""
+    if run is None:
+        return "no such run in the plan"
+    if not run.started:
+        return f"{run.name} has no records"
+    if not run.finished:
+        return f"{run.name} did not finish (last record at iter {run.last_iter})"
+    last = run.last_eval
+    if last is None:
+        return f"{run.name} was never evaluated"
+    if last.get("status", "ok") != "ok":
+        return f"{run.name}'s last evaluation (iter {last.get('iter')}) had {last.get('status')}"
+    if run.final() is None:
+        return f"{run.name}'s last evaluation has no bbox AP"
+    return None
+
+
+def best_run(runs: Iterable[RunData], iou_type: str = "bbox") -> RunData | None:
+    """The usable run with the highest final AP (ties: the shorter schedule), or None."""
+    usable = [r for r in runs if unusable_reason(r) is None and r.final(iou_type) is not None]
+    return max(usable, key=lambda r: (r.final(iou_type), -(r.schedule or 0.0)), default=None)
+
+
+def samples_of(run: RunData) -> tuple[dict, dict]:
+    """(own training, pre-training) images/instances/pixels; None where unknown, pre-training 0 for scratch."""
+    seen, pre = run.seen or {}, run.pretrain_seen or {}
+    own = {k: seen.get(k) if isinstance(seen.get(k), int) else None for k in SEEN_KEYS}
+    if run.init == "scratch":
+        return own, dict.fromkeys(SEEN_KEYS, 0)
+    return own, {k: pre.get(k) if isinstance(pre.get(k), int) else None for k in SEEN_KEYS}
+
+
+def size_images(runs: list[RunData], size_label: str) -> int | None:
+    """Number of training images behind a size label (the plan's, else what a run logged), if any run knows it."""
+    return next((r.train_images for r in runs if r.size_label == size_label and r.train_images), None)
+
+
+def sizes(runs: list[RunData]) -> list[str]:
+    """Size labels, smallest first; a label of unknown size (usually "all") goes last."""
+    labels = {r.size_label for r in runs}
+    return sorted(labels, key=lambda s: (size_images(runs, s) is None, size_images(runs, s) or 0, s))
+
+
+def sort_runs(runs: list[RunData]) -> list[RunData]:
+    """Table order: size (smallest first), hparams, scratch before pre-trained, schedule."""
+    order = sizes(runs)
+    return sorted(
+        runs,
+        key=lambda r: (
+            order.index(r.size_label),
+            r.hparams,
+            ARMS.index(r.init) if r.init in ARMS else len(ARMS),
+            r.schedule or 0.0,
+            r.name,
+        ),
+    )
+
+
+def groups(runs: list[RunData]) -> dict[tuple[str, str], list[RunData]]:
+    """Runs per (size label, hparams), in size order: one learning-curve figure each."""
+    out: dict[tuple[str, str], list[RunData]] = {}
+    for run in sort_runs(runs):
+        out.setdefault((run.size_label, run.hparams), []).append(run)
+    return out
+
+
+def main_size(runs: list[RunData]) -> str:
+    """The largest training set: where the schedule and sample comparisons of the paper are made."""
+    return sizes(runs)[-1]
+
+
+def smallest_sizes(runs: list[RunData]) -> list[str]:
+    """The size(s) shown with training loss next to AP (Fig. 8): the smallest, or the two smallest of 4+ sizes."""
+    ordered = sizes(runs)
+    return ordered[:2] if len(ordered) > 3 else ordered[:1]

@@ -18,7 +18,8 @@ from scratchdet.errors import CheckpointError
 from scratchdet.modeling.backbones import ResNet
 from scratchdet.modeling.detector import build_detector
 from scratchdet.modeling.norm import build_norm
-from scratchdet.modeling.weights import WeightReport, describe_body, load_backbone_weights, read_weight_file
+from scratchdet.weights.audit import WeightReport, describe_body, load_backbone_weights
+from scratchdet.weights.names import read_weight_file
 
 
 def body(depth: int, norm: str, **kwargs) -> ResNet:
@@ -183,7 +184,7 @@ def test_target_norm_must_describe_the_body(r18_file):
 
 
 def caffe2_name(key: str, norm: str) -> str | None:
-    """Detectron's blob name of a torchvision key (written independently of weights.py); None for running stats."""
+    """Detectron's blob name of a torchvision key (written independently of names.py); None for running stats."""
     *module, field = key.split(".")
     if field in ("running_mean", "running_var"):
         return None

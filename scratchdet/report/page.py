@@ -15,9 +15,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from scratchdet.study import figures, findings, verdict
-from scratchdet.study.findings import SEEN_KEYS
-from scratchdet.study.results import RunData, Study, load_study, metric_value
+from scratchdet.report import figures, findings, results, verdict
+from scratchdet.report.results import SEEN_KEYS, RunData, Study, load_study, metric_value
 
 AP_KEYS = ("AP", "AP50", "AP75")
 IOU_NAMES = {"bbox": "bbox", "segm": "mask"}
@@ -89,7 +88,7 @@ def final_ap_table(runs: list[RunData]) -> Table:
     """Tables 1-2: the last evaluation of every run (rows: init, schedule, size, hparams)."""
     metric_headers = [f"{IOU_NAMES[t]} {k}" for t in IOU_NAMES for k in AP_KEYS]
     rows = []
-    for run in findings.sort_runs(runs):
+    for run in results.sort_runs(runs):
         last = run.last_eval
         rows.append(
             [
@@ -121,11 +120,11 @@ def samples_table(runs: list[RunData]) -> Table:
     """Fig. 2 as numbers: images/instances/pixels of fine-tuning, pre-training and total, relative to scratch."""
     scratch = {(r.size_label, r.hparams, r.schedule): r for r in runs if r.init == "scratch"}
     rows = []
-    for run in findings.sort_runs(runs):
-        own, pre = findings.samples_of(run)
+    for run in results.sort_runs(runs):
+        own, pre = results.samples_of(run)
         total = {k: None if own[k] is None else own[k] + (pre[k] or 0) for k in SEEN_KEYS}
         ref = scratch.get((run.size_label, run.hparams, run.schedule))
-        ref_total = findings.samples_of(ref)[0] if ref is not None else dict.fromkeys(SEEN_KEYS)
+        ref_total = results.samples_of(ref)[0] if ref is not None else dict.fromkeys(SEEN_KEYS)
         estimate = (run.pretrain_seen or {}).get("estimate")
         rows.append(
             [
@@ -175,7 +174,7 @@ def _hours_sum(values) -> float | None:
 def compute_tables(study: Study) -> tuple[Table, Table, str]:
     """The study's compute (paper Fig. 2 argues in it): device-hours per run and per arm, and the shared trunks'
     saving. Device-hours are measured: time per iteration x iterations x processes, from the runs' logs."""
-    runs = findings.sort_runs(study.runs)
+    runs = results.sort_runs(study.runs)
     rows = [
         [
             r.name,
@@ -261,17 +260,17 @@ def data_size_table(points: list[findings.SizePoint]) -> Table:
 def hparam_table(runs: list[RunData]) -> Table:
     """The hyper-parameter grid: best finished bbox AP per setting and arm, the best per arm, the one used."""
     rows = []
-    for size in findings.sizes(runs):
+    for size in results.sizes(runs):
         chosen, _ = findings.selected_hparams(runs, size)
         settings = sorted({r.hparams for r in runs if r.size_label == size})
-        best = {arm: findings.best_hparams(runs, size, arm) for arm in findings.ARMS}
+        best = {arm: findings.best_hparams(runs, size, arm) for arm in results.ARMS}
         for hp in settings:
             overrides = next((r.overrides for r in runs if r.size_label == size and r.hparams == hp), [])
             cells = []
-            for arm in findings.ARMS:
-                run = findings.best_run([r for r in runs if (r.size_label, r.hparams, r.init) == (size, hp, arm)])
+            for arm in results.ARMS:
+                run = results.best_run([r for r in runs if (r.size_label, r.hparams, r.init) == (size, hp, arm)])
                 cells += [run.final() if run else None, run.label if run else None]
-            best_for = [findings.ARM_NAMES[a] for a in findings.ARMS if best[a] == hp]
+            best_for = [results.ARM_NAMES[a] for a in results.ARMS if best[a] == hp]
             text = " ".join(map(str, overrides)) if isinstance(overrides, list) else json.dumps(overrides)
             rows.append([size, hp, text, *cells, ", ".join(best_for), hp == chosen])
     return Table(
@@ -352,7 +351,7 @@ def write_report(study_dir: str | Path) -> Path:
     compared = verdict.comparisons(study)
     sentences = " ".join(html.escape(s) for s in verdict.verdict(compared))
     html_parts = [_header(study), f"<h2>Verdict</h2><p class='verdict'>{sentences}</p>"]
-    main = findings.main_size(runs) if runs else None
+    main = results.main_size(runs) if runs else None
     if main is not None:
         hp = findings.selected_hparams(runs, main)[0]
         title = f"{study.name}: bbox AP vs iterations, train size {main}, hparams {hp} (Fig. 1)"
@@ -377,20 +376,20 @@ def write_report(study_dir: str | Path) -> Path:
         f"<p class='note'>{html.escape(findings.thresholds_text())}</p>",
         "<h2>Learning curves per arm (Figs. 1, 3, 4)</h2>",
     ]
-    for (size, hp), group in findings.groups(runs).items():
+    for (size, hp), group in results.groups(runs).items():
         title = f"{study.name}: learning curves, train size {size}, hparams {hp}"
         html_parts.append(_embed(figures.learning_curves_figure(group, title), fig_dir, f"curves_{size}_{hp}", title))
     tables = [final_ap_table(runs), samples_table(runs)]
     html_parts += ["<h2>Final AP (Tables 1-2)</h2>", tables[0].html(), "<h2>Samples seen (Fig. 2)</h2>"]
-    size = findings.main_size(runs) if runs else None
+    size = results.main_size(runs) if runs else None
     hp = findings.selected_hparams(runs, size)[0] if runs else None
     group = sorted((r for r in runs if (r.size_label, r.hparams) == (size, hp)), key=lambda r: (r.schedule or 0, r.arm))
     if group:
         title = f"Samples seen, train size {size}, hparams {hp} (log scale)"
-        rows = [(r.init, r.label, *findings.samples_of(r), (r.pretrain_seen or {}).get("estimate")) for r in group]
+        rows = [(r.init, r.label, *results.samples_of(r), (r.pretrain_seen or {}).get("estimate")) for r in group]
         html_parts.append(_embed(figures.samples_figure(rows, title), fig_dir, f"samples_{size}_{hp}", title))
     html_parts.append(tables[1].html())
-    if len(findings.sizes(runs)) > 1:
+    if len(results.sizes(runs)) > 1:
         points = findings.size_points(runs)
         tables.append(data_size_table(points))
         title = "Final bbox AP vs training-set size"
@@ -399,7 +398,7 @@ def write_report(study_dir: str | Path) -> Path:
             _embed(figures.data_size_figure(points, title), fig_dir, "data_size", title),
             tables[-1].html(),
         ]
-        for size in findings.smallest_sizes(runs):
+        for size in results.smallest_sizes(runs):
             hp = findings.selected_hparams(runs, size)[0]
             title = f"Train size {size}, hparams {hp}: training loss and bbox AP vs iterations (Fig. 8)"
             fig = figures.loss_and_ap_figure([r for r in runs if (r.size_label, r.hparams) == (size, hp)], title)

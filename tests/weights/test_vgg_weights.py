@@ -20,12 +20,12 @@ from torchvision.models.detection.faster_rcnn import TwoMLPHead
 from torchvision.models.vgg import cfgs, make_layers
 
 from scratchdet.config import load_config
-from scratchdet.engine.initialization import IMAGENET_RECIPE_SEEN, initialize
 from scratchdet.engine.trainer import train
 from scratchdet.errors import CheckpointError
 from scratchdet.modeling.detector import build_detector
 from scratchdet.modeling.vgg import VGG16Backbone
-from scratchdet.modeling.vgg_weights import audit_vgg16, load_vgg16_weights, vgg16_targets
+from scratchdet.weights.initialization import IMAGENET_RECIPE_SEEN, initialize
+from scratchdet.weights.vgg import audit_vgg16, load_vgg16_weights, vgg16_targets
 
 WIDTH, FC = 8, 64  # the narrow model: model.stem_width=8, model.vgg_fc_dim=64
 NARROW = [
@@ -222,4 +222,4 @@ def test_fine_tunes_two_iterations_from_imagenet_weights(shapes_dir, tmp_path):
     trains = [r for r in trains if r["type"] == "train"]
     assert [r["iter"] for r in trains] == [1, 2]
     assert all(math.isfinite(r[k]) for r in trains for k in r if k.startswith("loss"))
-    assert summary["eval"] is not None
+    assert summary.eval is not None

@@ -1,8 +1,8 @@
 """Reading weight files without running code from them: torch files through `torch.load(weights_only=True)`,
 Detectron/detectron2 pickles through an unpickler that admits numpy arrays and plain containers only.
 
-Shared by the ResNet and VGG-16 weight loaders (modeling/weights.py, modeling/vgg_weights.py), which then map the
-names; nothing here knows about layers.
+Shared by the ResNet and VGG-16 weight loaders (names.py and audit.py, vgg.py), which then map the names; nothing
+here knows about layers.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from scratchdet.errors import CheckpointError
 
 # torch.save's pre-1.6 (non-zip) format starts with this pickled integer.
 _TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+# Top-level entries kept beside the weights: detectron2's writer name, scratchdet's recorded input convention.
+_META_KEYS = ("__author__", "matching_heuristics", "input_convention")
 
 
 def _numpy_globals() -> dict[tuple[str, str], object]:

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from scratchdet.errors import ScratchdetError
-from scratchdet.study import figures, findings
-from scratchdet.study.report import write_report
-from scratchdet.study.results import load_study
+from scratchdet.report import figures, findings, results
+from scratchdet.report.page import write_report
+from scratchdet.report.results import load_study
 
 UNIT = 60  # iterations of 1x in these toy studies
 BATCH = 4
@@ -314,7 +314,7 @@ def test_figures_have_labels_and_legends(tmp_path):
     dotted = [line for line in axes[1].get_lines() if line.get_linestyle() == ":"]
     assert sorted({line.get_xdata()[0] for line in dotted}) == [20, 40, 80, 100, 140, 160]  # LR drops: 1x, 2x, 3x
 
-    rows = [(r.init, r.label, *findings.samples_of(r), None) for r in group]
+    rows = [(r.init, r.label, *results.samples_of(r), None) for r in group]
     bars = figures.samples_figure(rows, "samples")
     assert [ax.get_yscale() for ax in bars.axes] == ["log"] * 3
     assert [ax.get_ylabel() for ax in bars.axes] == [f"{k} seen (log scale)" for k in ("images", "instances", "pixels")]
@@ -440,7 +440,7 @@ def test_no_plan_raises(tmp_path):
 
 
 def test_untrained_arms_are_not_called_comparable():
-    from scratchdet.study.findings import gap_sentence
+    from scratchdet.report.findings import gap_sentence
 
     sentence = gap_sentence("At 1x", "bbox AP", 0.3, 0.1)
     assert "both arms are below 1.0 bbox AP" in sentence and "within" not in sentence
@@ -448,7 +448,7 @@ def test_untrained_arms_are_not_called_comparable():
 
 
 def test_device_seconds_counts_each_window_once_with_its_processes():
-    from scratchdet.study.results import device_seconds
+    from scratchdet.report.results import device_seconds
 
     records = [
         {"type": "start", "iter": 0, "world_size": 1},

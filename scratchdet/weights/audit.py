@@ -1,25 +1,21 @@
-"""Pre-trained backbone weights: read torchvision, scratchdet and Detectron files, audit the match, then load.
+"""Pre-trained backbone weights: audit the match of a file with a ResNet body, then load.
 
 The paper's pre-trained arm fine-tunes from ImageNet weights: GN models from GN-pre-trained weights (Detectron's
 R-50-GN.pkl) and SyncBN models from BN-pre-trained ones, with the norm layers trained, not frozen (PAPER.md). A
 silently partial load would make that arm look like a half-from-scratch run, so every load is audited first: which
 of the body's tensors the file fills, which it lacks, and which it has extra; below `min_coverage` nothing is loaded.
 
-Every file is read into one naming, torchvision's (conv1, bn1, layer1.0.downsample.1.weight, fc.weight), which is
-also the name of our ResNet body's state (backbones.py). Loading a file never runs code from it: torch files go
-through `torch.load(weights_only=True)` and Detectron pickles through an unpickler that admits numpy arrays only
-(modeling/weight_files.py).
-What happens to BN statistics across norm types is documented in docs/WEIGHTS.md.
+The file is read without running code from it (files.py) into torchvision names, which are also the names of our
+ResNet body's state (names.py). What happens to BN statistics across norm types (the norm-mismatch policy, running
+statistics synthesized for Detectron's BN-affine weights) is documented in docs/WEIGHTS.md.
 
 Reading a file also tells the input convention and stride placement its network was trained with
-(input_convention.py): from a record in the file, its run folder, or its layout (Caffe2 names, norm layers, groups).
+(convention.py): from a record in the file, its run folder, or its layout (Caffe2 names, norm layers, groups).
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
-import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,14 +25,8 @@ from torch import nn
 from torchvision.models.resnet import Bottleneck
 
 from scratchdet.errors import CheckpointError
-from scratchdet.modeling.backbones import RESNET_SPECS
-from scratchdet.modeling.input_convention import (
-    FileConvention,
-    InputConvention,
-    convention_mismatch,
-    detect_file_convention,
-)
-from scratchdet.modeling.weight_files import as_tensor, read_object, unwrap
+from scratchdet.weights.convention import InputConvention, _file_convention, convention_mismatch
+from scratchdet.weights.names import _NORM_KEY, _RUNNING_STATS, _read, _Source, _source_norm
 
 TARGET_NORMS = ("GN", "BN", "FrozenBN", "SyncBN", "none")
 NORM_MISMATCH_POLICIES = ("error", "skip_norm", "load_affine")
@@ -44,40 +34,6 @@ NORM_MISMATCH_POLICIES = ("error", "skip_norm", "load_affine")
 # Norm families: weights move freely within one. BN-affine is Detectron's AffineChannel (BN folded to scale/bias).
 _SOURCE_FAMILY = {"BN": "BN", "BN-affine": "BN", "GN": "GN", "none": "none", "unknown": None}
 _TARGET_FAMILY = {"BN": "BN", "FrozenBN": "BN", "SyncBN": "BN", "GN": "GN", "none": "none"}
-
-# torchvision names of norm-layer tensors: stem bn1, block bn1..bn3, and the shortcut's norm (downsample.1).
-_NORM_KEY = re.compile(
-    r"^(?P<module>(?:.*\.)?(?:bn\d+|downsample\.1))\.(?P<field>weight|bias|running_mean|running_var)$"
-)
-_BACKBONE_KEY = re.compile(r"^(conv1|bn1|layer\d+)\.")
-_RUNNING_STATS = ("running_mean", "running_var")
-
-# Caffe2 blob names (Detectron): res{stage}_{block}_branch{1|2a|2b|2c}_{suffix}, stem conv1_* / res_conv1_*.
-_C2_BLOCK = re.compile(r"^res(?P<stage>\d+)_(?P<block>\d+)_branch(?P<branch>1|2a|2b|2c)_(?P<suffix>.+)$")
-_C2_STEM = re.compile(r"^(?:res_)?conv1_(?P<suffix>.+)$")
-_C2_BRANCH = {
-    "1": ("downsample.0", "downsample.1"),
-    "2a": ("conv1", "bn1"),
-    "2b": ("conv2", "bn2"),
-    "2c": ("conv3", "bn3"),
-}
-# Suffix -> (norm kind, field); the bn_rm/bn_riv/gamma/beta spellings follow detectron2's convert_basic_c2_names.
-_C2_NORM_SUFFIX = {
-    "bn_s": ("bn", "weight"),
-    "bn_b": ("bn", "bias"),
-    "bn_gamma": ("bn", "weight"),
-    "bn_beta": ("bn", "bias"),
-    "bn_rm": ("bn", "running_mean"),
-    "bn_riv": ("bn", "running_var"),
-    "bn_running_mean": ("bn", "running_mean"),
-    "bn_running_var": ("bn", "running_var"),
-    "gn_s": ("gn", "weight"),
-    "gn_b": ("gn", "bias"),
-}
-_C2_CONV_SUFFIX = {"w": "weight", "b": "bias"}
-# Detectron2's own names (its exports of torchvision/MSRA models): stem.conv1[.norm], res2.0.conv1[.norm], shortcut.
-_D2_BLOCK = re.compile(r"^res(?P<stage>\d+)\.(?P<block>\d+)\.(?P<conv>conv\d|shortcut)\.(?P<rest>.+)$")
-_D2_STEM = re.compile(r"^stem\.conv1\.(?P<rest>.+)$")
 
 
 @dataclass
@@ -140,230 +96,8 @@ class WeightReport:
         return "\n".join(lines)
 
 
-@dataclass
-class _Source:
-    """A weight file in torchvision naming, before auditing."""
-
-    tensors: dict[str, torch.Tensor]
-    source_format: str
-    source_norm: str
-    ignored: list[str]
-    unexpected: list[str]  # file names that look like backbone weights but follow no known layout
-    layout: str = "torchvision"  # input_convention.detect_file_convention's layouts
-    meta: dict = field(default_factory=dict)  # top-level metadata: __author__, scratchdet's input_convention record
-
-
 def _first(keys: list[str], n: int = 5) -> str:
     return ", ".join(keys[:n]) + (", ..." if len(keys) > n else "") if keys else "none"
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Name conversion to torchvision's layout
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def _c2_name(name: str) -> str | None:
-    """torchvision name of a Caffe2 Detectron blob.
-
-    Returns "" for a backbone-looking blob with no known place, None for a blob that is not a backbone weight (the
-    classifier aside, which maps to fc.* and is set aside later).
-    """
-    if name in ("fc1000_w", "fc1000_b"):
-        return "fc." + _C2_CONV_SUFFIX[name[-1]]
-    if name.endswith("_momentum") or not (name.startswith(("conv1_", "res_conv1_")) or re.match(r"^res\d", name)):
-        return None  # SGD momenta, lr / weight_order / model_iter metadata, detection heads
-    stem = _C2_STEM.match(name)
-    block = _C2_BLOCK.match(name)
-    if stem:
-        conv, norm, suffix = "conv1", "bn1", stem["suffix"]
-    elif block and int(block["stage"]) >= 2:
-        conv, norm = _C2_BRANCH[block["branch"]]
-        prefix = f"layer{int(block['stage']) - 1}.{int(block['block'])}."
-        conv, norm, suffix = prefix + conv, prefix + norm, block["suffix"]
-    else:
-        return ""
-    if suffix in _C2_CONV_SUFFIX:
-        return f"{conv}.{_C2_CONV_SUFFIX[suffix]}"
-    if suffix in _C2_NORM_SUFFIX:
-        return f"{norm}.{_C2_NORM_SUFFIX[suffix][1]}"
-    return ""
-
-
-def _d2_name(name: str) -> str | None:
-    """torchvision name of a Detectron2-native key (stem.conv1.norm.weight, res2.0.shortcut.weight).
-
-    Returns "" for a backbone-looking key with no known place, None for a key that is not a backbone weight.
-    """
-    if name in ("linear.weight", "linear.bias"):
-        return "fc." + name.split(".")[1]
-    stem = _D2_STEM.match(name)
-    block = _D2_BLOCK.match(name)
-    if stem:
-        conv, norm, rest = "conv1", "bn1", stem["rest"]
-    elif block and int(block["stage"]) >= 2:
-        prefix = f"layer{int(block['stage']) - 1}.{int(block['block'])}."
-        if block["conv"] == "shortcut":
-            conv, norm = prefix + "downsample.0", prefix + "downsample.1"
-        else:
-            conv, norm = prefix + block["conv"], prefix + "bn" + block["conv"][-1]
-        rest = block["rest"]
-    elif name.startswith(("stem.", "res")):
-        return ""
-    else:
-        return None
-    if rest in ("weight", "bias"):
-        return f"{conv}.{rest}"
-    if rest.startswith("norm.") and rest[5:] in ("weight", "bias", *_RUNNING_STATS):
-        return f"{norm}.{rest[5:]}"
-    return ""
-
-
-def _strip_prefix(entries: dict, prefix: str) -> dict:
-    if entries and all(k.startswith(prefix) for k in entries):
-        return {k[len(prefix) :]: v for k, v in entries.items()}
-    return entries
-
-
-def _source_norm(tensors: dict[str, torch.Tensor], c2_kinds: set[str]) -> str:
-    fields = collections.defaultdict(set)  # norm module -> fields present
-    for key in tensors:
-        m = _NORM_KEY.match(key)
-        if m:
-            fields[m["module"]].add(m["field"])
-    present = set().union(*fields.values()) if fields else set()
-    if "running_mean" in present or "running_var" in present:
-        return "BN"
-    if c2_kinds:  # Caffe2 names say which layer wrote them; affine-only bn blobs are Detectron's AffineChannel
-        return "GN" if c2_kinds == {"gn"} else "BN-affine" if c2_kinds == {"bn"} else "unknown"
-    if not present or present == {"bias"}:
-        return "none"  # no norm tensors, or scratchdet's norm=none (ChannelBias: a bias only)
-    # weight + bias without statistics in torchvision names: a GroupNorm model's state (scratchdet GN runs)
-    return "GN" if present == {"weight", "bias"} else "unknown"
-
-
-def _convert(entries: dict, container: str, wrapper: str | None) -> _Source:
-    """Renames a file's entries to torchvision names, separating non-backbone entries (ignored) from unknown ones."""
-    entries = {str(k): v for k, v in entries.items()}
-    entries = _strip_prefix(entries, "module.")  # saved from DistributedDataParallel
-    tensors: dict[str, torch.Tensor] = {}
-    ignored: list[str] = []
-    unexpected: list[str] = []
-    c2_kinds: set[str] = set()
-    names = list(entries)
-    detector = any(k.startswith("backbone.body.") for k in names)
-    d2_detector = any(k.startswith("backbone.bottom_up.") for k in names)
-    caffe2 = any(_C2_STEM.match(k) or _C2_BLOCK.match(k) for k in names)
-    d2 = d2_detector or any(_D2_STEM.match(k) or _D2_BLOCK.match(k) for k in names)
-    if detector or d2_detector:
-        source_format = "scratchdet" if detector else "detectron"
-    elif caffe2 or d2 or container == "pickle":
-        source_format = "detectron"
-    else:
-        source_format = "scratchdet" if wrapper == "model" else "torchvision"
-    layout = (
-        "scratchdet-detector"
-        if detector
-        else "detectron2-detector"
-        if d2_detector and not caffe2
-        else "caffe2"
-        if caffe2
-        else "detectron2"
-        if d2
-        else "scratchdet"
-        if source_format == "scratchdet"
-        else "torchvision"
-    )
-
-    for raw, value in entries.items():
-        name: str | None = raw
-        if raw.endswith("num_batches_tracked"):  # BN's step counter: not a weight, and no target keeps it
-            ignored.append(raw)
-            continue
-        if detector or d2_detector:
-            prefix = "backbone.body." if detector else "backbone.bottom_up."
-            name = raw[len(prefix) :] if raw.startswith(prefix) else None  # FPN, RPN, RoI heads: not the body
-        if name is not None and caffe2:
-            c2 = _c2_name(name)
-            suffix = name.rsplit("_", 2)
-            if c2 and len(suffix) == 3 and suffix[1] in ("bn", "gn"):
-                c2_kinds.add(suffix[1])
-            name = c2
-        elif name is not None and d2:
-            name = _d2_name(name)
-        elif name is not None and not _BACKBONE_KEY.match(name) and not name.startswith("fc."):
-            # torchvision naming: anything else is not ours unless it merely lost its layout (renamed stages)
-            name = name if re.match(r"^[\w.]+\.(weight|bias|running_mean|running_var)$", name) else None
-        tensor = as_tensor(value)
-        if name is None or tensor is None:
-            ignored.append(raw)
-        elif name == "":
-            unexpected.append(raw)
-        elif name in tensors:
-            raise CheckpointError(f"two entries of the file map to {name} (one is {raw}); the file is inconsistent")
-        else:
-            tensors[name] = tensor
-    return _Source(tensors, source_format, _source_norm(tensors, c2_kinds), sorted(ignored), sorted(unexpected), layout)
-
-
-# Top-level entries kept beside the weights: detectron2's writer name, scratchdet's recorded input convention.
-_META_KEYS = ("__author__", "matching_heuristics", "input_convention")
-
-
-def _grouped(tensors: Mapping[str, torch.Tensor]) -> bool:
-    """True for a ResNeXt: a bottleneck's 3x3 conv maps width -> width, so its weight is [w, w / groups, 3, 3]."""
-    return any(
-        re.match(r"^layer\d+\.\d+\.conv2\.weight$", k)
-        and v.dim() == 4
-        and v.shape[1] != v.shape[0]
-        and tuple(v.shape[2:]) == (3, 3)
-        for k, v in tensors.items()
-    )
-
-
-def _file_convention(source: _Source, path: Path) -> FileConvention:
-    return detect_file_convention(
-        path, layout=source.layout, source_norm=source.source_norm, grouped=_grouped(source.tensors), meta=source.meta
-    )
-
-
-def _read(path: Path) -> _Source:
-    obj, container = read_object(path)
-    entries, wrapper = unwrap(obj, path)
-    source = _convert(entries, container, wrapper)
-    if isinstance(obj, Mapping):
-        source.meta = {k: obj[k] for k in _META_KEYS if k in obj}
-    return source
-
-
-def read_weight_file(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
-    """Reads a torchvision .pth, a scratchdet checkpoint or a Detectron .pkl into torchvision-named tensors.
-
-    Non-weight entries (SGD momenta, metadata, detection heads of a detector checkpoint) are left out; the
-    classifier is kept as fc.weight / fc.bias.
-
-    Returns:
-        ({torchvision-style key: tensor}, source_format), source_format being torchvision | scratchdet | detectron.
-
-    Raises:
-        CheckpointError: the file is missing, unreadable, or holds anything but plain weights.
-    """
-    source = _read(Path(path))
-    return source.tensors, source.source_format
-
-
-def read_weight_convention(path: str | Path) -> FileConvention:
-    """The input convention and stride placement the network in `path` was trained with (input_convention.py).
-
-    Raises:
-        CheckpointError: the file is missing, unreadable, unsafe, or records an unreadable convention.
-    """
-    path = Path(path)
-    return _file_convention(_read(path), path)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Audit and load
-# ---------------------------------------------------------------------------------------------------------------
 
 
 def compare_by_name(
@@ -383,6 +117,9 @@ def compare_by_name(
 
 def describe_body(body: nn.Module) -> str:
     """ "ResNet-50", "ResNeXt-101 32x8d", ... for messages; the class name for bodies of another shape."""
+    # Imported here: modeling/ imports weights/ (the convention values), so weights/ imports nothing of it at load.
+    from scratchdet.modeling.backbones import RESNET_SPECS
+
     try:
         layers = [getattr(body, f"layer{i}") for i in range(1, 5)]
         blocks = tuple(len(layer) for layer in layers)
@@ -475,8 +212,9 @@ def load_backbone_weights(
         target_norm: the body's normalization: GN | BN | FrozenBN | SyncBN | none.
         min_coverage: fraction of the body's state elements the file must fill; below it nothing is loaded.
         norm_mismatch: error | skip_norm | load_affine, for BN-family weights into GN or back (docs/WEIGHTS.md).
-        input_convention: the convention the model feeds the body with (input_convention.model_input_convention);
-            given, a file whose known convention differs is refused before anything is loaded.
+        input_convention: the convention the model feeds the body with (model_input_convention, in
+            modeling/input_transform.py); given, a file whose known convention differs is refused before anything is
+            loaded.
 
     Returns:
         The audit; print `report.summary()`, store `report.to_dict()`.
@@ -516,7 +254,7 @@ def load_backbone_weights(
         if problem:
             raise CheckpointError(
                 f"{problem}. (The detector is built from these keys, so resolve them before "
-                "building it: engine.initialization.resolve_input_convention, as `scratchdet "
+                "building it: weights.initialization.resolve_input_convention, as `scratchdet "
                 "train` does.)"
             )
     tensors = dict(source.tensors)
@@ -558,5 +296,5 @@ def load_backbone_weights(
         )
     result = body.load_state_dict({k: tensors[k] for k in matched}, strict=False)
     if result.unexpected_keys:  # cannot happen: every key was checked against body.state_dict() above
-        raise RuntimeError(f"weights.py audit bug: unexpected keys {result.unexpected_keys[:5]}")
+        raise RuntimeError(f"weights/audit.py bug: unexpected keys {result.unexpected_keys[:5]}")
     return report

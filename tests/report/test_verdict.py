@@ -10,9 +10,9 @@ from helpers import MINI_CONFIG, tiny_overrides
 
 from scratchdet.config import load_config
 from scratchdet.engine import trainer
+from scratchdet.report.page import write_report
+from scratchdet.report.results import load_study
 from scratchdet.study import runner, verdict
-from scratchdet.study.report import write_report
-from scratchdet.study.results import load_study
 
 
 def test_verdict_bootstraps_kept_detections_and_the_report_shows_examples(shapes_dir, tmp_path):

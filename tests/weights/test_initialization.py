@@ -11,9 +11,9 @@ from scratchdet.data.samplers import TrainingSampler
 from scratchdet.data.transforms import resized_shape
 from scratchdet.engine import trainer
 from scratchdet.engine.checkpoint import latest_checkpoint, load_checkpoint
-from scratchdet.engine.initialization import IMAGENET_RECIPE_SEEN, initialize
 from scratchdet.errors import CheckpointError
 from scratchdet.modeling.detector import build_detector
+from scratchdet.weights.initialization import IMAGENET_RECIPE_SEEN, initialize
 
 
 def test_scratch_loads_nothing_and_says_so(tiny_config):
@@ -85,9 +85,9 @@ def test_samples_seen_equal_the_hand_computed_sum(tiny_config):
 
 def test_resume_keeps_the_saved_convention_and_accepts_folders_saved_before_the_keys(tmp_path):
     from scratchdet.config import config_to_dict
-    from scratchdet.engine.initialization import resolve_input_convention
     from scratchdet.engine.run_dir import config_diff
-    from scratchdet.modeling.input_convention import CONVENTION_KEYS
+    from scratchdet.weights.convention import CONVENTION_KEYS
+    from scratchdet.weights.initialization import resolve_input_convention
 
     out = tmp_path / "run"
     out.mkdir()

@@ -2,7 +2,7 @@
 
 The paper's pre-trained VGG-16 arm fine-tunes from ImageNet weights, and the original Faster R-CNN initializes not
 only the convolutions but also fc6/fc7 from VGG-16's first two classifier layers; only fc8 (the 1000-way ImageNet
-classifier) is left behind. This module does the same, with the audit of weights.py: nothing is loaded when the file
+classifier) is left behind. This module does the same, with the ResNet audit (audit.py): nothing is loaded when the file
 fills less than `min_coverage` of the body, and the report lists what was matched, missing, unexpected or ignored.
 
 Every file is read into torchvision's vgg16 naming, which is also what the report lists:
@@ -14,7 +14,7 @@ Every file is read into torchvision's vgg16 naming, which is also what the repor
 Coverage counts the body only: fc6/fc7 are 88% of VGG-16's parameters, and a narrower head (vgg_fc_dim != 4096) is a
 legitimate choice that should not make the backbone import fail.
 
-Files are read with weights.py's safe readers (torch.load(weights_only=True), or the numpy-only unpickler). Caffe
+Files are read with files.py's safe readers (torch.load(weights_only=True), or the numpy-only unpickler). Caffe
 VGG-16 pickles (Detectron's VGG16.pkl, conv1_1_w naming) are refused with an explanation: they expect BGR inputs in
 0..255 minus a mean pixel, while scratchdet feeds RGB in 0..1 normalized with torchvision's ImageNet mean/std
 (docs/WEIGHTS.md), so loading them unchanged would silently mis-scale every image.
@@ -30,15 +30,10 @@ import torch
 from torch import nn
 
 from scratchdet.errors import CheckpointError
-from scratchdet.modeling.input_convention import InputConvention, convention_mismatch, detect_file_convention
-from scratchdet.modeling.weight_files import as_tensor, read_object, unwrap
-from scratchdet.modeling.weights import (
-    _META_KEYS,
-    WeightReport,
-    _first,
-    _strip_prefix,
-    compare_by_name,
-)
+from scratchdet.weights.audit import WeightReport, _first, compare_by_name
+from scratchdet.weights.convention import InputConvention, convention_mismatch, detect_file_convention
+from scratchdet.weights.files import _META_KEYS, as_tensor, read_object, unwrap
+from scratchdet.weights.names import _strip_prefix
 
 VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
 BODY_PREFIX = "features."

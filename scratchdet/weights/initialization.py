@@ -2,11 +2,11 @@
 
 `init=scratch` loads nothing: the MSRA initialization of modeling/init.py stands, and the record says so.
 `init=pretrained weights=PATH` loads the backbone from a published ImageNet file or a `scratchdet pretrain` run
-through the audited loader (modeling/weights.py), with every other hyper-parameter unchanged: the controlled
+through the audited loader (audit.py), with every other hyper-parameter unchanged: the controlled
 comparison of the paper. The record also carries the samples the pre-training saw, so "pre-train + fine-tune"
 totals can be set against "from scratch" (PAPER.md, "Sample accounting", Fig. 2).
 
-Input conventions (modeling/input_convention.py): a pre-trained network must be fed as it was trained, and its
+Input conventions (convention.py): a pre-trained network must be fed as it was trained, and its
 stride placement changes the network that is built, so `resolve_input_convention(cfg)` runs before the detector is
 built (the trainer calls it first): it fills the unset model.input_format / pixel_scale / pixel_mean / pixel_std /
 stride_in_1x1 keys from the weight file (init=pretrained) or with torchvision's convention (init=scratch), and
@@ -26,7 +26,9 @@ from torch import nn
 from scratchdet.config import Config, validate_input_convention
 from scratchdet.engine.checkpoint import latest_checkpoint
 from scratchdet.errors import CheckpointError, ConfigError
-from scratchdet.modeling.input_convention import (
+from scratchdet.run_folder import RunFolder
+from scratchdet.weights.audit import load_backbone_weights
+from scratchdet.weights.convention import (
     CONVENTION_KEYS,
     DETECTRON_FAIR,
     PIXEL_KEYS,
@@ -34,11 +36,9 @@ from scratchdet.modeling.input_convention import (
     FileConvention,
     InputConvention,
     convention_mismatch,
-    model_input_convention,
+    read_weight_convention,
 )
-from scratchdet.modeling.vgg_weights import load_vgg16_weights
-from scratchdet.modeling.weights import load_backbone_weights, read_weight_convention
-from scratchdet.run_folder import RunFolder
+from scratchdet.weights.vgg import load_vgg16_weights
 
 ZERO_SEEN = {"images": 0, "instances": 0, "pixels": 0}
 
@@ -187,6 +187,9 @@ def initialize(model: nn.Module, cfg: Config) -> dict:
         CheckpointError: unreadable or unsafe file, failed audit, or a model built for another input convention
             than the file's (known) one.
     """
+    # Imported here: modeling/ imports weights/ (the convention values), so weights/ imports nothing of it at load.
+    from scratchdet.modeling.input_transform import model_input_convention
+
     used = model_input_convention(model)
     if cfg.init == "scratch":
         if cfg.weights:

@@ -13,25 +13,27 @@ conventions"):
   mean/std x 255 (tools/convert-torchvision-to-d2.py).
 - torchvision's files: RGB in 0..1 normalized with the ImageNet mean/std, stride in the 3x3 (ResNet v1.5).
 
-The data pipeline always yields RGB images in 0..1; `InputConventionTransform` converts them (channel flip, scale)
-before normalizing, and `ResNet(stride_in_1x1=True)` moves the stride (backbones.py).
+This module holds the values (`InputConvention`, the published conventions as constants) and tells which one a
+weight file was trained with (`read_weight_convention`, `detect_file_convention`), or that a model's differs
+(`convention_mismatch`). Applying one is the model's: the data pipeline always yields RGB images in 0..1;
+`InputConventionTransform` converts them (channel flip, scale) before normalizing (modeling/input_transform.py),
+and `ResNet(stride_in_1x1=True)` moves the stride (modeling/backbones.py).
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import yaml
-from torch import nn
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
-from torchvision.models.resnet import Bottleneck
 
 from scratchdet.errors import CheckpointError
 from scratchdet.run_folder import CHECKPOINTS, RunFolder
+from scratchdet.weights.names import _read, _Source
 
 INPUT_FORMATS = ("RGB", "BGR")
 # The model.* keys that hold a convention, in this order everywhere (config, records, messages).
@@ -241,7 +243,7 @@ def detect_file_convention(
     Args:
         path: the weight file (its run folder's config.yaml is consulted for scratchdet files).
         layout: caffe2 | detectron2 | detectron2-detector | torchvision | scratchdet | scratchdet-detector.
-        source_norm: BN | BN-affine | GN | none | unknown (weights.py's reading of the norm tensors).
+        source_norm: BN | BN-affine | GN | none | unknown (names.py's reading of the norm tensors).
         grouped: the bottlenecks' 3x3 convs are grouped (a ResNeXt).
         meta: the file's top-level non-weight entries (`__author__`, scratchdet's `input_convention` record).
 
@@ -347,67 +349,28 @@ def convention_mismatch(
     )
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Applying a convention in the model
-# ---------------------------------------------------------------------------------------------------------------
-
-
-class InputConventionTransform(GeneralizedRCNNTransform):
-    """torchvision's detection transform with the pixel conversion of an input convention before normalizing.
-
-    Input: images [3, H, W], RGB in [0, 1], as the data pipeline yields them. Each is turned into `input_format`
-    channel order, multiplied by `pixel_scale`, then normalized with `image_mean`/`image_std` (given in those units
-    and that order); resizing and batching are torchvision's. Padding is 0 after normalization, as in Detectron.
-    """
-
-    def __init__(
-        self,
-        min_size,
-        max_size,
-        image_mean,
-        image_std,
-        *,
-        input_format: str = "RGB",
-        pixel_scale: float = 1.0,
-        **kwargs,
-    ):
-        super().__init__(min_size, max_size, image_mean, image_std, **kwargs)
-        if input_format not in INPUT_FORMATS:
-            raise ValueError(f"input_format={input_format!r} is not valid; choose one of {', '.join(INPUT_FORMATS)}")
-        self.input_format = input_format
-        self.pixel_scale = float(pixel_scale)
-
-    def normalize(self, image: torch.Tensor) -> torch.Tensor:
-        if not image.is_floating_point():
-            raise TypeError(f"expected float images in [0, 1] (RGB), got {image.dtype}")
-        if self.input_format == "BGR":
-            image = image.flip(0)
-        if self.pixel_scale != 1.0:
-            image = image * self.pixel_scale
-        return super().normalize(image)
-
-    def __repr__(self) -> str:
-        return (
-            super()
-            .__repr__()
-            .replace("Normalize(", f"Normalize(input_format={self.input_format}, pixel_scale={self.pixel_scale:g}, ", 1)
-        )
-
-
-def stride_in_1x1(body: nn.Module) -> bool:
-    """Whether a ResNet body (or its IntermediateLayerGetter) downsamples stage 3 in the first block's 1x1 conv."""
-    layer2 = getattr(body, "layer2", None)
-    first = layer2[0] if isinstance(layer2, nn.Sequential) and len(layer2) else None
-    return isinstance(first, Bottleneck) and tuple(first.conv1.stride) != (1, 1)
-
-
-def model_input_convention(model: nn.Module) -> InputConvention:
-    """The convention a built detector applies: its transform's pixel conversion and its body's stride placement."""
-    transform = model.transform
-    return InputConvention(
-        getattr(transform, "input_format", "RGB"),
-        float(getattr(transform, "pixel_scale", 1.0)),
-        tuple(float(v) for v in transform.image_mean),
-        tuple(float(v) for v in transform.image_std),
-        stride_in_1x1(model.backbone.body),
+def _grouped(tensors: Mapping[str, torch.Tensor]) -> bool:
+    """True for a ResNeXt: a bottleneck's 3x3 conv maps width -> width, so its weight is [w, w / groups, 3, 3]."""
+    return any(
+        re.match(r"^layer\d+\.\d+\.conv2\.weight$", k)
+        and v.dim() == 4
+        and v.shape[1] != v.shape[0]
+        and tuple(v.shape[2:]) == (3, 3)
+        for k, v in tensors.items()
     )
+
+
+def _file_convention(source: _Source, path: Path) -> FileConvention:
+    return detect_file_convention(
+        path, layout=source.layout, source_norm=source.source_norm, grouped=_grouped(source.tensors), meta=source.meta
+    )
+
+
+def read_weight_convention(path: str | Path) -> FileConvention:
+    """The input convention and stride placement the network in `path` was trained with (detect_file_convention).
+
+    Raises:
+        CheckpointError: the file is missing, unreadable, unsafe, or records an unreadable convention.
+    """
+    path = Path(path)
+    return _file_convention(_read(path), path)
