@@ -1,8 +1,9 @@
 """The typed config schema: one dataclass per subsystem, YAML files plus `key=value` overrides (OmegaConf).
 
-A run is described by exactly one YAML file (no `_base_` inheritance, DESIGN.md style rule 1) merged over the
-defaults below, then by command-line overrides such as `model.norm=none train.max_iters=200`. The defaults are the
-paper's settings (PAPER.md, "The system"); `configs/mini/` overrides them down to CPU size.
+A run is described by exactly one YAML file (no `_base_` inheritance; docs/ARCHITECTURE.md, "Decisions worth
+knowing", Code style) merged over the defaults below, then by command-line overrides such as
+`model.norm=none train.max_iters=200`. The defaults are the paper's settings (docs/PAPER.md, "The system");
+`configs/mini/` overrides them down to CPU size.
 
 Key names are an interface: YAML files, study specs (configs/study/), command lines and scripts address them by
 dotted name, and config.yaml in old run folders holds them; rename only with a reason.
@@ -76,7 +77,7 @@ class DataConfig:
     # Dataset format: "coco" (data.train/val JSON) or "voc" (PASCAL VOC XML, scratchdet/data/voc.py).
     format: str = "coco"
     # VOC: folder holding VOC<year>/ (VOCdevkit); None = data.root. Sets are "YEAR_SPLIT" names; the paper trains
-    # on trainval07 + train12 and evaluates on val12 (PAPER.md, VOC row).
+    # on trainval07 + train12 and evaluates on val12 (docs/PAPER.md, "PASCAL VOC").
     voc_root: str | None = None
     voc_train_sets: list[str] = field(default_factory=lambda: ["2007_trainval", "2012_train"])
     voc_val_sets: list[str] = field(default_factory=lambda: ["2012_val"])
@@ -95,7 +96,7 @@ class DataConfig:
 class ModelConfig:
     arch: str = "mask_rcnn"
     # "resnet" (ResNet/ResNeXt-FPN, depth/groups below) or "vgg16": the original Faster R-CNN on conv5_3, no FPN,
-    # no normalization (PAPER.md VGG-16 row; scratchdet/modeling/vgg.py).
+    # no normalization (docs/PAPER.md, "VGG-16"; scratchdet/modeling/vgg.py).
     backbone: str = "resnet"
     # VGG-16 fc6/fc7 width (4096 in VGG-16 and the original Faster R-CNN); narrower for CPU tests.
     vgg_fc_dim: int = 4096
@@ -209,7 +210,7 @@ class EvalConfig:
     batch_size: int = 1
     # OKS sigmas for keypoint AP, one per keypoint; None = COCO person's or the synthetic walker's (by names).
     kpt_oks_sigmas: list[float] | None = None
-    # Test-time augmentation for `scratchdet eval RUN tta=true` (PAPER.md, Fig. 5; merge in evaluation/tta.py).
+    # Test-time augmentation for `scratchdet eval RUN tta=true` (docs/PAPER.md, "Testing"; merge in evaluation/tta.py).
     # Defaults are Detectron's R-50-FPN TTA: short sides 400..1200 step 100, long side <= 2000, plus h-flip.
     tta: bool = False
     tta_sizes: list[int] = field(default_factory=lambda: [400, 500, 600, 700, 800, 900, 1000, 1100, 1200])
@@ -567,7 +568,8 @@ def validate_backbone(cfg: Config) -> None:
         return
     if m.norm != "none":
         raise ConfigError(
-            f"model.backbone=vgg16 is built without normalization (PAPER.md); set model.norm=none, got {m.norm!r}"
+            "model.backbone=vgg16 is built without normalization (docs/PAPER.md, 'VGG-16'); "
+            f"set model.norm=none, got {m.norm!r}"
         )
     if m.arch != "faster_rcnn":
         raise ConfigError(f"model.backbone=vgg16 builds Faster R-CNN only; set model.arch=faster_rcnn, got {m.arch!r}")

@@ -1,4 +1,4 @@
-"""configs/paper/ must carry the paper's hyper-parameters exactly (PAPER.md, "The system"); configs/mini/ must
+"""configs/paper/ must carry the paper's hyper-parameters exactly (docs/PAPER.md, "The system"); configs/mini/ must
 follow the same schedule rule at a smaller unit."""
 
 import re

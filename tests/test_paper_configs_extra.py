@@ -1,5 +1,6 @@
 """The paper configs beyond the 2x-6x grid: Fig. 5's train-aug schedule pairing and the large backbones (X101, X152),
-checked for the paper's hyper-parameters (PAPER.md) as tests/test_configs.py does for the main grid."""
+checked for the paper's hyper-parameters (docs/PAPER.md, "The system") as tests/test_configs.py does for the main
+grid."""
 
 import re
 from pathlib import Path

@@ -1,4 +1,5 @@
-"""From config to datasets and loaders: the one place that translates data.* keys into arguments (style rule 2).
+"""From config to datasets and loaders: the one place that translates data.* keys into arguments
+(docs/ARCHITECTURE.md, "Decisions worth knowing", Code style).
 
 Also the training-only skip policy for unreadable images (data.skip_bad_images; docs/RELIABILITY.md, promise 8), a
 wrapper around the training dataset so it applies to any dataset type and never to evaluation.

@@ -1,4 +1,5 @@
-"""Keypoint data for Keypoint R-CNN (PAPER.md, Fig. 6): one keypoint category, [N, K, 3] targets, OKS sigmas.
+"""Keypoint data for Keypoint R-CNN (docs/PAPER.md, "Keypoints (Fig. 6)"): one keypoint category, [N, K, 3]
+targets, OKS sigmas.
 
 Keypoint R-CNN is trained on one category, as Detectron trains COCO person keypoints: the detector has two classes
 (background + that category) and every other category of the file is ignored, for training and for evaluation

@@ -2,7 +2,7 @@
 
 Layout read (the devkit's): ROOT/VOC<year>/Annotations/<name>.xml, ROOT/VOC<year>/JPEGImages/<name>.jpg and
 ROOT/VOC<year>/ImageSets/Main/<split>.txt. A dataset is a list of (year, split) sets, e.g. [(2007, "trainval"),
-(2012, "train")] for the paper's training set and [(2012, "val")] for its evaluation set (PAPER.md, VOC row).
+(2012, "train")] for the paper's training set and [(2012, "val")] for its evaluation set (docs/PAPER.md, "PASCAL VOC").
 
 Box convention: VOC XML gives 1-based, inclusive pixel coordinates (xmin=1 is the first column, xmax the last
 covered column). We convert to our 0-based XYXY with x2/y2 exclusive: (xmin - 1, ymin - 1, xmax, ymax), the same

@@ -1,4 +1,4 @@
-"""The paper's late switch to Cascade R-CNN heads, as the trainer applies it (PAPER.md, "cascade from scratch").
+"""The paper's late switch to Cascade R-CNN heads, as the trainer applies it (docs/PAPER.md, "Cascade from scratch").
 
 "Cascade from scratch": the model trains with plain heads and switches to cascade heads for the final
 model.cascade_switch_iters iterations of the schedule (270k in the paper). At the top of iteration

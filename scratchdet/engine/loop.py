@@ -10,7 +10,7 @@ Each part owns one concern of an iteration, so a loop reads as its step and noth
   one per-iteration device-to-host transfer;
 - `LossWindow`: loss sums kept on the device and read once per log record, averaged over ranks;
 - `SampleCounter`: images, instances and pixels fed, summed over ranks when a record or checkpoint needs them
-  (the paper's accounting of samples seen, PAPER.md Fig. 2);
+  (the paper's accounting of samples seen, docs/PAPER.md, "Sample accounting (Fig. 2)");
 - `due`: whether a periodic action (log, checkpoint, evaluation) falls on an iteration;
 - `progress_bar`: tqdm on rank 0, redrawn rarely when stderr is not a terminal;
 - `deterministic_kernels`: train.deterministic, scoped to the loop.

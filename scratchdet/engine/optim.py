@@ -1,4 +1,4 @@
-"""SGD with the paper's solver settings (PAPER.md, "solver").
+"""SGD with the paper's solver settings (docs/PAPER.md, "Solver").
 
 Momentum 0.9 and weight decay 1e-4, except on normalization scales and shifts, which get
 solver.weight_decay_norm (0, Detectron's WEIGHT_DECAY_GN): decaying GN/BN gammas toward zero fights the very

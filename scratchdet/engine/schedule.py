@@ -1,4 +1,4 @@
-"""The paper's schedule rule as code (PAPER.md, "schedule"; Sec. 4 of the paper).
+"""The paper's schedule rule as code (docs/PAPER.md, "Schedules"; Sec. 4 of the paper).
 
 1x = 90k iterations at batch 16 and Nx = N x 90k. Whatever N, the LR is divided by 10 at the last 60k and again at
 the last 20k iterations, so every Nx schedule keeps the base LR until 60k iterations before its end (2x: 180k, drops

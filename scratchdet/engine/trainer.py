@@ -1,4 +1,4 @@
-"""The training loop: one function, read top to bottom (DESIGN.md style rule 4).
+"""The training loop: one function, read top to bottom (docs/ARCHITECTURE.md, "Decisions worth knowing", Code style).
 
 Per iteration: next batch -> LR from the schedule -> forward -> stop if any loss is not finite -> backward -> step.
 Around it: logging every train.log_period iterations, evaluation every eval.period iterations (the learning curve
@@ -259,7 +259,8 @@ def _start(cfg: Config) -> _Run:
     _place(model, cfg, ctx, device)
     schedule = schedule_from_config(cfg)
     end_iter = min(schedule.max_iters, cfg.train.max_iters or schedule.max_iters)
-    switch_iter = cascade_switch_iter(cfg, schedule.max_iters)  # model.cascade_switch_iters (PAPER.md)
+    # model.cascade_switch_iters: docs/PAPER.md, "Cascade from scratch"
+    switch_iter = cascade_switch_iter(cfg, schedule.max_iters)
     # On resume: the heads the checkpoint holds (cascade after the switch), built before it loads, then placed.
     if resume_from is not None and resume_model_(model, cfg, resume_from, switch_iter):
         _place(model, cfg, ctx, device)

@@ -1,4 +1,4 @@
-"""COCO evaluation: bbox, segm and keypoint AP, AP50, AP75, APs/m/l and AR (PAPER.md, "metrics"), computed by
+"""COCO evaluation: bbox, segm and keypoint AP, AP50, AP75, APs/m/l and AR (docs/PAPER.md, "Metrics"), computed by
 pycocotools or faster-coco-eval (`eval.coco_backend`, evaluation/backends.py).
 
 Numbers are reported in percent (0-100), as in the paper's tables. A metric COCOeval cannot compute (e.g. APs on

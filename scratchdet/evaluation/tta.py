@@ -1,4 +1,5 @@
-"""Test-time augmentation (PAPER.md, Fig. 5): several test scales and a horizontal flip, merged as Detectron does.
+"""Test-time augmentation (docs/PAPER.md, "Testing"): several test scales and a horizontal flip, merged as
+Detectron does.
 
 The merge implemented here follows Detectron's `TEST.BBOX_AUG` with `SCORE_HEUR: UNION` and `COORD_HEUR: UNION`,
 and `TEST.MASK_AUG` with `HEUR: SOFT_AVG` (the settings of its test_time_aug/ Mask R-CNN configs):

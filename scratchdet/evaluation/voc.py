@@ -1,4 +1,4 @@
-"""PASCAL VOC detection mAP: per-class AP at IoU 0.5 and their mean (PAPER.md, "metrics"; the paper's VOC row).
+"""PASCAL VOC detection mAP: per-class AP at IoU 0.5 and their mean (docs/PAPER.md, "Metrics", "PASCAL VOC").
 
 The algorithm is the devkit's (VOCevaldet.m; its Python port `voc_eval.py` in py-faster-rcnn / Detectron):
 - per class, all detections over all images sorted by descending score (stable sort: ties keep image order);

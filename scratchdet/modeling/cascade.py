@@ -1,4 +1,5 @@
-"""Cascade R-CNN box heads (Cai & Vasconcelos, CVPR 2018) on top of torchvision's RoIHeads (PAPER.md, Fig. 5, Table 3).
+"""Cascade R-CNN box heads (Cai & Vasconcelos, CVPR 2018) on top of torchvision's RoIHeads (docs/PAPER.md,
+"Train aug, cascade, TTA (Fig. 5)", "ResNeXt-152 (Table 3)").
 
 Three box stages, each with its own 4conv1fc box head (same design and norm as the plain head) and predictor.
 Stage t is trained with foreground IoU threshold 0.5 / 0.6 / 0.7 and box regression weights (10, 10, 5, 5) /

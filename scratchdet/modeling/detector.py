@@ -1,4 +1,5 @@
-"""Builds Mask R-CNN / Faster R-CNN from torchvision parts with one normalization everywhere (PAPER.md).
+"""Builds Mask R-CNN / Faster R-CNN from torchvision parts with one normalization everywhere (docs/PAPER.md,
+"The system", "Normalization").
 
 Backbone ResNet/ResNeXt (backbones.py) -> torchvision FPN (P2-P6) -> torchvision RPN -> RoI heads with the paper's
 "4conv1fc" box head and 4-conv mask head, each conv followed by the chosen norm (and then without bias).

@@ -1,6 +1,7 @@
 """Parameter and FLOP counts of a configured detector (`scratchdet model-info CONFIG`).
 
-PAPER.md: ResNeXt-152 32x8d has "~4x the FLOPs of R101"; this module makes that checkable for our models.
+docs/PAPER.md, "The system": ResNeXt-152 (8x32d) has "~4x the FLOPs of R101"; this module makes that checkable
+for our models.
 
 Convention: FLOPs = 2 x multiply-adds, as `torch.utils.flop_counter.FlopCounterMode` counts them. Only the ops in
 its registry are counted (convolutions, linear layers / matmuls, and their transposed forms); normalization,

@@ -1,4 +1,4 @@
-"""Random initialization as the paper trains from scratch (PAPER.md, "initialization"; Sec. 3 of the paper).
+"""Random initialization as the paper trains from scratch (docs/PAPER.md, "Initialization"; Sec. 3 of the paper).
 
 Convolutions: MSRA / He normal with fan_out (He et al. 2015), except the FPN's lateral and output convs, which get
 Caffe2's "XavierFill" as in Detectron (FPN.py) and detectron2 (c2_xavier_fill). Normalization: weight 1, bias 0, and

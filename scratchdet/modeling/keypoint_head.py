@@ -1,9 +1,10 @@
-"""Keypoint R-CNN head with the model's normalization (the paper's keypoint experiment, PAPER.md, Fig. 6).
+"""Keypoint R-CNN head with the model's normalization (the paper's keypoint experiment, docs/PAPER.md,
+"Keypoints (Fig. 6)").
 
 torchvision's KeypointRCNNHeads is 8 x (conv3x3 512, ReLU) with no norm option. The paper uses GN in every head
-("gn-all", PAPER.md), so this head is the same stack with the chosen norm after every conv; the conv bias is off
-then (the norm's shift replaces it). With norm=none it equals torchvision's head. The predictor (deconv + x2
-upsampling to 56x56 heatmaps, one per keypoint) is torchvision's KeypointRCNNPredictor (predictors.py).
+("gn-all", docs/PAPER.md, "Normalization"), so this head is the same stack with the chosen norm after every conv;
+the conv bias is off then (the norm's shift replaces it). With norm=none it equals torchvision's head. The predictor
+(deconv + x2 upsampling to 56x56 heatmaps, one per keypoint) is torchvision's KeypointRCNNPredictor (predictors.py).
 """
 
 from __future__ import annotations

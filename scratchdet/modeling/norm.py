@@ -1,4 +1,5 @@
-"""Normalization chosen once per model and applied to backbone, FPN and RoI heads ("gn-all", PAPER.md).
+"""Normalization chosen once per model and applied to backbone, FPN and RoI heads ("gn-all", docs/PAPER.md,
+"Normalization").
 
 The paper's point (i): normalization must work at detection batch sizes (1-2 images per device). GroupNorm does,
 independent of the batch; SyncBN does by pooling statistics over devices; plain BN with 2 images per device does

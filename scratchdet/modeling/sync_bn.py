@@ -1,5 +1,5 @@
 """SyncBN that runs on every backend: BatchNorm whose training statistics are pooled over all training processes
-(PAPER.md: SyncBN is one of the two normalizations that make from-scratch training work).
+(docs/PAPER.md, "Normalization": SyncBN is one of the two normalizations that make from-scratch training work).
 
 `nn.SyncBatchNorm` is the fast path but accepts CUDA tensors only; the trainer converts these modules to it on GPUs
 (`nn.SyncBatchNorm.convert_sync_batchnorm` keeps names and values). This class is what the model is built with, and

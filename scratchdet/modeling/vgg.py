@@ -1,4 +1,4 @@
-"""VGG-16 Faster R-CNN without normalization, the original design (PAPER.md, VGG-16 row).
+"""VGG-16 Faster R-CNN without normalization, the original design (docs/PAPER.md, "VGG-16").
 
 No FPN: RPN and RoIAlign both read conv5_3 (stride 16, 512 channels), and the box head is the classic fc6/fc7 pair.
 Choices, stated because the paper leaves them open:

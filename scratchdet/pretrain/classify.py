@@ -8,7 +8,7 @@ train.checkpoint_period iterations and at the end, exact resume.
 The result is the "pre-trained" arm of the paper's comparison made with our own code: the same backbone (norm,
 depth, widths) as the from-scratch detector, its weights saved in torchvision's ResNet layout so the detector
 loads them exactly like torchvision's published ImageNet weights. Samples seen (images, pixels) are counted, since
-the paper's accounting charges pre-training images to the pre-trained arm (PAPER.md, Fig. 2).
+the paper's accounting charges pre-training images to the pre-trained arm (docs/PAPER.md, "Sample accounting (Fig. 2)").
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Test-time augmentation (PAPER.md, Fig. 5): the merge on hand-made boxes, the flip convention, the model passes,
-and `scratchdet eval RUN tta=true` end to end on a tiny trained run."""
+"""Test-time augmentation (docs/PAPER.md, "Testing"): the merge on hand-made boxes, the flip convention, the model
+passes, and `scratchdet eval RUN tta=true` end to end on a tiny trained run."""
 
 from __future__ import annotations
 

@@ -46,7 +46,7 @@ def test_backbone_flops_scale_with_pixels():
 
 def test_x152_has_about_4x_the_flops_of_r101_at_800x1333():
     r101, x152 = _info(R101)["flops"], _info(X152)["flops"]
-    # PAPER.md: "~4x the FLOPs of R101". Measured: body 4.24x; with the (shared) FPN 3.37x.
+    # docs/PAPER.md, "The system": "~4x the FLOPs of R101". Measured: body 4.24x; with the (shared) FPN 3.37x.
     assert 3.6 < x152["backbone"] / r101["backbone"] < 4.7
     assert 3.3 < x152["backbone_fpn"] / r101["backbone_fpn"] < 4.7
     # Why the X152 config is 8x32d: Detectron's 32x8d would be only ~3.1x (body), off the paper's ~4x.

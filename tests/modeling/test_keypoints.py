@@ -1,4 +1,5 @@
-"""Keypoint R-CNN (PAPER.md, Fig. 6): GN keypoint head, keypoint data and flips, OKS keypoint AP, a short run."""
+"""Keypoint R-CNN (docs/PAPER.md, "Keypoints (Fig. 6)"): GN keypoint head, keypoint data and flips, OKS keypoint AP,
+a short run."""
 
 import json
 import math

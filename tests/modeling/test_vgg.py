@@ -1,4 +1,4 @@
-"""VGG-16 Faster R-CNN without normalization (PAPER.md, VGG-16 row): structure, init, refusals, training,
+"""VGG-16 Faster R-CNN without normalization (docs/PAPER.md, "VGG-16"): structure, init, refusals, training,
 paper configs."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""ImageNet VGG-16 weights into the VGG-16 Faster R-CNN (PAPER.md, VGG-16 row): layout, audit, refusals, fine-tuning.
+"""ImageNet VGG-16 weights into the VGG-16 Faster R-CNN (docs/PAPER.md, "VGG-16"): layout, audit, refusals, fine-tuning.
 
 Files are built locally in torchvision's published vgg16 layout (vgg16-397923af.pth: features.N, classifier.0/3/6),
 narrow so the tests stay small; the full-width shapes are checked on the meta device, which allocates nothing.
