@@ -51,6 +51,7 @@ def test_mini_schedule_follows_the_same_rule():
     assert s.milestones == (s.max_iters - round(60 * ratio), s.max_iters - round(20 * ratio))
 
 
+@pytest.mark.e2e
 def test_full_size_r50_fpn_gn_trains_two_iterations_and_evaluates(shapes_dir, tmp_path):
     # The real paper model (R50-FPN, GN, 4conv1fc, 256-channel FPN) at reduced image size and batch.
     paths = {

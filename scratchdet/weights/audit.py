@@ -1,9 +1,10 @@
 """Pre-trained backbone weights: audit the match of a file with a ResNet body, then load.
 
 The paper's pre-trained arm fine-tunes from ImageNet weights: GN models from GN-pre-trained weights (Detectron's
-R-50-GN.pkl) and SyncBN models from BN-pre-trained ones, with the norm layers trained, not frozen (PAPER.md). A
-silently partial load would make that arm look like a half-from-scratch run, so every load is audited first: which
-of the body's tensors the file fills, which it lacks, and which it has extra; below `min_coverage` nothing is loaded.
+R-50-GN.pkl) and SyncBN models from BN-pre-trained ones, with the norm layers trained, not frozen (docs/PAPER.md,
+"Normalization", "Initialization"). A silently partial load would make that arm look like a half-from-scratch run,
+so every load is audited first: which of the body's tensors the file fills, which it lacks, and which it has extra;
+below `min_coverage` nothing is loaded.
 
 The file is read without running code from it (files.py) into torchvision names, which are also the names of our
 ResNet body's state (names.py). What happens to BN statistics across norm types (the norm-mismatch policy, running

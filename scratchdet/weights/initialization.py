@@ -4,7 +4,7 @@
 `init=pretrained weights=PATH` loads the backbone from a published ImageNet file or a `scratchdet pretrain` run
 through the audited loader (audit.py), with every other hyper-parameter unchanged: the controlled
 comparison of the paper. The record also carries the samples the pre-training saw, so "pre-train + fine-tune"
-totals can be set against "from scratch" (PAPER.md, "Sample accounting", Fig. 2).
+totals can be set against "from scratch" (docs/PAPER.md, "Sample accounting (Fig. 2)").
 
 Input conventions (convention.py): a pre-trained network must be fed as it was trained, and its
 stride placement changes the network that is built, so `resolve_input_convention(cfg)` runs before the detector is

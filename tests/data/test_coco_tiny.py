@@ -15,6 +15,9 @@ from scratchdet.engine.metrics import read_metrics
 from scratchdet.evaluation.coco import STAT_NAMES
 from scratchdet.run_folder import RunFolder
 
+# Real COCO images and annotations, trained and evaluated: `make test-fast` leaves them out.
+pytestmark = pytest.mark.e2e
+
 PAPER_R50 = ROOT / "configs" / "paper" / "mask_rcnn_R50_FPN_GN_scratch_2x.yaml"
 # SOURCE.txt: images and annotations per split; crowd regions (RLE) among them.
 SPLITS = {"train2017": (80, 705, 6), "val2017": (80, 815, 11)}

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from dist_workers import nan_on_rank1_worker, run_in_processes
 from helpers import MINI_CONFIG, ROOT, tiny_overrides
 
@@ -16,6 +17,9 @@ from scratchdet.engine import trainer
 from scratchdet.engine.checkpoint import latest_checkpoint, load_checkpoint
 from scratchdet.engine.metrics import read_metrics
 from scratchdet.engine.run_eval import evaluate_run
+
+# Several processes (gloo, torchrun): `make test-fast` leaves them out.
+pytestmark = pytest.mark.e2e
 
 
 def _torchrun(overrides: list[str], nproc: int = 2) -> subprocess.CompletedProcess:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from dist_workers import run_in_processes, sharded_eval_worker
 from helpers import MINI_CONFIG, tiny_overrides
@@ -14,6 +15,9 @@ from scratchdet.distributed import DistContext
 from scratchdet.evaluation.coco import evaluate
 from scratchdet.evaluation.sharding import shard
 from scratchdet.modeling.detector import build_detector
+
+# Several processes (gloo, torchrun): `make test-fast` leaves them out.
+pytestmark = pytest.mark.e2e
 
 TIMINGS = ("inference_s", "eval_s", "eval_processes")
 

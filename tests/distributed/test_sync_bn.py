@@ -6,6 +6,9 @@ import pytest
 import torch
 from dist_workers import conv_bn_step, run_in_processes, sync_bn_worker
 
+# Several processes (gloo, torchrun): `make test-fast` leaves them out.
+pytestmark = pytest.mark.e2e
+
 
 @pytest.mark.parametrize("split", [[1, 1], [2, 0]], ids=["one-image-each", "rank1-empty"])
 def test_two_gloo_processes_match_one_process(tmp_path, split):

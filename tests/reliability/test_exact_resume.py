@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 
+import pytest
 import torch
 from helpers import MINI_CONFIG, ROOT, tiny_overrides
 
@@ -69,6 +70,7 @@ def _final(out) -> dict:
     return load_checkpoint(latest_checkpoint(out / "checkpoints"))
 
 
+@pytest.mark.e2e
 def test_kill_9_after_half_then_resume_is_bitwise_identical_with_same_image_ids(shapes_dir, tmp_path):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     done = _train(shapes_dir, straight)

@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import html
 
+import pytest
 import yaml
 from helpers import MINI_CONFIG, tiny_overrides
 
 from scratchdet.config import load_config
 from scratchdet.engine import trainer
+from scratchdet.report import verdict
 from scratchdet.report.page import write_report
 from scratchdet.report.results import load_study
-from scratchdet.study import runner, verdict
+from scratchdet.study import runner
+
+# A whole study trained and reported: `make test-fast` leaves it out.
+pytestmark = pytest.mark.e2e
 
 
 def test_verdict_bootstraps_kept_detections_and_the_report_shows_examples(shapes_dir, tmp_path):

@@ -29,6 +29,9 @@ from scratchdet.study.graph import read_graph
 from scratchdet.study.jobs import read_record
 from scratchdet.study.status import exit_code, format_status, study_status
 
+# Whole studies on the local launcher, torchrun and the real SLURM cluster: `make test-fast` leaves them out.
+pytestmark = pytest.mark.e2e
+
 RUNS = ("runs/scratch_all_1x", "runs/scratch_all_2x")
 
 

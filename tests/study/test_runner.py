@@ -99,6 +99,7 @@ def test_a_study_folder_that_cannot_be_written_is_refused_naming_it(shapes_dir, 
         runner.run_study(spec, [f"output={tmp_path / 'a-file' / 'study'}"], report=False)
 
 
+@pytest.mark.e2e
 def test_local_launcher_stop_reaches_the_job_and_a_rerun_resumes(shapes_dir, tmp_path):
     """SIGTERM to the local launcher while a job trains: the job (its own process group) gets it, checkpoints at
     its iteration boundary and exits; the launcher raises Preempted; the same command then resumes the job where
