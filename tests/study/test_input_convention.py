@@ -110,13 +110,28 @@ def test_arms_needing_different_conventions_are_refused(tmp_path):
         plan_study(load_study_spec(spec))
 
 
-def test_spec_override_conflicting_with_the_file_is_refused_at_planning(tmp_path):
+def test_spec_override_of_a_convention_key_is_refused_at_load(tmp_path):
+    """The convention belongs to the arm's weight file: a run override of one of its keys is refused by name."""
     weights = msra_pkl(tmp_path / "R-50.pkl")
     spec = write_spec(
         tmp_path,
         SYNCBN_SCRATCH,
         [{"name": "scratch"}, {"name": "pre", "init": "pretrained", "weights": str(weights)}],
         overrides=["model.stride_in_1x1=false"],
+    )
+    with pytest.raises(ConfigError, match=r"overrides has 'model.stride_in_1x1=false', which sets model.stride_in"):
+        load_study_spec(spec)
+
+
+def test_base_config_conflicting_with_the_file_is_refused_at_planning(tmp_path):
+    weights = msra_pkl(tmp_path / "R-50.pkl")
+    base = yaml.safe_load(SYNCBN_SCRATCH.read_text())
+    base.setdefault("model", {})["stride_in_1x1"] = False
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    spec = write_spec(
+        tmp_path,
+        tmp_path / "base.yaml",
+        [{"name": "scratch"}, {"name": "pre", "init": "pretrained", "weights": str(weights)}],
     )
     with pytest.raises(ConfigError, match=r"model.stride_in_1x1=False, but R-50.pkl needs"):
         plan_study(load_study_spec(spec))
