@@ -34,11 +34,23 @@ def test_synth_train_eval(tmp_path, capsys):
     assert main(["train", str(MINI_CONFIG), *tiny_overrides(data, run, **{"train.max_iters": 1})]) == 0
     assert "run folder" in capsys.readouterr().out
 
-    assert main(["eval", str(run), "eval.max_images=2"]) == 0
+    trained = (run / "eval" / "iter_0000001.json").read_text()
+    assert main(["eval", str(run)]) == 0  # the run's own settings: the training record's name and numbers
     printed = capsys.readouterr().out
     report = json.loads((run / "eval" / "iter_0000001.json").read_text())
-    assert report["images"] == 2 and str(run / "eval" / "iter_0000001.json") in printed
-    assert report["checkpoint"].endswith("model_0000001.pth")
+    assert str(run / "eval" / "iter_0000001.json") in printed and report["checkpoint"].endswith("model_0000001.pth")
+    assert report["bbox"] == json.loads(trained)["bbox"] and report["settings_differ"] == []
+
+    assert main(["eval", str(run), "eval.max_images=2", "eval.coco_backend=faster_coco_eval"]) == 0
+    other = run / "eval" / "iter_0000001_coco_backend-faster_coco_eval_max_images-2.json"
+    assert str(other) in capsys.readouterr().out  # beside the training record, named by how it differs
+    report = json.loads(other.read_text())
+    assert report["images"] == 2 and report["settings_differ"] == [
+        "eval.coco_backend=faster_coco_eval",
+        "eval.max_images=2",
+    ]
+    left = json.loads((run / "eval" / "iter_0000001.json").read_text())  # as training wrote it (all 3 val images)
+    assert left["images"] == json.loads(trained)["images"] == 3 and left["bbox"] == json.loads(trained)["bbox"]
 
 
 def test_data_check_prints_the_cleaning_summary(shapes_dir, capsys):

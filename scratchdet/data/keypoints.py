@@ -66,6 +66,8 @@ class KeypointDatasetSummary(DatasetSummary):
     no_keypoints_dropped: int = 0  # keypoint-category instances without any labelled keypoint
     # The names a horizontal flip swaps ([name_a, name_b] pairs); every other keypoint keeps its name.
     keypoint_flip_pairs: list[list[str]] = field(default_factory=list)
+    # The category's keypoints in the file's order: output j of the model (resume and eval compare them).
+    keypoint_names: list[str] = field(default_factory=list)
 
 
 def resolve_keypoint_category(coco_cats: dict[int, dict], requested: str | int | None, path: str) -> int:
@@ -212,7 +214,10 @@ class KeypointCocoDetection(CocoDetection):
         self.num_classes = 2
 
         summary = KeypointDatasetSummary(
-            **asdict(self.summary), keypoint_category_id=cat_id, keypoint_flip_pairs=[list(p) for p in flip_pairs]
+            **asdict(self.summary),
+            keypoint_category_id=cat_id,
+            keypoint_flip_pairs=[list(p) for p in flip_pairs],
+            keypoint_names=list(self.keypoint_names),
         )
         summary.categories = [[cat_id, cat["name"]]]  # the one category the model predicts
         keypoints: dict[int, np.ndarray] = {}

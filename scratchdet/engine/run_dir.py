@@ -137,12 +137,29 @@ def set_aside(out: Path) -> Path | None:
     return target
 
 
+def _set_aside_earlier_attempt(out: Path) -> None:
+    """Before a fresh start: moves another attempt's records (an attempt that ended before its first checkpoint,
+    e.g. a diverged loss, or one trained with other settings) into out/discarded_*/, saying so in one line. Its
+    config.yaml, metrics.jsonl, eval/ and tb/ would otherwise sit beside the new attempt's and mix into its curves,
+    its evaluations and its report (a fresh start appends to metrics.jsonl and overwrites only same-named files)."""
+    found = sorted(p.name + ("/" if p.is_dir() else "") for pattern in RUN_FILES for p in out.glob(pattern))
+    if not found:
+        return
+    moved = set_aside(out)
+    print(
+        f"warning: {out} holds another attempt's records ({', '.join(found)}) and no checkpoint; moved them to "
+        f"{moved} and starting fresh",
+        file=sys.stderr,
+    )
+
+
 def prepare_run_dir(cfg: RunConfig) -> Path | None:
     """Creates the run folder and returns the checkpoint to resume from (None for a fresh run).
 
     With resume=true and train.allow_fresh_start=true, a folder without a checkpoint, or whose latest checkpoint
-    is unreadable, starts fresh instead of failing; the files of an unreadable run are first moved into
-    out/discarded_*/ so the two runs never mix.
+    is unreadable, starts fresh instead of failing. A fresh start never inherits records: another attempt's files
+    (config, metrics, evaluations, TensorBoard, init and dataset records) are first moved into out/discarded_*/, so
+    the two attempts never mix.
 
     Raises:
         CheckpointError: resume=true without a readable checkpoint (unless train.allow_fresh_start), resume with a
@@ -194,6 +211,7 @@ def prepare_run_dir(cfg: RunConfig) -> Path | None:
                 f"{out} already holds checkpoints ({last.name}); pass resume=true to continue it, or choose a new "
                 "output"
             )
+    _set_aside_earlier_attempt(out)
     check_writable(out)
     if ckpt_dir.is_dir():
         check_writable(ckpt_dir)
@@ -236,3 +254,42 @@ def write_env(out: Path, cfg: RunConfig, device: str) -> None:
     if path.exists():
         path = out / f"env_resume_{datetime.now():%Y%m%d_%H%M%S}.json"
     atomic_write_json(path, env)
+
+
+def check_run_categories(run_dir: Path, dataset) -> None:
+    """Refuses data whose categories differ from those the run trained on (its dataset_train.json): the model's
+    label k is the training file's k-th category, written into results with that category's id, and a keypoint
+    model's output j is the training file's j-th keypoint. `scratchdet eval` checks its evaluation data and resume
+    its training data with it: a re-export that renumbered the categories (Label Studio, CVAT and Darwin reassign
+    ids) would otherwise be scored, or trained on, as if label 1 still meant the same class.
+
+    Runs written before the training categories (or keypoint names) were recorded are not checked for them.
+
+    Raises:
+        DataError: listing the differences, naming the run's record and the data file.
+    """
+    import json
+
+    from scratchdet.data.build import category_map
+    from scratchdet.data.validate import check_same_categories
+    from scratchdet.errors import DataError
+
+    record = RunFolder(run_dir).dataset("train")
+    saved = json.loads(record.read_text()) if record.is_file() else {}
+    trained, given = saved.get("categories"), category_map(dataset)
+    if trained and given is not None:
+        check_same_categories(
+            {int(cat_id): name for cat_id, name in trained},
+            f"the training data of {run_dir} ({record.name})",
+            given,
+            str(dataset.json_path),
+        )
+    names, given_names = saved.get("keypoint_names"), getattr(dataset, "keypoint_names", None)
+    if names and given_names is not None and list(names) != list(given_names):
+        raise DataError(
+            f"the keypoints of the training data of {run_dir} ({record.name}: {list(names)}) and of "
+            f"{dataset.json_path} ({list(given_names)}) differ: a keypoint model's output j is the training file's "
+            "j-th keypoint. Use the data the run trained on, or train a new run on this data",
+            path=str(dataset.json_path),
+            field="categories[].keypoints",
+        )

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import json
+import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from scratchdet.config import Config, load_config
-from scratchdet.data.build import build_val_dataset, category_map
-from scratchdet.data.validate import check_same_categories
+from scratchdet.config import Config, config_to_dict, load_config
+from scratchdet.data.build import build_val_dataset
 from scratchdet.distributed import DistContext, init_distributed
 from scratchdet.engine.checkpoint import latest_checkpoint, load_checkpoint
 from scratchdet.engine.model_state import build_model_for_checkpoint
+from scratchdet.engine.run_dir import check_run_categories
 from scratchdet.errors import CheckpointError, ConfigError
 from scratchdet.evaluation.split import evaluate_split
 from scratchdet.evaluation.tta import build_tta_predictor
@@ -33,28 +34,6 @@ class LoadedRun:
     checkpoint: Path
     iteration: int
     ctx: DistContext  # this process's place under torchrun (evaluation is then sharded over the processes)
-
-
-def check_run_categories(run_dir: Path, val_set) -> None:
-    """Refuses evaluation data whose categories differ from those the run trained on (its dataset_train.json):
-    the model's label k is the training file's k-th category, written into results with that category's id.
-
-    Runs written before the training categories were recorded are not checked (nothing to compare with).
-
-    Raises:
-        DataError: listing the differences.
-    """
-    record = RunFolder(run_dir).dataset("train")
-    trained = json.loads(record.read_text()).get("categories") if record.is_file() else None
-    evaluated = category_map(val_set)
-    if not trained or evaluated is None:
-        return
-    check_same_categories(
-        {int(cat_id): name for cat_id, name in trained},
-        f"the training data of {run_dir} ({record.name})",
-        evaluated,
-        str(val_set.json_path),
-    )
 
 
 def load_run(run_dir: str | Path, overrides: list[str] | None = None) -> LoadedRun:
@@ -114,11 +93,58 @@ def load_run(run_dir: str | Path, overrides: list[str] | None = None) -> LoadedR
     return LoadedRun(cfg, model, val_set, device, checkpoint, int(state["iteration"]), ctx)
 
 
+# Keys that change how an evaluation runs, not its numbers: an evaluation that differs only in these is the training
+# run's own, and keeps its name.
+NUMBER_NEUTRAL_KEYS = ("data.num_workers", "train.num_threads", "data.check_files", "train.record_image_ids")
+
+
+def differing_settings(trained: Config, asked: Config) -> list[str]:
+    """`key=value` for every setting of `asked` that differs from the run's own config (`trained`), outside
+    NUMBER_NEUTRAL_KEYS and the keys a resumed run may change without changing what it trains."""
+    a, b = (_flat_config(c) for c in (trained, asked))
+    return [
+        f"{k}={b.get(k)}"
+        for k in sorted(a.keys() | b.keys())
+        if a.get(k) != b.get(k) and k not in NUMBER_NEUTRAL_KEYS and k not in ("resume", "output")
+    ]
+
+
+def eval_report_path(run_dir: Path, iteration: int, trained: Config, asked: Config) -> Path:
+    """Where `scratchdet eval` writes its report: eval/iter_XXXXXXX.json when it evaluates as training did (the
+    same file the training loop writes, with the same numbers), else a name beside it that says how it differs,
+    e.g. iter_0000004_tta.json or iter_0000004_coco_backend-faster_coco_eval_max_images-2.json. The training-time
+    record of an iteration is never replaced by an evaluation with other settings: the learning curves the report
+    draws read those files, and must keep meaning what training measured."""
+    plain = RunFolder(run_dir).eval_report(iteration)
+    differ = [d for d in differing_settings(trained, asked) if not d.startswith("eval.tta")]
+    parts = ["tta"] if asked.eval.tta else []
+    for setting in differ:
+        key, _, value = setting.partition("=")
+        parts.append(re.sub(r"[^A-Za-z0-9._+-]+", "", f"{key.rsplit('.', 1)[-1]}-{value}"))
+    if not parts:
+        return plain
+    tag = "_".join(parts)
+    if len(tag) > 80:  # many keys: a short name, and the report's "overrides" and "settings_differ" say which
+        tag = f"{tag[:60]}_{hashlib.sha1('_'.join(differ).encode()).hexdigest()[:8]}"
+    return plain.with_name(f"{plain.stem}_{tag}{plain.suffix}")
+
+
+def _flat_config(cfg: Config) -> dict:
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    return flat(config_to_dict(cfg))
+
+
 def evaluate_run(run_dir: str | Path, overrides: list[str] | None = None) -> dict:
     """Evaluates the latest checkpoint of `run_dir` (or `checkpoint=PATH` among the overrides) on its val split.
 
-    Writes run_dir/eval/iter_XXXXXXX.json (the checkpoint's iteration), prints the metrics table and returns the
-    report with its "path". Under torchrun (`torchrun --nproc_per_node=N -m scratchdet eval RUN`) every process
+    Writes run_dir/eval/iter_XXXXXXX.json (the checkpoint's iteration) when it evaluates with the run's own settings,
+    else a report beside it whose name says how it differs (eval_report_path), prints the metrics table and returns
+    the report with its "path". Under torchrun (`torchrun --nproc_per_node=N -m scratchdet eval RUN`) every process
     evaluates its shard of the images and rank 0 scores, prints and writes.
     """
     run_dir = Path(run_dir)
@@ -136,10 +162,8 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | None = None) -> dic
     if cfg.eval.tta:
         ev = cfg.eval
         report.update(tta_sizes=list(ev.tta_sizes), tta_max_size=ev.tta_max_size, tta_flip=ev.tta_flip)
-    # A TTA report goes beside the plain one instead of overwriting it.
-    out = RunFolder(run_dir).eval_report(loaded.iteration)
-    if cfg.eval.tta:
-        out = out.with_name(f"{out.stem}_tta{out.suffix}")
+    out = eval_report_path(run_dir, loaded.iteration, load_config(RunFolder(run_dir).config), cfg)
+    report["settings_differ"] = differing_settings(load_config(RunFolder(run_dir).config), cfg)
     if ctx.is_main:
         out.parent.mkdir(exist_ok=True)
         atomic_write_json(out, report)

@@ -45,7 +45,7 @@ from scratchdet.engine.metrics import MetricsWriter
 from scratchdet.engine.model_state import MODEL_STATE_KEY, record_model_state, resume_model_
 from scratchdet.engine.optim import build_optimizer
 from scratchdet.engine.preemption import StopRequest
-from scratchdet.engine.run_dir import prepare_run_dir, write_env
+from scratchdet.engine.run_dir import check_run_categories, prepare_run_dir, write_env
 from scratchdet.engine.schedule import Schedule, schedule_from_config
 from scratchdet.errors import ConfigError
 from scratchdet.evaluation.split import evaluate_split
@@ -241,6 +241,10 @@ def _start(cfg: Config) -> _Run:
     train_set = build_train_dataset(cfg)
     val_set = build_val_dataset(cfg)
     check_categories(train_set, val_set)
+    if cfg.resume:
+        # Before anything of the run is rewritten: a re-export with renumbered categories would train on with
+        # label 1 meaning another class, and dataset_train.json would then record the new map.
+        check_run_categories(out, train_set)
     resume_from = main_first(ctx, _setup_run_folder, cfg, device, ctx.world_size)
     seed_everything(cfg.seed)
     if ctx.is_main:
@@ -338,6 +342,17 @@ def train(cfg: Config) -> TrainResult:
     train_model = _wrap(model, ctx, device)
     train_model.train()
     window, report = LossWindow(), {}
+    if (
+        start_iter > 0
+        and due(start_iter, cfg.eval.period, end_iter)
+        and not RunFolder(run.out).eval_report(start_iter).is_file()
+    ):
+        # The checkpoint of this iteration was written and its evaluation was not: the loop saves before it
+        # evaluates, and a kill came between. Evaluate the restored model first, so the curve has every point and a
+        # run resumed at its end gets its final number (docs/RELIABILITY.md); the model is the one that checkpoint
+        # holds, so the number is the one the uninterrupted run would have written.
+        final = start_iter == schedule.max_iters and cfg.eval.save_detections
+        report = run_evaluation(model, run.val_set, cfg, device, start_iter, run.out, metrics, ctx, final)
     progress = progress_bar(end_iter, start_iter, "train", enabled=ctx.is_main)
     # SIGTERM/SIGINT -> checkpoint at the next iteration boundary, then stop.
     with deterministic_kernels(cfg.train.deterministic), StopRequest() as stop:

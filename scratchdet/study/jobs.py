@@ -93,13 +93,39 @@ def job_done_iter(study_dir: str | Path, job: Job) -> int | None:
 
 
 def is_finished(study_dir: str | Path, job: Job) -> bool:
-    """Whether the job's work is in its run folder: a pre-training's summary, or a checkpoint at its last
-    iteration. The run folder decides, not the record: a record can be lost, a checkpoint is written atomically."""
+    """Whether the job's work is in its run folder: a pre-training's summary (written after its final evaluation),
+    or a checkpoint at its last iteration AND the evaluation of that iteration.
+
+    Finished means evaluated: the trainer checkpoints before it evaluates (engine/trainer.py), so a run killed
+    between the two has its last checkpoint and not its number; a rerun then evaluates and trains nothing. Every
+    detection job evaluates at its end (eval.period=0 means "only at the end"; a trunk segment's end is its fork
+    point), so the report of `end_iter` is what marks it done. The run folder decides, not the record: a record can
+    be lost, checkpoints and evaluation reports are written atomically (scratchdet/files.py).
+    """
     folder = RunFolder(Path(study_dir) / job.path)
     if job.kind == "pretrain":
         return folder.pretrain_summary.is_file()
     done = folder.checkpoint_iteration()
-    return done is not None and job.end_iter is not None and done >= job.end_iter
+    if done is None or job.end_iter is None or done < job.end_iter:
+        return False
+    return folder.eval_report(job.end_iter).is_file()
+
+
+def job_config(job: Job, study_dir: str | Path, extra: list[str] | None = None):
+    """The config the job trains with: the one its run folder's config.yaml must match (up to the keys a resumed
+    run may change, engine/run_dir.py RESUMABLE_KEYS). A pre-training's PretrainConfig, else a detection Config.
+
+    Raises:
+        ConfigError: the job's config or overrides are invalid.
+    """
+    out = Path(study_dir) / job.path
+    if job.kind == "pretrain":
+        from scratchdet.pretrain.config import load_pretrain_config
+
+        return load_pretrain_config(job.config, [*job.overrides, f"output={out}", *(extra or [])])
+    from scratchdet.study.plan import run_config
+
+    return run_config(job.config, job.overrides, out, [f"train.max_iters={job.end_iter}", *job.extra, *(extra or [])])
 
 
 @contextmanager
@@ -131,29 +157,29 @@ def run_folder_lock(study_dir: str | Path, job: Job):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _train_until(job: Job, out: Path) -> JobOutcome:
+def _train_until(study_dir: Path, job: Job) -> JobOutcome:
     from scratchdet.engine.trainer import train
-    from scratchdet.study.plan import run_config
 
-    done = RunFolder(out).checkpoint_iteration()
-    if done is not None and done >= job.end_iter:
+    if is_finished(study_dir, job):
         return JobOutcome(JobState.SKIPPED, "(finished)")
+    done = RunFolder(study_dir / job.path).checkpoint_iteration()
     resume = ["resume=true"] if done is not None else []
-    train(run_config(job.config, job.overrides, out, [f"train.max_iters={job.end_iter}", *job.extra, *resume]))
+    train(job_config(job, study_dir, resume))
+    if done is not None and done >= job.end_iter:
+        return JobOutcome(JobState.RESUMED, f"to evaluate iteration {done}, which an interruption left unevaluated")
     if job.kind == "segment" and done == job.start_iter:
         # The plan, not a recovery from a crash.
         return JobOutcome(JobState.CONTINUED, f"the trunk from iteration {done}")
     return JobOutcome(JobState.RESUMED if resume else JobState.TRAINED)
 
 
-def _pretrain(job: Job, out: Path) -> JobOutcome:
+def _pretrain(study_dir: Path, job: Job) -> JobOutcome:
     from scratchdet.pretrain.classify import pretrain
-    from scratchdet.pretrain.config import load_pretrain_config
 
-    if RunFolder(out).pretrain_summary.is_file():
+    if is_finished(study_dir, job):
         return JobOutcome(JobState.SKIPPED, "(finished)")
-    resume = ["resume=true"] if RunFolder(out).checkpoint_iteration() is not None else []
-    pretrain(load_pretrain_config(job.config, [*job.overrides, f"output={out}", *resume]))
+    resume = ["resume=true"] if RunFolder(study_dir / job.path).checkpoint_iteration() is not None else []
+    pretrain(job_config(job, study_dir, resume))
     return JobOutcome(JobState.RESUMED if resume else JobState.TRAINED)
 
 
@@ -179,15 +205,15 @@ def execute(graph: JobGraph, job: Job) -> JobOutcome:
     if job.kind == "pretrain":
         if env_world_size() > 1:
             raise ConfigError(f"job {job.id}: pre-training runs in one process; launch it with one task")
-        return _pretrain(job, out)
+        return _pretrain(study_dir, job)
     if job.fork is not None and job.start_iter > 0:
         # Rank 0 makes the fork while the others wait: the process group must exist first.
         device = run_config(job.config, job.overrides, out).train.device
         ctx, _ = init_distributed(device)
         if main_first(ctx, _make_fork, study_dir, job, out):
-            _train_until(job, out)
+            _train_until(study_dir, job)
             return JobOutcome(JobState.TRAINED, f"from the trunk's iteration {job.fork['iter']}")
-    return _train_until(job, out)
+    return _train_until(study_dir, job)
 
 
 def _requeue_and_wait(study_dir: Path, job: Job, rank: int) -> None:

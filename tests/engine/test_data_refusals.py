@@ -58,3 +58,41 @@ def test_eval_refuses_data_whose_categories_differ_from_the_run(shapes_dir, tmp_
     with pytest.raises(DataError, match="the training data of .* and .*val_swapped.json .* differ"):
         evaluate_run(run, [f"data.val.json={path}", "eval.max_images=1"])
     assert evaluate_run(run, ["eval.max_images=1"])["status"] in ("ok", "no predictions")
+
+
+def test_resume_on_a_reexport_with_swapped_category_ids_is_refused_without_rewriting_the_run(shapes_dir, tmp_path):
+    """Label Studio / CVAT / Darwin re-exports reassign category ids: both splits re-exported, consistent with each
+    other, but label 1 now means another class. Resume refuses as `scratchdet eval` does, and the run's records
+    (dataset_train.json, config.yaml, metrics) are left as they were."""
+    run = tmp_path / "run"
+    train(load_config(MINI_CONFIG, tiny_overrides(shapes_dir, run, **{"train.max_iters": 1})))
+    export = tmp_path / "reexport"
+    export.mkdir()
+    for split in ("train", "val"):
+        data = json.loads((shapes_dir / f"instances_{split}.json").read_text())
+        cats = sorted(data["categories"], key=lambda c: c["id"])
+        cats[0]["name"], cats[1]["name"] = cats[1]["name"], cats[0]["name"]
+        (export / f"instances_{split}.json").write_text(json.dumps(data))
+        (export / split).symlink_to(shapes_dir / split)
+    before = {name: (run / name).read_bytes() for name in ("dataset_train.json", "config.yaml", "metrics.jsonl")}
+    resumed = tiny_overrides(shapes_dir, run, **{"train.max_iters": 2, "resume": "true", "data.root": str(export)})
+    with pytest.raises(DataError, match=r"the training data of .*dataset_train.json.* and .*reexport/instances_train"):
+        train(load_config(MINI_CONFIG, resumed))
+    assert {name: (run / name).read_bytes() for name in before} == before
+
+
+def test_resume_and_eval_refuse_keypoints_in_another_order(tmp_path):
+    from types import SimpleNamespace
+
+    from scratchdet.engine.run_dir import check_run_categories
+
+    (tmp_path / "dataset_train.json").write_text(
+        json.dumps({"categories": [[1, "walker"]], "keypoint_names": ["a", "b"]})
+    )
+    same = SimpleNamespace(keypoint_names=("a", "b"), json_path=tmp_path / "k.json", coco=None)
+    check_run_categories(tmp_path, same)
+    swapped = SimpleNamespace(keypoint_names=("b", "a"), json_path=tmp_path / "k.json", coco=None)
+    with pytest.raises(
+        DataError, match=r"keypoints of the training data .*\['a', 'b'\].* and of .*k.json \(\['b', 'a'\]\)"
+    ):
+        check_run_categories(tmp_path, swapped)

@@ -114,3 +114,31 @@ def test_final_evaluation_keeps_its_detections_and_a_cut_run_does_not(shapes_dir
     results = read_results(RunFolder(tmp_path / "full").detections(4))
     assert len(results) == done.eval["detections"]
     assert all("segmentation" in r and r["image_id"] >= 0 for r in results)
+
+
+def test_resume_of_a_run_whose_final_evaluation_is_missing_evaluates_it(shapes_dir, tmp_path, monkeypatch):
+    """A stop between the final checkpoint and the final evaluation (the loop saves, then evaluates): resume=true
+    trains nothing, writes the missing evaluation (equal to an uninterrupted run's) and then the end record."""
+    real = trainer.run_evaluation
+
+    def stopped_before_evaluating(model, val_set, cfg, device, iteration, *args, **kwargs):
+        if iteration == 2:
+            raise KeyboardInterrupt  # where a kill -9 would land; the checkpoint of iteration 2 is on disk
+        return real(model, val_set, cfg, device, iteration, *args, **kwargs)
+
+    run = tmp_path / "run"
+    overrides = tiny_overrides(shapes_dir, run, **{"train.max_iters": 2})
+    monkeypatch.setattr(trainer, "run_evaluation", stopped_before_evaluating)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(load_config(MINI_CONFIG, overrides))
+    monkeypatch.undo()
+    assert latest_checkpoint(run / "checkpoints").name == "model_0000002.pth"
+    assert not (run / "eval" / "iter_0000002.json").exists() and not read_metrics(run, "end")
+
+    result = trainer.train(load_config(MINI_CONFIG, [*overrides, "resume=true"]))
+    trainer.train(load_config(MINI_CONFIG, tiny_overrides(shapes_dir, tmp_path / "straight", **{"train.max_iters": 2})))
+    evaluated = json.loads((run / "eval" / "iter_0000002.json").read_text())
+    straight = json.loads((tmp_path / "straight" / "eval" / "iter_0000002.json").read_text())
+    assert evaluated["bbox"] == straight["bbox"] and result.eval["bbox"] == straight["bbox"]
+    assert [r["iter"] for r in read_metrics(run, "train")] == [1, 2]  # nothing trained twice
+    assert [r["iter"] for r in read_metrics(run, "eval")] == [2] and read_metrics(run, "end")[-1]["iter"] == 2

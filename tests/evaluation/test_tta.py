@@ -137,7 +137,8 @@ def test_eval_run_with_and_without_tta(shapes_dir, tmp_path):
     tta = evaluate_run(tmp_path / "run", ["eval.max_images=2", "tta=true", "eval.tta_sizes=[48,64]"])
     assert plain["tta"] is False and "tta_sizes" not in plain
     saved = json.loads(Path(tta["path"]).read_text())
-    assert tta["path"] != plain["path"] and tta["path"].endswith("_tta.json")
+    assert plain["path"].endswith("iter_0000003_max_images-2.json")  # not the training record (max_images 4)
+    assert tta["path"].endswith("iter_0000003_tta_max_images-2.json")
     assert saved["tta"] is True and saved["tta_sizes"] == [48, 64] and saved["tta_flip"] is True
     for report in (plain, saved):
         assert report["status"] == "ok"

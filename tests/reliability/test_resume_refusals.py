@@ -86,3 +86,26 @@ def test_readable_checkpoint_still_resumes_with_allow_fresh_start(shapes_dir, br
     out, path = broken_run
     cfg = _cfg(shapes_dir, out, resume="true", **{"train.allow_fresh_start": "true"})
     assert prepare_run_dir(cfg) == path and not list(out.glob("discarded_*"))
+
+
+@pytest.mark.parametrize("second", [{}, {"resume": "true", "train.allow_fresh_start": "true"}])
+def test_a_fresh_attempt_sets_aside_an_earlier_attempts_records(shapes_dir, tmp_path, capsys, second):
+    """An attempt that diverged before its first checkpoint (LR 1e4, evaluated every iteration), then a second one
+    into the same folder at a sane LR: the folder holds the second attempt's records only."""
+    from scratchdet.errors import TrainingError
+
+    out = tmp_path / "run"
+    diverging = {"solver.base_lr": 1e4, "eval.period": 1, "train.checkpoint_period": 100, "train.max_iters": 6}
+    with pytest.raises(TrainingError):
+        trainer.train(_cfg(shapes_dir, out, **diverging))
+    first_evals = sorted(p.name for p in (out / "eval").glob("iter_*.json"))
+    assert first_evals and latest_checkpoint(out / "checkpoints") is None  # evaluated, never checkpointed
+
+    trainer.train(_cfg(shapes_dir, out, **{"train.max_iters": 2, **second}))
+    assert "holds another attempt's records (" in capsys.readouterr().err
+    assert sorted(p.name for p in (out / "eval").glob("iter_*.json")) == ["iter_0000002.json"]
+    assert [r["iter"] for r in read_metrics(out, "start")] == [0]  # one attempt's log
+    assert [r["lr"] for r in read_metrics(out, "train")][-1] < 1.0
+    (discarded,) = out.glob("discarded_*")
+    assert sorted(p.name for p in (discarded / "eval").glob("iter_*.json")) == first_evals
+    assert (discarded / "metrics.jsonl").is_file() and (discarded / "config.yaml").is_file()
