@@ -6,7 +6,7 @@ scratchdet data synth --task classify --out DIR
 scratchdet pretrain CONFIG [key=value ...]
 scratchdet train CONFIG [key=value ...]
 scratchdet eval RUN_DIR [checkpoint=PATH] [key=value ...]
-scratchdet study SPEC.yaml [key=value ...] [--dry-run]
+scratchdet study SPEC.yaml [key=value ...] [--dry-run] [--replan]
 scratchdet study status STUDY_DIR [--json]
 scratchdet study job STUDY_DIR JOB_ID          (what the local and slurm launchers run; study/jobs.py)
 scratchdet report STUDY_DIR
@@ -155,7 +155,7 @@ def _cmd_study(args) -> int:
         print(dry_run(args.spec, args.overrides))
         return 0
     _single_process("study")
-    study_dir = run_study(args.spec, args.overrides)
+    study_dir = run_study(args.spec, args.overrides, replan=args.replan)
     print(f"study folder: {study_dir}; report: {study_dir}/report/report.html")
     return 0
 
@@ -297,6 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument(
         "--dry-run", action="store_true", help="print the job graph (dependencies, iterations, device-hours) and stop"
     )
+    study.add_argument(
+        "--replan",
+        action="store_true",
+        help="set aside (into STUDY/discarded_<time>/) and train again the runs whose saved config differs from the "
+        "spec's plan, instead of refusing",
+    )
     study.add_argument("--json", dest="json_output", action="store_true", help="status: print JSON")
     study.set_defaults(func=_cmd_study)
 
@@ -328,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["study"]:  # argparse stops reading flags after a nargs="*" positional; allow them anywhere
-        flags = [a for a in argv[1:] if a in ("--dry-run", "--json")]
+        flags = [a for a in argv[1:] if a in ("--dry-run", "--json", "--replan")]
         argv = ["study", *flags, *(a for a in argv[1:] if a not in flags)]
     args = build_parser().parse_args(argv)
     return exit_status(args.func, args)

@@ -11,13 +11,15 @@ same whichever launcher runs them.
 from __future__ import annotations
 
 import shutil
+from datetime import datetime
 from pathlib import Path
 
 from scratchdet.engine.run_dir import check_writable
-from scratchdet.errors import ScratchdetError
+from scratchdet.errors import ConfigError, ScratchdetError
 from scratchdet.files import atomic_write_json, atomic_write_text
+from scratchdet.run_folder import RunFolder
 from scratchdet.study.graph import JobGraph, build_graph, describe_graph
-from scratchdet.study.jobs import update_record
+from scratchdet.study.jobs import job_config, record_path, update_record
 from scratchdet.study.launchers import launch_inprocess, launch_local, submit_slurm
 from scratchdet.study.plan import Plan, plan_study, run_config
 from scratchdet.study.spec import StudySpec, load_study_spec
@@ -48,25 +50,118 @@ def dry_run(spec_path: str | Path, overrides: list[str] | None = None) -> str:
     return head + "\n" + describe_graph(build_study_graph(plan, spec), spec.launcher)
 
 
-def run_study(spec_path: str | Path, overrides: list[str] | None = None, *, report: bool = True) -> Path:
+def folder_differences(graph: JobGraph) -> dict[str, list[str]]:
+    """{job id: config differences} for every job whose run folder already holds a config.yaml that differs from the
+    config the plan now gives the job, outside the keys a resumed run may change (the comparison resume makes,
+    engine/run_dir.py config_diff). Trunk segments share one folder: it is compared once, under its first segment.
+
+    Raises:
+        ConfigError: a planned job's config is invalid.
+    """
+    import yaml
+
+    from scratchdet.config import config_to_dict
+    from scratchdet.engine.run_dir import config_diff
+
+    study_dir = Path(graph.study_dir)
+    seen: set[str] = set()
+    differences = {}
+    for job in graph.jobs:
+        saved = RunFolder(study_dir / job.path).config
+        if job.path in seen or not saved.is_file():
+            continue
+        seen.add(job.path)
+        try:
+            recorded = yaml.safe_load(saved.read_text())
+        except (OSError, yaml.YAMLError) as e:
+            differences[job.id] = [f"its config.yaml cannot be read ({type(e).__name__}: {e})"]
+            continue
+        diff = config_diff(recorded if isinstance(recorded, dict) else {}, config_to_dict(job_config(job, study_dir)))
+        if diff:
+            differences[job.id] = diff
+    return differences
+
+
+def set_aside_jobs(graph: JobGraph, job_ids: list[str], log=print) -> Path:
+    """Moves the run folders and job records of `job_ids`, and of every job that depends on them (a fork of a set
+    aside trunk started from its checkpoints), into STUDY/discarded_YYYYmmdd_HHMMSS/; returns that folder."""
+    study_dir = Path(graph.study_dir)
+    stamp = study_dir / f"discarded_{datetime.now():%Y%m%d_%H%M%S}"
+    while stamp.exists():
+        stamp = stamp.with_name(stamp.name + "_")
+    chosen = set(job_ids)
+    for job_id in job_ids:
+        chosen.update(graph.dependents(job_id))
+    paths = {graph.job(j).path for j in chosen}
+    # Trunk segments share a folder: a set-aside folder takes every job that writes it, and what depends on them.
+    chosen.update(j.id for j in graph.jobs if j.path in paths)
+    for job_id in list(chosen):
+        chosen.update(graph.dependents(job_id))
+    paths = {graph.job(j).path for j in chosen}
+    for path in sorted(paths):
+        if (study_dir / path).exists():
+            (stamp / path).parent.mkdir(parents=True, exist_ok=True)
+            (study_dir / path).rename(stamp / path)
+            log(f"[study] {path}: set aside into {stamp / path} (--replan)")
+    for job_id in sorted(chosen):
+        for record in (record_path(study_dir, job_id), record_path(study_dir, job_id).with_suffix(".log")):
+            if record.exists():
+                target = stamp / record.relative_to(study_dir)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                record.rename(target)
+    return stamp
+
+
+def check_study_folder(graph: JobGraph, replan: bool, log=print) -> None:
+    """A study folder describes one study: before anything is written or launched, every existing run folder must
+    have been trained with the config the spec now plans for it. A difference is refused with the diff and the two
+    ways out; with `replan` the differing runs (and what was forked from them) are set aside and trained again.
+
+    Raises:
+        ConfigError: a run folder was trained with other settings, and `replan` is false.
+    """
+    differences = folder_differences(graph)
+    if not differences:
+        return
+    if replan:
+        set_aside_jobs(graph, sorted(differences), log)
+        return
+    lines = [f"  {job_id} ({graph.job(job_id).path}):\n    " + "\n    ".join(d) for job_id, d in differences.items()]
+    raise ConfigError(
+        f"{graph.study_dir} holds {len(differences)} run(s) trained with other settings than the spec now plans "
+        "(saved config.yaml -> planned):\n" + "\n".join(lines) + "\nA study folder describes one study: its report "
+        "would compare runs trained differently as if controlled. Write this study to a new folder (output=DIR), or "
+        f"rerun with --replan to move the differing runs into {graph.study_dir}/discarded_<time>/ and train them "
+        "again (what they share with the rest is kept)"
+    )
+
+
+def run_study(
+    spec_path: str | Path, overrides: list[str] | None = None, *, report: bool = True, replan: bool = False
+) -> Path:
     """Plans the study of `spec_path` and launches its jobs; returns the study folder.
 
     With launcher.name=inprocess or local, returns when every job has ended and writes the report; with slurm,
-    returns once the graph is submitted (`scratchdet study status DIR`, `scratchdet report DIR`).
+    returns once the graph is submitted (`scratchdet study status DIR`, `scratchdet report DIR`). A rerun into the
+    same folder checks first that every run already there was trained with the config now planned for it
+    (`check_study_folder`; `replan` sets differing runs aside), and only then writes spec.yaml, plan.json and
+    jobs.json.
 
     Raises:
+        ConfigError: a run folder trained with other settings (without `replan`).
         ScratchdetError: a job failed (after the others ran), or submission failed.
         Preempted: the study was asked to stop; every running job checkpointed.
     """
     spec = load_study_spec(spec_path, overrides)
     study_dir = Path(spec.output)
     plan = plan_study(spec)
+    graph = build_study_graph(plan, spec)
+    check_study_folder(graph, replan)
     # Every job reads jobs.json and writes its run folder and record here, wherever it runs: say so when it cannot.
     check_writable(study_dir, "the study folder (it must be on a file system every job's node can write)")
     if Path(spec_path).resolve() != (study_dir / "spec.yaml").resolve():
         shutil.copy2(spec_path, study_dir / "spec.yaml")
     atomic_write_json(study_dir / "plan.json", plan.to_dict())
-    graph = build_study_graph(plan, spec)
     graph.write()
     it = plan.iterations()
     # The progress lines count every job's iterations, pre-training included: say so here, where the total is given.

@@ -8,6 +8,7 @@ from helpers import tiny_study_overrides, write_study_spec
 from scratchdet.engine import trainer
 from scratchdet.engine.metrics import read_metrics
 from scratchdet.study import runner
+from scratchdet.study.graph import read_graph
 
 
 def launch_outcomes(study) -> dict[str, str]:
@@ -142,3 +143,49 @@ def test_local_launcher_stop_reaches_the_job_and_a_rerun_resumes(shapes_dir, tmp
     study = runner.run_study(spec, launcher, report=False)
     assert launch_outcomes(study)["runs/scratch_all_1x"] == "resumed"
     assert [r["iter"] for r in read_metrics(run, "train")] == list(range(1, 101))
+
+
+def test_a_rerun_with_a_changed_spec_is_refused_before_anything_is_written_and_replan_sets_runs_aside(
+    shapes_dir, tmp_path
+):
+    """Finish a study at one LR, change the LR, rerun into the same folder: the finished run was trained otherwise,
+    so the study refuses with the diff (spec.yaml, plan.json and jobs.json unchanged); --replan moves it aside and
+    trains it again, so the folder again describes one study."""
+    from scratchdet.errors import ConfigError
+
+    overrides = tiny_study_overrides(shapes_dir)
+    spec = write_study_spec(tmp_path / "spec.yaml", tmp_path / "study", [*overrides, "solver.base_lr=0.02"])
+    study = runner.run_study(spec, report=False)
+    records = {name: (study / name).read_bytes() for name in ("spec.yaml", "plan.json", "jobs.json")}
+
+    changed = write_study_spec(tmp_path / "changed.yaml", tmp_path / "study", [*overrides, "solver.base_lr=0.002"])
+    with pytest.raises(ConfigError) as refused:
+        runner.run_study(changed, report=False)
+    message = str(refused.value)
+    assert "holds 3 run(s) trained with other settings" in message  # the trunk and the 1x and 2x runs
+    assert "runs/scratch_all_1x (runs/scratch_all_1x):\n    solver.base_lr: 0.02 -> 0.002" in message
+    assert "output=DIR" in message and "--replan" in message
+    assert {name: (study / name).read_bytes() for name in records} == records
+
+    runner.run_study(changed, report=False, replan=True)
+    (discarded,) = study.glob("discarded_*")
+    assert (discarded / "runs" / "scratch_all_1x" / "config.yaml").is_file()
+    assert (discarded / "trunks" / "scratch_all" / "config.yaml").is_file()
+    assert (discarded / "jobs" / "runs" / "scratch_all_1x.json").is_file()
+    assert "base_lr: 0.002" in (study / "runs" / "scratch_all_1x" / "config.yaml").read_text()
+    assert set(launch_outcomes(study).values()) <= {"trained", "continued the trunk from iteration 2"} | {
+        "trained from the trunk's iteration 2",
+        "trained from the trunk's iteration 6",
+    }
+    assert runner.folder_differences(read_graph(study)) == {}
+
+
+def test_duplicate_train_sizes_are_refused(shapes_dir, tmp_path):
+    from scratchdet.errors import ConfigError
+
+    spec = write_study_spec(
+        tmp_path / "spec.yaml", tmp_path / "study", tiny_study_overrides(shapes_dir), train_sizes=[2, 2]
+    )
+    with pytest.raises(ConfigError, match=r"train_sizes has duplicates: \[2, 2\]"):
+        runner.run_study(spec, report=False)
+    assert not (tmp_path / "study").exists()
