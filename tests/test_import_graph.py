@@ -72,3 +72,28 @@ def test_a_function_level_import_closing_a_cycle_is_found(tmp_path):
     except graphlib.CycleError:
         return
     raise AssertionError("the cycle cli -> runner -> cli was not found")
+
+
+MOVED = {
+    "scratchdet.study.results": "scratchdet.report.results",
+    "scratchdet.study.findings": "scratchdet.report.findings",
+    "scratchdet.study.verdict": "scratchdet.report.verdict",
+    "scratchdet.study.figures": "scratchdet.report.figures",
+    "scratchdet.study.report": "scratchdet.report.page",
+}
+
+
+def test_moved_modules_keep_their_old_names_for_scripts_and_nothing_here_uses_them():
+    import importlib
+    import sys
+    import warnings
+
+    for old, new in MOVED.items():
+        sys.modules.pop(old, None)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            module = importlib.import_module(old)
+        assert module is importlib.import_module(new)  # the same object: private names and state included
+        assert any(issubclass(w.category, DeprecationWarning) and new in str(w.message) for w in caught)
+    users = {m: sorted(set(MOVED) & deps) for m, deps in import_graph().items() if set(MOVED) & deps}
+    assert users == {}

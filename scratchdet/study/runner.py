@@ -51,9 +51,10 @@ def dry_run(spec_path: str | Path, overrides: list[str] | None = None) -> str:
 
 
 def folder_differences(graph: JobGraph) -> dict[str, list[str]]:
-    """{job id: config differences} for every job whose run folder already holds a config.yaml that differs from the
-    config the plan now gives the job, outside the keys a resumed run may change (the comparison resume makes,
-    engine/run_dir.py config_diff). Trunk segments share one folder: it is compared once, under its first segment.
+    """{job id: config differences} for every job whose run folder already holds trained work (a checkpoint) and
+    a config.yaml that differs from the config the plan now gives the job, outside the keys a resumed run may change
+    (the comparison resume makes, engine/run_dir.py config_diff). Trunk segments share one folder: it is compared
+    once, under its first segment.
 
     Raises:
         ConfigError: a planned job's config is invalid.
@@ -67,8 +68,11 @@ def folder_differences(graph: JobGraph) -> dict[str, list[str]]:
     seen: set[str] = set()
     differences = {}
     for job in graph.jobs:
-        saved = RunFolder(study_dir / job.path).config
-        if job.path in seen or not saved.is_file():
+        folder = RunFolder(study_dir / job.path)
+        saved = folder.config
+        # Only trained work is reused, and so compared: a folder without a checkpoint (a job that failed early) is
+        # started fresh, and a fresh start sets another attempt's records aside (engine/run_dir.py).
+        if job.path in seen or not saved.is_file() or folder.checkpoint_iteration() is None:
             continue
         seen.add(job.path)
         try:

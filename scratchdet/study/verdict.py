@@ -1,0 +1,15 @@
+"""Moved to `scratchdet.report.verdict` (the report half of a study left study/ for report/). This name stays for one
+release so that scripts and notebooks written against it keep working; it is the very same module object, private
+names included, and importing it warns once.
+"""
+
+import importlib
+import sys
+import warnings
+
+warnings.warn(
+    "scratchdet.study.verdict moved to scratchdet.report.verdict; import it from there",
+    DeprecationWarning,
+    stacklevel=2,
+)
+sys.modules[__name__] = importlib.import_module("scratchdet.report.verdict")
