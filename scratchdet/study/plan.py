@@ -41,6 +41,7 @@ class PlannedRun:
     max_iters: int
     trunk: str | None = None  # relative path of the trunk it forks from
     fork_iter: int | None = None
+    seed: int | None = None  # the replicate's seed (spec `seeds`); None: the base config's, the only replicate
 
 
 @dataclass
@@ -174,65 +175,78 @@ def plan_study(spec: StudySpec, *, check_sources: bool = True) -> Plan:
     trunks: list[PlannedTrunk] = []
     pretrain = {a.name: f"pretrain/{a.name}" for a in spec.arms if a.init == "pretrained" and not a.weights}
     many_hparams = len(spec.hparams) > 1
-    for arm in spec.arms:
-        for size in spec.train_sizes:
-            size_label = "all" if size is None else str(size)
-            for hp in spec.hparams:
-                group = f"{arm.name}_{size_label}" + (f"_{hp.name}" if many_hparams else "")
-                root = [f"data.root={spec.data_root}"] if spec.data_root else []
-                overrides = [
-                    *root,
-                    *spec.overrides,
-                    *convention_overrides,
-                    *arm_overrides(arm, study_dir),
-                    *hp.overrides,
-                ]
-                if size is not None:
-                    overrides.append(f"data.train_subset={size}")
-                group_runs = []
-                for n in spec.schedules:
-                    name = f"{group}_{_label(n)}"
-                    run_overrides = [*overrides, f"schedule.multiplier={n:g}"]
-                    cfg = run_config(spec.base_config, run_overrides, study_dir / name)
-                    schedule = schedule_from_config(cfg)
-                    # The shareable part ends at the first LR drop or at the late cascade switch, whichever is
-                    # first: schedules of different lengths switch at different iterations (fork.py).
-                    switch = cascade_switch_iter(cfg, schedule.max_iters)
-                    fork_iter = first_drop(schedule) if switch is None else min(first_drop(schedule), switch)
-                    group_runs.append(
-                        PlannedRun(
-                            name=name,
-                            arm=arm.name,
-                            init=arm.init,
-                            schedule=float(n),
-                            train_size=size,
-                            train_size_label=size_label,
-                            hparams=hp.name,
-                            hparams_overrides=list(hp.overrides),
-                            overrides=run_overrides,
-                            path=f"runs/{name}",
-                            max_iters=schedule.max_iters,
-                            fork_iter=fork_iter,
-                        )
-                    )
-                # A run that switches to cascade at iteration 0 shares nothing with the others: it trains alone.
-                sharing = [r for r in group_runs if r.fork_iter]
-                if spec.share_trunk and len(sharing) > 1:
-                    longest = max(sharing, key=lambda r: r.max_iters)
-                    trunk = PlannedTrunk(
-                        name=group,
-                        path=f"trunks/{group}",
-                        overrides=list(longest.overrides),
-                        iters=max(r.fork_iter for r in sharing),
-                        forks=sorted({r.fork_iter for r in sharing}),
-                    )
-                    trunks.append(trunk)
-                    for r in sharing:
-                        r.trunk = trunk.path
-                for r in group_runs:
-                    if r.trunk is None:
-                        r.fork_iter = None
-                runs += group_runs
+    cells = [
+        (arm, size, hp, seed)
+        for arm in spec.arms
+        for size in spec.train_sizes
+        for hp in spec.hparams
+        for seed in (spec.seeds if spec.seeds is not None else [None])
+    ]
+    # One group of schedules per cell (arm, size, hparams, seed): they share a trunk.
+    for arm, size, hp, seed in cells:
+        size_label = "all" if size is None else str(size)
+        group = (
+            f"{arm.name}_{size_label}"
+            + (f"_{hp.name}" if many_hparams else "")
+            + (f"_s{seed}" if seed is not None else "")
+        )
+        root = [f"data.root={spec.data_root}"] if spec.data_root else []
+        overrides = [
+            *root,
+            *spec.overrides,
+            *convention_overrides,
+            *arm_overrides(arm, study_dir),
+            *hp.overrides,
+        ]
+        if size is not None:
+            overrides.append(f"data.train_subset={size}")
+        if seed is not None:
+            overrides.append(f"seed={seed}")
+        group_runs = []
+        for n in spec.schedules:
+            name = f"{group}_{_label(n)}"
+            run_overrides = [*overrides, f"schedule.multiplier={n:g}"]
+            cfg = run_config(spec.base_config, run_overrides, study_dir / name)
+            schedule = schedule_from_config(cfg)
+            # The shareable part ends at the first LR drop or at the late cascade switch, whichever is
+            # first: schedules of different lengths switch at different iterations (fork.py).
+            switch = cascade_switch_iter(cfg, schedule.max_iters)
+            fork_iter = first_drop(schedule) if switch is None else min(first_drop(schedule), switch)
+            group_runs.append(
+                PlannedRun(
+                    name=name,
+                    arm=arm.name,
+                    init=arm.init,
+                    schedule=float(n),
+                    train_size=size,
+                    train_size_label=size_label,
+                    hparams=hp.name,
+                    hparams_overrides=list(hp.overrides),
+                    overrides=run_overrides,
+                    path=f"runs/{name}",
+                    max_iters=schedule.max_iters,
+                    fork_iter=fork_iter,
+                    seed=seed,
+                )
+            )
+        # A run that switches to cascade at iteration 0 shares nothing with the others: it trains alone.
+        sharing = [r for r in group_runs if r.fork_iter]
+        if spec.share_trunk and len(sharing) > 1:
+            longest = max(sharing, key=lambda r: r.max_iters)
+            trunk = PlannedTrunk(
+                name=group,
+                path=f"trunks/{group}",
+                overrides=list(longest.overrides),
+                iters=max(r.fork_iter for r in sharing),
+                forks=sorted({r.fork_iter for r in sharing}),
+            )
+            trunks.append(trunk)
+            for r in sharing:
+                r.trunk = trunk.path
+        for r in group_runs:
+            if r.trunk is None:
+                r.fork_iter = None
+        runs += group_runs
     return Plan(
         name=spec.name,
         base_config=spec.base_config,

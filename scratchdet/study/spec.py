@@ -97,6 +97,10 @@ class StudySpec:
     schedules: list[float] = field(default_factory=lambda: [2.0, 3.0, 4.0, 5.0, 6.0])
     train_sizes: list[int | None] = field(default_factory=lambda: [None])
     hparams: list[HParamSpec] = field(default_factory=lambda: [HParamSpec()])
+    # Seed replicates: runs that differ only in `seed` (initialization, data order, augmentation, RoI sampling), each
+    # with its own trunk per arm, named <group>_s<seed>. None: one run per cell with the base config's seed, named
+    # without a suffix. Training noise is measured only when there are several (the verdict says so otherwise).
+    seeds: list[int] | None = None
     # Train runs that differ only in the schedule length from one trunk (fork_run); false trains each separately.
     share_trunk: bool = True
     launcher: LauncherSpec = field(default_factory=LauncherSpec)
@@ -200,6 +204,11 @@ def validate_spec(spec: StudySpec, path: str = "spec") -> None:
     if len(set(spec.train_sizes)) != len(spec.train_sizes):
         # Two entries would plan two runs into one folder: trained once, counted (iterations, device-hours) twice.
         raise ConfigError(f"{path}: train_sizes has duplicates: {list(spec.train_sizes)}")
+    if spec.seeds is not None:
+        if not spec.seeds or any(not isinstance(x, int) or x < 0 for x in spec.seeds):
+            raise ConfigError(f"{path}: seeds must be a non-empty list of non-negative integers, got {spec.seeds}")
+        if len(set(spec.seeds)) != len(spec.seeds):
+            raise ConfigError(f"{path}: seeds has duplicates: {list(spec.seeds)} (two replicates would be one run)")
     _refuse_arm_and_axis_keys(spec, path)
     hp_names = [h.name for h in spec.hparams]
     if len(set(hp_names)) != len(hp_names):
@@ -231,9 +240,10 @@ def _refuse_arm_and_axis_keys(spec: StudySpec, path: str) -> None:
     entries = [("overrides", spec.overrides)] + [(f"hparams[{hp.name}].overrides", hp.overrides) for hp in spec.hparams]
     for where, overrides in entries:
         for override in overrides:
+            axis_keys = (*AXIS_KEYS, "seed") if spec.seeds is not None else AXIS_KEYS
             for keys, why in (
                 (ARM_KEYS, "defines an arm: set it in `arms:` (init, weights), or let the weight file set it"),
-                (AXIS_KEYS, "is set by the study's axes (schedules, train_sizes) and output"),
+                (axis_keys, "is set by the study's axes (schedules, train_sizes, seeds) and output"),
             ):
                 hit = sorted(_override_keys_in(override, keys))
                 if hit:

@@ -188,3 +188,37 @@ def test_study_data_root_and_a_data_root_override_in_one_file_are_refused(tmp_pa
     spec_path = write_spec(tmp_path, data_root="/a", overrides=["data.root=/b"])
     with pytest.raises(ConfigError, match=r"data_root=/a and the run override 'data.root=/b' both set data.root"):
         load_study_spec(spec_path)
+
+
+def test_seed_replicates_are_runs_that_differ_only_in_seed_with_their_own_trunks(tmp_path):
+    spec = write_spec(tmp_path, arms=PRE_ARMS, schedules=[2, 3], seeds=[0, 1, 2])
+    plan = plan_study(load_study_spec(spec), check_sources=False)
+    assert len(plan.runs) == 2 * 2 * 3 and len(plan.trunks) == 2 * 3
+    assert [r.name for r in plan.runs if r.arm == "scratch" and r.schedule == 2] == [
+        "scratch_all_s0_2x",
+        "scratch_all_s1_2x",
+        "scratch_all_s2_2x",
+    ]
+    by_seed = {r.seed: r for r in plan.runs if r.arm == "pre" and r.schedule == 3}
+    assert by_seed[1].trunk == "trunks/pre_all_s1" and "seed=1" in by_seed[1].overrides
+    # Everything but the seed is the same run.
+    assert [o for o in by_seed[0].overrides if o != "seed=0"] == [o for o in by_seed[2].overrides if o != "seed=2"]
+
+
+def test_without_seeds_the_plan_is_unchanged(tmp_path):
+    plan = plan_study(load_study_spec(write_spec(tmp_path, schedules=[2])), check_sources=False)
+    assert [r.name for r in plan.runs] == ["scratch_all_2x"] and plan.runs[0].seed is None
+    assert not any(o.startswith("seed=") for o in plan.runs[0].overrides)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"seeds": [0, 0]}, r"seeds has duplicates: \[0, 0\]"),
+        ({"seeds": []}, "seeds must be a non-empty list"),
+        ({"seeds": [0, 1], "overrides": ["seed=3"]}, r"overrides has 'seed=3', which sets seed; that key is set by"),
+    ],
+)
+def test_bad_seed_axes_are_refused(tmp_path, fields, message):
+    with pytest.raises(ConfigError, match=message):
+        load_study_spec(write_spec(tmp_path, **fields))
