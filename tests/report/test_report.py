@@ -314,8 +314,7 @@ def test_figures_have_labels_and_legends(tmp_path):
     dotted = [line for line in axes[1].get_lines() if line.get_linestyle() == ":"]
     assert sorted({line.get_xdata()[0] for line in dotted}) == [20, 40, 80, 100, 140, 160]  # LR drops: 1x, 2x, 3x
 
-    rows = [(r.init, r.label, *results.samples_of(r), None) for r in group]
-    bars = figures.samples_figure(rows, "samples")
+    bars = figures.samples_figure(group, "samples")
     assert [ax.get_yscale() for ax in bars.axes] == ["log"] * 3
     assert [ax.get_ylabel() for ax in bars.axes] == [f"{k} seen (log scale)" for k in ("images", "instances", "pixels")]
     assert [t.get_text() for t in bars.legends[0].get_texts()][0] == "scratch"
