@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from scratchdet.errors import ScratchdetError
-from scratchdet.report import figures, findings, results
+from scratchdet.report import figures, findings
 from scratchdet.report.page import write_report
 from scratchdet.report.results import load_study
 
