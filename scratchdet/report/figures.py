@@ -1,5 +1,6 @@
 """The report's figures: learning curves (Figs. 1/3/4), samples seen (Fig. 2), AP vs data size (Fig. 7) and training
-loss next to AP (Fig. 8). Each builder returns a matplotlib Figure (inspectable in tests); `save_figure` writes it.
+loss next to AP (Fig. 8). Every figure draws every arm of the study, in one colour per arm (`arm_colors`) and named
+by its spec name. Each builder returns a matplotlib Figure (inspectable in tests); `save_figure` writes it.
 
 Figures are built with `matplotlib.figure.Figure` on an Agg canvas, never pyplot: headless (no display needed), no
 global backend switch for the importing process, and nothing to close when a report is written from a long-lived one.
@@ -18,13 +19,27 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from scratchdet.report.findings import CAUGHT_UP_AP, SizePoint
-from scratchdet.report.results import ARM_NAMES, ARMS, SEEN_KEYS
+from scratchdet.report.results import SEEN_KEYS, Arm, arm_label, pretrained_arms, reference_arm, samples_of, study_arms
 
 if TYPE_CHECKING:
     from scratchdet.report.results import RunData
 
 IOU_LABELS = {"bbox": "bbox AP (%)", "segm": "mask AP (%)"}
-ARM_COLORS = {"scratch": "tab:blue", "pretrained": "tab:orange"}
+SCRATCH_COLOR = "tab:blue"
+# The pre-trained arms' colours, in plan order: tab10 without blue (scratch) and green (the examples' ground truth).
+PRETRAINED_COLORS = ("tab:orange", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
+
+
+def arm_colors(arms: list[Arm]) -> dict[str, str]:
+    """{arm name: colour}, one colour per arm in every figure: scratch blue, the pre-trained arms orange, red, ...
+    in plan order (tab20b's after the seventh)."""
+    colors = {}
+    pres = [a for a in arms if a.pretrained]
+    extra = [matplotlib.colors.to_hex(c) for c in matplotlib.colormaps["tab20b"].colors]
+    palette = list(PRETRAINED_COLORS) + extra
+    for arm in arms:
+        colors[arm.name] = SCRATCH_COLOR if not arm.pretrained else palette[pres.index(arm) % len(palette)]
+    return colors
 
 
 def safe_stem(text: str) -> str:
@@ -59,16 +74,17 @@ def _legend_label(run: RunData) -> str:
 
 
 def learning_curves_figure(runs: list[RunData], title: str) -> Figure:
-    """AP vs iterations: one column per init (scratch | pre-trained, shared y per row), one row per IoU type
-    (bbox, and mask when any run has it), one line per schedule; dotted verticals at inferred LR drops."""
+    """AP vs iterations: one column per arm (scratch, then each pre-trained arm; shared y per row), one row per IoU
+    type (bbox, and mask when any run has it), one line per schedule; dotted verticals at inferred LR drops."""
     iou_types = ["bbox"] + (["segm"] if any(r.curve("segm") for r in runs) else [])
-    fig = new_figure((11, 3.6 * len(iou_types)))
-    axes = fig.subplots(len(iou_types), len(ARMS), sharey="row", squeeze=False)
+    arms = study_arms(runs)
+    fig = new_figure((5.5 * max(2, len(arms)), 3.6 * len(iou_types)))
+    axes = fig.subplots(len(iou_types), max(1, len(arms)), sharey="row", squeeze=False)
     colors = _schedule_colors(runs)
     for row, iou_type in enumerate(iou_types):
-        for col, arm in enumerate(ARMS):
+        for col, arm in enumerate(arms):
             ax = axes[row][col]
-            arm_runs = [r for r in runs if r.init == arm]
+            arm_runs = [r for r in runs if r.arm == arm.name]
             drawn = False
             for run in arm_runs:
                 curve = run.curve(iou_type)
@@ -88,9 +104,9 @@ def learning_curves_figure(runs: list[RunData], title: str) -> Figure:
                 for drop in run.lr_drops:
                     ax.axvline(drop, color=color, linestyle=":", linewidth=1, alpha=0.7)
             if not drawn:
-                text = f"no {ARM_NAMES[arm]} runs" if not arm_runs else "no evaluation with predictions yet"
+                text = f"no {arm.label} runs" if not arm_runs else "no evaluation with predictions yet"
                 ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="gray")
-            ax.set_title(f"{ARM_NAMES[arm]}: {IOU_LABELS[iou_type].split(' (')[0]}")
+            ax.set_title(f"{arm.label}: {IOU_LABELS[iou_type].split(' (')[0]}")
             ax.set_xlabel("iterations")
             ax.set_ylabel(IOU_LABELS[iou_type])
             ax.grid(alpha=0.3)
@@ -100,91 +116,121 @@ def learning_curves_figure(runs: list[RunData], title: str) -> Figure:
     return fig
 
 
-def samples_figure(rows: list[tuple], title: str) -> Figure:
-    """Grouped bars per schedule, log y, one panel per quantity (images, instances, pixels).
+def samples_figure(runs: list[RunData], title: str) -> Figure:
+    """Grouped bars per schedule, log y, one panel per quantity (images, instances, pixels): scratch, then for each
+    pre-trained arm its fine-tuning, its pre-training and their total (the arm's colour, lighter to full).
 
     Args:
-        rows: (init, schedule label, own counts, pre-training counts, estimate text or None) per run, in
-            schedule order.
+        runs: the runs of one training-set size and setting (`results.samples_of` gives their counts).
     """
-    series = ("scratch", "pre-trained: fine-tuning", "pre-trained: pre-training", "pre-trained: total")
-    labels = list(dict.fromkeys(r[1] for r in rows))
-    fig = new_figure((12, 3.8))
+    arms = study_arms(runs)
+    colors = arm_colors(arms)
+    scratch = reference_arm(arms)
+    # (legend name, arm, part, alpha): part "own" = the run's own training, "pre" = pre-training, "total".
+    series = [(scratch.label, scratch, "own", 1.0)] if scratch else []
+    for arm in pretrained_arms(arms):
+        series += [
+            (f"{arm.label}: fine-tuning", arm, "own", 0.45),
+            (f"{arm.label}: pre-training", arm, "pre", 0.7),
+            (f"{arm.label}: total", arm, "total", 1.0),
+        ]
+    labels = list(dict.fromkeys(r.label for r in sorted(runs, key=lambda r: r.schedule or 0.0)))
+    fig = new_figure((12 + 2 * max(0, len(arms) - 2), 3.8))
     axes = fig.subplots(1, len(SEEN_KEYS), squeeze=False)[0]
-    width = 0.8 / len(series)
-    estimate = any(r[0] == "pretrained" and r[4] for r in rows)
+    width = 0.8 / max(1, len(series))
     for ax, key in zip(axes, SEEN_KEYS, strict=True):
-        for j, name in enumerate(series):
+        for j, (name, arm, part, alpha) in enumerate(series):
             xs, heights = [], []
             for i, label in enumerate(labels):
-                value = _series_value(rows, label, name, key)
+                value = _series_value(runs, arm, label, part, key)
                 if value:  # zero or unknown: nothing to draw on a log axis
                     xs.append(i + (j - (len(series) - 1) / 2) * width)
                     heights.append(value)
-            hatch = "//" if estimate and name in series[2:] else None
-            ax.bar(xs, heights, width, label=name + (" (estimate)" if hatch else ""), hatch=hatch)
+            estimate = part != "own" and any((r.pretrain_seen or {}).get("estimate") for r in runs if r.arm == arm.name)
+            ax.bar(
+                xs,
+                heights,
+                width,
+                label=name + (" (estimate)" if estimate else ""),
+                hatch="//" if estimate else None,
+                color=colors[arm.name],
+                alpha=alpha,
+                edgecolor="black" if part == "total" else None,
+                linewidth=0.5,
+            )
         ax.set_yscale("log")
         ax.set_xticks(range(len(labels)), labels)
         ax.set_xlabel("schedule")
         ax.set_ylabel(f"{key} seen (log scale)")
         ax.set_title(key)
         ax.grid(alpha=0.3, axis="y")
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=len(series), fontsize=8)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=min(len(series), 4), fontsize=8)
     fig.suptitle(title, fontsize=10)
     return fig
 
 
-def _series_value(rows: list[tuple], label: str, name: str, key: str) -> float | None:
-    for init, sched, own, pre, _ in rows:
-        if sched != label:
+def _series_value(runs: list[RunData], arm: Arm, label: str, part: str, key: str) -> float | None:
+    for run in runs:
+        if run.arm != arm.name or run.label != label:
             continue
-        if init == "scratch" and name == "scratch":
+        own, pre = samples_of(run)
+        if part == "own":
             return own.get(key)
-        if init == "pretrained":
-            if name == "pre-trained: fine-tuning":
-                return own.get(key)
-            if name == "pre-trained: pre-training":
-                return pre.get(key)
-            if name == "pre-trained: total" and own.get(key) is not None and pre.get(key) is not None:
-                return own[key] + pre[key]
+        if part == "pre":
+            return pre.get(key)
+        if own.get(key) is not None and pre.get(key) is not None:
+            return own[key] + pre[key]
     return None
 
 
 def data_size_figure(points: list[SizePoint], title: str) -> Figure:
-    """Final bbox AP vs training images (log x) for both arms, each at its best finished schedule; a size of unknown
-    image count ("all") is placed right of the largest known one and labelled."""
+    """Final bbox AP vs training images (log x) for every arm, each at its best finished schedule; a size of unknown
+    image count ("all") is placed right of the largest known one and labelled. Each pre-trained arm's gap to scratch
+    is annotated (one arm: red above the threshold; several: in the arm's colour, bold above it)."""
     known = [p.train_images for p in points if p.train_images]
     right = max(known) * 2 if known else 1
     xs = {p.size_label: p.train_images or right * (2**i) for i, p in enumerate(p for p in points if not p.train_images)}
     xs.update({p.size_label: p.train_images for p in points if p.train_images})
+    arms = points[0].order if points and points[0].order else []
+    colors = arm_colors(arms)
+    scratch, pres = reference_arm(arms), pretrained_arms(arms)
     fig = new_figure((6.5, 4.2))
     ax = fig.subplots()
-    for arm in ARMS:
-        pts = [(xs[p.size_label], p.arms[arm].final()) for p in points if p.arms.get(arm) is not None]
+    for arm in arms:
+        pts = [(xs[p.size_label], p.arms[arm.name].final()) for p in points if p.arms.get(arm.name) is not None]
         if pts:
-            ax.plot(*zip(*pts, strict=True), marker="o", color=ARM_COLORS[arm], label=ARM_NAMES[arm])
+            ax.plot(*zip(*pts, strict=True), marker="o", color=colors[arm.name], label=arm.label)
     for p in points:
-        scr, pre = p.arms.get("scratch"), p.arms.get("pretrained")
-        if scr is not None and pre is not None:
+        scr = p.arms.get(scratch.name) if scratch else None
+        shown = [(arm, p.arms.get(arm.name)) for arm in pres if p.arms.get(arm.name) is not None]
+        if scr is None:
+            continue
+        for k, (arm, pre) in enumerate(shown):
             gap = round(round(pre.final(), 1) - round(scr.final(), 1), 1)
+            above = gap > CAUGHT_UP_AP
             ax.annotate(
                 f"{gap:+.1f}",
-                (xs[p.size_label], max(pre.final(), scr.final())),
+                (xs[p.size_label], max(max(r.final() for _, r in shown), scr.final())),
                 textcoords="offset points",
-                xytext=(0, 6),
+                xytext=(0, 6 + 11 * k),
                 ha="center",
                 fontsize=8,
-                color="red" if gap > CAUGHT_UP_AP else "gray",
+                color=("red" if above else "gray") if len(pres) == 1 else colors[arm.name],
+                fontweight="bold" if above and len(pres) > 1 else "normal",
             )
     ax.set_xscale("log")
     ticks = sorted(xs.items(), key=lambda kv: kv[1])
     names = [label if v not in known or label == str(v) else f"{label}\n({v:,})" for label, v in ticks]
     ax.set_xticks([v for _, v in ticks], names)
-    ax.margins(x=0.08, y=0.12)  # room for the gap annotations
+    ax.margins(x=0.08, y=0.12 + 0.06 * max(0, len(pres) - 1))  # room for the gap annotations
     ax.minorticks_off()
     ax.set_xlabel("training images (log scale)")
     ax.set_ylabel("final bbox AP (%)")
-    ax.set_title(f"{title}\n(annotation: pre-trained - scratch; red: > {CAUGHT_UP_AP} AP)", fontsize=10)
+    if len(pres) > 1:
+        note = f"annotations: each pre-trained arm - scratch, in its colour; bold: > {CAUGHT_UP_AP} AP"
+    else:
+        note = f"annotation: {pres[0].label if pres else 'pre-trained'} - scratch; red: > {CAUGHT_UP_AP} AP"
+    ax.set_title(f"{title}\n({note})", fontsize=10)
     ax.grid(alpha=0.3)
     if ax.lines:
         ax.legend()
@@ -192,18 +238,19 @@ def data_size_figure(points: list[SizePoint], title: str) -> Figure:
 
 
 def loss_and_ap_figure(runs: list[RunData], title: str) -> Figure:
-    """Fig. 8: training loss (left) and bbox AP (right) vs iterations for the same runs."""
+    """Fig. 8: training loss (left) and bbox AP (right) vs iterations for the same runs; one colour per arm, one
+    line style per schedule."""
     fig = new_figure((11, 3.8))
     loss_ax, ap_ax = fig.subplots(1, 2)
     styles = ["-", "--", "-.", ":"]
+    colors = arm_colors(study_arms(runs))
     for run in runs:
-        label = f"{ARM_NAMES.get(run.init, run.init)} {_legend_label(run)}"
-        schedules = sorted({r.schedule or 0.0 for r in runs if r.init == run.init})
+        label = f"{arm_label(run.arm)} {_legend_label(run)}"
+        schedules = sorted({r.schedule or 0.0 for r in runs if r.arm == run.arm})
         style = styles[schedules.index(run.schedule or 0.0) % len(styles)]
-        color = ARM_COLORS.get(run.init, "gray")
         for ax, curve in ((loss_ax, run.loss_curve()), (ap_ax, run.curve())):
             if curve:
-                ax.plot(*zip(*curve, strict=True), linestyle=style, color=color, label=label)
+                ax.plot(*zip(*curve, strict=True), linestyle=style, color=colors[run.arm], label=label)
     for ax, ylabel, name in (
         (loss_ax, "training loss (sum of losses)", "training loss"),
         (ap_ax, "bbox AP (%)", "bbox AP"),
@@ -226,20 +273,23 @@ SCHEDULE_STYLES = ("-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)))
 
 
 def arms_curves_figure(runs: list[RunData], title: str) -> Figure:
-    """Fig. 1 of the paper: bbox AP vs iterations, scratch and pre-trained on the same axes; one colour per arm,
-    one line style per schedule, each schedule's LR drops marked on its own curve (open markers)."""
+    """Fig. 1 of the paper: bbox AP vs iterations, every arm on the same axes; one colour per arm (`arm_colors`),
+    legends by spec arm name, one line style per schedule, each schedule's LR drops marked on its own curve (open
+    markers)."""
     fig = new_figure((9, 4.8))
     ax = fig.subplots()
     schedules = sorted({r.schedule or 0.0 for r in runs})
     styles = {s: SCHEDULE_STYLES[i % len(SCHEDULE_STYLES)] for i, s in enumerate(schedules)}
+    arms = [a.name for a in study_arms(runs)]
+    colors = arm_colors(study_arms(runs))
     drawn = False
-    for run in sorted(runs, key=lambda r: (ARMS.index(r.init) if r.init in ARMS else 9, r.schedule or 0.0)):
+    for run in sorted(runs, key=lambda r: (arms.index(r.arm), r.schedule or 0.0)):
         curve = run.curve("bbox")
         if not curve:
             continue
         xs, ys = zip(*curve, strict=True)
-        color = ARM_COLORS.get(run.init, "tab:gray")
-        label = f"{ARM_NAMES.get(run.init, run.init)} {_legend_label(run)}"
+        color = colors[run.arm]
+        label = f"{arm_label(run.arm)} {_legend_label(run)}"
         ax.plot(xs, ys, color=color, linestyle=styles[run.schedule or 0.0], marker="o", markersize=2.5, label=label)
         for drop in run.lr_drops:  # the curve's value at the last evaluation before the drop
             before = [(x, y) for x, y in curve if x <= drop]
@@ -252,7 +302,7 @@ def arms_curves_figure(runs: list[RunData], title: str) -> Figure:
     ax.set_ylabel(IOU_LABELS["bbox"])
     ax.grid(alpha=0.3)
     if drawn:
-        ax.legend(fontsize=8, ncols=2, title="arm and schedule")
+        ax.legend(fontsize=8, ncols=max(2, len(arms)), title="arm and schedule")
     fig.suptitle(f"{title}\n(open triangles: the LR drops of that schedule, inferred from the logged LR)", fontsize=10)
     return fig
 
@@ -276,20 +326,22 @@ def _draw_instances(ax, image, instances: list[dict], names: dict[int, str], col
     ax.set_axis_off()
 
 
-def examples_figure(rows: list[dict], columns: list[str], title: str) -> Figure:
+def examples_figure(rows: list[dict], columns: list[str], title: str, colors: dict[str, str] | None = None) -> Figure:
     """Validation images side by side: the ground truth, then each arm's detections.
 
     Args:
         rows: per image {"image": H x W x 3 array, "id": image id, "names": {category id: name},
             "panels": {column name: [{"bbox", "category_id", optional "score", optional "mask"}]}}.
         columns: panel names in order, e.g. ["ground truth", "scratch 3x", "pre-trained 3x"].
+        colors: {column name: colour} (the arms' colours, `arm_colors`); a column not in it is drawn in scratch's
+            colour, or the first pre-trained arm's when its name starts with "pre".
     """
     fig = new_figure((3.2 * len(columns), 3.0 * len(rows)))
     axes = fig.subplots(len(rows), len(columns), squeeze=False)
-    colors = {"ground truth": "tab:green"}
+    colors = {"ground truth": "tab:green", **(colors or {})}
     for i, row in enumerate(rows):
         for j, column in enumerate(columns):
-            color = colors.get(column, ARM_COLORS["pretrained" if column.startswith("pre") else "scratch"])
+            color = colors.get(column, PRETRAINED_COLORS[0] if column.startswith("pre") else SCRATCH_COLOR)
             _draw_instances(axes[i][j], row["image"], row["panels"].get(column, []), row["names"], color)
             axes[i][j].set_title(f"{column} (image {row['id']})" if j == 0 else column, fontsize=8)
     fig.suptitle(title, fontsize=10)

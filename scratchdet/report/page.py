@@ -85,7 +85,7 @@ def _run_note(run: RunData) -> str:
 
 
 def final_ap_table(runs: list[RunData]) -> Table:
-    """Tables 1-2: the last evaluation of every run (rows: init, schedule, size, hparams)."""
+    """Tables 1-2: the last evaluation of every run (rows: arm, schedule, size, hparams; arm by spec name)."""
     metric_headers = [f"{IOU_NAMES[t]} {k}" for t in IOU_NAMES for k in AP_KEYS]
     rows = []
     for run in results.sort_runs(runs):
@@ -93,22 +93,35 @@ def final_ap_table(runs: list[RunData]) -> Table:
         rows.append(
             [
                 run.name,
-                run.init,
+                run.arm,
                 run.label,
                 run.size_label,
                 run.hparams,
                 run.status,
                 last.get("iter") if last else None,
                 *[run.final(t, k) for t in IOU_NAMES for k in AP_KEYS],
+                run.init,
                 _run_note(run),
             ]
         )
     return Table(
         "final_ap",
         "Final AP per run (last evaluation; AP in %)",
-        ["run", "init", "schedule", "train size", "hparams", "status", "last eval iter", *metric_headers, "note"],
+        [
+            "run",
+            "arm",
+            "schedule",
+            "train size",
+            "hparams",
+            "status",
+            "last eval iter",
+            *metric_headers,
+            "init",
+            "note",
+        ],
         rows,
-        "Unfinished runs (no 'end' record) show their last evaluation and are left out of the findings.",
+        "Unfinished runs (no 'end' record) show their last evaluation and are left out of the findings. Each run's "
+        "init.json was checked against its arm's init and weights before this report was written.",
     )
 
 
@@ -118,7 +131,8 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 def samples_table(runs: list[RunData]) -> Table:
     """Fig. 2 as numbers: images/instances/pixels of fine-tuning, pre-training and total, relative to scratch."""
-    scratch = {(r.size_label, r.hparams, r.schedule): r for r in runs if r.init == "scratch"}
+    reference = results.reference_arm(results.study_arms(runs))
+    scratch = {(r.size_label, r.hparams, r.schedule): r for r in runs if reference and r.arm == reference.name}
     rows = []
     for run in results.sort_runs(runs):
         own, pre = results.samples_of(run)
@@ -129,7 +143,7 @@ def samples_table(runs: list[RunData]) -> Table:
         rows.append(
             [
                 run.name,
-                run.init,
+                run.arm,
                 run.label,
                 run.size_label,
                 run.hparams,
@@ -146,7 +160,7 @@ def samples_table(runs: list[RunData]) -> Table:
         "at the same schedule, size and hparams)",
         [
             "run",
-            "init",
+            "arm",
             "schedule",
             "train size",
             "hparams",
@@ -171,9 +185,15 @@ def _hours_sum(values) -> float | None:
     return None if not values or any(v is None for v in values) else sum(values)
 
 
-def compute_tables(study: Study) -> tuple[Table, Table, str]:
-    """The study's compute (paper Fig. 2 argues in it): device-hours per run and per arm, and the shared trunks'
-    saving. Device-hours are measured: time per iteration x iterations x processes, from the runs' logs."""
+def compute_tables(study: Study) -> tuple[Table, Table, list[str]]:
+    """The study's compute (paper Fig. 2 argues in it; docs/PAPER.md, "Sample accounting (Fig. 2)"): device-hours
+    per run and per arm, the shared trunks' saving, and each pre-trained arm's fine-tuning (and the study's own
+    pre-training of it) against scratch's. Device-hours are measured: time per iteration x iterations x processes,
+    from the runs' logs.
+
+    Returns:
+        (per-run table, per-arm table, sentences: the trunks' saving, then one per pre-trained arm).
+    """
     runs = results.sort_runs(study.runs)
     rows = [
         [
@@ -196,19 +216,34 @@ def compute_tables(study: Study) -> tuple[Table, Table, str]:
         "'own' counts the run's iterations after its fork; 'as a separate run' adds its trunk's iterations before "
         "the fork, what it would have cost trained alone. '-': not (yet) logged.",
     )
+    arms = results.study_arms(runs)
+    reference = results.reference_arm(arms)
+    fine_tune = {a.name: _hours_sum(r.device_hours for r in runs if r.arm == a.name) for a in arms}
+    pretrain = {a.name: (study.pretrain.get(a.name) or {}).get("device_hours") for a in arms}
+    scratch_hours = fine_tune.get(reference.name) if reference else None
     arm_rows = []
-    for arm in sorted({r.arm for r in runs}):
-        arm_runs = [r for r in runs if r.arm == arm]
-        pretrain = (study.pretrain.get(arm) or {}).get("device_hours")
-        fine_tune = _hours_sum(r.device_hours for r in arm_runs)
-        arm_rows.append([arm, len(arm_runs), _hours(pretrain), _hours(fine_tune)])
+    for arm in arms:
+        n = sum(r.arm == arm.name for r in runs)
+        total = fine_tune[arm.name] if not arm.pretrained else _hours_sum([pretrain[arm.name], fine_tune[arm.name]])
+        ratio = None if not arm.pretrained else _ratio(fine_tune[arm.name], scratch_hours)
+        arm_rows.append(
+            [arm.name, arm.init, n, _hours(pretrain[arm.name]), _hours(fine_tune[arm.name]), _hours(total), ratio]
+        )
     per_arm = Table(
         "compute_per_arm",
         "Device-hours per arm: the study's own pre-training, and fine-tuning summed over runs trained separately",
-        ["arm", "runs", "pre-training device-h", "fine-tuning device-h (separate runs)"],
+        [
+            "arm",
+            "init",
+            "runs",
+            "pre-training device-h",
+            "fine-tuning device-h (separate runs)",
+            "total device-h",
+            "fine-tuning x scratch",
+        ],
         arm_rows,
         "Pre-training done outside the study (a weights file) is not counted here; its samples are in the "
-        "samples-seen table when the file records them.",
+        "samples-seen table when the file records them. 'total' is known where both parts are.",
     )
     shared = _hours_sum([*study.trunk_hours.values(), *(r.own_device_hours for r in runs)])
     separate = _hours_sum(r.device_hours for r in runs)
@@ -219,60 +254,82 @@ def compute_tables(study: Study) -> tuple[Table, Table, str]:
             f"Fine-tuning used {shared:.3g} device-hours with the shared trunks; separate runs would have used "
             f"{separate:.3g} ({separate - shared:.3g} saved, {1 - shared / separate:.0%})."
         )
-    return per_run, per_arm, saving
+    sentences = [saving]
+    for arm in results.pretrained_arms(arms):
+        sentences.append(_arm_compute_sentence(arm, fine_tune[arm.name], pretrain[arm.name], reference, scratch_hours))
+    return per_run, per_arm, sentences
+
+
+def _arm_compute_sentence(
+    arm: results.Arm,
+    fine_tune: float | None,
+    pretrain: float | None,
+    reference: results.Arm | None,
+    scratch: float | None,
+) -> str:
+    """One pre-trained arm's device-hours against the scratch arm's, e.g. "Arm imagenet: fine-tuning 0.2
+    device-hours, 1.0x scratch's 0.2; its pre-training was done outside the study (not counted)."."""
+    name = reference.label if reference else "scratch"
+    if fine_tune is None:
+        return f"Arm {arm.name}: its fine-tuning device-hours are known once every run of it has logged its time."
+    vs = f", {fine_tune / scratch:.1f}x {name}'s {scratch:.3g}" if scratch else f" ({name}'s are not known)"
+    if pretrain is None:
+        pre = "its pre-training was done outside the study (a weights file), not counted"
+    else:
+        total = pretrain + fine_tune
+        ratio = f", {total / scratch:.1f}x {name}'s" if scratch else ""
+        pre = f"with the study's own pre-training ({pretrain:.3g}) {total:.3g} device-hours in all{ratio}"
+    return f"Arm {arm.name}: fine-tuning {fine_tune:.3g} device-hours{vs}; {pre}."
 
 
 def data_size_table(points: list[findings.SizePoint]) -> Table:
-    """Figs. 7-8 as numbers: per size, each arm's best finished run and the gap."""
+    """Figs. 7-8 as numbers: per size, each arm's best finished run, each pre-trained arm's gap to scratch and, with
+    several pre-trained arms, the best of them."""
+    arms = points[0].order if points else []
+    reference, pres = results.reference_arm(arms), results.pretrained_arms(arms)
     rows = []
     for p in points:
-        s, t = p.arms.get("scratch"), p.arms.get("pretrained")
-        ap_s, ap_t = (r.final() if r else None for r in (s, t))
-        rows.append(
-            [
-                p.size_label,
-                p.train_images,
-                p.hparams,
-                ap_s,
-                s.label if s else None,
-                ap_t,
-                t.label if t else None,
-                None if ap_s is None or ap_t is None else ap_t - ap_s,
-            ]
-        )
-    return Table(
-        "data_size",
-        "Final bbox AP vs training-set size (each arm at its best finished schedule)",
-        [
-            "train size",
-            "train images",
-            "hparams",
-            "scratch bbox AP",
-            "scratch schedule",
-            "pre-trained bbox AP",
-            "pre-trained schedule",
-            "gap (pre-trained - scratch)",
-        ],
-        rows,
-    )
+        best = {a.name: p.arms.get(a.name) for a in arms}
+        ap = {name: run.final() if run else None for name, run in best.items()}
+        row = [p.size_label, p.train_images, p.hparams]
+        for arm in arms:
+            row += [ap[arm.name], best[arm.name].label if best[arm.name] else None]
+        ref_ap = ap.get(reference.name) if reference else None
+        row += [None if ref_ap is None or ap[a.name] is None else ap[a.name] - ref_ap for a in pres]
+        if len(pres) > 1:
+            known = [(a, ap[a.name]) for a in pres if ap[a.name] is not None]
+            row.append(findings.best_arm_text(known) if known else None)
+        rows.append(row)
+    ref_label = reference.label if reference else "scratch"
+    headers = ["train size", "train images", "hparams"]
+    for arm in arms:
+        headers += [f"{arm.label} bbox AP", f"{arm.label} schedule"]
+    headers += [f"gap ({a.label} - {ref_label})" for a in pres]
+    if len(pres) > 1:
+        headers.append("best pre-trained arm")
+    title = "Final bbox AP vs training-set size (each arm at its best finished schedule)"
+    return Table("data_size", title, headers, rows)
 
 
 def hparam_table(runs: list[RunData]) -> Table:
-    """The hyper-parameter grid: best finished bbox AP per setting and arm, the best per arm, the one used."""
+    """The hyper-parameter grid: best finished bbox AP per setting and arm, the best setting per arm, the one used
+    (`findings.selected_hparams`)."""
+    arms = results.study_arms(runs)
     rows = []
     for size in results.sizes(runs):
         chosen, _ = findings.selected_hparams(runs, size)
         settings = sorted({r.hparams for r in runs if r.size_label == size})
-        best = {arm: findings.best_hparams(runs, size, arm) for arm in results.ARMS}
+        best = {arm.name: findings.best_hparams(runs, size, arm.name) for arm in arms}
         for hp in settings:
             overrides = next((r.overrides for r in runs if r.size_label == size and r.hparams == hp), [])
             cells = []
-            for arm in results.ARMS:
-                run = results.best_run([r for r in runs if (r.size_label, r.hparams, r.init) == (size, hp, arm)])
+            for arm in arms:
+                run = results.best_run([r for r in runs if (r.size_label, r.hparams, r.arm) == (size, hp, arm.name)])
                 cells += [run.final() if run else None, run.label if run else None]
-            best_for = [results.ARM_NAMES[a] for a in results.ARMS if best[a] == hp]
+            best_for = [a.label for a in arms if best[a.name] == hp]
             text = " ".join(map(str, overrides)) if isinstance(overrides, list) else json.dumps(overrides)
             rows.append([size, hp, text, *cells, ", ".join(best_for), hp == chosen])
+    several = len(results.pretrained_arms(arms)) > 1
     return Table(
         "hparams",
         "Hyper-parameter grid: best finished bbox AP per setting (over schedules)",
@@ -280,15 +337,15 @@ def hparam_table(runs: list[RunData]) -> Table:
             "train size",
             "hparams",
             "overrides",
-            "scratch bbox AP",
-            "scratch schedule",
-            "pre-trained bbox AP",
-            "pre-trained schedule",
+            *[h for a in arms for h in (f"{a.label} bbox AP", f"{a.label} schedule")],
             "best for",
             "used",
         ],
         rows,
-        "As in the paper (Sec. 5.1), the setting is selected on the pre-trained arm and reused for scratch.",
+        "As in the paper (Sec. 5.1), the setting is selected on the pre-trained arm and reused for scratch."
+        if not several
+        else "As in the paper (Sec. 5.1), the setting is selected on the pre-trained arms: the one of the best "
+        "pre-trained run over all pre-trained arms, used for every arm.",
     )
 
 
@@ -341,15 +398,19 @@ def write_report(study_dir: str | Path) -> Path:
     """Writes STUDY/report/ (report.html, figures/, tables/) for a study folder; returns the path of report.html.
 
     Raises:
-        ScratchdetError: study_dir has no readable plan.json.
+        ScratchdetError: study_dir has no readable plan.json; a run whose init.json contradicts its arm, or more
+            than one scratch arm (`results.check_arms`), before anything is written.
     """
     study = load_study(study_dir)
+    results.check_arms(study)
     runs, out = study.runs, study.root / "report"
     fig_dir, table_dir = out / "figures", out / "tables"
     fig_dir.mkdir(parents=True, exist_ok=True)
     table_dir.mkdir(parents=True, exist_ok=True)
+    arms = results.study_arms(runs)
+    colors = figures.arm_colors(arms)
     compared = verdict.comparisons(study)
-    sentences = " ".join(html.escape(s) for s in verdict.verdict(compared))
+    sentences = " ".join(html.escape(s) for s in verdict.verdict(compared, arms))
     html_parts = [_header(study), f"<h2>Verdict</h2><p class='verdict'>{sentences}</p>"]
     main = results.main_size(runs) if runs else None
     if main is not None:
@@ -357,8 +418,10 @@ def write_report(study_dir: str | Path) -> Path:
         title = f"{study.name}: bbox AP vs iterations, train size {main}, hparams {hp} (Fig. 1)"
         group = [r for r in runs if (r.size_label, r.hparams) == (main, hp)]
         html_parts.append(_embed(figures.arms_curves_figure(group, title), fig_dir, "fig1_arms", title))
-    longest = [c for c in compared if c.size_label == (compared[0].size_label if compared else None)]
-    rows = verdict.example_rows(longest[-1]) if longest else []
+    main_compared = [c for c in compared if c.size_label == (compared[0].size_label if compared else None)]
+    # Every arm compared at the longest schedule of the largest size, side by side.
+    longest = [c for c in main_compared if c.schedule == main_compared[-1].schedule]
+    rows = verdict.example_rows(longest) if longest else []
     if rows:
         c = longest[-1]
         columns = list(rows[0]["panels"])
@@ -366,7 +429,10 @@ def write_report(study_dir: str | Path) -> Path:
             f"Validation images: ground truth and each arm's detections (score >= 0.5) at the end of {c.schedule:g}x, "
             f"train size {c.size_label}"
         )
-        html_parts.append(_embed(figures.examples_figure(rows, columns, title), fig_dir, "examples", title))
+        run_of = {f"{results.arm_label(r.arm)} {c.schedule:g}x": r.arm for x in longest for r in x.runs().values()}
+        panel_colors = {column: colors[arm] for column, arm in run_of.items()}
+        fig = figures.examples_figure(rows, columns, title, panel_colors)
+        html_parts.append(_embed(fig, fig_dir, "examples", title))
     grouped = "".join(
         f"<h3>{html.escape(topic)}</h3><ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in lines) + "</ul>"
         for topic, lines in findings.grouped_findings(runs).items()
@@ -386,8 +452,7 @@ def write_report(study_dir: str | Path) -> Path:
     group = sorted((r for r in runs if (r.size_label, r.hparams) == (size, hp)), key=lambda r: (r.schedule or 0, r.arm))
     if group:
         title = f"Samples seen, train size {size}, hparams {hp} (log scale)"
-        rows = [(r.init, r.label, *results.samples_of(r), (r.pretrain_seen or {}).get("estimate")) for r in group]
-        html_parts.append(_embed(figures.samples_figure(rows, title), fig_dir, f"samples_{size}_{hp}", title))
+        html_parts.append(_embed(figures.samples_figure(group, title), fig_dir, f"samples_{size}_{hp}", title))
     html_parts.append(tables[1].html())
     if len(results.sizes(runs)) > 1:
         points = findings.size_points(runs)
@@ -403,9 +468,10 @@ def write_report(study_dir: str | Path) -> Path:
             title = f"Train size {size}, hparams {hp}: training loss and bbox AP vs iterations (Fig. 8)"
             fig = figures.loss_and_ap_figure([r for r in runs if (r.size_label, r.hparams) == (size, hp)], title)
             html_parts.append(_embed(fig, fig_dir, f"loss_{size}_{hp}", title))
-    per_run, per_arm, saving = compute_tables(study)
+    per_run, per_arm, compute = compute_tables(study)
     tables += [per_arm, per_run]
-    html_parts += ["<h2>Compute (Fig. 2)</h2>", f"<p>{html.escape(saving)}</p>", per_arm.html(), per_run.html()]
+    html_parts += ["<h2>Compute (Fig. 2)</h2>", *(f"<p>{html.escape(line)}</p>" for line in compute)]
+    html_parts += [per_arm.html(), per_run.html()]
     if len({r.hparams for r in runs}) > 1:
         tables.append(hparam_table(runs))
         html_parts += ["<h2>Hyper-parameter grid</h2>", tables[-1].html()]

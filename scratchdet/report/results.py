@@ -3,12 +3,18 @@
 What `scratchdet report` (report.py), the findings (findings.py) and the figures (figures.py) are computed from;
 kept apart from them so that they all depend on this module and on nothing of each other's but what they call.
 Reads plan.json, runs/*/metrics.jsonl (a forked run's trunk records included), init.json and eval/*.json.
+
+The compared axis is the arms (spec `arms:`, plan.json's run entries `arm`/`init`): one scratch arm, the reference,
+and any number of pre-trained arms, each with its name (docs/PAPER.md, "The claim": only the initialization differs
+between the compared runs). `study_arms` lists them; `check_arms` refuses a run whose init.json says it was
+initialized otherwise than its arm.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,14 +23,52 @@ from scratchdet.engine.metrics import read_metrics
 from scratchdet.errors import ScratchdetError
 from scratchdet.run_folder import RunFolder
 
-# The compared axis: the arms (spec `arms[].init`) and their names in sentences, tables and figures.
-ARMS = ("scratch", "pretrained")
-ARM_NAMES = {"scratch": "scratch", "pretrained": "pre-trained"}
+# Arms are named by their spec names in sentences, tables and figures; an arm named "pretrained" reads "pre-trained".
+ARM_LABELS = {"pretrained": "pre-trained"}
 SEEN_KEYS = ("images", "instances", "pixels")
 
 
 # A drop of at least this factor between two logged LRs is an LR step (warm-up only ever raises the LR).
 LR_DROP_FACTOR = 0.5
+
+
+def arm_label(name: str) -> str:
+    """How sentences, tables and figures name an arm: its spec name ("pre-trained" for an arm named "pretrained")."""
+    return ARM_LABELS.get(name, name)
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One arm of the study: its spec name and its initialization ("scratch" or "pretrained")."""
+
+    name: str
+    init: str
+
+    @property
+    def label(self) -> str:
+        return arm_label(self.name)
+
+    @property
+    def pretrained(self) -> bool:
+        return self.init != "scratch"
+
+
+def study_arms(runs: Iterable) -> list[Arm]:
+    """The arms of `runs` (objects with .arm and .init): the scratch arm(s) first, then the pre-trained arms in
+    plan order (the spec's `arms:` order, since the plan expands arms first)."""
+    found = {}
+    for run in runs:
+        found.setdefault(run.arm, Arm(run.arm, run.init))
+    return sorted(found.values(), key=lambda a: a.pretrained)  # stable: plan order within each kind
+
+
+def reference_arm(arms: list[Arm]) -> Arm | None:
+    """The scratch arm every pre-trained arm is compared with (the first, `check_arms` refuses a second), or None."""
+    return next((a for a in arms if not a.pretrained), None)
+
+
+def pretrained_arms(arms: list[Arm]) -> list[Arm]:
+    return [a for a in arms if a.pretrained]
 
 
 def metric_value(value) -> float | None:
@@ -78,6 +122,8 @@ class RunData:
     records: list[dict] = field(default_factory=list)
     init_record: dict | None = None
     fork_iter: int | None = None  # where the run forked from its trunk (None: trained alone)
+    init_path: Path | None = None  # the init.json init_record was read from (the trunk's for a fork without one)
+    planned_weights: str | None = None  # the weights the plan gives the run's arm (None: scratch, or not known)
 
     @property
     def device_hours(self) -> float | None:
@@ -241,15 +287,48 @@ def _run_records(run_dir: Path) -> list[dict]:
     return records + read_metrics(run_dir)
 
 
-def load_run(root: Path, entry: dict, trunks: dict[str, Path]) -> RunData:
-    """Reads one plan entry's run folder; prepends its trunk's records up to the fork if the run lacks them."""
+def _override_value(overrides: list, key: str) -> str | None:
+    """The value the last `key=value` of an override list sets, or None."""
+    values = [o.split("=", 1)[1] for o in overrides if isinstance(o, str) and o.split("=", 1)[0].strip() == key]
+    return values[-1].strip() if values else None
+
+
+def planned_weights(entry: dict, root: Path, pretrain: dict) -> str | None:
+    """The weights the plan gives a run's arm: the `weights=` override its arm adds (study/plan.py `arm_overrides`:
+    the arm's init/weights come right before the hparams entry's overrides, so those are left out here: an hparams
+    entry that sets weights does not change what the arm is), else the study's own pre-training of the arm
+    (plan.json `pretrain`). None for a scratch arm, or when the plan entry does not say."""
+    if entry.get("init") == "scratch":
+        return None
+    if isinstance(entry.get("weights"), str):
+        return entry["weights"]
+    overrides = [o for o in entry.get("overrides") or [] if isinstance(o, str)]
+    hp = [o for o in entry.get("hparams_overrides") or [] if isinstance(o, str)]
+    if hp:
+        starts = [i for i in range(len(overrides) - len(hp) + 1) if overrides[i : i + len(hp)] == hp]
+        if starts:  # the last occurrence: the same override among the global ones stays
+            overrides = overrides[: starts[-1]] + overrides[starts[-1] + len(hp) :]
+    weights = _override_value(overrides, "weights")
+    if weights:
+        return weights
+    arm_pretrain = pretrain.get(str(entry.get("arm")))
+    return str(root / arm_pretrain) if isinstance(arm_pretrain, str) else None
+
+
+def load_run(root: Path, entry: dict, trunks: dict[str, Path], pretrain: dict | None = None) -> RunData:
+    """Reads one plan entry's run folder; prepends its trunk's records up to the fork if the run lacks them.
+
+    Args:
+        pretrain: plan.json's `pretrain` (arm name -> the study's pre-training folder, relative to root).
+    """
     name = str(entry.get("name", "?"))
     run_dir = root / entry.get("path", f"runs/{name}")
     records = _run_records(run_dir)
     fork_iter = entry.get("fork_iter")
     trunk = entry.get("trunk")
     trunk_dir = (trunks.get(trunk) or root / trunk) if trunk else None  # a trunk's name or its path
-    init_record = _read_json(RunFolder(run_dir).init)
+    init_path = RunFolder(run_dir).init
+    init_record = _read_json(init_path)
     if trunk_dir is not None and isinstance(fork_iter, int) and fork_iter > 0:
         has_early = any(r.get("type") in ("train", "eval") and r["iter"] <= fork_iter for r in _dedup(records))
         if not has_early:
@@ -257,7 +336,8 @@ def load_run(root: Path, entry: dict, trunks: dict[str, Path]) -> RunData:
             head = [r for r in _dedup(_run_records(trunk_dir)) if r["iter"] <= fork_iter and r.get("type") != "end"]
             records = head + records
         if init_record is None:
-            init_record = _read_json(RunFolder(trunk_dir).init)
+            init_path = RunFolder(trunk_dir).init
+            init_record = _read_json(init_path)
     size = entry.get("train_size")
     init = str(entry.get("init", (init_record or {}).get("init", "?")))
     return RunData(
@@ -275,6 +355,8 @@ def load_run(root: Path, entry: dict, trunks: dict[str, Path]) -> RunData:
         records=_dedup(records),
         init_record=init_record,
         fork_iter=fork_iter if trunk_dir is not None and isinstance(fork_iter, int) else None,
+        init_path=init_path if init_record is not None else None,
+        planned_weights=planned_weights(entry, root, pretrain or {}),
     )
 
 
@@ -312,7 +394,8 @@ def load_study(study_dir: str | Path) -> Study:
             f"{plan_path} is not a JSON object with a 'runs' list; re-create it with `scratchdet study`"
         )
     trunks = {t["name"]: root / t["path"] for t in plan.get("trunks", []) if "name" in t and "path" in t}
-    runs = [load_run(root, entry, trunks) for entry in plan.get("runs", [])]
+    plan_pretrain = plan.get("pretrain") if isinstance(plan.get("pretrain"), dict) else {}
+    runs = [load_run(root, entry, trunks, plan_pretrain) for entry in plan.get("runs", [])]
     pretrain = _pretrain_summaries(root, plan)
     for run in runs:  # the study's own pre-training is the fallback count for runs that recorded none
         summary = pretrain.get(run.arm) or (next(iter(pretrain.values())) if len(pretrain) == 1 else None)
@@ -333,7 +416,69 @@ def load_study(study_dir: str | Path) -> Study:
     )
 
 
-# ---------------------------------------------------------------------------------------------------- tables
+# ---------------------------------------------------------------------------------------------------- arm check
+
+
+def _same_weights(loaded: str, planned: str) -> bool:
+    """Whether the weight file a run loaded is what its arm plans: the planned file itself, or a checkpoint inside
+    the planned run folder (weights=RUN means the run's latest checkpoint, weights/initialization.py
+    `resolve_weights`, so init.json records the file). Compared as written (absolute, normalized) and with links
+    resolved, since the plan and the record may spell one file differently."""
+    spellings = (os.path.abspath, os.path.realpath)
+    for a, b in ((spell(loaded), spell(planned)) for spell in spellings):
+        if a == b or a.startswith(b.rstrip(os.sep) + os.sep):
+            return True
+    return False
+
+
+def init_mismatch(run: RunData) -> str | None:
+    """Why `run`'s init.json contradicts its planned arm, or None when it agrees or there is nothing to check.
+
+    The rule (docs/PAPER.md, "The claim": the compared arms differ in their initialization only, so each run must be
+    initialized as its arm): init.json's `init` equals the plan entry's; a scratch arm's run loaded no weights; a
+    pre-trained arm's run loaded the weights the plan gives that arm (`planned_weights`), when the plan says which.
+    """
+    record = run.init_record
+    if record is None or run.init_path is None:  # no init.json read (load_study may add pre-training counts alone)
+        return None
+    loaded_init, loaded = record.get("init"), record.get("weights")
+    planned = "none" if run.init == "scratch" else (run.planned_weights or "as the plan does not say")
+    where = (
+        f"run {run.name}: {run.init_path} says init={loaded_init}, weights={loaded or 'none'}, but the run is in "
+        f"arm {run.arm!r} (init={run.init}, weights={planned})"
+    )
+    if loaded_init != run.init:
+        return where
+    if run.init == "scratch" and loaded:
+        return where
+    planned_file = run.planned_weights
+    if run.init != "scratch" and planned_file and (not loaded or not _same_weights(str(loaded), planned_file)):
+        return where
+    return None
+
+
+def check_arms(study: Study) -> None:
+    """Refuses a study whose runs are not what their arms say, before any of its numbers is reported.
+
+    Checks every run's init.json (its own, or its trunk's for a fork that has none) against its planned arm
+    (`init_mismatch`), and that the plan has at most one scratch arm (the reference of every comparison).
+
+    Raises:
+        ScratchdetError: naming each run, its init.json and its arm; or the scratch arms.
+    """
+    scratch = [a.name for a in study_arms(study.runs) if not a.pretrained]
+    if len(scratch) > 1:
+        raise ScratchdetError(
+            f"{study.root / 'plan.json'} has {len(scratch)} scratch arms ({', '.join(scratch)}): a study compares its "
+            "pre-trained arms with one scratch arm, the reference; report them as separate studies"
+        )
+    found = [reason for run in study.runs if (reason := init_mismatch(run)) is not None]
+    if found:
+        raise ScratchdetError(
+            f"{len(found)} run(s) of {study.root} were not initialized as their arm, so the report would compare "
+            "something else than it says; train them again as their arm (no override or hparams entry may set init "
+            "or weights):\n  " + "\n  ".join(found)
+        )
 
 
 # ---------------------------------------------------------------------------------------------------- run queries
@@ -384,17 +529,13 @@ def sizes(runs: list[RunData]) -> list[str]:
 
 
 def sort_runs(runs: list[RunData]) -> list[RunData]:
-    """Table order: size (smallest first), hparams, scratch before pre-trained, schedule."""
+    """Table order: size (smallest first), hparams, arm (scratch first, then the pre-trained arms in plan order),
+    schedule."""
     order = sizes(runs)
+    arms = [a.name for a in study_arms(runs)]
     return sorted(
         runs,
-        key=lambda r: (
-            order.index(r.size_label),
-            r.hparams,
-            ARMS.index(r.init) if r.init in ARMS else len(ARMS),
-            r.schedule or 0.0,
-            r.name,
-        ),
+        key=lambda r: (order.index(r.size_label), r.hparams, arms.index(r.arm), r.schedule or 0.0, r.name),
     )
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from scratchdet.errors import ScratchdetError
-from scratchdet.report import figures, findings, results
+from scratchdet.report import figures, findings
 from scratchdet.report.page import write_report
 from scratchdet.report.results import load_study
 
@@ -314,8 +314,7 @@ def test_figures_have_labels_and_legends(tmp_path):
     dotted = [line for line in axes[1].get_lines() if line.get_linestyle() == ":"]
     assert sorted({line.get_xdata()[0] for line in dotted}) == [20, 40, 80, 100, 140, 160]  # LR drops: 1x, 2x, 3x
 
-    rows = [(r.init, r.label, *results.samples_of(r), None) for r in group]
-    bars = figures.samples_figure(rows, "samples")
+    bars = figures.samples_figure(group, "samples")
     assert [ax.get_yscale() for ax in bars.axes] == ["log"] * 3
     assert [ax.get_ylabel() for ax in bars.axes] == [f"{k} seen (log scale)" for k in ("images", "instances", "pixels")]
     assert [t.get_text() for t in bars.legends[0].get_texts()][0] == "scratch"
@@ -492,3 +491,24 @@ def test_fig1_draws_both_arms_on_one_axes(tmp_path):
     assert set(colors) == {"scratch", "pre-trained"} and len(set(colors.values())) == 2
     styles = {line.get_label(): line.get_linestyle() for line in lines}
     assert styles["scratch 1x"] == styles["pre-trained 1x"] != styles["scratch 2x"]
+
+
+def test_a_two_arm_study_names_its_pretrained_arm_by_its_spec_name(tmp_path):
+    root = make_study(tmp_path / "s", sizes=(("all", None, 200),), schedules=(1, 2))
+    plan = json.loads((root / "plan.json").read_text())
+    for entry in plan["runs"]:
+        entry["arm"] = "imagenet" if entry["init"] == "pretrained" else entry["arm"]
+    (root / "plan.json").write_text(json.dumps(plan))
+    text = html.unescape(write_report(root).read_text())
+    assert (
+        "At 2x on all 200 training images, imagenet leads scratch by 0.3 bbox AP (35.0 imagenet vs 34.7 scratch)"
+        in (text)
+    )
+    assert "From 1x to 2x the imagenet minus scratch gap shrinks (+10.0 to +0.3 AP)." in text
+    assert "At 1x, imagenet leads by 10.0 bbox AP (imagenet 30.0 vs scratch 20.0)." in text
+    assert (
+        "Scratch catches up with imagenet at 2x (first schedule within 0.5 bbox AP: scratch 34.7 vs imagenet 35.0)"
+        in (text)
+    )
+    assert "At 2x (train size all), pre-training + fine-tuning of imagenet saw 12.8x the images of scratch" in text
+    assert "Among the pre-trained arms" not in text  # one pre-trained arm: nothing to rank
