@@ -61,6 +61,9 @@ class Plan:
     trunks: list[PlannedTrunk]
     pretrain: dict[str, str]  # arm name -> relative path of the pre-training run the study performs
     input_convention: dict = field(default_factory=dict)  # model.* values every run uses, and which arm set them
+    verdict: dict = field(default_factory=dict)  # the spec's `verdict` settings, for the report
+    stopping: dict = field(default_factory=dict)  # the spec's `stopping` settings
+    seeds: list | None = None  # the spec's seed axis (None: one replicate per cell)
 
     def iterations(self) -> dict:
         """Iterations trained with the shared trunks vs. training every run separately."""
@@ -76,6 +79,9 @@ class Plan:
             "trunks": [asdict(t) for t in self.trunks],
             "pretrain": self.pretrain,
             "input_convention": self.input_convention,
+            "verdict": self.verdict,
+            "stopping": self.stopping,
+            "seeds": self.seeds,
             "iterations": self.iterations(),
         }
 
@@ -254,4 +260,7 @@ def plan_study(spec: StudySpec, *, check_sources: bool = True) -> Plan:
         trunks=trunks,
         pretrain=pretrain,
         input_convention={**(convention.to_dict() if convention else {}), "from": convention_origin},
+        verdict=asdict(spec.verdict),
+        stopping=asdict(spec.stopping),
+        seeds=list(spec.seeds) if spec.seeds is not None else None,
     )

@@ -86,6 +86,25 @@ LAUNCHERS = ("inprocess", "local", "slurm")
 
 
 @dataclass
+class VerdictSpec:
+    """How the report's verdict states a gap (report/verdict.py)."""
+
+    # AP points within which scratch counts as "no worse than" a pre-trained arm: the paper calls 41.3 vs 41.1
+    # comparable and reads gaps of about 0.5 AP as the ones that decide (docs/PAPER.md, "Findings"); seed-to-seed
+    # spread on COCO is 0.1-0.3 AP, so a smaller margin is below what a few seeds can resolve.
+    margin: float = 0.5
+
+
+@dataclass
+class StoppingSpec:
+    """The sequential study (off by default): after every run of one schedule has its final evaluation, stop when
+    the study's question is settled; the jobs not yet needed are not started (or cancelled), and a rerun with
+    stopping off trains them from the shared checkpoints."""
+
+    enabled: bool = False
+
+
+@dataclass
 class StudySpec:
     name: str = MISSING
     base_config: str = MISSING
@@ -101,6 +120,8 @@ class StudySpec:
     # with its own trunk per arm, named <group>_s<seed>. None: one run per cell with the base config's seed, named
     # without a suffix. Training noise is measured only when there are several (the verdict says so otherwise).
     seeds: list[int] | None = None
+    verdict: VerdictSpec = field(default_factory=VerdictSpec)
+    stopping: StoppingSpec = field(default_factory=StoppingSpec)
     # Train runs that differ only in the schedule length from one trunk (fork_run); false trains each separately.
     share_trunk: bool = True
     launcher: LauncherSpec = field(default_factory=LauncherSpec)
@@ -204,6 +225,8 @@ def validate_spec(spec: StudySpec, path: str = "spec") -> None:
     if len(set(spec.train_sizes)) != len(spec.train_sizes):
         # Two entries would plan two runs into one folder: trained once, counted (iterations, device-hours) twice.
         raise ConfigError(f"{path}: train_sizes has duplicates: {list(spec.train_sizes)}")
+    if not spec.verdict.margin > 0:
+        raise ConfigError(f"{path}: verdict.margin must be a positive number of AP points, got {spec.verdict.margin}")
     if spec.seeds is not None:
         if not spec.seeds or any(not isinstance(x, int) or x < 0 for x in spec.seeds):
             raise ConfigError(f"{path}: seeds must be a non-empty list of non-negative integers, got {spec.seeds}")
