@@ -243,18 +243,22 @@ def _source_norm(tensors: dict[str, torch.Tensor], c2_kinds: set[str]) -> str:
 
 
 def _prefixed_layout(names: list[str]) -> str | None:
-    """Which _PREFIXED layout the (module.-stripped) names follow, if any."""
+    """Which _PREFIXED layout the (module.-stripped) names follow, if any.
+
+    backbone.* is looked at first: mmselfsup 0.x registers its backbone twice, as backbone and as encoder_q.0, and
+    backbone. is the prefix its own transfer loads (mmselfsup tools/model_converters/extract_backbone_weights.py).
+    """
+    if any(k.startswith("backbone.") and _BACKBONE_KEY.match(k[9:]) for k in names):
+        if any(k.startswith("head.last_layer.") for k in names):
+            return "dino"
+        if any(k.startswith("projector.") for k in names):
+            return "barlowtwins"
+        return "openmmlab"
     if any(k.startswith("encoder_q.") for k in names):
         return "moco"
     if any(k.startswith("base_encoder.") for k in names):
         return "moco-v3"
-    if not any(k.startswith("backbone.") and _BACKBONE_KEY.match(k[9:]) for k in names):
-        return None
-    if any(k.startswith("head.last_layer.") for k in names):
-        return "dino"
-    if any(k.startswith("projector.") for k in names):
-        return "barlowtwins"
-    return "openmmlab"
+    return None
 
 
 def _layout(names: list[str], container: str, wrapper: str | None, hub: HubConfig) -> str:
