@@ -102,7 +102,7 @@ def _unpickle_arrays(path: Path) -> object:
 # bag (protocol 2+ pickles rebuild it with object.__new__ and a __dict__ update; it defines no __setstate__), saved as
 # `args` by DINO (main_dino.py save_dict) and timm's train.py. Everything else stays refused.
 SAFE_TYPES = (argparse.Namespace,)
-_UNSUPPORTED_GLOBAL = re.compile(r"(?:Unsupported global: GLOBAL|Unsupported class) ([\w.]+)")
+_UNSUPPORTED_GLOBAL = re.compile(r"(?:Unsupported global: GLOBAL|Unsupported class|unsupported GLOBAL) ([\w.]+)")
 
 
 def extraction_command(path: Path) -> str:

@@ -743,3 +743,91 @@ def test_transformers_first_stage_downsampling_is_refused(tmp_path, rgb):
     (tmp_path / "config.json").write_text(json.dumps({**HF_CONFIG, "downsample_in_first_stage": True}))
     with pytest.raises(CheckpointError, match="config.json sets downsample_in_first_stage"):
         resolve_input_convention(pretrained_config(tmp_path, tmp_path / "model.safetensors"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading never runs code from the file, whatever its container
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class Exploit:
+    """Unpickling this calls os.system, which would create `marker`."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def _evil_checkpoint(marker) -> dict:
+    net = randomize(TorchvisionStyleResNet(), 40)
+    return {"epoch": 1, "arch": "resnet50", "state_dict": ddp(net.state_dict()), "payload": Exploit(marker)}
+
+
+def _write_zip(path, marker):
+    torch.save(_evil_checkpoint(marker), path)
+
+
+def _write_legacy(path, marker):
+    torch.save(_evil_checkpoint(marker), path, _use_new_zipfile_serialization=False)
+
+
+def _write_pickle(path, marker):
+    import pickle
+
+    with open(path, "wb") as f:
+        pickle.dump({"blobs": {"conv1_w": torch.zeros(2).numpy(), "x": Exploit(marker)}}, f, protocol=2)
+
+
+def _write_namespace_payload(path, marker):
+    """An argparse.Namespace (admitted) whose attribute is the exploit (not admitted)."""
+    checkpoint = _evil_checkpoint(marker)
+    checkpoint["args"] = argparse.Namespace(arch="resnet50", hook=checkpoint.pop("payload"))
+    torch.save(checkpoint, path)
+
+
+def _write_disguised_safetensors(path, marker):
+    """A pickle named model.safetensors, beside a timm config.json."""
+    import pickle
+
+    (path.parent / "config.json").write_text(json.dumps(timm_config()))
+    with open(path, "wb") as f:
+        pickle.dump({"conv1.weight": Exploit(marker)}, f, protocol=4)
+
+
+@pytest.mark.parametrize(
+    ("filename", "write", "message"),
+    [
+        ("moco_v2_800ep_pretrain.pth.tar", _write_legacy, r"holds objects of type (posix|os|nt)\.system"),
+        ("checkpoint.pth", _write_zip, r"holds objects of type (posix|os|nt)\.system"),
+        ("checkpoint.pth", _write_namespace_payload, r"holds objects of type (posix|os|nt)\.system"),
+        ("R-50.pkl", _write_pickle, r"refusing to load (posix|os|nt)\.system"),
+        ("pytorch_model.bin", _write_zip, r"holds objects of type (posix|os|nt)\.system"),
+        ("model.safetensors", _write_disguised_safetensors, r"named \.safetensors but is not a safetensors file"),
+    ],
+)
+def test_a_malicious_object_in_any_container_is_refused_and_never_runs(tmp_path, filename, write, message):
+    marker = tmp_path / "pwned"
+    path = tmp_path / filename
+    write(path, marker)
+    with pytest.raises(CheckpointError, match=message) as e:
+        resolve_input_convention(pretrained_config(tmp_path, path))
+    assert not marker.exists()
+    if "holds objects of type" in message:  # the one-line extraction a user can run on a file they trust
+        assert "weights_only=False" in str(e.value) and ".state_dict.pth" in str(e.value)
+
+
+def test_hub_config_code_references_are_never_imported(tmp_path, rgb):
+    """transformers' auto_map (trust_remote_code) names Python files of the repository: they are never imported."""
+    marker = tmp_path / "pwned"
+    (tmp_path / "modeling_evil.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    path, expected, _ = transformers_resnet(tmp_path, rgb)
+    config = {**HF_CONFIG, "auto_map": {"AutoModelForImageClassification": "modeling_evil.EvilResNet"}}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    cfg = pretrained_config(tmp_path, path)
+    resolve_input_convention(cfg)
+    ours, _ = detector_features(cfg, rgb)
+    assert relative_error(ours, expected) < 1e-4 and not marker.exists()
