@@ -100,6 +100,10 @@ class StudySpec:
     # Train runs that differ only in the schedule length from one trunk (fork_run); false trains each separately.
     share_trunk: bool = True
     launcher: LauncherSpec = field(default_factory=LauncherSpec)
+    # The input convention of the scratch arms (study/plan.py, docs/WEIGHTS.md "The scratch arm's convention"): the
+    # name of a pre-trained arm whose convention they take, or "torchvision" (the base config's model.* keys,
+    # torchvision's where unset). Unset: the pre-trained arms' common convention; required when theirs differ.
+    scratch_convention: str | None = None
 
 
 # Run overrides that name the dataset paths data_root gives (data.root, data.train.*, data.val.*, data.voc_root).
@@ -200,6 +204,12 @@ def validate_spec(spec: StudySpec, path: str = "spec") -> None:
     if len(set(spec.train_sizes)) != len(spec.train_sizes):
         # Two entries would plan two runs into one folder: trained once, counted (iterations, device-hours) twice.
         raise ConfigError(f"{path}: train_sizes has duplicates: {list(spec.train_sizes)}")
+    pretrained = [a.name for a in spec.arms if a.init == "pretrained"]
+    if spec.scratch_convention is not None and spec.scratch_convention not in ("torchvision", *pretrained):
+        raise ConfigError(
+            f"{path}: scratch_convention={spec.scratch_convention!r} names no pre-trained arm; choose one of "
+            f"{', '.join([*pretrained, 'torchvision'])}"
+        )
     _refuse_arm_and_axis_keys(spec, path)
     hp_names = [h.name for h in spec.hparams]
     if len(set(hp_names)) != len(hp_names):

@@ -42,6 +42,9 @@ SWAV_STD = [0.228, 0.224, 0.225]  # swav/src/multicropdataset.py
 # ---------------------------------------------------------------------------------------------------------------
 
 
+_LAST_NORM = re.compile(r"(bn3|downsample\.1|layer\.2\.normalization|shortcut\.normalization)$")
+
+
 def randomize(module: nn.Module, seed: int) -> nn.Module:
     """Random weights and BN statistics, He-scaled convs, each residual branch's last BN damped: moderate activations
     whose every tensor matters."""
@@ -54,7 +57,11 @@ def randomize(module: nn.Module, seed: int) -> nn.Module:
                 if m.bias is not None:
                     m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
             elif isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
-                damp = 0.3 if re.search(r"(bn3|downsample\.1|layer\.2\.normalization|shortcut\.normalization)$", name) else 1
+                damp = (
+                    0.3
+                    if re.search(r"(bn3|downsample\.1|layer\.2\.normalization|shortcut\.normalization)$", name)
+                    else 1
+                )
                 c = m.num_features
                 m.weight.copy_((1 + 0.1 * torch.randn(c, generator=g)) * damp)
                 m.bias.copy_(0.1 * torch.randn(c, generator=g))
@@ -149,7 +156,8 @@ class HFResNetForImageClassification(nn.Module):
             down = config["downsample_in_bottleneck"]
             stage = nn.Module()
             stage.layers = nn.Sequential(
-                HFBottleNeckLayer(cin, width, stride, down), *[HFBottleNeckLayer(width, width) for _ in range(depth - 1)]
+                HFBottleNeckLayer(cin, width, stride, down),
+                *[HFBottleNeckLayer(width, width) for _ in range(depth - 1)],
             )
             stages.append(stage)
             cin = width
@@ -245,7 +253,10 @@ def dino_network(seed: int) -> tuple[nn.Module, dict]:
         "last_layer.weight_g": torch.ones(128, 1),  # nn.utils.weight_norm's parameters
         "last_layer.weight_v": torch.randn(128, 16),
     }
-    state = {**{f"backbone.{k}": v for k, v in backbone.state_dict().items()}, **{f"head.{k}": v for k, v in head.items()}}
+    state = {
+        **{f"backbone.{k}": v for k, v in backbone.state_dict().items()},
+        **{f"head.{k}": v for k, v in head.items()},
+    }
     return backbone, ddp(state)
 
 
@@ -700,7 +711,9 @@ def test_a_bare_safetensors_file_needs_the_convention_keys(tmp_path, rgb):
     with pytest.raises(ConfigError) as e:
         resolve_input_convention(pretrained_config(tmp_path, path, *TORCHVISION_KEYS[:2]))
     msg = str(e.value)
-    assert "is not determined by the file" in msg and "set model.pixel_mean, model.pixel_std, model.stride_in_1x1" in msg
+    assert (
+        "is not determined by the file" in msg and "set model.pixel_mean, model.pixel_std, model.stride_in_1x1" in msg
+    )
     cfg = pretrained_config(tmp_path, path, *TORCHVISION_KEYS)
     resolve_input_convention(cfg)
     ours, record = detector_features(cfg, rgb)
