@@ -90,11 +90,13 @@ def _label(n: float) -> str:
 
 
 def arm_overrides(arm: ArmSpec, study_dir: Path) -> list[str]:
-    """init/weights overrides of an arm; a study-run pre-training is referenced by its run folder."""
+    """init/weights (and checkpoint_key) overrides of an arm; a study-run pre-training is referenced by its run
+    folder."""
     if arm.init == "scratch":
         return ["init=scratch"]
     weights = arm.weights or str(study_dir / "pretrain" / arm.name)
-    return ["init=pretrained", f"weights={weights}"]
+    key = [f"pretrained.checkpoint_key={arm.checkpoint_key}"] if arm.checkpoint_key else []
+    return ["init=pretrained", f"weights={weights}", *key]
 
 
 def run_config(base_config: str, overrides: list[str], output: Path, extra: list[str] | None = None) -> Config:

@@ -46,6 +46,8 @@ class ArmSpec:
     weights: str | None = None
     pretrain_config: str | None = None
     pretrain_overrides: list[str] = field(default_factory=list)
+    # The network to load from a weights file holding several (pretrained.checkpoint_key: teacher, state_dict_ema).
+    checkpoint_key: str | None = None
 
 
 @dataclass
@@ -131,6 +133,7 @@ def _override_sets(override: str, keys: tuple[str, ...]) -> bool:
 ARM_KEYS = (
     "init",
     "weights",
+    "pretrained.checkpoint_key",
     "model.input_format",
     "model.pixel_scale",
     "model.pixel_mean",
@@ -195,6 +198,11 @@ def validate_spec(spec: StudySpec, path: str = "spec") -> None:
             raise ConfigError(f"{path}: pre-trained arm {arm.name!r} needs weights=PATH or pretrain_config=YAML")
         if arm.init == "scratch" and (arm.weights or arm.pretrain_config):
             raise ConfigError(f"{path}: scratch arm {arm.name!r} must not name weights or a pretrain config")
+        if arm.checkpoint_key and not arm.weights:
+            raise ConfigError(
+                f"{path}: arm {arm.name!r} sets checkpoint_key={arm.checkpoint_key!r} without weights=PATH; it names "
+                "the network to load from a weights file holding several"
+            )
     if not spec.schedules or any(n <= 0 for n in spec.schedules):
         raise ConfigError(f"{path}: schedules must be positive multipliers, got {list(spec.schedules)}")
     if len(set(spec.schedules)) != len(spec.schedules):
@@ -242,7 +250,10 @@ def _refuse_arm_and_axis_keys(spec: StudySpec, path: str) -> None:
     for where, overrides in entries:
         for override in overrides:
             for keys, why in (
-                (ARM_KEYS, "defines an arm: set it in `arms:` (init, weights), or let the weight file set it"),
+                (
+                    ARM_KEYS,
+                    "defines an arm: set it in `arms:` (init, weights, checkpoint_key), or let the weight file set it",
+                ),
                 (AXIS_KEYS, "is set by the study's axes (schedules, train_sizes) and output"),
             ):
                 hit = sorted(_override_keys_in(override, keys))

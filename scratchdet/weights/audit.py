@@ -47,7 +47,8 @@ class WeightReport:
     """What a pre-trained file gave the backbone; key lists use our (torchvision) names, sorted.
 
     Attributes:
-        source_format: torchvision | scratchdet | detectron.
+        source_format: torchvision | scratchdet | detectron | moco | moco-v3 | dino | barlowtwins | swav | openmmlab |
+            timm | transformers | safetensors (docs/WEIGHTS.md, "Accepted sources").
         source_norm: BN (running stats), BN-affine (Detectron's frozen scale/bias), GN, none, or unknown.
         matched: body tensors filled from the file (including running stats set by the BN-affine convention).
         missing: body tensors the file does not fill; they keep their initialization.

@@ -313,7 +313,7 @@ def _convert(
     c2_kinds: set[str] = set()
     names = list(entries)
     layout = _layout(names, container, wrapper, hub)
-    source_format = _FORMATS.get(layout) or ("detectron" if container == "pickle" else layout)
+    source_format = _FORMATS.get(layout, layout)
     if layout == "torchvision" and container == "pickle":
         source_format = "detectron"  # a plain pickle of torchvision names: a detectron2-era export
     prefixed = _PREFIXED.get(layout)

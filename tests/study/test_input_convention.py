@@ -4,6 +4,7 @@ of different conventions each run their own, and the scratch arms then take the 
 
 from __future__ import annotations
 
+import argparse
 import json
 import pickle
 
@@ -187,10 +188,17 @@ def test_imported_arms_of_two_formats_and_a_scratch_arm(tmp_path):
     clip_mean, clip_std = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
     config = {"architecture": "resnet50", "pretrained_cfg": {"mean": clip_mean, "std": clip_std}}
     (timm_dir / "config.json").write_text(json.dumps(config))
+    dino = tmp_path / "dino_checkpoint.pth"
+    network = {
+        "module.backbone.conv1.weight": torch.zeros(8, 3, 7, 7),
+        "module.head.last_layer.weight_g": torch.ones(2),
+    }
+    torch.save({"student": network, "teacher": network, "args": argparse.Namespace(arch="resnet50")}, dino)
     arms = [
         {"name": "scratch"},
         {"name": "moco_v2", "init": "pretrained", "weights": str(moco)},
         {"name": "timm_clip", "init": "pretrained", "weights": str(timm_dir / "model.safetensors")},
+        {"name": "dino", "init": "pretrained", "weights": str(dino), "checkpoint_key": "teacher"},
     ]
     plan = plan_study(load_study_spec(write_spec(tmp_path, MINI_CONFIG, arms, scratch_convention="moco_v2")))
     models = {run.arm: run_model(MINI_CONFIG, run, tmp_path) for run in plan.runs}
@@ -199,3 +207,7 @@ def test_imported_arms_of_two_formats_and_a_scratch_arm(tmp_path):
     assert models["scratch"].pixel_std == pytest.approx([0.229, 0.224, 0.225])
     assert plan.input_convention["same_for_all_arms"] is False
     assert plan.input_convention["arms"]["scratch"]["from"] == "the weights of arm 'moco_v2' (scratch_convention)"
+    # The network a file holding several is read from is the arm's: only the DINO arm's runs name one.
+    keys = {run.arm: [o for o in run.overrides if o.startswith("pretrained.checkpoint_key=")] for run in plan.runs}
+    assert keys == {"scratch": [], "moco_v2": [], "timm_clip": [], "dino": ["pretrained.checkpoint_key=teacher"]}
+    assert models["dino"].pixel_mean == pytest.approx([0.485, 0.456, 0.406])
