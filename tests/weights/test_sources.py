@@ -495,6 +495,16 @@ SOURCES = {
     "mmpretrain_pytorch_style": mmpretrain_pytorch,
     "mmselfsup_caffe_style": mmselfsup_caffe,
 }
+# The values that differ from torchvision's are those the source states: SwAV's std, timm's pretrained_cfg (CLIP's
+# here), the transformers processor's rescale and config's downsample_in_bottleneck, mmpretrain's 0..255 statistics,
+# the caffe style's BGR mean and stride.
+MEAN_STD = {
+    "swav": (IMAGENET_MEAN, SWAV_STD),
+    "timm_safetensors": (CLIP_MEAN, CLIP_STD),
+    "timm_bin_fp16": (CLIP_MEAN, CLIP_STD),
+    "mmpretrain_pytorch_style": ([123.675, 116.28, 103.53], [58.395, 57.12, 57.375]),
+    "mmselfsup_caffe_style": ([103.53, 116.28, 123.675], [1.0, 1.0, 1.0]),
+}
 EXPECTED = {  # source_format, convention (input_format, pixel_scale, stride_in_1x1), what is set aside
     "moco_v2": ("moco", ("RGB", 1.0, False), ["MoCo key encoder", "MoCo queue", "projection head"]),
     "moco_v3": ("moco-v3", ("RGB", 1.0, False), ["MoCo v3 momentum encoder", "MoCo v3 prediction head", "projection"]),
@@ -571,6 +581,8 @@ def test_each_source_runs_as_the_network_it_was_trained_as(name, tmp_path, rgb):
     source_format, (input_format, scale, stride), set_aside = EXPECTED[name]
     assert (report["source_format"], report["coverage"], report["unexpected"]) == (source_format, 1.0, [])
     assert (cfg.model.input_format, cfg.model.pixel_scale, cfg.model.stride_in_1x1) == (input_format, scale, stride)
+    mean, std = MEAN_STD.get(name, (IMAGENET_MEAN, IMAGENET_STD))
+    assert cfg.model.pixel_mean == pytest.approx(mean) and cfg.model.pixel_std == pytest.approx(std)
     conv = record["input_convention"]
     assert conv["source"] == "weights file" and conv["weights_file"]["known"] is True
     # Heads, key/momentum encoders and queues are listed by rule, never loaded nor counted in coverage.
@@ -579,24 +591,6 @@ def test_each_source_runs_as_the_network_it_was_trained_as(name, tmp_path, rgb):
     set_aside_keys = [k for keys in report["set_aside"].values() for k in keys]
     assert set(set_aside_keys) <= set(report["ignored"])
     assert not set(set_aside_keys) & set(report["matched"])
-
-
-def test_source_conventions_come_from_the_file_or_its_config(tmp_path, rgb):
-    """The values that differ from torchvision's are those the source states: SwAV's std, timm's pretrained_cfg,
-    the transformers processor's rescale, mmpretrain's 0..255 statistics, the caffe style's BGR mean."""
-    expectations = {
-        "swav": ([0.485, 0.456, 0.406], SWAV_STD),
-        "timm_safetensors": (CLIP_MEAN, CLIP_STD),
-        "mmpretrain_pytorch_style": ([123.675, 116.28, 103.53], [58.395, 57.12, 57.375]),
-        "mmselfsup_caffe_style": ([103.53, 116.28, 123.675], [1.0, 1.0, 1.0]),
-    }
-    for name, (mean, std) in expectations.items():
-        folder = tmp_path / name
-        folder.mkdir()
-        path, _, extra = SOURCES[name](folder, rgb)
-        cfg = pretrained_config(folder, path, *extra)
-        resolve_input_convention(cfg)
-        assert cfg.model.pixel_mean == pytest.approx(mean) and cfg.model.pixel_std == pytest.approx(std), name
 
 
 # ---------------------------------------------------------------------------------------------------------------
