@@ -505,8 +505,9 @@ def _openmmlab_convention(meta: Mapping | None) -> FileConvention:
             "(mmpretrain's ImageNet ResNets: RGB, 255.0, [123.675, 116.28, 103.53], [58.395, 57.12, 57.375], false)",
         )
     flag = _MM_TO_RGB.search(norm)
-    # Images are read BGR (mmcv.imread); to_rgb / bgr_to_rgb flips them, rgb_to_bgr keeps BGR; default: no flip.
-    rgb = bool(flag) and flag.group(1) in ("to_rgb", "bgr_to_rgb") and flag.group(2) == "True"
+    # Images are read BGR (mmcv.imread); to_rgb (mmpretrain), bgr_to_rgb or rgb_to_bgr (mmengine's
+    # ImgDataPreprocessor: either one swaps the channels) flip them to RGB; default: no flip.
+    rgb = bool(flag) and flag.group(2) == "True"
     style = _MM_STYLE.search(text)
     caffe = bool(style) and style.group(1) == "caffe"
     return FileConvention(
