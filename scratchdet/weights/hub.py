@@ -33,8 +33,8 @@ class HubConfig:
     """The JSON files beside a weight file.
 
     Attributes:
-        kind: "timm" (config.json with `pretrained_cfg` or `architecture`), "transformers" (`model_type`), or None
-            when there is no config.json or it is neither's.
+        kind: "timm" (config.json with `pretrained_cfg` or `architecture`), "transformers" (`model_type: resnet`), or
+            None when there is no config.json or it describes neither.
         config: config.json's content ({} when absent).
         preprocessor: preprocessor_config.json's content ({} when absent).
         config_path: config.json's path, for messages (None when absent).
@@ -62,7 +62,7 @@ def read_hub_config(weights: Path) -> HubConfig:
     config = read_json(config_path)
     preprocessor_path = weights.with_name(PREPROCESSOR_CONFIG)
     preprocessor = read_json(preprocessor_path) if preprocessor_path.is_file() else {}
-    if "model_type" in config:
+    if config.get("model_type") == "resnet":  # transformers' ResNetConfig.model_type; other models are not ResNets
         kind = "transformers"
     elif "pretrained_cfg" in config or "architecture" in config:
         kind = "timm"
