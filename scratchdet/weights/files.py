@@ -132,8 +132,11 @@ def _unsafe_types(path: Path, error: Exception) -> list[str]:
 def _torch_load(path: Path) -> object:
     try:
         # weights_only=True always: a .pth is a pickle too, and loading a file must never run code from it.
-        with torch.serialization.safe_globals(list(SAFE_TYPES)):
-            return torch.load(path, map_location="cpu", weights_only=True)
+        if hasattr(torch.serialization, "safe_globals"):  # torch >= 2.5: admitted for this load only
+            with torch.serialization.safe_globals(list(SAFE_TYPES)):
+                return torch.load(path, map_location="cpu", weights_only=True)
+        torch.serialization.add_safe_globals(list(SAFE_TYPES))  # torch 2.4: process-wide, the same harmless type
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         types = _unsafe_types(path, e)
         if types:
