@@ -204,12 +204,13 @@ def reference(net, net_input):
         return [f[0].float() for f in copy.deepcopy(net).double().features(net_input[None].double())]
 
 
-def moco_v2(tmp, rgb):
+def moco(tmp, rgb, mlp: bool = True):
     """moco/main_moco.py: {'epoch', 'arch', 'state_dict', 'optimizer'} saved by torch 1.4 (legacy format) as
-    moco_v2_800ep_pretrain.pth.tar; model = DDP(MoCo(resnet50, mlp=True)): encoder_q / encoder_k with fc an MLP,
-    queue and queue_ptr buffers."""
+    moco_v2_800ep_pretrain.pth.tar; model = DDP(MoCo(resnet50, mlp=...)): encoder_q / encoder_k whose fc is the
+    projection (v1: the ResNet's own fc with 128 outputs; v2, mlp=True: Linear-ReLU before it), queue and queue_ptr."""
     encoder_q = randomize(TorchvisionStyleResNet(num_classes=32), 1)
-    encoder_q.fc = nn.Sequential(nn.Linear(8 * STEM * 4, 8 * STEM * 4), nn.ReLU(), nn.Linear(8 * STEM * 4, 32))
+    if mlp:
+        encoder_q.fc = nn.Sequential(nn.Linear(8 * STEM * 4, 8 * STEM * 4), nn.ReLU(), nn.Linear(8 * STEM * 4, 32))
     encoder_k = randomize(copy.deepcopy(encoder_q), 2)  # drifted from encoder_q: taking it would be visible
     state = {
         **{f"encoder_q.{k}": v for k, v in encoder_q.state_dict().items()},
@@ -217,7 +218,7 @@ def moco_v2(tmp, rgb):
         "queue": torch.randn(32, 64),
         "queue_ptr": torch.zeros(1, dtype=torch.long),
     }
-    path = tmp / "moco_v2_800ep_pretrain.pth.tar"
+    path = tmp / ("moco_v2_800ep_pretrain.pth.tar" if mlp else "moco_v1_200ep_pretrain.pth.tar")
     checkpoint = {"epoch": 800, "arch": "resnet50", "state_dict": ddp(state), "optimizer": sgd_state(encoder_q)}
     torch.save(checkpoint, path, _use_new_zipfile_serialization=False)
     return path, lambda: reference(encoder_q, torchvision_normalize(rgb)), []
@@ -489,7 +490,8 @@ def mmselfsup_caffe(tmp, rgb):
 
 
 SOURCES = {
-    "moco_v2": moco_v2,
+    "moco_v1": lambda tmp, rgb: moco(tmp, rgb, mlp=False),
+    "moco_v2": moco,
     "moco_v3": moco_v3,
     "dino": dino,
     "swav": swav,
@@ -511,6 +513,7 @@ MEAN_STD = {
     "mmselfsup_caffe_style": ([103.53, 116.28, 123.675], [1.0, 1.0, 1.0]),
 }
 EXPECTED = {  # source_format, convention (input_format, pixel_scale, stride_in_1x1), what is set aside
+    "moco_v1": ("moco", ("RGB", 1.0, False), ["MoCo key encoder", "MoCo queue", "projection head"]),
     "moco_v2": ("moco", ("RGB", 1.0, False), ["MoCo key encoder", "MoCo queue", "projection head"]),
     "moco_v3": ("moco-v3", ("RGB", 1.0, False), ["MoCo v3 momentum encoder", "MoCo v3 prediction head", "projection"]),
     "dino": ("dino", ("RGB", 1.0, False), ["DINO projection head"]),
@@ -674,7 +677,7 @@ def _rewrite(path, name, change) -> None:
         obj[key] = change(obj[key])
     else:
         obj = change(obj)
-    legacy = path.name.endswith(".pth.tar") and name == "moco_v2"
+    legacy = name in ("moco_v1", "moco_v2")
     torch.save(obj, path, _use_new_zipfile_serialization=not legacy)
 
 
