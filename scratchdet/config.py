@@ -233,6 +233,10 @@ class PretrainedConfig:
     # BN-trained weights into a GN model (or GN into BN): "error" (default: no silent mismatch), "skip_norm" (load
     # convs, keep fresh norms), or "load_affine" (BN scale/shift become GN scale/shift; BN statistics dropped).
     norm_mismatch: str = "error"
+    # The top-level entry of the weights file that holds the network, for files holding several (DINO's teacher /
+    # student, timm's state_dict / state_dict_ema); None takes the only one, and an ambiguous file is refused
+    # listing them (weights/files.py unwrap).
+    checkpoint_key: str | None = None
 
 
 @dataclass

@@ -5,9 +5,13 @@ with share_trunk, a group trains one trunk at the base LR up to the latest first
 schedule forks its tail from the trunk checkpoint at its own first drop (or at its late cascade switch, when that
 comes first).
 
-Every run gets the same input convention and stride placement (model.input_format, pixel_scale, pixel_mean,
-pixel_std, stride_in_1x1): those the pre-trained arms' weights were trained with, so the scratch arm trains the same
-network on the same inputs and only the initialization differs (docs/PAPER.md, "The claim": the controlled comparison).
+Input conventions (model.input_format, pixel_scale, pixel_mean, pixel_std, stride_in_1x1; docs/WEIGHTS.md, "The
+scratch arm's convention"): each pre-trained arm runs in the convention its weights were trained with, and every
+scratch arm in one stated convention. When the pre-trained arms agree, that is theirs, so the scratch arm trains the
+same network on the same inputs and only the initialization differs (docs/PAPER.md, "The claim": the controlled
+comparison). When they differ (e.g. a Detectron BGR file beside MoCo's RGB one), the spec's `scratch_convention`
+states which arm's convention the scratch arms take (or torchvision's); each scratch-vs-pre-trained comparison is
+then controlled for the arm whose convention the scratch arms share, and plan.json says which.
 """
 
 from __future__ import annotations
@@ -60,10 +64,16 @@ class Plan:
     runs: list[PlannedRun]
     trunks: list[PlannedTrunk]
     pretrain: dict[str, str]  # arm name -> relative path of the pre-training run the study performs
+<<<<<<< HEAD
     input_convention: dict = field(default_factory=dict)  # model.* values every run uses, and which arm set them
     verdict: dict = field(default_factory=dict)  # the spec's `verdict` settings, for the report
     stopping: dict = field(default_factory=dict)  # the spec's `stopping` settings
     seeds: list | None = None  # the spec's seed axis (None: one replicate per cell)
+=======
+    # model.* values of each arm and where they come from (under "arms"), whether all arms share them, and the shared
+    # values at the top level when they do.
+    input_convention: dict = field(default_factory=dict)
+>>>>>>> weight-sources
 
     def iterations(self) -> dict:
         """Iterations trained with the shared trunks vs. training every run separately."""
@@ -91,11 +101,13 @@ def _label(n: float) -> str:
 
 
 def arm_overrides(arm: ArmSpec, study_dir: Path) -> list[str]:
-    """init/weights overrides of an arm; a study-run pre-training is referenced by its run folder."""
+    """init/weights (and checkpoint_key) overrides of an arm; a study-run pre-training is referenced by its run
+    folder."""
     if arm.init == "scratch":
         return ["init=scratch"]
     weights = arm.weights or str(study_dir / "pretrain" / arm.name)
-    return ["init=pretrained", f"weights={weights}"]
+    key = [f"pretrained.checkpoint_key={arm.checkpoint_key}"] if arm.checkpoint_key else []
+    return ["init=pretrained", f"weights={weights}", *key]
 
 
 def run_config(base_config: str, overrides: list[str], output: Path, extra: list[str] | None = None) -> Config:
@@ -114,31 +126,46 @@ def _pretrain_convention(arm: ArmSpec) -> FileConvention:
     )
 
 
-def study_input_convention(
-    spec: StudySpec, study_dir: Path, *, check_sources: bool = True
-) -> tuple[InputConvention | None, str]:
-    """The convention every run of the study uses, and where it comes from.
+SCRATCH_TORCHVISION = "torchvision"
 
-    The pre-trained arms decide: a weights file's convention (weights/convention.py), or the pre-training
-    config's for a pre-training the study runs; model.* keys set in the spec or base config must agree with them.
-    Without pre-trained arms, the base config's (torchvision's where unset). With check_sources=False, a weights
-    file or pre-training config that is not there yet leaves the convention unresolved (None).
+
+def _shared(conventions: dict[str, InputConvention]) -> bool:
+    values = list(conventions.values())
+    return all(c.same_network(values[0]) for c in values[1:])
+
+
+def study_input_conventions(
+    spec: StudySpec, study_dir: Path, *, check_sources: bool = True
+) -> tuple[dict[str, InputConvention] | None, dict[str, str]]:
+    """The convention each arm's runs use, and where it comes from.
+
+    Pre-trained arms: the convention of their weights file (weights/convention.py) or of the pre-training config the
+    study runs; model.* keys set in the base config must agree with known ones. Scratch arms: one stated convention
+    for all of them: `spec.scratch_convention` (a pre-trained arm's name, or "torchvision": the base config's keys,
+    torchvision's where unset); unset, the pre-trained arms' common convention, or the base config's when no arm
+    loads weights.
+
+    Returns:
+        ({arm name: convention}, {arm name: origin}); (None, {"*": why}) when check_sources=False and a weights file
+        or pre-training config is not there yet.
 
     Raises:
-        ConfigError: pre-trained arms whose weights need different conventions, or a conflicting explicit key.
-        CheckpointError: a weights file that is missing or unreadable.
+        ConfigError: scratch arms beside pre-trained arms of different conventions without scratch_convention (the
+            message names the arms, their conventions and the choices), or a conflicting explicit key.
+        CheckpointError: a weights file that is missing, unreadable or ambiguous.
     """
     root = [f"data.root={spec.data_root}"] if spec.data_root else []
     found: dict[str, InputConvention] = {}
+    origins: dict[str, str] = {}
     for arm in spec.arms:
         if arm.init != "pretrained":
             continue
         source = arm.weights or arm.pretrain_config
         if not check_sources and not Path(source).exists():
-            return None, (
-                f"unresolved: {source} (arm {arm.name!r}) is not there yet; `scratchdet study` reads it "
+            return None, {
+                "*": f"unresolved: {source} (arm {arm.name!r}) is not there yet; `scratchdet study` reads it "
                 "before training any run"
-            )
+            }
         cfg = run_config(spec.base_config, [*root, *spec.overrides, *arm_overrides(arm, study_dir)], study_dir)
         if arm.weights:
             resolve_input_convention(cfg)
@@ -146,20 +173,46 @@ def study_input_convention(
             file = _pretrain_convention(arm)
             apply_input_convention(cfg, file.convention, file, arm.pretrain_config)
         found[arm.name] = configured_input_convention(cfg)
-    if not found:
-        first = spec.arms[0]
+        origins[arm.name] = f"the weights of arm {arm.name!r}"
+    scratch_arms = [a.name for a in spec.arms if a.init == "scratch"]
+    if not scratch_arms:
+        return found, origins
+    choice = spec.scratch_convention
+    if choice is None and found and not _shared(found):
+        described = "; ".join(f"{name!r}: {conv.describe()}" for name, conv in found.items())
+        raise ConfigError(
+            f"the pre-trained arms load weights trained with different input conventions ({described}), and the "
+            f"scratch arm(s) {', '.join(map(repr, scratch_arms))} can take only one: set scratch_convention in the "
+            f"spec to the arm whose convention they take ({', '.join(found)}) or to torchvision. Each scratch-vs-"
+            "pre-trained comparison is controlled only for the arm whose convention the scratch arms share "
+            '(docs/WEIGHTS.md, "The scratch arm\'s convention")'
+        )
+    if choice is None and found:
+        choice = next(iter(found))
+    if choice in found:
+        conv = found[choice]
+        origin = f"the weights of arm {choice!r}" + ("" if spec.scratch_convention is None else " (scratch_convention)")
+    else:  # torchvision, or no arm loads weights: the base config's keys, torchvision's where unset
+        first = next(a for a in spec.arms if a.init == "scratch")
         cfg = run_config(spec.base_config, [*root, *spec.overrides, *arm_overrides(first, study_dir)], study_dir)
         resolve_input_convention(cfg)
-        return configured_input_convention(cfg), "the base config (no arm loads weights)"
-    (name, conv), *others = found.items()
-    differ = [(n, c) for n, c in others if not c.same_network(conv)]
-    if differ:
-        raise ConfigError(
-            f"study arms {name!r} and {differ[0][0]!r} load weights trained with different input conventions "
-            f"({conv.describe()} vs {differ[0][1].describe()}): a scratch arm cannot match both, so the comparison "
-            "would not be controlled; run them in separate studies"
-        )
-    return conv, f"the weights of arm {name!r}"
+        conv = configured_input_convention(cfg)
+        origin = "the base config (no arm loads weights)" if not found else "scratch_convention: torchvision"
+    for name in scratch_arms:
+        found[name], origins[name] = conv, origin
+    return found, origins
+
+
+def _convention_record(conventions: dict[str, InputConvention] | None, origins: dict[str, str]) -> dict:
+    """plan.json's input_convention: per arm, whether they all agree, and the shared values at the top level."""
+    if conventions is None:
+        return {"from": origins["*"]}
+    arms = {name: {**conv.to_dict(), "from": origins[name]} for name, conv in conventions.items()}
+    if not _shared(conventions):
+        return {"from": "per arm (see arms)", "same_for_all_arms": False, "arms": arms}
+    pretrained = [name for name, origin in origins.items() if origin == f"the weights of arm {name!r}"]
+    first = pretrained[0] if pretrained else next(iter(conventions))
+    return {**conventions[first].to_dict(), "from": origins[first], "same_for_all_arms": True, "arms": arms}
 
 
 def plan_study(spec: StudySpec, *, check_sources: bool = True) -> Plan:
@@ -171,16 +224,17 @@ def plan_study(spec: StudySpec, *, check_sources: bool = True) -> Plan:
             trains from such a plan.
 
     Raises:
-        ConfigError: an invalid run config, or pre-trained arms that need different input conventions.
+        ConfigError: an invalid run config, or scratch arms beside pre-trained arms of different input conventions
+            without the spec's scratch_convention.
         CheckpointError: a pre-trained arm's weights file that is missing or unreadable (its convention is read).
     """
     study_dir = Path(spec.output)
-    convention, convention_origin = study_input_convention(spec, study_dir, check_sources=check_sources)
-    convention_overrides = convention.overrides() if convention else []
+    conventions, convention_origins = study_input_conventions(spec, study_dir, check_sources=check_sources)
     runs: list[PlannedRun] = []
     trunks: list[PlannedTrunk] = []
     pretrain = {a.name: f"pretrain/{a.name}" for a in spec.arms if a.init == "pretrained" and not a.weights}
     many_hparams = len(spec.hparams) > 1
+<<<<<<< HEAD
     cells = [
         (arm, size, hp, seed)
         for arm in spec.arms
@@ -253,14 +307,79 @@ def plan_study(spec: StudySpec, *, check_sources: bool = True) -> Plan:
             if r.trunk is None:
                 r.fork_iter = None
         runs += group_runs
+=======
+    for arm in spec.arms:
+        for size in spec.train_sizes:
+            size_label = "all" if size is None else str(size)
+            for hp in spec.hparams:
+                group = f"{arm.name}_{size_label}" + (f"_{hp.name}" if many_hparams else "")
+                root = [f"data.root={spec.data_root}"] if spec.data_root else []
+                overrides = [
+                    *root,
+                    *spec.overrides,
+                    *(conventions[arm.name].overrides() if conventions else []),
+                    *arm_overrides(arm, study_dir),
+                    *hp.overrides,
+                ]
+                if size is not None:
+                    overrides.append(f"data.train_subset={size}")
+                group_runs = []
+                for n in spec.schedules:
+                    name = f"{group}_{_label(n)}"
+                    run_overrides = [*overrides, f"schedule.multiplier={n:g}"]
+                    cfg = run_config(spec.base_config, run_overrides, study_dir / name)
+                    schedule = schedule_from_config(cfg)
+                    # The shareable part ends at the first LR drop or at the late cascade switch, whichever is
+                    # first: schedules of different lengths switch at different iterations (fork.py).
+                    switch = cascade_switch_iter(cfg, schedule.max_iters)
+                    fork_iter = first_drop(schedule) if switch is None else min(first_drop(schedule), switch)
+                    group_runs.append(
+                        PlannedRun(
+                            name=name,
+                            arm=arm.name,
+                            init=arm.init,
+                            schedule=float(n),
+                            train_size=size,
+                            train_size_label=size_label,
+                            hparams=hp.name,
+                            hparams_overrides=list(hp.overrides),
+                            overrides=run_overrides,
+                            path=f"runs/{name}",
+                            max_iters=schedule.max_iters,
+                            fork_iter=fork_iter,
+                        )
+                    )
+                # A run that switches to cascade at iteration 0 shares nothing with the others: it trains alone.
+                sharing = [r for r in group_runs if r.fork_iter]
+                if spec.share_trunk and len(sharing) > 1:
+                    longest = max(sharing, key=lambda r: r.max_iters)
+                    trunk = PlannedTrunk(
+                        name=group,
+                        path=f"trunks/{group}",
+                        overrides=list(longest.overrides),
+                        iters=max(r.fork_iter for r in sharing),
+                        forks=sorted({r.fork_iter for r in sharing}),
+                    )
+                    trunks.append(trunk)
+                    for r in sharing:
+                        r.trunk = trunk.path
+                for r in group_runs:
+                    if r.trunk is None:
+                        r.fork_iter = None
+                runs += group_runs
+>>>>>>> weight-sources
     return Plan(
         name=spec.name,
         base_config=spec.base_config,
         runs=runs,
         trunks=trunks,
         pretrain=pretrain,
+<<<<<<< HEAD
         input_convention={**(convention.to_dict() if convention else {}), "from": convention_origin},
         verdict=asdict(spec.verdict),
         stopping=asdict(spec.stopping),
         seeds=list(spec.seeds) if spec.seeds is not None else None,
+=======
+        input_convention=_convention_record(conventions, convention_origins),
+>>>>>>> weight-sources
     )

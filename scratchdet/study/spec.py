@@ -46,6 +46,8 @@ class ArmSpec:
     weights: str | None = None
     pretrain_config: str | None = None
     pretrain_overrides: list[str] = field(default_factory=list)
+    # The network to load from a weights file holding several (pretrained.checkpoint_key: teacher, state_dict_ema).
+    checkpoint_key: str | None = None
 
 
 @dataclass
@@ -125,6 +127,10 @@ class StudySpec:
     # Train runs that differ only in the schedule length from one trunk (fork_run); false trains each separately.
     share_trunk: bool = True
     launcher: LauncherSpec = field(default_factory=LauncherSpec)
+    # The input convention of the scratch arms (study/plan.py, docs/WEIGHTS.md "The scratch arm's convention"): the
+    # name of a pre-trained arm whose convention they take, or "torchvision" (the base config's model.* keys,
+    # torchvision's where unset). Unset: the pre-trained arms' common convention; required when theirs differ.
+    scratch_convention: str | None = None
 
 
 # Run overrides that name the dataset paths data_root gives (data.root, data.train.*, data.val.*, data.voc_root).
@@ -152,6 +158,7 @@ def _override_sets(override: str, keys: tuple[str, ...]) -> bool:
 ARM_KEYS = (
     "init",
     "weights",
+    "pretrained.checkpoint_key",
     "model.input_format",
     "model.pixel_scale",
     "model.pixel_mean",
@@ -216,6 +223,11 @@ def validate_spec(spec: StudySpec, path: str = "spec") -> None:
             raise ConfigError(f"{path}: pre-trained arm {arm.name!r} needs weights=PATH or pretrain_config=YAML")
         if arm.init == "scratch" and (arm.weights or arm.pretrain_config):
             raise ConfigError(f"{path}: scratch arm {arm.name!r} must not name weights or a pretrain config")
+        if arm.checkpoint_key and not arm.weights:
+            raise ConfigError(
+                f"{path}: arm {arm.name!r} sets checkpoint_key={arm.checkpoint_key!r} without weights=PATH; it names "
+                "the network to load from a weights file holding several"
+            )
     if not spec.schedules or any(n <= 0 for n in spec.schedules):
         raise ConfigError(f"{path}: schedules must be positive multipliers, got {list(spec.schedules)}")
     if len(set(spec.schedules)) != len(spec.schedules):
@@ -232,6 +244,12 @@ def validate_spec(spec: StudySpec, path: str = "spec") -> None:
             raise ConfigError(f"{path}: seeds must be a non-empty list of non-negative integers, got {spec.seeds}")
         if len(set(spec.seeds)) != len(spec.seeds):
             raise ConfigError(f"{path}: seeds has duplicates: {list(spec.seeds)} (two replicates would be one run)")
+    pretrained = [a.name for a in spec.arms if a.init == "pretrained"]
+    if spec.scratch_convention is not None and spec.scratch_convention not in ("torchvision", *pretrained):
+        raise ConfigError(
+            f"{path}: scratch_convention={spec.scratch_convention!r} names no pre-trained arm; choose one of "
+            f"{', '.join([*pretrained, 'torchvision'])}"
+        )
     _refuse_arm_and_axis_keys(spec, path)
     hp_names = [h.name for h in spec.hparams]
     if len(set(hp_names)) != len(hp_names):
@@ -265,7 +283,10 @@ def _refuse_arm_and_axis_keys(spec: StudySpec, path: str) -> None:
         for override in overrides:
             axis_keys = (*AXIS_KEYS, "seed") if spec.seeds is not None else AXIS_KEYS
             for keys, why in (
-                (ARM_KEYS, "defines an arm: set it in `arms:` (init, weights), or let the weight file set it"),
+                (
+                    ARM_KEYS,
+                    "defines an arm: set it in `arms:` (init, weights, checkpoint_key), or let the weight file set it",
+                ),
                 (axis_keys, "is set by the study's axes (schedules, train_sizes, seeds) and output"),
             ):
                 hit = sorted(_override_keys_in(override, keys))

@@ -2,10 +2,13 @@
 
 modeling/ builds models only; everything that depends on where a pre-trained file came from lives here:
 
-- files.py: reading a weight file without running code from it (`torch.load(weights_only=True)`, a numpy-only
-  unpickler for Detectron pickles), unwrapping the common wrappers, numpy arrays as tensors.
-- names.py: name maps from each source layout (torchvision, scratchdet, Detectron's Caffe2, Detectron2) to our
-  torchvision-style names, prefix stripping, the kind of norm layers the file had; `read_weight_file`.
+- files.py: reading a weight file without running code from it (`torch.load(weights_only=True)`, safetensors, a
+  numpy-only unpickler for Detectron pickles), choosing the network of a checkpoint that holds several
+  (`checkpoint_key`), unwrapping the common wrappers, numpy arrays as tensors.
+- hub.py: the config.json / preprocessor_config.json beside a timm or Hugging Face transformers weight file.
+- names.py: name maps from each source layout (torchvision, scratchdet, Detectron's Caffe2, Detectron2,
+  transformers; the prefixed layouts of MoCo, DINO, Barlow Twins, SwAV and OpenMMLab with their heads set aside by
+  rule) to our torchvision-style names, prefix stripping, the kind of norm layers the file had; `read_weight_file`.
 - convention.py: input conventions (channel order, pixel scale, mean/std, stride placement) as values, the
   published ones as constants, and which one a file was trained with (`read_weight_convention`).
 - audit.py: `load_backbone_weights`: the audit of a file against a ResNet body (`WeightReport`: coverage, missing,

@@ -26,7 +26,12 @@ from torch import nn
 from torchvision.models.resnet import Bottleneck
 
 from scratchdet.errors import CheckpointError
-from scratchdet.weights.convention import InputConvention, _file_convention, convention_mismatch
+from scratchdet.weights.convention import (
+    InputConvention,
+    _file_convention,
+    convention_mismatch,
+    recorded_file_convention,
+)
 from scratchdet.weights.names import _NORM_KEY, _RUNNING_STATS, _read, _Source, _source_norm
 
 TARGET_NORMS = ("GN", "BN", "FrozenBN", "SyncBN", "none")
@@ -42,7 +47,8 @@ class WeightReport:
     """What a pre-trained file gave the backbone; key lists use our (torchvision) names, sorted.
 
     Attributes:
-        source_format: torchvision | scratchdet | detectron.
+        source_format: torchvision | scratchdet | detectron | moco | moco-v3 | dino | barlowtwins | swav | openmmlab |
+            timm | transformers | safetensors (docs/WEIGHTS.md, "Accepted sources").
         source_norm: BN (running stats), BN-affine (Detectron's frozen scale/bias), GN, none, or unknown.
         matched: body tensors filled from the file (including running stats set by the BN-affine convention).
         missing: body tensors the file does not fill; they keep their initialization.
@@ -53,7 +59,12 @@ class WeightReport:
         synthesized: running stats set by the BN-affine convention (mean 0, var 1 - eps).
         coverage: loaded elements / all elements of the body's state (num_batches_tracked excluded).
         input_convention: the input convention and stride placement the file's network was trained with
-            (FileConvention.to_dict(): the model.* values, whether they are known or assumed, and why).
+            (FileConvention.to_dict(): the model.* values, None when the file does not determine them, whether they
+            are known or assumed, and why).
+        checkpoint_key: the top-level entry of the file the network was taken from (teacher, state_dict, ...), None
+            when the file is one state_dict.
+        set_aside: parts of the file that are not the backbone by the rule of its layout (projection and prediction
+            heads, key/momentum encoders, queues): why -> file keys. Also in `ignored`; never loaded or counted.
     """
 
     path: str
@@ -68,6 +79,8 @@ class WeightReport:
     synthesized: list[str] = field(default_factory=list)
     coverage: float = 0.0
     input_convention: dict | None = None
+    checkpoint_key: str | None = None
+    set_aside: dict[str, list[str]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         """A JSON-ready dict of all fields (for the run folder's records)."""
@@ -75,9 +88,10 @@ class WeightReport:
 
     def summary(self) -> str:
         """A few lines for the terminal."""
+        network = f", network {self.checkpoint_key!r}" if self.checkpoint_key else ""
         lines = [
-            f"pre-trained weights {self.path} ({self.source_format}, norm {self.source_norm} -> {self.target_norm}): "
-            f"{len(self.matched)} tensors loaded, coverage {self.coverage:.2%}",
+            f"pre-trained weights {self.path} ({self.source_format}{network}, norm {self.source_norm} -> "
+            f"{self.target_norm}): {len(self.matched)} tensors loaded, coverage {self.coverage:.2%}",
         ]
         for name, keys in (
             ("missing (kept at init)", self.missing),
@@ -88,12 +102,15 @@ class WeightReport:
                 lines.append(f"  {name}: {len(keys)}: {_first(keys)}")
         if self.synthesized:
             lines.append(f"  running stats set to mean 0 / var 1-eps (BN-affine source): {len(self.synthesized)}")
+        for why, keys in self.set_aside.items():
+            lines.append(f"  set aside by rule, not loaded: {len(keys)} ({why}): {_first(keys, 3)}")
         if self.ignored:
             lines.append(f"  ignored (classifier, heads, metadata, norms dropped by the policy): {len(self.ignored)}")
         if self.input_convention:
-            conv = InputConvention.from_values(self.input_convention)
-            how = "known" if self.input_convention["known"] else "ASSUMED"
-            lines.append(f"  the file's input convention ({how}): {conv.describe()}: {self.input_convention['origin']}")
+            conv = recorded_file_convention(self.input_convention)
+            how = "known" if self.input_convention["known"] else "ASSUMED" if conv else "NOT STATED"
+            values = conv.describe() if conv else "the model.* keys decide"
+            lines.append(f"  the file's input convention ({how}): {values}: {self.input_convention['origin']}")
         return "\n".join(lines)
 
 
@@ -204,25 +221,30 @@ def load_backbone_weights(
     min_coverage: float = 0.99,
     norm_mismatch: str = "error",
     input_convention: InputConvention | None = None,
+    checkpoint_key: str | None = None,
 ) -> WeightReport:
     """Loads pre-trained weights into a ResNet/ResNeXt body after auditing the match.
 
     Args:
         body: our ResNet, or a detector's `model.backbone.body` (same key names).
-        path: torchvision .pth, scratchdet checkpoint (classification or detection) or Detectron .pkl.
+        path: a file of any accepted source (docs/WEIGHTS.md, "Accepted sources"): torchvision .pth, scratchdet
+            checkpoint, Detectron .pkl, MoCo/DINO/SwAV/Barlow Twins/OpenMMLab checkpoint, timm or transformers
+            model.safetensors / pytorch_model.bin (with its config.json beside it).
         target_norm: the body's normalization: GN | BN | FrozenBN | SyncBN | none.
         min_coverage: fraction of the body's state elements the file must fill; below it nothing is loaded.
         norm_mismatch: error | skip_norm | load_affine, for BN-family weights into GN or back (docs/WEIGHTS.md).
         input_convention: the convention the model feeds the body with (model_input_convention, in
             modeling/input_transform.py); given, a file whose known convention differs is refused before anything is
             loaded.
+        checkpoint_key: the top-level entry holding the network, for files with several (teacher, student,
+            state_dict_ema, ...).
 
     Returns:
         The audit; print `report.summary()`, store `report.to_dict()`.
 
     Raises:
-        CheckpointError: unreadable or unsafe file, norm mismatch under "error", coverage below min_coverage, or
-            an input convention other than the file's (known) one.
+        CheckpointError: unreadable or unsafe file, several networks and no checkpoint_key, norm mismatch under
+            "error", coverage below min_coverage, or an input convention other than the file's (known) one.
     """
     if target_norm not in TARGET_NORMS:
         raise ValueError(f"target_norm={target_norm!r} is not valid; choose one of {', '.join(TARGET_NORMS)}")
@@ -239,9 +261,9 @@ def load_backbone_weights(
             f"target_norm={target_norm!r} does not describe the {body_name} body, whose norm layers are "
             f"{body_family}-type; pass the norm the body was built with (model.norm)"
         )
-    source = _read(path)
+    source = _read(path, checkpoint_key)
     file_convention = _file_convention(source, path)
-    if input_convention is not None:
+    if input_convention is not None and file_convention.convention is not None:
         checked = file_convention
         if not any(isinstance(m, Bottleneck) for m in body.modules()):
             # A basic-block body has no 1x1 conv to hold the stride; the audit below reports the depth mismatch.
@@ -284,6 +306,8 @@ def load_backbone_weights(
         synthesized=synthesized,
         coverage=loaded / total if total else 0.0,
         input_convention=file_convention.to_dict(),
+        checkpoint_key=source.checkpoint_key,
+        set_aside=source.set_aside,
     )
     if report.coverage < min_coverage:
         shapes = [

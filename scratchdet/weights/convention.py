@@ -12,6 +12,18 @@ conventions"):
   PIXEL_STD [57.375, 57.12, 58.395]; torchvision conversions (`__author__: torchvision`) RGB with torchvision's
   mean/std x 255 (tools/convert-torchvision-to-d2.py).
 - torchvision's files: RGB in 0..1 normalized with the ImageNet mean/std, stride in the 3x3 (ResNet v1.5).
+- self-supervised torchvision ResNets: MoCo v1/v2/v3, DINO and Barlow Twins train with torchvision's normalization
+  (moco/main_moco.py, moco-v3/main_moco.py, dino/main_dino.py DataAugmentationDINO, barlowtwins/main.py); SwAV with
+  std [0.228, 0.224, 0.225] (swav/src/multicropdataset.py); all of them on torchvision's ResNet (stride in the 3x3).
+- timm: RGB in 0..1 with its config.json's pretrained_cfg mean/std; stride in the 3x3 (timm/models/resnet.py).
+- transformers: its preprocessor_config.json's image_mean/std and rescale_factor, RGB; the stride in the 1x1 when
+  config.json says downsample_in_bottleneck (models/resnet/modeling_resnet.py).
+- OpenMMLab: the data preprocessor of the config text stored in the checkpoint's meta (mean/std in 0..255, to_rgb)
+  and the backbone's style (pytorch: stride in the 3x3; caffe: in the 1x1; mmpretrain/models/backbones/resnet.py).
+
+A file whose layout does not tell its convention (a bare safetensors file, an OpenMMLab checkpoint without its
+config, a transformers folder without preprocessor_config.json) has an undetermined one (`FileConvention.convention`
+None): the run is refused unless the five model.* keys are given (initialization.resolve_input_convention).
 
 This module holds the values (`InputConvention`, the published conventions as constants) and tells which one a
 weight file was trained with (`read_weight_convention`, `detect_file_convention`), or that a model's differs
@@ -33,6 +45,7 @@ import yaml
 
 from scratchdet.errors import CheckpointError
 from scratchdet.run_folder import CHECKPOINTS, RunFolder
+from scratchdet.weights.hub import HubConfig
 from scratchdet.weights.names import _read, _Source
 
 INPUT_FORMATS = ("RGB", "BGR")
@@ -145,18 +158,30 @@ class FileConvention:
     """The convention a weight file was trained with, as far as the file tells.
 
     Attributes:
-        convention: the values.
-        known: True when the file (its layout, norm layers, metadata or run folder) identifies them; False when
-            they are assumed, in which case explicit model.* settings take precedence.
+        convention: the values; None when the file does not determine them (then the model.* keys must be given).
+        known: True when the file (its layout, norm layers, metadata, config files or run folder) identifies them;
+            False when they are assumed or undetermined, in which case explicit model.* settings take precedence.
         origin: what the file was recognized as, and where the rule comes from.
     """
 
-    convention: InputConvention
+    convention: InputConvention | None
     known: bool
     origin: str
 
+    @property
+    def determined(self) -> bool:
+        return self.convention is not None
+
     def to_dict(self) -> dict:
-        return {**self.convention.to_dict(), "known": self.known, "origin": self.origin}
+        values = self.convention.to_dict() if self.convention else dict.fromkeys(CONVENTION_KEYS)
+        return {**values, "known": self.known, "origin": self.origin}
+
+
+def recorded_file_convention(record: Mapping | None) -> InputConvention | None:
+    """The convention in a FileConvention.to_dict() record (init.json, WeightReport); None when undetermined."""
+    if not record or any(record.get(k) is None for k in CONVENTION_KEYS):
+        return None
+    return InputConvention.from_values(record)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -197,6 +222,38 @@ _CAFFE2_RULES = {
     ),
 }
 _SET_KEYS = "set model.input_format/pixel_scale/pixel_mean/pixel_std/stride_in_1x1 if it was trained otherwise"
+ALL_KEYS = ", ".join(f"model.{k}" for k in CONVENTION_KEYS)
+SWAV_STD = (0.228, 0.224, 0.225)  # swav/src/multicropdataset.py: std = [0.228, 0.224, 0.225]
+SWAV = InputConvention(pixel_std=SWAV_STD)
+_TORCHVISION_INPUT = "RGB 0..1 with the ImageNet mean/std, torchvision's ResNet (stride in the 3x3)"
+# Layouts of self-supervised torchvision ResNets -> (convention, origin); the rules' sources are in the module doc.
+_SELF_SUPERVISED = {
+    "moco": (
+        TORCHVISION,
+        "MoCo v1/v2 checkpoint (module.encoder_q.*, moco/builder.py): moco/main_moco.py trains torchvision's ResNet on "
+        + _TORCHVISION_INPUT,
+    ),
+    "moco-v3": (
+        TORCHVISION,
+        "MoCo v3 checkpoint (module.base_encoder.*, moco-v3/moco/builder.py): moco-v3/main_moco.py trains "
+        "torchvision's ResNet on " + _TORCHVISION_INPUT,
+    ),
+    "dino": (
+        TORCHVISION,
+        "DINO checkpoint (backbone.* and head.last_layer.*: dino/utils.py MultiCropWrapper): dino/main_dino.py "
+        "trains torchvision's ResNet on " + _TORCHVISION_INPUT,
+    ),
+    "barlowtwins": (
+        TORCHVISION,
+        "Barlow Twins checkpoint (backbone.*, projector.*): barlowtwins/main.py trains torchvision's ResNet on "
+        + _TORCHVISION_INPUT,
+    ),
+    "swav": (
+        SWAV,
+        "SwAV checkpoint (projection_head.*, prototypes.*): swav/src/multicropdataset.py normalizes RGB 0..1 with "
+        "mean [0.485, 0.456, 0.406], std [0.228, 0.224, 0.225]; swav/src/resnet50.py puts the stride in the 3x3",
+    ),
+}
 
 
 def convention_from_record(record: object, where: str) -> InputConvention:
@@ -236,24 +293,53 @@ def _run_config(path: Path) -> Path | None:
 
 
 def detect_file_convention(
-    path: Path, *, layout: str, source_norm: str, grouped: bool, meta: Mapping | None = None
+    path: Path,
+    *,
+    layout: str,
+    source_norm: str,
+    grouped: bool,
+    meta: Mapping | None = None,
+    hub: HubConfig | None = None,
 ) -> FileConvention:
     """The convention the weights in `path` were trained with.
 
     Args:
         path: the weight file (its run folder's config.yaml is consulted for scratchdet files).
-        layout: caffe2 | detectron2 | detectron2-detector | torchvision | scratchdet | scratchdet-detector.
+        layout: caffe2 | detectron2 | detectron2-detector | torchvision | scratchdet | scratchdet-detector | moco |
+            moco-v3 | dino | barlowtwins | swav | openmmlab | timm | transformers | safetensors (names.py).
         source_norm: BN | BN-affine | GN | none | unknown (names.py's reading of the norm tensors).
         grouped: the bottlenecks' 3x3 convs are grouped (a ResNeXt).
-        meta: the file's top-level non-weight entries (`__author__`, scratchdet's `input_convention` record).
+        meta: the file's top-level non-weight entries (`__author__`, scratchdet's `input_convention` record, an
+            OpenMMLab checkpoint's `meta` under "openmmlab_meta").
+        hub: the config.json / preprocessor_config.json beside the file (timm, transformers).
+
+    Returns:
+        The convention, known or assumed; or undetermined (convention None) for layouts that do not tell it.
 
     Raises:
-        CheckpointError: a recorded convention that cannot be read.
+        CheckpointError: a recorded convention or config file that cannot be read, or one that describes a network
+            our ResNet is not (e.g. a transformers ResNet with downsample_in_first_stage).
     """
     meta = meta or {}
     if "input_convention" in meta:  # written by `scratchdet pretrain` (and any scratchdet file that records it)
         return FileConvention(
             convention_from_record(meta["input_convention"], str(path)), True, "recorded in the file by scratchdet"
+        )
+    if layout in _SELF_SUPERVISED:
+        convention, origin = _SELF_SUPERVISED[layout]
+        return FileConvention(convention, True, origin)
+    if layout == "timm":
+        return _timm_convention(hub or HubConfig())
+    if layout == "transformers":
+        return _transformers_convention(path, hub or HubConfig())
+    if layout == "openmmlab":
+        return _openmmlab_convention(meta.get("openmmlab_meta"))
+    if layout == "safetensors":
+        return FileConvention(
+            None,
+            False,
+            "a safetensors file without the config.json of a timm or transformers folder beside it: the file "
+            f"does not say what input its network was trained on; put its config.json beside it, or set {ALL_KEYS}",
         )
     if layout in ("torchvision", "scratchdet", "scratchdet-detector"):
         config = _run_config(path)
@@ -323,6 +409,117 @@ def detect_file_convention(
     raise ValueError(f"layout={layout!r} is not a known weight-file layout")
 
 
+def _floats(values: object, n: int = 3) -> tuple[float, ...] | None:
+    """`values` as n floats, or None when they are not n numbers."""
+    if not isinstance(values, (list, tuple)) or len(values) != n:
+        return None
+    try:
+        return tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        return None
+
+
+def _timm_convention(hub: HubConfig) -> FileConvention:
+    """timm: config.json's pretrained_cfg mean/std (or top-level ones), RGB in 0..1, stride in the 3x3."""
+    cfg = hub.config.get("pretrained_cfg") if isinstance(hub.config.get("pretrained_cfg"), dict) else hub.config
+    mean, std = _floats(cfg.get("mean")), _floats(cfg.get("std"))
+    if mean is None or std is None or any(s <= 0 for s in std):
+        return FileConvention(
+            None,
+            False,
+            f"timm config {hub.config_path} without 3 mean and 3 std values in pretrained_cfg: the input its "
+            f"network was trained on is not stated; set {ALL_KEYS}",
+        )
+    arch = hub.config.get("architecture", "?")
+    return FileConvention(
+        InputConvention("RGB", 1.0, mean, std, False),
+        True,
+        f"timm {arch} with {hub.config_path}: pretrained_cfg mean/std, RGB in 0..1 (timm/data/transforms_factory.py: "
+        "ToTensor then Normalize); timm's ResNet puts the stride in the 3x3 (timm/models/resnet.py Bottleneck)",
+    )
+
+
+def _transformers_convention(path: Path, hub: HubConfig) -> FileConvention:
+    """transformers: stride from config.json's downsample_in_bottleneck, pixels from preprocessor_config.json."""
+    config = hub.config
+    where = hub.config_path or path.with_name("config.json")
+    if config.get("downsample_in_first_stage"):
+        raise CheckpointError(
+            f"{where} sets downsample_in_first_stage: its ResNet strides in the first stage too, a network that "
+            "scratchdet's ResNet (torchvision's layout: the first stage keeps the stem's resolution) is not; use a "
+            "checkpoint with downsample_in_first_stage false"
+        )
+    if config.get("hidden_act", "relu") != "relu":
+        raise CheckpointError(
+            f"{where} sets hidden_act={config.get('hidden_act')!r}; scratchdet's ResNet uses ReLU, so this network "
+            "cannot be reproduced; use a ReLU checkpoint"
+        )
+    stride = bool(config.get("downsample_in_bottleneck", False))
+    pre = hub.preprocessor
+    mean, std = _floats(pre.get("image_mean")), _floats(pre.get("image_std"))
+    if not config or not pre or ((mean is None or std is None) and pre.get("do_normalize", True)):
+        missing = "config.json" if not config else "preprocessor_config.json with image_mean and image_std"
+        return FileConvention(
+            None,
+            False,
+            f"a Hugging Face transformers ResNet without its {missing} beside {path.name}: the input it was trained "
+            f"on is not stated; put the repository's file beside it, or set {ALL_KEYS}",
+        )
+    if not pre.get("do_normalize", True):
+        mean, std = (0.0, 0.0, 0.0), UNIT_STD
+    # Image processors take 0..255 images (PIL) and multiply by rescale_factor (1/255) when do_rescale.
+    scale = 255.0 * float(pre.get("rescale_factor", 1 / 255)) if pre.get("do_rescale", True) else 255.0
+    return FileConvention(
+        InputConvention("RGB", scale, mean, std, stride),
+        True,
+        f"Hugging Face transformers ResNet ({hub.config_path.name} and {hub.preprocessor_path.name}): RGB, "
+        f"rescale_factor x 255 = {scale:g}, image_mean/image_std; stride in the "
+        f"{'1x1' if stride else '3x3'} (downsample_in_bottleneck {stride}, models/resnet/modeling_resnet.py)",
+    )
+
+
+_MM_STYLE = re.compile(r"\bstyle\s*=\s*['\"](pytorch|caffe)['\"]")
+_MM_TO_RGB = re.compile(r"\b(to_rgb|bgr_to_rgb|rgb_to_bgr)\s*=\s*(True|False)")
+_MM_LIST = r"\b{}\s*=\s*\[([^\]]*)\]"
+
+
+def _openmmlab_convention(meta: Mapping | None) -> FileConvention:
+    """OpenMMLab: the data preprocessor and backbone style of the config text mmengine (meta["cfg"]) or mmcv
+    (meta["config"]) stores in the checkpoint."""
+    text = next((meta[k] for k in ("cfg", "config") if isinstance(meta, Mapping) and isinstance(meta.get(k), str)), "")
+    # The normalization is the data preprocessor's (mmengine) or img_norm_cfg's (mmcv): read from there on.
+    start = text.find("data_preprocessor") if "data_preprocessor" in text else text.find("img_norm_cfg")
+    norm = text[start:] if start >= 0 else ""
+    mean, std = (
+        _floats([v for v in m.group(1).replace("\n", " ").split(",") if v.strip()])
+        if (m := re.search(_MM_LIST.format(name), norm))
+        else None
+        for name in ("mean", "std")
+    )
+    if mean is None or std is None:
+        return FileConvention(
+            None,
+            False,
+            "OpenMMLab checkpoint (backbone.*) without a config in its meta (cfg/config) that states the data "
+            f"preprocessor's mean and std: the input its network was trained on is not stated; set {ALL_KEYS} "
+            "(mmpretrain's ImageNet ResNets: RGB, 255.0, [123.675, 116.28, 103.53], [58.395, 57.12, 57.375], false)",
+        )
+    flag = _MM_TO_RGB.search(norm)
+    # Images are read BGR (mmcv.imread); to_rgb (mmpretrain), bgr_to_rgb or rgb_to_bgr (mmengine's
+    # ImgDataPreprocessor: either one swaps the channels) flip them to RGB; default: no flip.
+    rgb = bool(flag) and flag.group(2) == "True"
+    style = _MM_STYLE.search(text)
+    caffe = bool(style) and style.group(1) == "caffe"
+    return FileConvention(
+        InputConvention("RGB" if rgb else "BGR", 255.0, mean, std, caffe),
+        True,
+        "OpenMMLab checkpoint (backbone.*): its meta config's data preprocessor (mean/std in 0..255, "
+        f"{flag.group(0) if flag else 'no to_rgb: BGR as mmcv.imread reads'}) and backbone style "
+        f"{style.group(1) if style else 'pytorch (the default)'} (mmpretrain/models/backbones/resnet.py: caffe "
+        "puts the stride in the 1x1)",
+    )
+
+
 def convention_mismatch(
     given: InputConvention,
     file: FileConvention,
@@ -333,7 +530,7 @@ def convention_mismatch(
 ) -> str | None:
     """None when `given` feeds the file's network as it was trained (or the file's convention is only assumed);
     else a message naming the keys given, their values, what the file needs and why."""
-    if not file.known or given.same_network(file.convention):
+    if not file.known or file.convention is None or given.same_network(file.convention):
         return None
     needs = file.convention.to_dict()
     values = given.to_dict()
@@ -362,15 +559,24 @@ def _grouped(tensors: Mapping[str, torch.Tensor]) -> bool:
 
 def _file_convention(source: _Source, path: Path) -> FileConvention:
     return detect_file_convention(
-        path, layout=source.layout, source_norm=source.source_norm, grouped=_grouped(source.tensors), meta=source.meta
+        path,
+        layout=source.layout,
+        source_norm=source.source_norm,
+        grouped=_grouped(source.tensors),
+        meta=source.meta,
+        hub=source.hub,
     )
 
 
-def read_weight_convention(path: str | Path) -> FileConvention:
+def read_weight_convention(path: str | Path, checkpoint_key: str | None = None) -> FileConvention:
     """The input convention and stride placement the network in `path` was trained with (detect_file_convention).
 
+    Args:
+        checkpoint_key: the top-level entry holding the network, for files with several (pretrained.checkpoint_key).
+
     Raises:
-        CheckpointError: the file is missing, unreadable, unsafe, or records an unreadable convention.
+        CheckpointError: the file is missing, unreadable, unsafe, ambiguous without checkpoint_key, or records an
+            unreadable convention.
     """
     path = Path(path)
-    return _file_convention(_read(path), path)
+    return _file_convention(_read(path, checkpoint_key), path)

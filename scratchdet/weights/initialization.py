@@ -37,6 +37,7 @@ from scratchdet.weights.convention import (
     InputConvention,
     convention_mismatch,
     read_weight_convention,
+    recorded_file_convention,
 )
 from scratchdet.weights.vgg import load_vgg16_weights
 
@@ -136,16 +137,20 @@ def apply_input_convention(
 def resolve_input_convention(cfg: Config) -> dict:
     """Fills the unset model.* convention keys of `cfg` in place, before the detector is built; returns a record.
 
-    init=pretrained: the weight file's convention (read from the file: Detectron/detectron2 layouts, a recorded
-    one, or the run folder of a scratchdet file); init=scratch: torchvision's; a resumed run: its saved config's.
+    init=pretrained: the weight file's convention (read from the file: its layout, a recorded one, the config files
+    beside it, or the run folder of a scratchdet file); a file whose layout does not determine it (a bare
+    safetensors file, an OpenMMLab checkpoint without its config, ...) needs all five keys given. init=scratch:
+    torchvision's; a resumed run: its saved config's.
 
     Returns:
         {model key: value, ..., "source": {key: where it came from}, "weights_file": the file's convention or None}.
 
     Raises:
         ConfigError: an explicit key conflicts with a file whose convention is known (the message names the key,
-            the value given and what the file needs).
-        CheckpointError: the weight file is missing or unreadable.
+            the value given and what the file needs), or the file does not determine its convention and the keys
+            are not all given (the message names the missing ones).
+        CheckpointError: the weight file is missing, unreadable, or holds several networks and no
+            pretrained.checkpoint_key.
     """
     saved = _saved_convention(cfg)
     file, path = None, None
@@ -153,8 +158,20 @@ def resolve_input_convention(cfg: Config) -> dict:
         base, origin = saved, "the resumed run's config.yaml"
     elif cfg.init == "pretrained" and cfg.weights:
         path = resolve_weights(cfg.weights)
-        file = read_weight_convention(path)
-        base, origin = file.convention, f"weights file {path.name}"
+        file = read_weight_convention(path, cfg.pretrained.checkpoint_key)
+        if file.convention is None:
+            missing = [f"model.{k}" for k in CONVENTION_KEYS if getattr(cfg.model, k) is None]
+            if missing:
+                raise ConfigError(
+                    f"the input convention of weights={path} is not determined by the file ({file.origin}); set "
+                    f"{', '.join(missing)} to the values its network was trained with (e.g. torchvision's: "
+                    + " ".join(TORCHVISION.overrides())
+                    + ")"
+                )
+            base = InputConvention.from_values({k: getattr(cfg.model, k) for k in CONVENTION_KEYS})
+        else:
+            base = file.convention
+        origin = f"weights file {path.name}"
     else:
         base, origin = TORCHVISION, "torchvision's convention (the default without a weight file)"
     source = apply_input_convention(cfg, base, file, path)
@@ -173,7 +190,9 @@ def convention_record(used: InputConvention, file: dict | None) -> dict:
             if used.same_network(TORCHVISION)
             else "config (model.* keys)"
         )
-    elif used.same_network(InputConvention.from_values(file)):
+    elif recorded_file_convention(file) is None:
+        source = "config (model.* keys): the weights file does not state its convention (see weights_file)"
+    elif used.same_network(recorded_file_convention(file)):
         source = "weights file" + ("" if file["known"] else " (assumed: the file does not say; see weights_file)")
     else:
         source = "config (model.* keys), overriding the weights file's assumed convention"
@@ -210,6 +229,7 @@ def initialize(model: nn.Module, cfg: Config) -> dict:
             box_head=model.roi_heads.box_head,
             min_coverage=cfg.pretrained.min_coverage,
             input_convention=used,
+            checkpoint_key=cfg.pretrained.checkpoint_key,
         )
     else:
         report = load_backbone_weights(
@@ -219,9 +239,11 @@ def initialize(model: nn.Module, cfg: Config) -> dict:
             min_coverage=cfg.pretrained.min_coverage,
             norm_mismatch=cfg.pretrained.norm_mismatch,
             input_convention=used,
+            checkpoint_key=cfg.pretrained.checkpoint_key,
         )
     print(report.summary())
-    if report.input_convention and not used.same_network(InputConvention.from_values(report.input_convention)):
+    file_convention = recorded_file_convention(report.input_convention)
+    if file_convention is not None and not used.same_network(file_convention):
         print(f"  the model runs with the config's convention instead: {used.describe()}")
     return {
         "init": "pretrained",

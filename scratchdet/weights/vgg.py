@@ -154,6 +154,7 @@ def load_vgg16_weights(
     box_head: nn.Module | None = None,
     min_coverage: float = 0.99,
     input_convention: InputConvention | None = None,
+    checkpoint_key: str | None = None,
 ) -> WeightReport:
     """Loads ImageNet VGG-16 weights into a VGG16Backbone body, and fc6/fc7 into `box_head` where shapes match.
 
@@ -166,6 +167,7 @@ def load_vgg16_weights(
         input_convention: the model's input convention; given, a file whose known convention differs is refused
             (a scratchdet VGG run records its own in its config.yaml; torchvision's file is RGB 0..1, ImageNet
             mean/std).
+        checkpoint_key: the top-level entry holding the network, for files with several (files.unwrap).
 
     Returns:
         The audit (torchvision vgg16 names); coverage is of the body only.
@@ -176,7 +178,7 @@ def load_vgg16_weights(
     """
     path = Path(path)
     obj, _ = read_object(path)
-    entries, wrapper = unwrap(obj, path)
+    entries, wrapper = unwrap(obj, path, checkpoint_key)
     tensors, source_format, ignored, unexpected = _convert(entries, wrapper, path)
     detector = any(str(k).removeprefix("module.").startswith(_DETECTOR_BODY) for k in entries)
     meta = {k: obj[k] for k in _META_KEYS if k in obj} if isinstance(obj, Mapping) else {}
