@@ -64,16 +64,12 @@ class Plan:
     runs: list[PlannedRun]
     trunks: list[PlannedTrunk]
     pretrain: dict[str, str]  # arm name -> relative path of the pre-training run the study performs
-<<<<<<< HEAD
-    input_convention: dict = field(default_factory=dict)  # model.* values every run uses, and which arm set them
-    verdict: dict = field(default_factory=dict)  # the spec's `verdict` settings, for the report
-    stopping: dict = field(default_factory=dict)  # the spec's `stopping` settings
-    seeds: list | None = None  # the spec's seed axis (None: one replicate per cell)
-=======
     # model.* values of each arm and where they come from (under "arms"), whether all arms share them, and the shared
     # values at the top level when they do.
     input_convention: dict = field(default_factory=dict)
->>>>>>> weight-sources
+    verdict: dict = field(default_factory=dict)  # the spec's `verdict` settings, for the report
+    stopping: dict = field(default_factory=dict)  # the spec's `stopping` settings
+    seeds: list | None = None  # the spec's seed axis (None: one replicate per cell)
 
     def iterations(self) -> dict:
         """Iterations trained with the shared trunks vs. training every run separately."""
@@ -234,7 +230,6 @@ def plan_study(spec: StudySpec, *, check_sources: bool = True) -> Plan:
     trunks: list[PlannedTrunk] = []
     pretrain = {a.name: f"pretrain/{a.name}" for a in spec.arms if a.init == "pretrained" and not a.weights}
     many_hparams = len(spec.hparams) > 1
-<<<<<<< HEAD
     cells = [
         (arm, size, hp, seed)
         for arm in spec.arms
@@ -254,7 +249,7 @@ def plan_study(spec: StudySpec, *, check_sources: bool = True) -> Plan:
         overrides = [
             *root,
             *spec.overrides,
-            *convention_overrides,
+            *(conventions[arm.name].overrides() if conventions else []),
             *arm_overrides(arm, study_dir),
             *hp.overrides,
         ]
@@ -307,79 +302,14 @@ def plan_study(spec: StudySpec, *, check_sources: bool = True) -> Plan:
             if r.trunk is None:
                 r.fork_iter = None
         runs += group_runs
-=======
-    for arm in spec.arms:
-        for size in spec.train_sizes:
-            size_label = "all" if size is None else str(size)
-            for hp in spec.hparams:
-                group = f"{arm.name}_{size_label}" + (f"_{hp.name}" if many_hparams else "")
-                root = [f"data.root={spec.data_root}"] if spec.data_root else []
-                overrides = [
-                    *root,
-                    *spec.overrides,
-                    *(conventions[arm.name].overrides() if conventions else []),
-                    *arm_overrides(arm, study_dir),
-                    *hp.overrides,
-                ]
-                if size is not None:
-                    overrides.append(f"data.train_subset={size}")
-                group_runs = []
-                for n in spec.schedules:
-                    name = f"{group}_{_label(n)}"
-                    run_overrides = [*overrides, f"schedule.multiplier={n:g}"]
-                    cfg = run_config(spec.base_config, run_overrides, study_dir / name)
-                    schedule = schedule_from_config(cfg)
-                    # The shareable part ends at the first LR drop or at the late cascade switch, whichever is
-                    # first: schedules of different lengths switch at different iterations (fork.py).
-                    switch = cascade_switch_iter(cfg, schedule.max_iters)
-                    fork_iter = first_drop(schedule) if switch is None else min(first_drop(schedule), switch)
-                    group_runs.append(
-                        PlannedRun(
-                            name=name,
-                            arm=arm.name,
-                            init=arm.init,
-                            schedule=float(n),
-                            train_size=size,
-                            train_size_label=size_label,
-                            hparams=hp.name,
-                            hparams_overrides=list(hp.overrides),
-                            overrides=run_overrides,
-                            path=f"runs/{name}",
-                            max_iters=schedule.max_iters,
-                            fork_iter=fork_iter,
-                        )
-                    )
-                # A run that switches to cascade at iteration 0 shares nothing with the others: it trains alone.
-                sharing = [r for r in group_runs if r.fork_iter]
-                if spec.share_trunk and len(sharing) > 1:
-                    longest = max(sharing, key=lambda r: r.max_iters)
-                    trunk = PlannedTrunk(
-                        name=group,
-                        path=f"trunks/{group}",
-                        overrides=list(longest.overrides),
-                        iters=max(r.fork_iter for r in sharing),
-                        forks=sorted({r.fork_iter for r in sharing}),
-                    )
-                    trunks.append(trunk)
-                    for r in sharing:
-                        r.trunk = trunk.path
-                for r in group_runs:
-                    if r.trunk is None:
-                        r.fork_iter = None
-                runs += group_runs
->>>>>>> weight-sources
     return Plan(
         name=spec.name,
         base_config=spec.base_config,
         runs=runs,
         trunks=trunks,
         pretrain=pretrain,
-<<<<<<< HEAD
-        input_convention={**(convention.to_dict() if convention else {}), "from": convention_origin},
+        input_convention=_convention_record(conventions, convention_origins),
         verdict=asdict(spec.verdict),
         stopping=asdict(spec.stopping),
         seeds=list(spec.seeds) if spec.seeds is not None else None,
-=======
-        input_convention=_convention_record(conventions, convention_origins),
->>>>>>> weight-sources
     )
