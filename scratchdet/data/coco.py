@@ -319,7 +319,7 @@ def _build_coco(data: dict) -> COCO:
 
 
 def audit_annotations(
-    data: dict, summary: DatasetSummary, *, train: bool, segm_eval: bool, gt_area: str
+    data: dict, summary: DatasetSummary, *, train: bool, segm_eval: bool, gt_area: str, contradictions: bool = True
 ) -> tuple[list[Problem], list[Problem]]:
     """Runs the whole-file checks of data/validate.py on a file loaded by `load_coco_json`; fills `summary`.
 
@@ -333,6 +333,8 @@ def audit_annotations(
         segm_eval: the split is scored with mask AP, so every annotation needs a rasterizable region.
         gt_area: data.gt_area: "check" refuses area mismatches in an evaluation split, "file" keeps the file's
             areas, "geometry" replaces every area by the geometry's.
+        contradictions: run the checks refused in every split (False: `scratchdet data check`, which runs them
+            once itself and still wants the cleaning counts).
 
     Returns:
         (every problem found, the ones loading must refuse).
@@ -358,13 +360,14 @@ def audit_annotations(
     fatal = areas if gt_area == "check" and not train else []
     problems = list(areas)
     # Refused in every split: each gives a wrong number in training and in evaluation (data/validate.py).
-    contradictions = (
-        duplicate_image_files(data["images"])
-        + duplicate_category_names(data["categories"])
-        + box_segmentation_problems(anns, images)
-    )
-    problems += contradictions
-    fatal = contradictions + fatal
+    if contradictions:
+        found = (
+            duplicate_image_files(data["images"])
+            + duplicate_category_names(data["categories"])
+            + box_segmentation_problems(anns, images)
+        )
+        problems += found
+        fatal = found + fatal
     if segm_eval:
         segs, summary.eval_polygon_parts_dropped = clean_eval_segmentations(anns)
         problems += segs
@@ -488,6 +491,7 @@ class CocoDetection(DetectionDataset):
         segm_eval: bool = False,
         gt_area: str = "check",
         max_image_pixels: int | None = None,
+        refuse_contradictions: bool = True,
     ):
         """Load, validate and clean the dataset.
 
@@ -508,6 +512,8 @@ class CocoDetection(DetectionDataset):
                 `audit_annotations`).
             max_image_pixels: data.max_image_pixels: images whose annotated width x height is larger are refused
                 now (ImageTooLargeError), and by the reader; None = Pillow's limit (data/images.py).
+            refuse_contradictions: False only for `scratchdet data check`, which lists those problems itself
+                (see `audit_annotations`).
 
         Raises:
             DataError: on structural problems, missing image files, a subset larger than the usable images, a
@@ -524,7 +530,9 @@ class CocoDetection(DetectionDataset):
         self.max_image_pixels = max_image_pixels
         data = load_coco_json(self.json_path)
         summary = DatasetSummary(self.json_path, len(data["images"]), annotations_total=len(data["annotations"]))
-        self.problems, fatal = audit_annotations(data, summary, train=train, segm_eval=segm_eval, gt_area=gt_area)
+        self.problems, fatal = audit_annotations(
+            data, summary, train=train, segm_eval=segm_eval, gt_area=gt_area, contradictions=refuse_contradictions
+        )
         raise_first(fatal, self.json_path)
         self.coco = _build_coco(data)
         self.coco.source_path = self.json_path  # named by the metric code's errors (evaluation/backends.py)

@@ -350,8 +350,12 @@ def segmentation_extents(annotations: list[dict], images: Mapping[int, dict]) ->
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
         x, y = flat[0::2], flat[1::2]
         per_polygon = np.stack(
-            [np.minimum.reduceat(x, starts), np.minimum.reduceat(y, starts),
-             np.maximum.reduceat(x, starts), np.maximum.reduceat(y, starts)],
+            [
+                np.minimum.reduceat(x, starts),
+                np.minimum.reduceat(y, starts),
+                np.maximum.reduceat(x, starts),
+                np.maximum.reduceat(y, starts),
+            ],
             axis=1,
         )
         owners_arr = np.asarray(owners)
@@ -383,23 +387,29 @@ def box_segmentation_problems(annotations: list[dict], images: Mapping[int, dict
     extents = segmentation_extents(annotations, images)
     boxes = np.asarray([a["bbox"] for a in annotations], dtype=np.float64).reshape(-1, 4)
     boxes[:, 2:] += boxes[:, :2]
-    a, b = boxes + [-BOX_SLACK_PX, -BOX_SLACK_PX, BOX_SLACK_PX, BOX_SLACK_PX], extents.copy()
-    b[:, :2] -= BOX_SLACK_PX
-    b[:, 2:] += BOX_SLACK_PX
+    # Both are compared inside the image: exporters clip polygons to it but not always boxes (and the reverse),
+    # and training clips boxes the same way (data/coco.py _clean_image).
+    limits = np.asarray(
+        [[images[a["image_id"]]["width"], images[a["image_id"]]["height"]] * 2 for a in annotations], dtype=np.float64
+    )
+    boxes, extents = np.clip(boxes, 0, limits), np.clip(extents, 0, limits)
     with np.errstate(invalid="ignore"):
+        inside = (extents[:, 2:] > extents[:, :2]).all(axis=1)  # a segmentation with some extent in the image
+        slack = np.asarray([-BOX_SLACK_PX, -BOX_SLACK_PX, BOX_SLACK_PX, BOX_SLACK_PX])
+        a, b = boxes + slack, extents + slack
         inter = np.clip(np.minimum(a[:, 2:], b[:, 2:]) - np.maximum(a[:, :2], b[:, :2]), 0, None).prod(axis=1)
         union = (a[:, 2:] - a[:, :2]).prod(axis=1) + (b[:, 2:] - b[:, :2]).prod(axis=1) - inter
         iou = inter / union
-    bad = np.flatnonzero(~np.isnan(extents[:, 0]) & (iou < BOX_SEGMENTATION_MIN_IOU))
+    bad = np.flatnonzero(inside & (iou < BOX_SEGMENTATION_MIN_IOU))
     problems = []
     for i in bad.tolist():
         ann = annotations[i]
-        ex = ", ".join(f"{v:.4g}" for v in extents[i])
+        ex = ", ".join(f"{v:.4g}" for v in extents[i])  # clipped to the image
         box = ", ".join(f"{v:.4g}" for v in ann["bbox"])
         problems.append(
             Problem(
                 "box_segmentation_mismatch",
-                f"the bbox [{box}] (XYWH) and the segmentation (extent [{ex}], XYXY) describe different regions "
+                f"the bbox [{box}] (XYWH) and the segmentation (extent in the image [{ex}], XYXY) describe different regions "
                 f"(IoU {iou[i]:.2f}, at least {BOX_SEGMENTATION_MIN_IOU} expected): one of them is wrong (polygons "
                 "in 0..1 units? a mask outside its box? a [0, 0, 0, 0] box?), and Mask R-CNN's mask targets and "
                 "box or mask AP would use the wrong one; fix the exporter, or drop the segmentations to train and "

@@ -49,7 +49,7 @@ class MetricsWriter:
         return self._tb
 
     def _line_start(self) -> str:
-        """"\n" when the file ends inside a line (a torn record of a killed writer), else ""; checked once."""
+        """ "\n" when the file ends inside a line (a torn record of a killed writer), else ""; checked once."""
         if self._checked_tail:
             return ""
         self._checked_tail = True
