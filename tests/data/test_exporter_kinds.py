@@ -161,7 +161,7 @@ def test_box_and_polygon_that_agree_inside_the_image_pass(tmp_path):
     assert "box_segmentation_mismatch" not in check_dataset(json_path, image_dir, progress=False).counts()
 
 
-# --- kind 5: num_keypoints missing or contradicting the visibilities ---------------------------------------------------
+# --- kind 5: num_keypoints missing or contradicting the visibilities --------------------------------------------------
 
 KP_NAMES = ["head", "tail", "tip"]
 
@@ -174,8 +174,16 @@ def _keypoint_file(n=5):
         box = [10 + i, 8, 30, 24]
         kps = [15 + i, 12, 2, 25 + i, 20, 2, 35 + i, 28, 2]
         anns.append(
-            {"id": i, "image_id": i, "category_id": 7, "bbox": box, "area": 720, "iscrowd": 0, "keypoints": kps,
-             "num_keypoints": 3}
+            {
+                "id": i,
+                "image_id": i,
+                "category_id": 7,
+                "bbox": box,
+                "area": 720,
+                "iscrowd": 0,
+                "keypoints": kps,
+                "num_keypoints": 3,
+            }
         )
     cats = [{"id": 7, "name": "walker", "keypoints": KP_NAMES, "skeleton": []}]
     return {"images": images, "annotations": anns, "categories": cats}
@@ -226,7 +234,7 @@ def test_data_check_runs_the_keypoint_loaders_checks(tmp_path):
     assert (info.value.ann_id, info.value.field) == (2, "keypoints")
 
 
-# --- kind 4: transparent pixels ----------------------------------------------------------------------------------------
+# --- kind 4: transparent pixels ---------------------------------------------------------------------------------------
 
 
 def _alpha_drawn(path, mode="RGBA"):
@@ -272,9 +280,7 @@ def test_palette_transparency_and_opaque_alpha(tmp_path):
 def test_data_check_counts_images_with_transparency(tmp_path):
     data = {
         "images": [{"id": 4, "file_name": "a.png", "width": 20, "height": 16}],
-        "annotations": [
-            {"id": 1, "image_id": 4, "category_id": 1, "bbox": [6, 4, 8, 6], "area": 48, "iscrowd": 0}
-        ],
+        "annotations": [{"id": 1, "image_id": 4, "category_id": 1, "bbox": [6, 4, 8, 6], "area": 48, "iscrowd": 0}],
         "categories": [{"id": 1, "name": "thing"}],
     }
     _alpha_drawn(tmp_path / "a.png")
@@ -297,7 +303,9 @@ def _png_header_only(path, width, height):
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    )
     return path
 
 

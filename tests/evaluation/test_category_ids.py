@@ -60,8 +60,11 @@ def test_bootstrap_renumbers_category_ids_too(hashed_ids):
 
 def test_written_results_keep_the_datasets_category_ids(hashed_ids):
     dataset, _ = hashed_ids
-    output = {"boxes": torch.tensor([[4.0, 4, 24, 20], [30, 20, 50, 36]]), "scores": torch.tensor([0.9, 0.8]),
-              "labels": torch.tensor([1, 2])}
+    output = {
+        "boxes": torch.tensor([[4.0, 4, 24, 20], [30, 20, 50, 36]]),
+        "scores": torch.tensor([0.9, 0.8]),
+        "labels": torch.tensor([1, 2]),
+    }
     results = detections_to_coco(output, 1, dataset.label_to_cat_id)
     assert [r["category_id"] for r in results] == [RED, GREEN]
     json.dumps(results)  # a Python int of any size is valid JSON
