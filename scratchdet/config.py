@@ -438,8 +438,11 @@ class NumberRule(NamedTuple):
     low_open: bool = False  # value > low instead of >= low
     high_open: bool = False  # value < high instead of <= high
     note: str = ""
+    text: str = ""  # how the range reads in messages ("positive"); default: from the bounds
 
     def describe(self) -> str:
+        if self.text:
+            return self.text
         if self.low is not None and self.high is not None:
             return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
         if self.low is not None:
@@ -457,8 +460,8 @@ class NumberRule(NamedTuple):
 
 
 # Shorthands for the tables below.
-POSITIVE = NumberRule(0, low_open=True)  # > 0
-COUNT = NumberRule(1)  # an integer >= 1: sizes, counts, iterations
+POSITIVE = NumberRule(0, low_open=True, text="positive")  # > 0
+COUNT = NumberRule(1, text="positive")  # an integer >= 1: sizes, counts, iterations
 NON_NEGATIVE = NumberRule(0)
 FRACTION = NumberRule(0, 1)  # [0, 1]
 FINITE = NumberRule()
@@ -491,9 +494,9 @@ def check_numbers(cfg: Any, rules: dict[str, NumberRule], prefix: str = "") -> N
         bad = [v for v in _numbers(value) if not rule.holds(v)]
         if bad:
             shown = value if not isinstance(value, (list, tuple)) else list(value)
-            every = "every value of " if isinstance(value, (list, tuple)) else ""
+            every = " (every value)" if isinstance(value, (list, tuple)) else ""
             note = f" ({rule.note})" if rule.note else ""
-            raise ConfigError(f"{prefix}{key}={shown!r}: {every}{prefix}{key} must be {rule.describe()}{note}")
+            raise ConfigError(f"{prefix}{key}={shown!r} must be {rule.describe()}{every}{note}")
 
 
 # Every numeric key of the detection config and its valid range (choices such as model.depth are checked by _choice

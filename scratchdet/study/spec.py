@@ -172,8 +172,8 @@ def load_study_spec(path: str | Path, overrides: list[str] | None = None) -> Stu
 
 # Every numeric key of a study spec and its valid range (scratchdet/config.py check_numbers).
 SPEC_NUMBER_RULES: dict[str, NumberRule] = {
-    "schedules": POSITIVE,
-    "train_sizes": NumberRule(1, note="null = the whole training set"),
+    "schedules": NumberRule(0, low_open=True, text="positive multipliers"),
+    "train_sizes": NumberRule(1, text="positive image counts", note="null = the whole training set"),
     "launcher.nodes": COUNT,
     "launcher.tasks_per_node": COUNT,
     "launcher.gpus_per_task": NumberRule(0, note="0 = CPU processes"),
