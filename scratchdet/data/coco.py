@@ -36,6 +36,7 @@ from scratchdet.data.validate import (
     annotation_id_note,
     area_problems,
     box_segmentation_problems,
+    category_id_note,
     clean_eval_segmentations,
     duplicate_category_names,
     duplicate_image_files,
@@ -347,9 +348,9 @@ def audit_annotations(
     anns = data["annotations"]
     images = {img["id"]: img for img in data["images"]}
     summary.categories = [[cat["id"], cat["name"]] for cat in sorted(data["categories"], key=lambda c: c["id"])]
-    note = annotation_id_note(anns)
-    if note:
-        summary.notes.append(note)
+    for note in (annotation_id_note(anns), category_id_note(data["categories"])):
+        if note:
+            summary.notes.append(note)
     geometric = geometric_areas(anns, images)
     areas = area_problems(anns, geometric, images)
     summary.area_mismatches = len(areas)

@@ -249,6 +249,22 @@ def annotation_id_note(annotations: list[dict]) -> str | None:
     )
 
 
+def category_id_note(categories: list[dict]) -> str | None:
+    """A note when category ids lie outside 1..2**31-1 (64-bit hash ids some exporters write, or 0): both metric
+    backends lose a category with ids beyond int32 (evaluation/backends.py `metric_view`), so scratchdet evaluates a
+    copy whose category ids are renumbered 1..K in their order, and results it writes keep the file's ids."""
+    odd = sorted(c["id"] for c in categories if not 1 <= c["id"] <= 2**31 - 1)
+    if not odd:
+        return None
+    shown = ", ".join(map(str, odd[:5])) + (", ..." if len(odd) > 5 else "")
+    return (
+        f"{len(odd)} category id(s) outside 1..2**31-1 ({shown}; field 'id' of 'categories'); COCOeval and "
+        "faster-coco-eval cannot hold ids beyond 2**31-1, so scratchdet evaluates a copy whose category ids are "
+        "renumbered 1..K in their order (written results keep the file's ids; other COCO tools may score this file "
+        "wrongly)"
+    )
+
+
 # --- one file under two image ids, one name under two category ids ---------------------------------------------------
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from scratchdet.data.check import check_dataset
 from scratchdet.data.coco import CocoDetection
 from scratchdet.evaluation.bootstrap import paired_bootstrap
 from scratchdet.evaluation.coco import detections_to_coco, evaluate_results
@@ -68,3 +69,9 @@ def test_written_results_keep_the_datasets_category_ids(hashed_ids):
     results = detections_to_coco(output, 1, dataset.label_to_cat_id)
     assert [r["category_id"] for r in results] == [RED, GREEN]
     json.dumps(results)  # a Python int of any size is valid JSON
+
+
+def test_data_check_notes_the_renumbered_category_ids(hashed_ids, tmp_path):
+    report = check_dataset(tmp_path / "a.json", tmp_path, progress=False)
+    assert report.problems == []
+    assert any(note.startswith(f"2 category id(s) outside 1..2**31-1 ({RED}, {GREEN};") for note in report.notes)
