@@ -338,3 +338,28 @@ def test_dataset_refuses_images_above_the_limit_when_it_opens(tmp_path):
     report = check_dataset(json_path, image_dir, progress=False)
     assert report.counts() == {"image_too_large": 1}
     assert check_dataset(json_path, image_dir, progress=False, max_image_pixels=182_000_000).counts() == {}
+
+
+# --- kind 7: a side the test-time resize would round to 0 px ----------------------------------------------------------
+
+
+def test_data_check_notes_images_the_test_resize_would_shrink_to_nothing(tmp_path):
+    data = _two_images()
+    data["images"].append({"id": 3, "file_name": "3.png", "width": 400, "height": 2})
+    data["annotations"].append(
+        {
+            "id": 30,
+            "image_id": 3,
+            "category_id": 1,
+            "bbox": [100, 0, 100, 2],
+            "area": 200,
+            "iscrowd": 0,
+            "segmentation": _box_poly(100, 0, 100, 2),
+        }
+    )
+    json_path, image_dir = _write(tmp_path, data)
+    report = check_dataset(json_path, image_dir, min_size_test=96, max_size_test=128, progress=False)
+    assert report.problems == []
+    assert any(n.startswith("1 image(s) are so elongated") and "(image ids 3)" in n for n in report.notes)
+    at_paper_size = check_dataset(json_path, image_dir, progress=False)  # 800/1333: 2 px become 6
+    assert not any("elongated" in n for n in at_paper_size.notes)
