@@ -89,6 +89,9 @@ def _cmd_data_check(args) -> int:
             decode=args.decode,
             workers=args.workers,
             keypoint_flip_map=_json_arg(args.keypoint_flip_map, "--keypoint-flip-map"),
+            max_image_pixels=args.max_image_pixels,
+            min_size_test=args.min_size_test,
+            max_size_test=args.max_size_test,
         )
     except DataError as e:  # structurally broken: nothing else can be checked; a JSON reader still gets JSON
         if args.json_output:
@@ -271,6 +274,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="JSON",
         help='data.keypoint_flip_map as JSON, e.g. \'[["lhip", "rhip"]]\', for keypoint names whose '
         "left/right pairing is not recognised",
+    )
+    check.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=None,
+        help="data.max_image_pixels: images with more pixels are refused (default: Pillow's limit, 178956970)",
+    )
+    check.add_argument(
+        "--min-size-test", type=int, default=800, help="data.min_size_test, for the note on very elongated images"
+    )
+    check.add_argument(
+        "--max-size-test", type=int, default=1333, help="data.max_size_test, for the note on very elongated images"
     )
     check.add_argument("--json", dest="json_output", action="store_true", help="print the report as JSON")
     check.set_defaults(func=_cmd_data_check)

@@ -11,6 +11,7 @@ dotted name, and config.yaml in old run folders holds them; rename only with a r
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -74,6 +75,10 @@ class DataConfig:
     # and OKS: "check" refuses it in an evaluation split (training never uses it, and counts it), "file" keeps the
     # file's values, "geometry" uses the area of the segmentation (or box) instead of the field.
     gt_area: str = "check"
+    # Images of more pixels (width x height) are refused when the dataset opens, before training. None = Pillow's
+    # own limit, 2 x Image.MAX_IMAGE_PIXELS (178,956,970 px), above which Pillow refuses a file as a possible
+    # decompression bomb; raise it for trusted large images (satellite tiles, slides). data/images.py.
+    max_image_pixels: int | None = None
     # Dataset format: "coco" (data.train/val JSON) or "voc" (PASCAL VOC XML, scratchdet/data/voc.py).
     format: str = "coco"
     # VOC: folder holding VOC<year>/ (VOCdevkit); None = data.root. Sets are "YEAR_SPLIT" names; the paper trains
@@ -428,6 +433,146 @@ def _positive(key: str, value) -> None:
         raise ConfigError(f"{key}={value!r} must be positive")
 
 
+class NumberRule(NamedTuple):
+    """The valid range of a numeric key (or of every number in a list-valued key); None (where the schema allows
+    it) is always valid. `note` says what an edge value means (e.g. "0 = only at the end")."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # value > low instead of >= low
+    high_open: bool = False  # value < high instead of <= high
+    note: str = ""
+    text: str = ""  # how the range reads in messages ("positive"); default: from the bounds
+
+    def describe(self) -> str:
+        if self.text:
+            return self.text
+        if self.low is not None and self.high is not None:
+            return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        if self.high is not None:
+            return f"{'<' if self.high_open else '<='} {self.high:g}"
+        return "a finite number"
+
+    def holds(self, value: float) -> bool:
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+
+# Shorthands for the tables below.
+POSITIVE = NumberRule(0, low_open=True, text="positive")  # > 0
+COUNT = NumberRule(1, text="positive")  # an integer >= 1: sizes, counts, iterations
+NON_NEGATIVE = NumberRule(0)
+FRACTION = NumberRule(0, 1)  # [0, 1]
+FINITE = NumberRule()
+SEED = NumberRule(0, 2**32 - 1, note="NumPy's seeds are 32-bit unsigned")  # np.random.seed refuses others
+PERIOD = NumberRule(0, note="0 = only at the end")
+
+
+def _numbers(value: Any) -> Iterator[Any]:
+    """The numbers of a config value: itself, or every number of a (nested) list; None and strings yield nothing."""
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _numbers(item)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        yield value
+
+
+def check_numbers(cfg: Any, rules: dict[str, NumberRule], prefix: str = "") -> None:
+    """Checks every key of `rules` (dotted, relative to `cfg`) against its range; NaN and infinities never pass.
+
+    One table per schema (DETECTION_NUMBER_RULES, pretrain/config.py, study/spec.py) lists every numeric key, so
+    an edge value (0, a negative number, NaN) is refused at load, naming the key, instead of surfacing as a
+    ZeroDivisionError or a silently empty evaluation later; tests/test_configs.py checks that every numeric key of
+    each schema is in its table.
+
+    Raises:
+        ConfigError: naming the key, its value, the valid range and what edge values mean.
+    """
+    for key, rule in rules.items():
+        value = _get(cfg, key)
+        bad = [v for v in _numbers(value) if not rule.holds(v)]
+        if bad:
+            shown = value if not isinstance(value, (list, tuple)) else list(value)
+            every = " (every value)" if isinstance(value, (list, tuple)) else ""
+            note = f" ({rule.note})" if rule.note else ""
+            raise ConfigError(f"{prefix}{key}={shown!r} must be {rule.describe()}{every}{note}")
+
+
+# Every numeric key of the detection config and its valid range (choices such as model.depth are checked by _choice
+# as well). Periods accept 0 = "only at the end" (train.checkpoint_period, train.log_period, eval.period: the loop's
+# `due` reads 0 that way); limits such as eval.max_images take a count or null, never 0 or -1.
+DETECTION_NUMBER_RULES: dict[str, NumberRule] = {
+    "seed": SEED,
+    "data.train_subset": COUNT,
+    "data.subset_seed": SEED,
+    "data.min_size_train": COUNT,
+    "data.max_size_train": COUNT,
+    "data.min_size_test": COUNT,
+    "data.max_size_test": COUNT,
+    "data.flip_prob": FRACTION,
+    "data.num_workers": NON_NEGATIVE,
+    "data.max_skip_fraction": FRACTION,
+    "data.max_image_pixels": COUNT,
+    "model.vgg_fc_dim": COUNT,
+    "model.depth": COUNT,
+    "model.groups": COUNT,
+    "model.width_per_group": COUNT,
+    "model.stem_width": COUNT,
+    "model.gn_groups": COUNT,
+    "model.freeze_at": NumberRule(0, 5),
+    "model.fpn_channels": COUNT,
+    "model.box_head_convs": NumberRule(0, note="0 = the 2fc head"),
+    "model.box_head_fc": COUNT,
+    "model.mask_head_convs": NON_NEGATIVE,
+    "model.anchor_sizes": COUNT,
+    "model.rpn_pre_nms_top_n_train": COUNT,
+    "model.rpn_post_nms_top_n_train": COUNT,
+    "model.rpn_pre_nms_top_n_test": COUNT,
+    "model.rpn_post_nms_top_n_test": COUNT,
+    "model.rpn_batch_size_per_image": COUNT,
+    "model.box_batch_size_per_image": COUNT,
+    "model.box_detections_per_img": COUNT,
+    "model.box_score_thresh": NumberRule(0, 1, high_open=True),
+    "model.keypoint_head_convs": NON_NEGATIVE,
+    "model.keypoint_head_channels": COUNT,
+    "model.cascade_fg_iou_threshs": NumberRule(0, 1, low_open=True, high_open=True),
+    "model.cascade_bbox_reg_weights": POSITIVE,
+    "model.cascade_switch_iters": COUNT,
+    "model.pixel_scale": POSITIVE,
+    "model.pixel_mean": FINITE,
+    "model.pixel_std": POSITIVE,
+    "solver.base_lr": POSITIVE,
+    "solver.reference_batch": COUNT,
+    "solver.momentum": NumberRule(0, 1, high_open=True),
+    "solver.weight_decay": NON_NEGATIVE,
+    "solver.weight_decay_norm": NON_NEGATIVE,
+    "solver.warmup_iters": NumberRule(0, note="0 = no warm-up"),
+    "solver.warmup_factor": NumberRule(0, 1, low_open=True),
+    "schedule.multiplier": POSITIVE,
+    "schedule.unit_iters": COUNT,
+    "schedule.drop_tails": COUNT,
+    "schedule.gamma": NumberRule(0, 1, low_open=True),
+    "train.batch_size": COUNT,
+    "train.max_iters": COUNT,
+    "train.checkpoint_period": PERIOD,
+    "train.extra_checkpoints": COUNT,
+    "train.log_period": PERIOD,
+    "train.num_threads": COUNT,
+    "eval.period": PERIOD,
+    "eval.max_images": NumberRule(1, note="null = every image"),
+    "eval.batch_size": COUNT,
+    "eval.kpt_oks_sigmas": POSITIVE,
+    "eval.tta_sizes": COUNT,
+    "eval.tta_max_size": COUNT,
+    "pretrained.min_coverage": FRACTION,
+}
+
+
 def validate_config(cfg: Config) -> None:
     """Checks choices and ranges that the type system cannot express; raises ConfigError naming the key."""
     _choice("model.norm", cfg.model.norm, NORMS)
@@ -439,8 +584,7 @@ def validate_config(cfg: Config) -> None:
     _choice("eval.coco_backend", cfg.eval.coco_backend, ("pycocotools", "faster_coco_eval"))
     _choice("data.gt_area", cfg.data.gt_area, ("check", "file", "geometry"))
     _choice("pretrained.norm_mismatch", cfg.pretrained.norm_mismatch, ("error", "skip_norm", "load_affine"))
-    if not 0.0 <= cfg.pretrained.min_coverage <= 1.0:
-        raise ConfigError(f"pretrained.min_coverage={cfg.pretrained.min_coverage} must be in [0, 1]")
+    check_numbers(cfg, DETECTION_NUMBER_RULES)
     if cfg.init == "pretrained" and not cfg.weights:
         raise ConfigError("init=pretrained needs weights=PATH (a checkpoint or published weight file)")
     if cfg.init == "scratch" and cfg.weights:
@@ -451,31 +595,10 @@ def validate_config(cfg: Config) -> None:
     _choice("model.freeze_at", cfg.model.freeze_at, (0, 1, 2, 3, 4, 5))
     if cfg.model.groups > 1 and cfg.model.depth < 50:
         raise ConfigError(f"model.groups={cfg.model.groups} (ResNeXt) needs a bottleneck depth (50/101/152)")
-    for key in (
-        "train.batch_size",
-        "solver.base_lr",
-        "schedule.multiplier",
-        "schedule.unit_iters",
-        "solver.reference_batch",
-        "model.stem_width",
-        "model.fpn_channels",
-        "model.gn_groups",
-        "train.max_iters",
-        "data.train_subset",
-        "data.max_size_train",
-        "data.min_size_test",
-        "model.box_detections_per_img",
-    ):
-        section, name = key.split(".")
-        _positive(key, getattr(getattr(cfg, section), name))
-    if not cfg.data.min_size_train or any(s <= 0 for s in cfg.data.min_size_train):
+    if not cfg.data.min_size_train:
         raise ConfigError(f"data.min_size_train={cfg.data.min_size_train} must be a non-empty list of sizes > 0")
-    if cfg.eval.period < 0:
-        raise ConfigError(f"eval.period={cfg.eval.period} must be >= 0 (0 = evaluate only at the end)")
-    if not cfg.eval.tta_sizes or any(s <= 0 for s in cfg.eval.tta_sizes) or cfg.eval.tta_max_size <= 0:
-        raise ConfigError(
-            f"eval.tta_sizes={cfg.eval.tta_sizes} / eval.tta_max_size={cfg.eval.tta_max_size} must be sizes > 0"
-        )
+    if not cfg.eval.tta_sizes:
+        raise ConfigError(f"eval.tta_sizes={cfg.eval.tta_sizes} must be a non-empty list of sizes > 0")
     _validate_voc(cfg)
     _validate_cascade(cfg)
     validate_backbone(cfg)

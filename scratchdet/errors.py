@@ -17,7 +17,8 @@ class ConfigError(ScratchdetError):
 class DataError(ScratchdetError):
     """A dataset file is malformed or inconsistent.
 
-    The message always names the file and, where there is one, the image id, the annotation id and the field.
+    The message always names the file and, where there is one, the image id, the annotation id, the category id
+    and the field.
     """
 
     def __init__(
@@ -28,6 +29,7 @@ class DataError(ScratchdetError):
         image_id: object = None,
         ann_id: object = None,
         field: str | None = None,
+        category_id: object = None,
     ):
         where = []
         if path is not None:
@@ -36,6 +38,8 @@ class DataError(ScratchdetError):
             where.append(f"image id {image_id}")
         if ann_id is not None:
             where.append(f"annotation id {ann_id}")
+        if category_id is not None:
+            where.append(f"category id {category_id}")
         if field is not None:
             where.append(f"field '{field}'")
         super().__init__(f"{message} ({', '.join(where)})" if where else message)
@@ -43,7 +47,16 @@ class DataError(ScratchdetError):
         self.path = path
         self.image_id = image_id
         self.ann_id = ann_id
+        self.category_id = category_id
         self.field = field
+
+
+class OutputError(ScratchdetError):
+    """A file of a run or study folder cannot be written (full disk, quota, read-only or vanished folder).
+
+    The message names the file, the operating system's reason and the free space left on its file system; files
+    written before it (the last checkpoint among them) are untouched.
+    """
 
 
 class TrainingError(ScratchdetError):

@@ -5,36 +5,76 @@ reports, a pre-training's summary, jobs.json, plan.json, job records) is written
 the same folder ("." + final name + "." + random part + ".tmp"), are flushed and fsynced, and the temp file is then
 renamed over the final name (os.replace: atomic on POSIX within one file system). A reader sees the old file or the
 new one, never a mix; a failure removes the temp file and leaves the old one in place.
+
+Records that are appended instead (metrics.jsonl, TensorBoard's event files) cannot be written this way; their
+writers go through `output_errors`, so a full disk ends every write the same way: an `OutputError` naming the file,
+the reason and the free space left (docs/RELIABILITY.md, promise 9), never a raw `OSError: [Errno 28]` traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
+
+from scratchdet.errors import OutputError
+
+
+def free_bytes(path: str | Path) -> int | None:
+    """Free bytes on the file system holding `path` (or its nearest existing parent); None when it cannot be read."""
+    path = Path(path)
+    try:
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        return shutil.disk_usage(existing).free
+    except (OSError, StopIteration):
+        return None
+
+
+def output_error(path: str | Path, error: OSError) -> OutputError:
+    """The OutputError for a failed write of `path`: the file, the OS reason and the free space left."""
+    free = free_bytes(Path(path).parent)
+    space = f"{free:,} bytes free on its file system" if free is not None else "free space unknown"
+    reason = error.strerror or str(error)
+    return OutputError(
+        f"cannot write {path}: {reason} ({space}); files written before it, checkpoints included, are intact. "
+        "Free space (or fix the folder's permissions) and rerun with resume=true"
+    )
+
+
+@contextlib.contextmanager
+def output_errors(path: str | Path) -> Iterator[None]:
+    """Turns an OSError raised inside the block (ENOSPC, EDQUOT, EROFS, EIO, ...) into `output_error(path, e)`."""
+    try:
+        yield
+    except OSError as e:
+        raise output_error(path, e) from e
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
     """Calls `write(f)` on a binary temp file beside `path`, then renames it to `path`.
 
     Raises:
-        OSError: the folder does not exist or cannot be written (ENOSPC included); the temp file is removed and
-            `path` keeps its old content. Whatever `write` raises, likewise.
+        OutputError: the folder does not exist or cannot be written (ENOSPC included), naming `path` and the free
+            space; the temp file is removed and `path` keeps its old content. Whatever else `write` raises, likewise
+            (the temp file removed).
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with output_errors(path):
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -147,6 +147,7 @@ def build_train_dataset(cfg: Config) -> CocoDetection | SkipUnreadableImages:
             subset_seed=d.subset_seed,
             transform=transform,
             check_files=check_files,
+            max_image_pixels=d.max_image_pixels,
         )
     elif cfg.model.arch == "keypoint_rcnn":  # one keypoint category, [N, K, 3] keypoint targets
         dataset = KeypointCocoDetection(
@@ -161,6 +162,7 @@ def build_train_dataset(cfg: Config) -> CocoDetection | SkipUnreadableImages:
             transform=transform,
             check_files=check_files,
             gt_area=d.gt_area,
+            max_image_pixels=d.max_image_pixels,
         )
     else:
         dataset = CocoDetection(
@@ -173,6 +175,7 @@ def build_train_dataset(cfg: Config) -> CocoDetection | SkipUnreadableImages:
             load_masks=cfg.model.arch == "mask_rcnn",
             check_files=check_files,
             gt_area=d.gt_area,
+            max_image_pixels=d.max_image_pixels,
         )
     if d.skip_bad_images:
         return SkipUnreadableImages(dataset, d.max_skip_fraction, check_files=d.check_files)
@@ -186,7 +189,9 @@ def build_val_dataset(cfg: Config) -> CocoDetection:
     """
     d = cfg.data
     if d.format == "voc":  # difficult objects kept, for the VOC evaluator to ignore
-        return VocDetection(_voc_root(cfg), d.voc_val_sets, train=False, check_files=d.check_files)
+        return VocDetection(
+            _voc_root(cfg), d.voc_val_sets, train=False, check_files=d.check_files, max_image_pixels=d.max_image_pixels
+        )
     if cfg.model.arch == "keypoint_rcnn":  # evaluated on its keypoint category only (COCOeval catIds)
         return KeypointCocoDetection(
             _require(d.val.json, "data.val.json"),
@@ -197,6 +202,7 @@ def build_val_dataset(cfg: Config) -> CocoDetection:
             kpt_oks_sigmas=cfg.eval.kpt_oks_sigmas,
             check_files=d.check_files,
             gt_area=d.gt_area,
+            max_image_pixels=d.max_image_pixels,
         )
     return CocoDetection(
         _require(d.val.json, "data.val.json"),
@@ -207,6 +213,7 @@ def build_val_dataset(cfg: Config) -> CocoDetection:
         # Mask AP rasterizes every ground-truth region: refuse unusable ones now, not at the first evaluation.
         segm_eval=cfg.model.arch == "mask_rcnn",
         gt_area=d.gt_area,
+        max_image_pixels=d.max_image_pixels,
     )
 
 

@@ -35,7 +35,11 @@ from scratchdet.data.validate import (
     Problem,
     annotation_id_note,
     area_problems,
+    box_segmentation_problems,
+    category_id_note,
     clean_eval_segmentations,
+    duplicate_category_names,
+    duplicate_image_files,
     geometric_areas,
     raise_first,
 )
@@ -316,18 +320,22 @@ def _build_coco(data: dict) -> COCO:
 
 
 def audit_annotations(
-    data: dict, summary: DatasetSummary, *, train: bool, segm_eval: bool, gt_area: str
+    data: dict, summary: DatasetSummary, *, train: bool, segm_eval: bool, gt_area: str, contradictions: bool = True
 ) -> tuple[list[Problem], list[Problem]]:
     """Runs the whole-file checks of data/validate.py on a file loaded by `load_coco_json`; fills `summary`.
 
     In place: areas become the geometry's under gt_area="geometry"; with `segm_eval`, polygons of fewer than 3
-    points are dropped from the annotations so both metric backends rasterize the same masks.
+    points are dropped from the annotations so both metric backends rasterize the same masks. Refused in every
+    split: one image file under two image ids, one category name under two ids, a segmentation that contradicts its
+    own box.
 
     Args:
         train: a training split (stored areas are unused in training: mismatches are counted, never refused).
         segm_eval: the split is scored with mask AP, so every annotation needs a rasterizable region.
         gt_area: data.gt_area: "check" refuses area mismatches in an evaluation split, "file" keeps the file's
             areas, "geometry" replaces every area by the geometry's.
+        contradictions: run the checks refused in every split (False: `scratchdet data check`, which runs them
+            once itself and still wants the cleaning counts).
 
     Returns:
         (every problem found, the ones loading must refuse).
@@ -340,9 +348,9 @@ def audit_annotations(
     anns = data["annotations"]
     images = {img["id"]: img for img in data["images"]}
     summary.categories = [[cat["id"], cat["name"]] for cat in sorted(data["categories"], key=lambda c: c["id"])]
-    note = annotation_id_note(anns)
-    if note:
-        summary.notes.append(note)
+    for note in (annotation_id_note(anns), category_id_note(data["categories"])):
+        if note:
+            summary.notes.append(note)
     geometric = geometric_areas(anns, images)
     areas = area_problems(anns, geometric, images)
     summary.area_mismatches = len(areas)
@@ -352,6 +360,15 @@ def audit_annotations(
         summary.areas_from_geometry = len(anns)
     fatal = areas if gt_area == "check" and not train else []
     problems = list(areas)
+    # Refused in every split: each gives a wrong number in training and in evaluation (data/validate.py).
+    if contradictions:
+        found = (
+            duplicate_image_files(data["images"])
+            + duplicate_category_names(data["categories"])
+            + box_segmentation_problems(anns, images)
+        )
+        problems += found
+        fatal = found + fatal
     if segm_eval:
         segs, summary.eval_polygon_parts_dropped = clean_eval_segmentations(anns)
         problems += segs
@@ -474,6 +491,8 @@ class CocoDetection(DetectionDataset):
         check_files: bool = True,
         segm_eval: bool = False,
         gt_area: str = "check",
+        max_image_pixels: int | None = None,
+        refuse_contradictions: bool = True,
     ):
         """Load, validate and clean the dataset.
 
@@ -492,11 +511,16 @@ class CocoDetection(DetectionDataset):
                 evaluation.
             gt_area: data.gt_area, what to do with stored areas that disagree with the geometry (see
                 `audit_annotations`).
+            max_image_pixels: data.max_image_pixels: images whose annotated width x height is larger are refused
+                now (ImageTooLargeError), and by the reader; None = Pillow's limit (data/images.py).
+            refuse_contradictions: False only for `scratchdet data check`, which lists those problems itself
+                (see `audit_annotations`).
 
         Raises:
             DataError: on structural problems, missing image files, a subset larger than the usable images, a
-                training split with no usable image, or (evaluation split) an area or segmentation the metric
-                would score wrongly.
+                training split with no usable image, images above the pixel limit, a file that contradicts itself
+                (one image file under two ids, one category name under two ids, a segmentation outside its box),
+                or (evaluation split) an area or segmentation the metric would score wrongly.
             ConfigError: if subset < 1.
         """
         self.json_path = str(json_path)
@@ -504,9 +528,12 @@ class CocoDetection(DetectionDataset):
         self.train = train
         self.transform = transform
         self.load_masks = load_masks
+        self.max_image_pixels = max_image_pixels
         data = load_coco_json(self.json_path)
         summary = DatasetSummary(self.json_path, len(data["images"]), annotations_total=len(data["annotations"]))
-        self.problems, fatal = audit_annotations(data, summary, train=train, segm_eval=segm_eval, gt_area=gt_area)
+        self.problems, fatal = audit_annotations(
+            data, summary, train=train, segm_eval=segm_eval, gt_area=gt_area, contradictions=refuse_contradictions
+        )
         raise_first(fatal, self.json_path)
         self.coco = _build_coco(data)
         self.coco.source_path = self.json_path  # named by the metric code's errors (evaluation/backends.py)
@@ -542,7 +569,8 @@ class CocoDetection(DetectionDataset):
         image needs, for the error when none has it.
 
         Raises:
-            DataError: a training split left with no image (before anything else is done with it).
+            DataError: a training split left with no image (before anything else is done with it); an image above
+                the pixel limit (ImageTooLargeError).
         """
         if self.train and not self._instances:
             raise _no_usable_images_error(summary, usable)
@@ -550,6 +578,7 @@ class CocoDetection(DetectionDataset):
         if subset is not None:
             chosen = set(self.image_ids)
             self._instances = {i: inst for i, inst in self._instances.items() if i in chosen}
+        self.check_pixel_limit()
         if check_files:
             self.check_files(f"check image_dir ({self.image_dir}) and the 'file_name' entries")
         summary.images_used, summary.subset = len(self.image_ids), subset

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from scratchdet.data.images import read_image
+from scratchdet.data.images import ImageTooLargeError, read_image, too_large_message
 from scratchdet.errors import ConfigError, DataError
 
 # transform(image, target, rng) -> (image, target); see scratchdet/data/transforms.py.
@@ -66,6 +66,7 @@ class DetectionDataset(torch.utils.data.Dataset):
     train: bool
     transform: Transform | None
     image_ids: list[int]
+    max_image_pixels: int | None = None  # data.max_image_pixels; None = Pillow's limit (data/images.py)
 
     # --- per image, from the subclass ---------------------------------------------------------------------------
 
@@ -125,13 +126,33 @@ class DetectionDataset(torch.utils.data.Dataset):
                 **self.image_where(first),
             )
 
+    def check_pixel_limit(self) -> None:
+        """Refuses, before training, yielded images whose annotated width x height exceeds max_image_pixels.
+
+        The reader would refuse them at their first read, hours in (data/images.py); the annotation's size is known
+        now. Raises ImageTooLargeError naming the first one (and how many there are) and the setting to raise.
+        """
+        too_large = []
+        for image_id in self.image_ids:
+            width, height = self.annotated_size(image_id)
+            message = too_large_message(width, height, self.max_image_pixels, "the image's annotated size")
+            if message:
+                too_large.append((image_id, message))
+        if too_large:
+            image_id, message = too_large[0]
+            more = f" ({len(too_large) - 1} more image(s) like it)" if len(too_large) > 1 else ""
+            raise ImageTooLargeError(message + more, field="width", **self.image_where(image_id))
+
     def image_sizes(self) -> list[tuple[int, int]]:
         """(width, height) of every yielded image from the annotation, in index order (aspect-ratio grouping)."""
         return [self.annotated_size(i) for i in self.image_ids]
 
     def _read_image(self, image_id: int) -> torch.Tensor:
         return read_image(
-            self.image_file(image_id), where=self.image_where(image_id), expected_size=self.annotated_size(image_id)
+            self.image_file(image_id),
+            where=self.image_where(image_id),
+            expected_size=self.annotated_size(image_id),
+            max_pixels=self.max_image_pixels,
         )
 
     def __len__(self) -> int:

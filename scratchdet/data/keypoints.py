@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import os
 import random
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,6 +30,7 @@ from scratchdet.data.coco import CocoDetection, DatasetSummary, _Instances, _is_
 from scratchdet.data.detection import Transform
 from scratchdet.data.keypoint_flip import flip_indices, keypoint_flip_pairs
 from scratchdet.data.synthetic import KEYPOINT_NAMES, KEYPOINT_OKS_SIGMAS
+from scratchdet.data.validate import Problem, fix_num_keypoints
 from scratchdet.errors import ConfigError, DataError
 
 COCO_PERSON_KEYPOINT_NAMES: tuple[str, ...] = (
@@ -68,13 +71,18 @@ class KeypointDatasetSummary(DatasetSummary):
     keypoint_flip_pairs: list[list[str]] = field(default_factory=list)
     # The category's keypoints in the file's order: output j of the model (resume and eval compare them).
     keypoint_names: list[str] = field(default_factory=list)
+    # num_keypoints (what COCOeval decides from) computed from the visibilities: missing ones filled, contradicting
+    # ones replaced (data/validate.py fix_num_keypoints).
+    num_keypoints_filled: int = 0
+    num_keypoints_replaced: int = 0
 
 
 def resolve_keypoint_category(coco_cats: dict[int, dict], requested: str | int | None, path: str) -> int:
     """The category id Keypoint R-CNN trains on: `requested` (name or id) or the only category with keypoints.
 
     Raises:
-        ConfigError: the requested category is unknown, has no keypoints, or the default is ambiguous.
+        ConfigError: the requested category is unknown, matches several categories (a name two ids share: the
+            message lists them), has no keypoints, or the default is ambiguous.
     """
     with_kps = sorted(cat_id for cat_id, cat in coco_cats.items() if cat.get("keypoints"))
     if requested is None or requested == "":
@@ -90,6 +98,13 @@ def resolve_keypoint_category(coco_cats: dict[int, dict], requested: str | int |
     if not matches:
         known = {i: c["name"] for i, c in coco_cats.items()}
         raise ConfigError(f"data.keypoint_category={requested!r} is not a category of {path} (known: {known})")
+    if len(matches) > 1:
+        # Taking the first would ignore the other ids' instances in training and evaluation without a word.
+        named = {i: coco_cats[i]["name"] for i in sorted(matches)}
+        raise ConfigError(
+            f"data.keypoint_category={requested!r} matches {len(matches)} categories of {path}: {named}; give the "
+            "class one id in the file (loading refuses duplicate names), or set data.keypoint_category to one id"
+        )
     if matches[0] not in with_kps:
         raise ConfigError(
             f"data.keypoint_category={requested!r}: category {matches[0]} of {path} has no "
@@ -120,22 +135,61 @@ def oks_sigmas_for(names: Sequence[str], override: Sequence[float] | None, path:
     return known
 
 
+def keypoint_values_problem(values: Any, num_keypoints: int) -> str | None:
+    """Why an annotation's 'keypoints' value cannot be used (None when it can): it must be 3 x K finite numbers
+    [x1, y1, v1, ...] with each visibility 0 (not labelled), 1 (labelled, hidden) or 2 (visible), COCO's format."""
+    if not isinstance(values, list) or len(values) != 3 * num_keypoints or not all(_is_number(v) for v in values):
+        return (
+            f"keypoints must be {3 * num_keypoints} finite numbers [x1, y1, v1, ...] "
+            f"({num_keypoints} keypoints of the category), got {str(values)[:80]}"
+        )
+    visibilities = values[2::3]
+    if any(v not in (0, 1, 2) for v in visibilities):
+        return f"keypoint visibilities must be 0, 1 or 2, got {list(visibilities)}"
+    return None
+
+
 def _keypoint_array(ann: dict, num_keypoints: int, path: str) -> np.ndarray:
     values = ann.get("keypoints")
     where = {"path": path, "image_id": ann["image_id"], "ann_id": ann["id"], "field": "keypoints"}
     if values is None:
         return np.zeros((num_keypoints, 3), dtype=np.float32)  # no labels: dropped for training, ignored by OKS
-    if not isinstance(values, list) or len(values) != 3 * num_keypoints or not all(_is_number(v) for v in values):
-        raise DataError(
-            f"keypoints must be {3 * num_keypoints} finite numbers [x1, y1, v1, ...] "
-            f"({num_keypoints} keypoints of the category), got {str(values)[:80]}",
-            **where,
-        )
+    problem = keypoint_values_problem(values, num_keypoints)
+    if problem:
+        raise DataError(problem, **where)
     kps = np.asarray(values, dtype=np.float32).reshape(num_keypoints, 3)
-    if not np.isin(kps[:, 2], (0, 1, 2)).all():
-        raise DataError(f"keypoint visibilities must be 0, 1 or 2, got {kps[:, 2].tolist()}", **where)
     kps[kps[:, 2] == 0] = 0  # COCO convention: an unlabelled joint is all zero, whatever x, y say
     return kps
+
+
+def keypoint_annotation_problems(data: dict) -> tuple[list[Problem], int]:
+    """What loading a keypoint category of `data` (a load_coco_json dict) would refuse or change, for every category
+    that declares keypoint names: malformed keypoint lists and visibilities (refused, kind "malformed_keypoints"),
+    and num_keypoints values that contradict the visibilities (replaced, kind "num_keypoints_mismatch";
+    data/validate.py `fix_num_keypoints`). `data` is left unchanged.
+
+    Returns:
+        (problems, how many annotations have no num_keypoints, which loading fills in).
+    """
+    counts = {
+        cat["id"]: len(cat["keypoints"])
+        for cat in data["categories"]
+        if isinstance(cat.get("keypoints"), list) and cat["keypoints"]
+    }
+    problems, usable = [], []
+    for ann in data["annotations"]:
+        k = counts.get(ann["category_id"])
+        if k is None:
+            continue
+        problem = keypoint_values_problem(ann["keypoints"], k) if "keypoints" in ann else None
+        if problem:
+            where = {"image_id": ann["image_id"], "ann_id": ann["id"], "field": "keypoints"}
+            problems.append(Problem("malformed_keypoints", problem, **where))
+        else:
+            keep = {key: ann[key] for key in ("id", "image_id", "category_id", "num_keypoints") if key in ann}
+            usable.append({**keep, "keypoints": list(ann.get("keypoints") or [0] * (3 * k))})
+    mismatches, missing = fix_num_keypoints(usable, counts)
+    return problems + mismatches, missing
 
 
 class _AddKeypoints:
@@ -175,6 +229,7 @@ class KeypointCocoDetection(CocoDetection):
         transform: Transform | None = None,
         check_files: bool = True,
         gt_area: str = "check",
+        max_image_pixels: int | None = None,
     ):
         """Load, validate and restrict the dataset (see CocoDetection for the shared arguments).
 
@@ -187,12 +242,21 @@ class KeypointCocoDetection(CocoDetection):
         Raises:
             ConfigError: unknown or ambiguous category, sigmas that do not fit, or a keypoint_flip_map pair that
                 names an unknown keypoint or repeats one.
-            DataError: malformed keypoints, keypoint names that look lateral but cannot be paired, or a subset
-                larger than the usable images.
+            DataError: malformed keypoints (field "keypoints": length, non-finite values, a visibility other than
+                0, 1, 2), keypoint names that look lateral but cannot be paired, or a subset larger than the usable
+                images. A num_keypoints that is missing or contradicts the visibilities is not an error: it is
+                computed (counted in summary.num_keypoints_filled / num_keypoints_replaced).
         """
         # Subset and file checks run after the restriction, on the images that still have keypoint instances.
         super().__init__(
-            json_path, image_dir, train=train, transform=None, load_masks=False, check_files=False, gt_area=gt_area
+            json_path,
+            image_dir,
+            train=train,
+            transform=None,
+            load_masks=False,
+            check_files=False,
+            gt_area=gt_area,
+            max_image_pixels=max_image_pixels,
         )
         path = self.json_path
         cat_id = resolve_keypoint_category(self.coco.cats, keypoint_category, path)
@@ -220,6 +284,21 @@ class KeypointCocoDetection(CocoDetection):
             keypoint_names=list(self.keypoint_names),
         )
         summary.categories = [[cat_id, cat["name"]]]  # the one category the model predicts
+        for ann in self.coco.dataset["annotations"]:  # the keypoint lists are checked before num_keypoints is
+            if ann["category_id"] == cat_id:
+                _keypoint_array(ann, self.num_keypoints, path)
+        # In place in the index COCOeval reads (self.coco.anns holds the same dicts).
+        replaced, summary.num_keypoints_filled = fix_num_keypoints(
+            self.coco.dataset["annotations"], {cat_id: self.num_keypoints}
+        )
+        summary.num_keypoints_replaced = len(replaced)
+        if replaced:
+            warnings.warn(
+                f"{len(replaced)} annotation(s) of {path} have a num_keypoints that contradicts their "
+                f"visibilities (first: {replaced[0].error(path)}); replaced by the labelled count, which COCOeval "
+                "decides from. `scratchdet data check` lists them",
+                stacklevel=2,
+            )
         keypoints: dict[int, np.ndarray] = {}
         kept_instances: dict[int, _Instances] = {}
         for image_id in sorted(self.coco.imgs):

@@ -195,6 +195,7 @@ class VocDetection(DetectionDataset):
         subset_seed: int = 0,
         transform: Transform | None = None,
         check_files: bool = True,
+        max_image_pixels: int | None = None,
     ):
         """Reads and validates every listed annotation.
 
@@ -205,15 +206,19 @@ class VocDetection(DetectionDataset):
             subset: use this many images, drawn with a seeded permutation (nested subsets, as CocoDetection).
             transform: called as `transform(image, target, rng)`.
             check_files: check that every yielded JPEG exists.
+            max_image_pixels: data.max_image_pixels; images whose <size> is larger are refused now (None: Pillow's
+                limit, data/images.py).
 
         Raises:
-            DataError: missing set list, malformed XML, unknown class name, missing image file.
+            DataError: missing set list, malformed XML, unknown class name, missing image file, an image listed
+                twice (field "ImageSets": one picture under two ids), an image above the pixel limit.
             ConfigError: malformed `sets`, subset < 1.
         """
         self.root = Path(root)
         self.sets = normalize_sets(sets)
         self.train = train
         self.transform = transform
+        self.max_image_pixels = max_image_pixels
         self.json_path = f"{self.root} sets {[f'{y}_{s}' for y, s in self.sets]}"
         self.class_names = ["__background__", *VOC_CLASSES]
         self.num_classes = len(self.class_names)
@@ -224,6 +229,7 @@ class VocDetection(DetectionDataset):
         summary = VocSummary(self.json_path)
         self._images: dict[int, _VocImage] = {}
         candidates: list[int] = []
+        listed: dict[tuple[int, str], Path] = {}  # (year, name) -> the ImageSets file that listed it first
         for year, split in self.sets:
             base = self.root / f"VOC{year}"
             listing = base / "ImageSets" / "Main" / f"{split}.txt"
@@ -234,6 +240,17 @@ class VocDetection(DetectionDataset):
                 )
             names = [line.split()[0] for line in listing.read_text().splitlines() if line.strip()]
             for name in names:
+                if (year, name) in listed:
+                    # One picture under two ids: evaluation would score each copy's detections against the other
+                    # copy's objects too, and training would weigh it twice (the COCO rule, data/validate.py).
+                    raise DataError(
+                        f"image {year}/{name} is listed twice (in {listed[(year, name)]} and {listing}); list each "
+                        "image once (check data.voc_train_sets / data.voc_val_sets and the ImageSets files)",
+                        path=str(listing),
+                        image_id=f"{year}/{name}",
+                        field="ImageSets",
+                    )
+                listed[(year, name)] = listing
                 image_id = summary.images_total
                 summary.images_total += 1
                 image = self._load(base, year, name, label_of, summary)
@@ -253,6 +270,7 @@ class VocDetection(DetectionDataset):
             )
         self.image_ids = self.select_subset(candidates, subset, subset_seed)
         self.image_names = {i: self._images[i].name for i in self.image_ids}
+        self.check_pixel_limit()
         if check_files:
             self.check_files("check data.voc_root")
         summary.images_used, summary.subset = len(self.image_ids), subset

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from scratchdet.distributed import SINGLE, DistContext, all_gather, main_first
-from scratchdet.errors import CheckpointError
-from scratchdet.files import atomic_write, atomic_write_bytes
+from scratchdet.errors import CheckpointError, OutputError
+from scratchdet.files import atomic_write, atomic_write_bytes, free_bytes
 from scratchdet.run_folder import POINTER, checkpoint_name
 
 # Temp files of files.atomic_write: "." + final name + "." + random part + ".tmp".
@@ -88,10 +88,13 @@ def save_checkpoint(folder: str | Path, iteration: int, state: dict) -> Path:
         atomic_write(path, lambda f: torch.save(state, f))
         step = f"moving {POINTER} to"
         atomic_write_bytes(pointer, path.name.encode())
-    except (OSError, RuntimeError) as e:  # torch.save reports a failed write (e.g. ENOSPC) as RuntimeError
+    except (OSError, RuntimeError, OutputError) as e:  # torch.save reports ENOSPC as RuntimeError
+        cause = e.__cause__ if isinstance(e, OutputError) and e.__cause__ is not None else e
+        free = free_bytes(folder)
+        space = f"{free:,} bytes free" if free is not None else "free space unknown"
         raise CheckpointError(
-            f"{step} checkpoint {path} failed ({type(e).__name__}: {e}); {kept}. Fix the cause (full disk? "
-            "read-only folder?) and rerun with resume=true"
+            f"{step} checkpoint {path} failed ({type(cause).__name__}: {cause}; {space}); {kept}. Fix the cause "
+            "(full disk? read-only folder?) and rerun with resume=true"
         ) from None
     return path
 
@@ -143,11 +146,17 @@ def estimate_checkpoint_bytes(model: torch.nn.Module) -> int:
 
 
 def planned_checkpoints(start_iter: int, end_iter: int, period: int, extra: list[int] | tuple = ()) -> int:
-    """How many checkpoints a run from `start_iter` to `end_iter` writes (the trainer keeps all of them)."""
+    """How many checkpoints a run from `start_iter` to `end_iter` writes (the trainer keeps all of them).
+
+    `period` 0 means no periodic checkpoints (train.checkpoint_period=0: only the end and `extra`), as the loop's
+    `due` reads it; validate_config refuses negative periods.
+    """
     if end_iter <= start_iter:
         return 0
-    first = (start_iter // period + 1) * period
-    marks = set(range(first, end_iter + 1, period)) | {end_iter} | {e for e in extra if start_iter < e <= end_iter}
+    marks = {end_iter} | {e for e in extra if start_iter < e <= end_iter}
+    if period > 0:
+        first = (start_iter // period + 1) * period
+        marks |= set(range(first, end_iter + 1, period))
     return len(marks)
 
 

@@ -15,12 +15,13 @@ from __future__ import annotations
 import contextlib
 import io
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from scratchdet.data.validate import clean_eval_segmentations, raise_first
+from scratchdet.data.validate import clean_eval_segmentations, fix_num_keypoints, raise_first
 from scratchdet.errors import ConfigError
 
 BACKENDS = ("pycocotools", "faster_coco_eval")
@@ -55,50 +56,111 @@ def cocoeval_stats(
         raise ConfigError(f"eval.coco_backend={backend!r} is not a COCO metric backend; choose one of {BACKENDS}")
     if iou_type not in IOU_TYPES:
         raise ValueError(f"iou_type {iou_type!r} is not one of {IOU_TYPES}")
-    coco_gt = metric_ground_truth(coco_gt, iou_type)
+    view = metric_view(coco_gt, iou_type)
+    results, cat_ids = view.map_results(results), view.map_cat_ids(cat_ids)
     if backend == "pycocotools":
-        return _pycocotools_stats(coco_gt, results, iou_type, image_ids, cat_ids, kpt_oks_sigmas)
-    return _faster_stats(coco_gt, results, iou_type, image_ids, cat_ids, kpt_oks_sigmas)
+        return _pycocotools_stats(view.gt, results, iou_type, image_ids, cat_ids, kpt_oks_sigmas)
+    return _faster_stats(view.gt, results, iou_type, image_ids, cat_ids, kpt_oks_sigmas)
 
 
-_MAX_ANN_ID = 2**31 - 1  # every metric implementation stores ids this large exactly
+_MAX_ID = 2**31 - 1  # every metric implementation stores ids this large exactly
+
+
+@dataclass(frozen=True)
+class MetricView:
+    """The ground truth a metric library can score, and how results and category lists map onto it.
+
+    Attributes:
+        gt: the dataset's COCO index itself, or a copy with renumbered annotation and/or category ids.
+        cat_map: dataset category id -> the id in `gt`; None when category ids are unchanged.
+    """
+
+    gt: COCO
+    cat_map: dict[int, int] | None = None
+
+    def map_results(self, results: list[dict]) -> list[dict]:
+        """Results with their category ids in `gt`'s numbering (new dicts; the caller's are untouched). A category
+        the ground truth does not have becomes 0, which no renumbered category has: COCOeval ignores it, as it
+        ignores an unknown id."""
+        if self.cat_map is None:
+            return results
+        return [{**r, "category_id": self.cat_map.get(r["category_id"], 0)} for r in results]
+
+    def map_cat_ids(self, cat_ids: Sequence[int] | None) -> list[int] | None:
+        """A category list (COCOeval params.catIds) in `gt`'s numbering."""
+        if cat_ids is None or self.cat_map is None:
+            return None if cat_ids is None else list(cat_ids)
+        return [self.cat_map[c] for c in cat_ids]
 
 
 def metric_ground_truth(coco_gt: COCO, iou_type: str = "bbox") -> COCO:
-    """The ground truth COCOeval can score: `coco_gt` itself, or a copy whose annotation ids start at 1.
+    """The ground truth COCOeval can score (`metric_view(coco_gt, iou_type).gt`)."""
+    return metric_view(coco_gt, iou_type).gt
+
+
+def metric_view(coco_gt: COCO, iou_type: str = "bbox") -> MetricView:
+    """The ground truth COCOeval can score: `coco_gt` itself, or a copy whose annotation and/or category ids are
+    renumbered; results and category lists go through the view's maps (`map_results`, `map_cat_ids`).
 
     For "segm", every annotation must also have a region pycocotools can rasterize: polygons of fewer than 3
     points are dropped from `coco_gt` in place (they enclose nothing; data/validate.py), and an annotation left
     without a region raises DataError, naming it, instead of a pycocotools traceback (or, in faster-coco-eval, a
     different score for the same file). Datasets loaded for mask evaluation were checked this way already.
 
-    COCOeval records each match as the matched ground truth's annotation id in a zero-initialised array and treats
-    a 0 there as "unmatched" (pycocotools `evaluateImg`/`accumulate`; faster-coco-eval follows it), so a detection
-    matched to an annotation with id 0 counts as a false positive: three perfect boxes with ids 0, 1, 2 score 44 AP
-    instead of 100 (cocoapi#507). faster-coco-eval also keeps ids in 64-bit integers, and 64-bit hash ids
-    (>= 2**63) score 0 AP there. So whenever an id lies outside 1..2**31-1 the ids are renumbered 1..N in their
-    order; results never refer to annotation ids, so nothing else changes. The copy (shallow: annotation dicts
-    copied, their geometry shared) is built once per index and cached on it.
+    For "keypoints", `num_keypoints` (which COCOeval reads to decide whom it scores, and which a missing field
+    turns into a KeyError) is set in place to the number of labelled keypoints of every annotation of a category
+    with keypoint names (data/validate.py `fix_num_keypoints`; keypoint datasets did so when they loaded).
+
+    Annotation ids: COCOeval records each match as the matched ground truth's annotation id in a zero-initialised
+    array and treats a 0 there as "unmatched" (pycocotools `evaluateImg`/`accumulate`; faster-coco-eval follows
+    it), so a detection matched to an annotation with id 0 counts as a false positive: three perfect boxes with ids
+    0, 1, 2 score 44 AP instead of 100 (cocoapi#507). faster-coco-eval also keeps ids in 64-bit integers, and
+    64-bit hash ids (>= 2**63) score 0 AP there. Category ids beyond 2**31 - 1 (64-bit hash ids some exporters
+    write) make a category vanish from COCO AP in both backends (ids 2**31+7 and 2**63+3: a detector perfect on
+    one of two categories scores 100 or 0 instead of 50). So whenever an annotation (category) id lies outside
+    1..2**31-1, the annotation (category) ids are renumbered 1..N in their order, which changes no number; results
+    never refer to annotation ids, and their category ids are mapped with `cat_map` (results written to a run
+    folder keep the dataset's ids). The copy (shallow: dicts copied, geometry shared) is built once per index and
+    cached on it.
     """
     anns = coco_gt.dataset.get("annotations", [])
     if iou_type == "segm":
         problems, _ = clean_eval_segmentations(anns)
         raise_first(problems, getattr(coco_gt, "source_path", "the ground truth"))
-    ids = [ann["id"] for ann in anns]
-    if all(1 <= i <= _MAX_ANN_ID for i in ids):
-        return coco_gt
-    cached = getattr(coco_gt, "_scratchdet_shifted_ids", None)
-    if cached is not None and cached[0] == (id(anns), len(anns)):
+    if iou_type == "keypoints":
+        counts = {c: len(cat["keypoints"]) for c, cat in coco_gt.cats.items() if cat.get("keypoints")}
+        fix_num_keypoints(anns, counts)
+    ann_ids = [ann["id"] for ann in anns]
+    cat_ids = sorted(coco_gt.cats)
+    renumber_anns = not all(1 <= i <= _MAX_ID for i in ann_ids)
+    renumber_cats = not all(1 <= c <= _MAX_ID for c in cat_ids)
+    if not (renumber_anns or renumber_cats):
+        return MetricView(coco_gt)
+    key = (id(anns), len(anns))
+    cached = getattr(coco_gt, "_scratchdet_metric_view", None)
+    if cached is not None and cached[0] == key:
         return cached[1]
-    new_id = {old: rank for rank, old in enumerate(sorted(ids), start=1)}  # order kept, 1..N
+    new_ann = {old: new for new, old in enumerate(sorted(ann_ids), start=1)} if renumber_anns else None  # order kept
+    cat_map = {old: new for new, old in enumerate(cat_ids, start=1)} if renumber_cats else None
+    copied = []
+    for ann in anns:
+        ann = dict(ann)
+        if new_ann is not None:
+            ann["id"] = new_ann[ann["id"]]
+        if cat_map is not None:
+            ann["category_id"] = cat_map[ann["category_id"]]
+        copied.append(ann)
     dataset = dict(coco_gt.dataset)
-    dataset["annotations"] = [{**ann, "id": new_id[ann["id"]]} for ann in anns]
-    shifted = COCO()
-    shifted.dataset = dataset
+    dataset["annotations"] = copied
+    if cat_map is not None:
+        dataset["categories"] = [{**cat, "id": cat_map[cat["id"]]} for cat in coco_gt.dataset.get("categories", [])]
+    renumbered = COCO()
+    renumbered.dataset = dataset
     with contextlib.redirect_stdout(io.StringIO()):
-        shifted.createIndex()
-    coco_gt._scratchdet_shifted_ids = ((id(anns), len(anns)), shifted)
-    return shifted
+        renumbered.createIndex()
+    view = MetricView(renumbered, cat_map)
+    coco_gt._scratchdet_metric_view = (key, view)
+    return view
 
 
 def _pycocotools_stats(coco_gt, results, iou_type, image_ids, cat_ids, kpt_oks_sigmas) -> np.ndarray:

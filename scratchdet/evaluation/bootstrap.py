@@ -22,16 +22,17 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from scratchdet.evaluation.backends import metric_ground_truth
+from scratchdet.evaluation.backends import metric_view
 
 
 def _evaluated(
     coco_gt: COCO, results: list[dict], iou_type: str, image_ids: Sequence[int], cat_ids: Sequence[int] | None
 ) -> COCOeval:
-    coco_gt = metric_ground_truth(coco_gt, iou_type)  # annotation ids COCOeval can represent
+    view = metric_view(coco_gt, iou_type)  # annotation and category ids COCOeval can represent
+    results, cat_ids = view.map_results(results), view.map_cat_ids(cat_ids)
     with contextlib.redirect_stdout(io.StringIO()):
-        coco_dt = coco_gt.loadRes(copy.deepcopy(results)) if results else COCO()
-        evaluator = COCOeval(coco_gt, coco_dt, iou_type)
+        coco_dt = view.gt.loadRes(copy.deepcopy(results)) if results else COCO()
+        evaluator = COCOeval(view.gt, coco_dt, iou_type)
         evaluator.params.imgIds = list(image_ids)
         if cat_ids is not None:
             evaluator.params.catIds = list(cat_ids)

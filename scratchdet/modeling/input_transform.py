@@ -8,9 +8,12 @@ a built detector applies, so that a weight file can be checked against it.
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes, resize_keypoints
 from torchvision.models.resnet import Bottleneck
 
 from scratchdet.weights.convention import INPUT_FORMATS, InputConvention
@@ -40,6 +43,37 @@ class InputConventionTransform(GeneralizedRCNNTransform):
             raise ValueError(f"input_format={input_format!r} is not valid; choose one of {', '.join(INPUT_FORMATS)}")
         self.input_format = input_format
         self.pixel_scale = float(pixel_scale)
+
+    def resize(self, image: torch.Tensor, target: dict | None = None) -> tuple[torch.Tensor, dict | None]:
+        """torchvision's resize, except that no side is resized to 0 px.
+
+        At test time torchvision scales by one factor and floors each side (interpolate with scale_factor and
+        recompute_scale_factor), so a very elongated image (400 x 2 px at min_size 96 / max_size 128: scale 0.32)
+        gets a 0-px side and interpolate raises. The training resize clamps each side to >= 1 px
+        (data/transforms.py `resized_shape`); here the same clamp applies where torchvision's size would be 0.
+        Every other image goes through torchvision's code unchanged, so its pixels and detections are
+        torchvision's to the bit. `postprocess` maps detections back with the actual resized size.
+        """
+        if self.training or self.fixed_size is not None:
+            return super().resize(image, target)
+        height, width = image.shape[-2:]
+        short, long = min(height, width), max(height, width)
+        scale = min(self.min_size[-1] / short, self.max_size / long)
+        # interpolate's output size for scale_factor with recompute_scale_factor=True: floor(side * scale).
+        size = [math.floor(height * scale), math.floor(width * scale)]
+        if min(size) >= 1:
+            return super().resize(image, target)
+        size = [max(side, 1) for side in size]
+        resized = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
+        if target is not None:  # an evaluation-mode forward with targets (losses are not computed in eval mode)
+            target = dict(target)
+            target["boxes"] = resize_boxes(target["boxes"], (height, width), resized.shape[-2:])
+            if "keypoints" in target:
+                target["keypoints"] = resize_keypoints(target["keypoints"], (height, width), resized.shape[-2:])
+            if "masks" in target:
+                masks = target["masks"][:, None].float()
+                target["masks"] = F.interpolate(masks, size=size)[:, 0].byte()
+        return resized, target
 
     def normalize(self, image: torch.Tensor) -> torch.Tensor:
         if not image.is_floating_point():

@@ -15,10 +15,17 @@ from pathlib import Path
 from omegaconf import MISSING
 
 from scratchdet.config import (
+    COUNT,
     DEPTHS,
+    FINITE,
+    NON_NEGATIVE,
+    PERIOD,
+    POSITIVE,
+    SEED,
     CommandLineWins,
+    NumberRule,
     _choice,
-    _positive,
+    check_numbers,
     command_line_wins,
     load_structured,
     validate_input_convention,
@@ -129,6 +136,48 @@ PRETRAIN_COMMAND_LINE_WINS: tuple[CommandLineWins, ...] = (
 )
 
 
+# Every numeric key of the pre-training config and its valid range (scratchdet/config.py check_numbers; the same
+# rules as the detection keys of the same name). data.synthetic_classes' upper end depends on the texture list.
+PRETRAIN_NUMBER_RULES: dict[str, NumberRule] = {
+    "seed": SEED,
+    "data.synthetic_train_images": COUNT,
+    "data.synthetic_val_images": COUNT,
+    "data.synthetic_classes": NumberRule(2, note="at least two classes to tell apart"),
+    "data.synthetic_size": COUNT,
+    "data.synthetic_seed": SEED,
+    "data.crop_size": COUNT,
+    "data.num_workers": NON_NEGATIVE,
+    "model.depth": COUNT,
+    "model.groups": COUNT,
+    "model.width_per_group": COUNT,
+    "model.stem_width": COUNT,
+    "model.gn_groups": COUNT,
+    "model.pixel_scale": POSITIVE,
+    "model.pixel_mean": FINITE,
+    "model.pixel_std": POSITIVE,
+    "solver.batch_size": COUNT,
+    "solver.base_lr": POSITIVE,
+    "solver.reference_batch": COUNT,
+    "solver.momentum": NumberRule(0, 1, high_open=True),
+    "solver.weight_decay": NON_NEGATIVE,
+    "solver.weight_decay_norm": NON_NEGATIVE,
+    "solver.step_epochs": POSITIVE,
+    "solver.gamma": NumberRule(0, 1, low_open=True),
+    "solver.warmup_iters": NumberRule(0, note="0 = no warm-up"),
+    "solver.warmup_factor": NumberRule(0, 1, low_open=True),
+    "solver.label_smoothing": NumberRule(0, 1, high_open=True),
+    "train.epochs": POSITIVE,
+    "train.iters": COUNT,
+    "train.max_iters": COUNT,
+    "train.checkpoint_period": PERIOD,
+    "train.log_period": PERIOD,
+    "train.num_threads": COUNT,
+    "eval.period": PERIOD,
+    "eval.max_images": NumberRule(1, note="null = every image"),
+    "eval.batch_size": COUNT,
+}
+
+
 def load_pretrain_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PretrainConfig:
     """Merges the YAML file at `path` and dotted `key=value` overrides over the defaults, then validates.
 
@@ -173,37 +222,8 @@ def validate_pretrain_config(cfg: PretrainConfig) -> None:
             f"train.epochs={t.epochs} and train.iters={t.iters}: give exactly one schedule length "
             "(e.g. train.epochs=100, or train.epochs=null train.iters=300)"
         )
-    for key in (
-        "data.crop_size",
-        "data.synthetic_train_images",
-        "data.synthetic_val_images",
-        "data.synthetic_size",
-        "model.stem_width",
-        "model.gn_groups",
-        "model.groups",
-        "model.width_per_group",
-        "solver.batch_size",
-        "solver.base_lr",
-        "solver.reference_batch",
-        "train.epochs",
-        "train.iters",
-        "train.max_iters",
-        "train.checkpoint_period",
-        "train.log_period",
-        "eval.max_images",
-        "eval.batch_size",
-    ):
-        section, name = key.split(".")
-        _positive(key, getattr(getattr(cfg, section), name))
+    check_numbers(cfg, PRETRAIN_NUMBER_RULES)
     if d.synthetic and not 2 <= d.synthetic_classes <= len(TEXTURE_CLASSES):
         raise ConfigError(f"data.synthetic_classes={d.synthetic_classes} must be in 2..{len(TEXTURE_CLASSES)}")
-    if not 0.0 <= s.label_smoothing < 1.0:
-        raise ConfigError(f"solver.label_smoothing={s.label_smoothing} must be in [0, 1)")
-    if s.warmup_iters < 0 or not 0.0 < s.warmup_factor <= 1.0:
-        raise ConfigError(
-            f"solver.warmup_iters={s.warmup_iters} must be >= 0 and solver.warmup_factor={s.warmup_factor} in (0, 1]"
-        )
-    if any(e <= 0 for e in s.step_epochs) or list(s.step_epochs) != sorted(s.step_epochs):
+    if list(s.step_epochs) != sorted(s.step_epochs):
         raise ConfigError(f"solver.step_epochs={list(s.step_epochs)} must be positive and ascending")
-    if cfg.eval.period < 0:
-        raise ConfigError(f"eval.period={cfg.eval.period} must be >= 0 (0 = evaluate only at the end)")

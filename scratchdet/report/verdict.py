@@ -309,7 +309,8 @@ def example_rows(
     names = {cat["id"]: cat["name"] for cat in val.coco.dataset.get("categories", [])}
     rows = []
     for image_id in val.image_ids[: min(n_images, first.scratch.last_eval.get("images") or n_images)]:
-        image = (read_image(val.image_file(image_id)).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+        pixels = read_image(val.image_file(image_id), max_pixels=val.max_image_pixels)  # the run's pixel limit
+        image = (pixels.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
         gt = [
             {"bbox": a["bbox"], "category_id": a["category_id"], "mask": val.coco.annToMask(a)}
             for a in val.coco.imgToAnns.get(image_id, [])

@@ -33,7 +33,7 @@ import yaml
 from omegaconf import MISSING
 from omegaconf.errors import OmegaConfBaseException
 
-from scratchdet.config import load_structured, override_keys
+from scratchdet.config import COUNT, NON_NEGATIVE, POSITIVE, NumberRule, check_numbers, load_structured, override_keys
 from scratchdet.errors import ConfigError
 
 
@@ -202,15 +202,27 @@ def load_study_spec(path: str | Path, overrides: list[str] | None = None) -> Stu
     return spec
 
 
+# Every numeric key of a study spec and its valid range (scratchdet/config.py check_numbers).
+SPEC_NUMBER_RULES: dict[str, NumberRule] = {
+    "schedules": NumberRule(0, low_open=True, text="positive multipliers"),
+    "train_sizes": NumberRule(1, text="positive image counts", note="null = the whole training set"),
+    "launcher.nodes": COUNT,
+    "launcher.tasks_per_node": COUNT,
+    "launcher.gpus_per_task": NumberRule(0, note="0 = CPU processes"),
+    "launcher.cpus_per_task": COUNT,
+    "launcher.max_parallel": COUNT,
+    "launcher.time_minutes": COUNT,
+    "launcher.mem_gb": POSITIVE,
+    "launcher.signal_delay_s": NON_NEGATIVE,
+    "launcher.images_per_second_per_device": POSITIVE,
+}
+
+
 def validate_spec(spec: StudySpec, path: str = "spec") -> None:
     launcher = spec.launcher
     if launcher.name not in LAUNCHERS:
         raise ConfigError(f"{path}: launcher.name={launcher.name!r}; choose one of {', '.join(LAUNCHERS)}")
-    for key in ("nodes", "tasks_per_node", "max_parallel", "time_minutes"):
-        if getattr(launcher, key) < 1:
-            raise ConfigError(f"{path}: launcher.{key} must be at least 1, got {getattr(launcher, key)}")
-    if launcher.gpus_per_task < 0:
-        raise ConfigError(f"{path}: launcher.gpus_per_task must be 0 (CPU) or more, got {launcher.gpus_per_task}")
+    check_numbers(spec, SPEC_NUMBER_RULES, prefix=f"{path}: ")
     if launcher.name == "local" and launcher.nodes != 1:
         raise ConfigError(f"{path}: launcher.name=local runs on this machine only; launcher.nodes must be 1")
     names = [a.name for a in spec.arms]
@@ -228,12 +240,10 @@ def validate_spec(spec: StudySpec, path: str = "spec") -> None:
                 f"{path}: arm {arm.name!r} sets checkpoint_key={arm.checkpoint_key!r} without weights=PATH; it names "
                 "the network to load from a weights file holding several"
             )
-    if not spec.schedules or any(n <= 0 for n in spec.schedules):
+    if not spec.schedules:
         raise ConfigError(f"{path}: schedules must be positive multipliers, got {list(spec.schedules)}")
     if len(set(spec.schedules)) != len(spec.schedules):
         raise ConfigError(f"{path}: schedules has duplicates: {list(spec.schedules)}")
-    if any(s is not None and s <= 0 for s in spec.train_sizes):
-        raise ConfigError(f"{path}: train_sizes must be positive image counts or null, got {list(spec.train_sizes)}")
     if len(set(spec.train_sizes)) != len(spec.train_sizes):
         # Two entries would plan two runs into one folder: trained once, counted (iterations, device-hours) twice.
         raise ConfigError(f"{path}: train_sizes has duplicates: {list(spec.train_sizes)}")

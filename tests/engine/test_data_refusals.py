@@ -96,3 +96,39 @@ def test_resume_and_eval_refuse_keypoints_in_another_order(tmp_path):
         DataError, match=r"keypoints of the training data .*\['a', 'b'\].* and of .*k.json \(\['b', 'a'\]\)"
     ):
         check_run_categories(tmp_path, swapped)
+
+
+def _contradicting_train_file(shapes_dir, tmp_path, kind):
+    """The training file with one of the contradictions loading refuses in every split (issue 24)."""
+    data = json.loads((shapes_dir / "instances_train.json").read_text())
+    if kind == "one_file_two_ids":
+        data["images"][1]["file_name"] = data["images"][0]["file_name"]
+    elif kind == "one_name_two_ids":
+        data["categories"].append({"id": 999, "name": data["categories"][0]["name"]})
+    elif kind == "segmentation_outside_box":
+        ann = next(a for a in data["annotations"] if isinstance(a.get("segmentation"), list) and not a["iscrowd"])
+        ann["segmentation"] = [[v / 1000 for v in poly] for poly in ann["segmentation"]]  # 0..1-ish units
+    else:  # an image above the pixel limit, by its annotated size (one without RLE masks, which carry a size)
+        rle = {a["image_id"] for a in data["annotations"] if isinstance(a.get("segmentation"), dict)}
+        next(img for img in data["images"] if img["id"] not in rle).update(width=20000, height=9100)
+    path = tmp_path / f"train_{kind}.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("one_file_two_ids", "both name the file"),
+        ("one_name_two_ids", "are both named"),
+        ("segmentation_outside_box", "describe different regions"),
+        ("too_many_pixels", "more than the limit of 178,956,970"),
+    ],
+)
+def test_train_refuses_a_file_that_contradicts_itself_before_writing_anything(shapes_dir, tmp_path, kind, message):
+    path = _contradicting_train_file(shapes_dir, tmp_path, kind)
+    run = tmp_path / "run"
+    overrides = {"train.max_iters": 1, "data.train.json": str(path), "data.gt_area": "file"}
+    with pytest.raises(DataError, match=message):
+        train(load_config(MINI_CONFIG, tiny_overrides(shapes_dir, run, **overrides)))
+    assert not run.exists()
