@@ -39,6 +39,7 @@ from scratchdet.study.jobs import (
 from scratchdet.study.outcome import JobOutcome, JobState
 from scratchdet.study.spec import LauncherSpec
 from scratchdet.study.status import StudyProgress, StudyThroughput
+from scratchdet.study.stopping import Stopper
 
 # squeue states of a job that will still run (or is running): it must not be submitted a second time.
 ACTIVE_STATES = {
@@ -55,15 +56,35 @@ def _not_run(graph: JobGraph, failed: str, outcome: dict[str, JobOutcome]) -> No
 # --- inprocess ----------------------------------------------------------------------------------------------------
 
 
-def launch_inprocess(graph: JobGraph, log: Callable[[str], None] = print) -> dict[str, JobOutcome]:
+def _not_needed(graph: JobGraph, stopper: Stopper, outcome: dict[str, JobOutcome], log: Callable[[str], None]) -> None:
+    """Marks every job without an outcome as not needed, records the decision and says it in one line."""
+    left = [j.id for j in graph.jobs if j.id not in outcome]
+    decision = stopper.record(left)
+    why = f"settled at {decision.schedule:g}x: {decision.reason}"
+    for job_id in left:
+        outcome[job_id] = JobOutcome(JobState.NOT_NEEDED, why)
+    hours = "" if decision.device_hours_not_spent is None else f", about {decision.device_hours_not_spent:.3g} "
+    log(
+        f"[study] stopping: the study's question is {why}; {len(left)} job(s) not run ({decision.iterations_not_run} "
+        f"iterations{hours + 'device-hours' if hours else ''}); rerun with stopping.enabled=false to train them"
+    )
+
+
+def launch_inprocess(
+    graph: JobGraph, log: Callable[[str], None] = print, stopper: Stopper | None = None
+) -> dict[str, JobOutcome]:
     """Runs every job here, in graph order; a failed job's dependents are not run. Returns {job id: outcome}.
 
     Raises:
         Preempted: SIGTERM/SIGINT; the running job checkpointed (rerun the same command to resume).
     """
     outcome: dict[str, JobOutcome] = {}
+    stopper = stopper or Stopper(graph, enabled=False)
     throughput, progress = StudyThroughput(), StudyProgress(graph.study_dir)
     for job in graph.jobs:
+        if stopper.check() is not None:
+            _not_needed(graph, stopper, outcome, log)
+            break
         if job.id in outcome:
             log(f"[study] {job.id}: {outcome[job.id]}")
             continue
@@ -194,7 +215,9 @@ def _tail(path: Path, lines: int = 25) -> str:
 PROGRESS_PERIOD_S = 60.0
 
 
-def launch_local(graph: JobGraph, launcher: LauncherSpec, log: Callable[[str], None] = print) -> dict[str, JobOutcome]:
+def launch_local(
+    graph: JobGraph, launcher: LauncherSpec, log: Callable[[str], None] = print, stopper: Stopper | None = None
+) -> dict[str, JobOutcome]:
     """Runs the graph on this machine, jobs in parallel as their dependencies finish, the job with the longest chain
     of work after it first (JobGraph.remaining_chain). Returns {job id: outcome}.
 
@@ -212,6 +235,8 @@ def launch_local(graph: JobGraph, launcher: LauncherSpec, log: Callable[[str], N
             "processes"
         )
     outcome = {j.id: JobOutcome(JobState.SKIPPED, "(finished)") for j in graph.jobs if is_finished(study_dir, j)}
+    stopper = stopper or Stopper(graph, enabled=False)
+    settled = False
     throughput = StudyThroughput()
     running: dict[str, tuple[subprocess.Popen | ForkedJob, list[str]]] = {}
     stop: list[int] = []
@@ -232,6 +257,8 @@ def launch_local(graph: JobGraph, launcher: LauncherSpec, log: Callable[[str], N
                 del running[job_id]
                 free_gpus += gpus
                 record = read_record(study_dir, job_id)
+                if settled and proc.returncode != 0:
+                    continue  # stopped by the decision: marked not needed below, its checkpoint kept
                 if proc.returncode == 0:
                     outcome[job_id] = JobOutcome.from_record(record.get("outcome")) or JobOutcome(JobState.FINISHED)
                 elif stop:
@@ -251,6 +278,16 @@ def launch_local(graph: JobGraph, launcher: LauncherSpec, log: Callable[[str], N
             if stop:
                 if not running:
                     raise Preempted(stop[0], -1, f"the run folders under {study_dir}")
+                time.sleep(0.2)
+                continue
+            if not settled and stopper.check() is not None:
+                settled = True
+                for proc, _ in running.values():
+                    _stop_job(proc)  # it checkpoints at its iteration boundary; a rerun without stopping resumes
+            if settled:
+                if not running:
+                    _not_needed(graph, stopper, outcome, log)
+                    break
                 time.sleep(0.2)
                 continue
             ready = [

@@ -26,6 +26,7 @@ class JobState(enum.Enum):
     FAILED = "failed"  # raised; the detail is the error
     NOT_RUN = "not run"  # a job it depends on failed
     STOPPED = "stopped"  # a stop request ended it after a checkpoint; rerun the study to go on
+    NOT_NEEDED = "not needed"  # the sequential study settled its question first (study/stopping.py)
 
 
 TRAINED_STATES = frozenset({JobState.TRAINED, JobState.RESUMED, JobState.CONTINUED})

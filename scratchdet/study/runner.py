@@ -24,6 +24,7 @@ from scratchdet.study.launchers import launch_inprocess, launch_local, submit_sl
 from scratchdet.study.plan import Plan, plan_study, run_config
 from scratchdet.study.spec import StudySpec, load_study_spec
 from scratchdet.study.status import status_json, study_status
+from scratchdet.study.stopping import DECISION_FILE, Stopper
 
 STATUS_FILE = "status.json"
 
@@ -185,7 +186,15 @@ def run_study(
             f"`scratchdet report {study_dir}`"
         )
         return study_dir
-    outcome = launch_local(graph, launcher) if launcher.name == "local" else launch_inprocess(graph)
+    stopper = Stopper(graph, enabled=spec.stopping.enabled)
+    decided = study_dir / DECISION_FILE
+    if decided.exists() and not spec.stopping.enabled:
+        decided.unlink()  # an earlier sequential launch stopped here; this one trains the rest
+        print(f"[study] stopping is off: removed {decided} of an earlier launch; the jobs it skipped run now")
+    if launcher.name == "local":
+        outcome = launch_local(graph, launcher, stopper=stopper)
+    else:
+        outcome = launch_inprocess(graph, stopper=stopper)
     for job_id, ended in outcome.items():  # so that `study status` and status.json show what this launch did
         update_record(study_dir, job_id, outcome=ended.to_record())
     # The same JSON as `scratchdet study status DIR --json`, kept beside the study as of the end of this launch.

@@ -32,7 +32,9 @@ FAILED = ("failed", "cancelled")
 class JobStatus:
     id: str
     kind: str
-    state: str  # finished | running | queued | waiting | requeued | preempted | failed | cancelled | not submitted
+    # finished | running | queued | waiting | requeued | preempted | failed | cancelled | not submitted | stopped |
+    # not needed (a sequential study settled its question before it: decision.json)
+    state: str
     scheduler_id: str | None
     iteration: int | None
     start_iter: int
@@ -136,13 +138,21 @@ def study_status(study_dir: str | Path) -> list[JobStatus]:
         except ScratchdetError:
             queue = None  # on a machine without SLURM the records still say what was submitted
     finished = {j.id for j in graph.jobs if is_finished(root, j)}
-    return [job_status(root, job, queue, finished) for job in graph.jobs]
+    statuses = [job_status(root, job, queue, finished) for job in graph.jobs]
+    from scratchdet.study.stopping import read_decision
+
+    decision = read_decision(root)
+    for status in statuses if decision is not None else []:
+        if status.id in decision.not_run and status.state != "finished":
+            status.state = "not needed"  # the sequential study settled its question first (decision.json)
+            status.error = None
+    return statuses
 
 
 def exit_code(statuses: list[JobStatus]) -> int:
     if any(s.state in FAILED for s in statuses):
         return 1
-    return 0 if all(s.state == "finished" for s in statuses) else 3
+    return 0 if all(s.state in ("finished", "not needed") for s in statuses) else 3
 
 
 def _duration(seconds: float | None) -> str:
