@@ -107,8 +107,11 @@ def test_spec_keys_outside_their_range_are_refused_naming_the_key():
         for value in _outside(rule):
             spec = StudySpec(name="s", base_config=str(MINI_CONFIG), output="out")
             *parents, name = key.split(".")
-            owner = spec.launcher if parents else spec
-            setattr(owner, name, [value] if isinstance(getattr(owner, name), list) else value)
+            owner = spec
+            for parent in parents:
+                owner = getattr(owner, parent)
+            listed = isinstance(getattr(owner, name), list) or key == "seeds"  # seeds: a list or null
+            setattr(owner, name, [value] if listed else value)
             with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
                 validate_spec(spec, "spec.yaml")
 

@@ -81,7 +81,8 @@ def launch_inprocess(
     outcome: dict[str, JobOutcome] = {}
     stopper = stopper or Stopper(graph, enabled=False)
     throughput, progress = StudyThroughput(), StudyProgress(graph.study_dir)
-    for job in graph.jobs:
+    order = sorted(range(len(graph.jobs)), key=lambda i: (stopper.level(graph.jobs[i]), i))
+    for job in (graph.jobs[i] for i in order):
         if stopper.check() is not None:
             _not_needed(graph, stopper, outcome, log)
             break
@@ -295,7 +296,8 @@ def launch_local(
                 for j in graph.jobs
                 if j.id not in outcome and j.id not in running and all(d in outcome and outcome[d].done for d in j.deps)
             ]
-            ready.sort(key=lambda j: -chain[j.id])  # stable: graph order among equals
+            # Stable: graph order among equals. With stopping on, shorter schedules first (Stopper.level).
+            ready.sort(key=lambda j: (stopper.level(j), -chain[j.id]))
             for job in ready:
                 processes = 1 if job.single_process else launcher.tasks_per_node
                 gpus_needed = processes * launcher.gpus_per_task

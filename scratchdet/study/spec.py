@@ -215,6 +215,8 @@ SPEC_NUMBER_RULES: dict[str, NumberRule] = {
     "launcher.mem_gb": POSITIVE,
     "launcher.signal_delay_s": NON_NEGATIVE,
     "launcher.images_per_second_per_device": POSITIVE,
+    "seeds": NumberRule(0, text="non-negative integers", note="null = one replicate, the base config's seed"),
+    "verdict.margin": NumberRule(0, low_open=True, text="a positive number of AP points"),
 }
 
 

@@ -58,6 +58,22 @@ class Stopper:
             self.schedule_of = _plan_schedules(self.study_dir)
             self.schedules = sorted(set(self.schedule_of.values()))
 
+    def level(self, job) -> float:
+        """The schedule a job serves first: a run's own; a trunk segment's, the shortest schedule forked at its end;
+        0 for a pre-training. With stopping on, the launchers run jobs in (level, graph order): every job's
+        dependencies have a lower or equal level, so this is a valid order, and each schedule's runs finish before
+        longer schedules spend anything, which is what lets a decision save compute."""
+        if not self.enabled or job.kind == "pretrain":
+            return 0.0
+        if job.path in self.schedule_of:
+            return self.schedule_of[job.path]
+        forked_at = [
+            self.schedule_of[j.path]
+            for j in self.graph.jobs
+            if j.fork and j.fork.get("trunk") == job.path and j.fork.get("iter") == job.end_iter
+        ]
+        return min(forked_at, default=max(self.schedules, default=0.0))
+
     def _complete(self, schedule: float) -> bool:
         runs = [j for j in self.graph.jobs if self.schedule_of.get(j.path) == schedule]
         return bool(runs) and all(is_finished(self.study_dir, j) for j in runs)

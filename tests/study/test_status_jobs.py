@@ -39,12 +39,17 @@ def run(name: str, end: int, start: int = 0, deps=()) -> Job:
     return Job(f"runs/{name}", "run", f"runs/{name}", "unused.yaml", [], start, end, deps=list(deps))
 
 
-def checkpoint(folder, iteration: int) -> None:
-    """What save_checkpoint leaves: the file and the pointer naming it (only the pointer is read)."""
+def checkpoint(folder, iteration: int, evaluated: bool = True) -> None:
+    """What the loop leaves after an iteration it checkpoints and evaluates: the checkpoint and the pointer naming it
+    (only the pointer is read), then the evaluation report of that iteration (unless `evaluated` is false: a kill
+    came between the two)."""
     f = RunFolder(folder)
     f.checkpoints.mkdir(parents=True, exist_ok=True)
     f.checkpoint(iteration).write_bytes(b"")
     f.pointer.write_text(checkpoint_name(iteration))
+    if evaluated:
+        f.eval_dir.mkdir(exist_ok=True)
+        f.eval_report(iteration).write_text(json.dumps({"iter": iteration}))
 
 
 def metrics(folder, *records: dict) -> None:
@@ -61,11 +66,15 @@ def by_id(statuses):
 # ------------------------------------------------------------------------------------------------ the finished rule
 
 
-def test_a_run_is_finished_when_its_checkpoint_reaches_its_end(tmp_path):
+def test_a_run_is_finished_when_its_checkpoint_reaches_its_end_and_that_iteration_is_evaluated(tmp_path):
     job = run("a", 10)
     assert not is_finished(tmp_path, job)
     checkpoint(tmp_path / job.path, 8)
     assert not is_finished(tmp_path, job)
+    checkpoint(tmp_path / job.path, 10, evaluated=False)  # killed between the final checkpoint and its evaluation
+    assert not is_finished(tmp_path, job)
+    (status,) = study_status(make_study(tmp_path, job).study_dir)
+    assert status.state != "finished" and status.iteration == 10
     checkpoint(tmp_path / job.path, 10)
     assert is_finished(tmp_path, job)
 
@@ -202,7 +211,8 @@ def test_a_running_record_whose_process_is_gone_reads_stopped(tmp_path):
 def test_segments_of_one_trunk_show_their_own_iterations(tmp_path):
     first, second = segment(2), segment(6, start=2, deps=["trunks/t@2"])
     make_study(tmp_path, first, second)
-    checkpoint(tmp_path / first.path, 4)  # the second segment is under way in the shared folder
+    checkpoint(tmp_path / first.path, 2)  # the first segment's end, evaluated
+    checkpoint(tmp_path / first.path, 4, evaluated=False)  # the second segment is under way in the shared folder
     metrics(tmp_path / first.path, *({"type": "train", "iter": i, "time_per_iter": 1.0} for i in range(1, 5)))
     statuses = by_id(study_status(tmp_path))
     assert statuses[first.id].state == "finished" and statuses[first.id].iteration == 2
