@@ -3,6 +3,8 @@
     PYTHONPATH=. .venv/bin/python benchmarks/step_ops.py --config configs/mini/mask_rcnn_R18_FPN_GN_scratch.yaml \
         --batches 2 8 --size 128 --steps torchvision fast
     PYTHONPATH=. .venv/bin/python benchmarks/step_ops.py --batches 2 8 --size 256 --amps none bf16
+    PYTHONPATH=. .venv/bin/python benchmarks/step_ops.py --config configs/mini/mask_rcnn_R18_FPN_GN_scratch.yaml \
+        --batches 2 --size 128 --classes 6 --steps torchvision fast --time 40   # seconds per iteration, A/B
 
 One iteration = the model's training forward on random images with random boxes and masks, the loss sum, backward
 and an SGD step, run under a `TorchDispatchMode` that sees every op the dispatcher runs (forward and backward: CPU
@@ -69,8 +71,10 @@ def would_sync(name: str, args, kwargs) -> bool:
         return _has_bool_index(args[1] if len(args) > 1 else kwargs.get("indices"))
     if name == "aten.repeat_interleave":
         # The Tensor overload computes its output size from the repeats' sum unless output_size is given.
-        return isinstance(args[0], torch.Tensor) and len(args) < 2 or (
-            kwargs.get("output_size") is None and isinstance(args[1] if len(args) > 1 else None, torch.Tensor)
+        return (
+            isinstance(args[0], torch.Tensor)
+            and len(args) < 2
+            or (kwargs.get("output_size") is None and isinstance(args[1] if len(args) > 1 else None, torch.Tensor))
         )
     return False
 
@@ -180,6 +184,31 @@ def count_step(
     }
 
 
+def time_steps(
+    config: Path, batch: int, size: int, steps: list[str], rounds: int, warmup: int = 3, amp: str = "none",
+    num_classes: int = 81, instances: int = 5, seed: int = 0, overrides: list[str] = (),
+) -> dict:  # fmt: skip
+    """Seconds per training iteration (`train_step`) of each model.step, alternating: each round runs every step once
+    on the same batch, the first step of the round alternating, so a shared machine's drifts hit all alike.
+
+    Returns {step: [seconds per round]} after `warmup` untimed rounds; every model starts from the same weights.
+    """
+    import time
+
+    models = {step: build(config, size, [f"model.step={step}", *overrides], num_classes, seed)[1:] for step in steps}
+    generator = torch.Generator().manual_seed(seed)
+    times: dict = {step: [] for step in steps}
+    for r in range(warmup + rounds):
+        images, targets = random_batch(batch, size, num_classes, instances, generator)
+        order = steps if r % 2 == 0 else steps[::-1]
+        for step in order:
+            tick = time.perf_counter()
+            train_step(*models[step], images, targets, amp)
+            if r >= warmup:
+                times[step].append(time.perf_counter() - tick)
+    return times
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=PAPER_CONFIG)
@@ -191,9 +220,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--instances", type=int, default=5, help="random boxes per image")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--time", type=int, default=0, help="instead of counting: time this many alternating rounds")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed rounds before --time's")
     parser.add_argument("--options", nargs="*", default=[], help="more config overrides, key=value")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.time:
+        import statistics
+
+        print("| config | batch | precision | model.step | rounds | median s/iter | quartiles |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        for amp in args.amps:
+            for batch in args.batches:
+                times = time_steps(args.config, batch, args.size, args.steps, args.time, args.warmup, amp,
+                                   args.classes, args.instances, overrides=args.options)  # fmt: skip
+                for step, t in times.items():
+                    q = statistics.quantiles(t, n=4)
+                    print(f"| {args.config.stem} | {batch} | {amp} | {step} | {len(t)} | {statistics.median(t):.4f} | "
+                          f"{q[0]:.4f}-{q[2]:.4f} |", flush=True)  # fmt: skip
+                if args.json:
+                    args.json.write_text(json.dumps({"batch": batch, "amp": amp, "times": times}))
+        return
     rows = []
     print("| config | batch | precision | model.step | aten ops | would-sync | which | param casts | other casts |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")

@@ -15,6 +15,8 @@ change only the training step; evaluation runs torchvision's code unchanged.
   image (a validity mask marks missing ones when an image has fewer candidates), a fixed `batch_size_per_image *
   positive_fraction` mask RoIs per image, mask targets by one RoIAlign of every image's ground-truth masks, losses
   as masked sums with torchvision's normalizers.
+- `FastMaskRCNN` / `FastFasterRCNN`: the training forward checks the boxes of the whole batch with one device-side
+  assertion instead of one host read per image.
 - `AutocastGroupNorm` (nn.GroupNorm): under autocast, GroupNorm in the autocast dtype (statistics in fp32 inside
   the kernel) instead of autocast's fp32 policy, so no activation is cast around it.
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.models.detection import FasterRCNN, MaskRCNN
 from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork, concat_box_prediction_layers
@@ -131,8 +134,12 @@ class FastRegionProposalNetwork(RegionProposalNetwork):
     instead of a list, which `FastRoIHeads` takes."""
 
     def filter_proposals_fixed(
-        self, proposals: Tensor, objectness: Tensor, image_sizes: list[tuple[int, int]], num_anchors_per_level: list[int]
-    ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+        self,
+        proposals: Tensor,
+        objectness: Tensor,
+        image_sizes: list[tuple[int, int]],
+        num_anchors_per_level: list[int],
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """torchvision's `filter_proposals` for all images at once.
 
         Args:
@@ -146,7 +153,9 @@ class FastRegionProposalNetwork(RegionProposalNetwork):
         num_images = proposals.shape[0]
         device = proposals.device
         objectness = objectness.detach().reshape(num_images, -1)
-        levels = torch.cat([torch.full((n,), i, dtype=torch.int64, device=device) for i, n in enumerate(num_anchors_per_level)])
+        levels = torch.cat(
+            [torch.full((n,), i, dtype=torch.int64, device=device) for i, n in enumerate(num_anchors_per_level)]
+        )
         top_n_idx = self._get_top_n_idx(objectness, num_anchors_per_level)  # (B, K): per level, batched over images
         scores = torch.sigmoid(objectness.gather(1, top_n_idx))
         levels = levels[top_n_idx]
@@ -160,7 +169,9 @@ class FastRegionProposalNetwork(RegionProposalNetwork):
         valid = (wh >= self.min_size).all(dim=2) & (scores >= self.score_thresh)
         k = boxes.shape[1]
         # One NMS for every (image, level) group; invalid boxes form a group of their own, suppressing nothing valid.
-        group = torch.where(valid, torch.arange(num_images, device=device)[:, None] * len(num_anchors_per_level) + levels, -1)
+        group = torch.where(
+            valid, torch.arange(num_images, device=device)[:, None] * len(num_anchors_per_level) + levels, -1
+        )
         group = group + 1
         kept = box_ops._batched_nms_coordinate_trick(  # not batched_nms: above 4000 boxes it loops over groups
             boxes.reshape(-1, 4).double(), scores.reshape(-1).double(), group.reshape(-1), self.nms_thresh
@@ -204,7 +215,9 @@ class FastRegionProposalNetwork(RegionProposalNetwork):
         # divided by the sampled count, both over the whole batch.
         sampled = (pos | neg).reshape(-1)
         count = sampled.sum().clamp(min=1)
-        bce = F.binary_cross_entropy_with_logits(objectness.flatten(), pos.reshape(-1).to(objectness.dtype), reduction="none")
+        bce = F.binary_cross_entropy_with_logits(
+            objectness.flatten(), pos.reshape(-1).to(objectness.dtype), reduction="none"
+        )
         loss_objectness = (bce * sampled).sum() / count
         box = F.smooth_l1_loss(pred_bbox_deltas, targets_reg, beta=1 / 9, reduction="none").sum(dim=1)
         loss_box = (box * pos.reshape(-1)).sum() / count
@@ -243,7 +256,6 @@ class FastRoIHeads(RoIHeads):
         if self.has_keypoint():
             raise ConfigError("model.step=fast has no keypoint head; use model.step=torchvision")
         boxes, valid = proposals
-        num_images = boxes.shape[0]
         gt, gt_valid = pad_per_image([t["boxes"].to(boxes.dtype) for t in targets])
         gt_labels, _ = pad_per_image([t["labels"] for t in targets])
         # add_gt_proposals: every image's ground truth joins its proposals (padded rows are not valid proposals).
@@ -266,7 +278,9 @@ class FastRoIHeads(RoIHeads):
         index, picked = first_k(pos | neg, self.fg_bg_sampler.batch_size_per_image)  # (B, S)
         rois = gather_rows(boxes, index)
         roi_labels = torch.where(picked, labels.gather(1, index), 0)
-        roi_targets = self.box_coder.encode_single(gather_rows(matched_boxes, index).reshape(-1, 4), rois.reshape(-1, 4))
+        roi_targets = self.box_coder.encode_single(
+            gather_rows(matched_boxes, index).reshape(-1, 4), rois.reshape(-1, 4)
+        )
 
         box_features = self.box_roi_pool(features, list(rois.unbind(0)), image_shapes)
         class_logits, box_regression = self.box_predictor(self.box_head(box_features))
@@ -289,7 +303,6 @@ class FastRoIHeads(RoIHeads):
         """maskrcnn_loss over a fixed number of positive RoIs per image (the sampler's positive quota): BCE of the
         RoI's class mask against its ground-truth mask pooled by one RoIAlign (project_masks_on_boxes), averaged
         over the real positives' pixels; 0 without positives, as torchvision's."""
-        num_images = rois.shape[0]
         quota = int(self.fg_bg_sampler.batch_size_per_image * self.fg_bg_sampler.positive_fraction)
         slot, is_pos = first_k(roi_labels > 0, quota)  # (B, Q) slots among the sampled RoIs
         mask_rois = gather_rows(rois, slot)
@@ -312,7 +325,6 @@ class FastRoIHeads(RoIHeads):
         logits = mask_logits.gather(1, mask_labels.reshape(-1)[:, None, None, None].expand(-1, 1, size, size))[:, 0]
         bce = F.binary_cross_entropy_with_logits(logits, mask_targets, reduction="none").mean(dim=(1, 2))
         weight = is_pos.reshape(-1).to(bce.dtype)
-        del num_images
         return (bce * weight).sum() / weight.sum().clamp(min=1)
 
 
@@ -333,6 +345,35 @@ class AutocastGroupNorm(nn.GroupNorm):
             return F.group_norm(x, self.num_groups, weight, bias, self.eps)
 
 
+class _FastTrainingForward:
+    """GeneralizedRCNN.forward for training without its per-image degenerate-box check (`if boxes.any()`: one host
+    wait per image); the check runs as one device-side assertion over the batch instead (`torch._assert_async`:
+    on a GPU a failure is a device-side assert at the next synchronization, not a Python exception)."""
+
+    def forward(self, images, targets=None):
+        if not self.training:
+            return super().forward(images, targets)
+        if targets is None:
+            raise ValueError("targets should not be None when in training mode")
+        images, targets = self.transform(images, targets)
+        boxes = torch.cat([t["boxes"] for t in targets])
+        torch._assert_async(
+            (boxes[:, 2:] > boxes[:, :2]).all(), "All bounding boxes should have positive height and width."
+        )
+        features = self.backbone(images.tensors)
+        proposals, proposal_losses = self.rpn(images, features, targets)
+        _, detector_losses = self.roi_heads(features, proposals, images.image_sizes, targets)
+        return {**detector_losses, **proposal_losses}
+
+
+class FastMaskRCNN(_FastTrainingForward, MaskRCNN):
+    """torchvision's MaskRCNN with the fast training forward (same modules and weights)."""
+
+
+class FastFasterRCNN(_FastTrainingForward, FasterRCNN):
+    """torchvision's FasterRCNN with the fast training forward (same modules and weights)."""
+
+
 def make_fast_(model: nn.Module) -> nn.Module:
     """Turns a torchvision Faster/Mask R-CNN built by build_detector into model.step=fast in place: the RPN and RoI
     heads become the Fast* subclasses (same modules, same weights), every nn.GroupNorm an AutocastGroupNorm.
@@ -342,6 +383,7 @@ def make_fast_(model: nn.Module) -> nn.Module:
     """
     if type(model.roi_heads) is not RoIHeads or model.roi_heads.has_keypoint():
         raise ConfigError("model.step=fast supports the mask_rcnn and faster_rcnn heads without cascade")
+    model.__class__ = FastMaskRCNN if isinstance(model, MaskRCNN) else FastFasterRCNN
     model.rpn.__class__ = FastRegionProposalNetwork
     model.roi_heads.__class__ = FastRoIHeads
     for module in model.modules():
