@@ -14,7 +14,8 @@ change only the training step; evaluation runs torchvision's code unchanged.
 - `FastRoIHeads` (RoIHeads): matching and sampling of all images at once, a fixed `batch_size_per_image` RoIs per
   image (a validity mask marks missing ones when an image has fewer candidates), a fixed `batch_size_per_image *
   positive_fraction` mask RoIs per image, mask targets by one RoIAlign of every image's ground-truth masks, losses
-  as masked sums with torchvision's normalizers.
+  as masked sums with torchvision's normalizers. The poolers become FixedShapeMultiScaleRoIAlign (roi_align.py):
+  every RoI pooled on every level, its own level kept by `torch.where`, no per-level selection.
 - `FastMaskRCNN` / `FastFasterRCNN`: the training forward checks the boxes of the whole batch with one device-side
   assertion instead of one host read per image.
 - `AutocastGroupNorm` (nn.GroupNorm): under autocast, GroupNorm in the autocast dtype (statistics in fp32 inside
@@ -37,6 +38,7 @@ from torchvision.ops import boxes as box_ops
 from torchvision.ops import roi_align
 
 from scratchdet.errors import ConfigError
+from scratchdet.modeling.roi_align import FixedShapeMultiScaleRoIAlign, MultiScaleRoIAlign
 
 BELOW_LOW = det_utils.Matcher.BELOW_LOW_THRESHOLD  # -1
 BETWEEN = det_utils.Matcher.BETWEEN_THRESHOLDS  # -2
@@ -386,6 +388,9 @@ def make_fast_(model: nn.Module) -> nn.Module:
     model.__class__ = FastMaskRCNN if isinstance(model, MaskRCNN) else FastFasterRCNN
     model.rpn.__class__ = FastRegionProposalNetwork
     model.roi_heads.__class__ = FastRoIHeads
+    for pool in (model.roi_heads.box_roi_pool, model.roi_heads.mask_roi_pool):
+        if type(pool) is MultiScaleRoIAlign:
+            pool.__class__ = FixedShapeMultiScaleRoIAlign
     for module in model.modules():
         if type(module) is nn.GroupNorm:
             module.__class__ = AutocastGroupNorm
