@@ -16,9 +16,9 @@ Would-sync ops (the CUDA implementation copies a device value to the host before
   reduces the suppression mask on the host), `bincount`;
 - a value read by Python: `_local_scalar_dense` (`.item()`, `bool(tensor)`, `int(tensor)`), `equal`, `is_nonzero`.
 
-Casts: `_to_copy` ops from one floating dtype to another, split into those whose input is a parameter (autocast's weight
-casts) and the rest (activations: under CPU autocast GroupNorm runs in fp32, so its input is cast up and the next
-convolution casts its output back down).
+Casts: `_to_copy` ops from one floating dtype to another, split into autocast's casts of the weights, their
+gradients' casts back to fp32 in the backward pass, and the rest (activations). CPU autocast runs GroupNorm in the
+low-precision dtype (it is on CUDA autocast's fp32 list, not CPU's), so casts around GroupNorm appear only on a GPU.
 
 Prints one markdown table row per (config, batch, precision, model.step) and, with --json, writes the counts.
 """
@@ -80,29 +80,41 @@ def would_sync(name: str, args, kwargs) -> bool:
 
 
 class OpCounter(TorchDispatchMode):
-    """Counts every op dispatched while active: `ops` (name -> count), `syncs` (would-sync name -> count), and the
-    dtype-changing `_to_copy` casts, split by whether the source is one of `params` (matched by storage pointer)."""
+    """Counts every op dispatched while active, per `phase` (set by the caller: forward, backward, optimizer):
+    `ops` ((phase, name) -> count), `syncs` (would-sync name -> count), and the floating-point `_to_copy` casts in
+    `casts`: "weights" (forward casts of a parameter, matched by storage pointer), "weight grads" (backward casts
+    to fp32 of a parameter-shaped tensor: the gradients of those casts), "other" (activations and the rest)."""
 
     def __init__(self, params=()):
         super().__init__()
+        params = list(params)
         self.param_ptrs = {p.data_ptr() for p in params}
+        self.param_shapes = {tuple(p.shape) for p in params}
+        self.phase = "forward"
         self.ops: collections.Counter = collections.Counter()
         self.syncs: collections.Counter = collections.Counter()
-        self.param_casts = 0
-        self.activation_casts = 0
+        self.casts: collections.Counter = collections.Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = f"{func.namespace}.{func._opname}"
-        self.ops[name] += 1
+        self.ops[(self.phase, name)] += 1
         if would_sync(name, args, kwargs):
             self.syncs[name.split(".", 1)[1] + ("[bool]" if "index" in name else "")] += 1
         dtype = kwargs.get("dtype")
-        if name == "aten._to_copy" and dtype is not None and dtype.is_floating_point and dtype != args[0].dtype:
-            if args[0].data_ptr() in self.param_ptrs:
-                self.param_casts += 1
+        if (
+            name == "aten._to_copy"
+            and dtype is not None
+            and dtype.is_floating_point
+            and args[0].is_floating_point()
+            and dtype != args[0].dtype
+        ):
+            if self.phase == "forward" and args[0].data_ptr() in self.param_ptrs:
+                self.casts["weights"] += 1
+            elif self.phase == "backward" and dtype == torch.float32 and tuple(args[0].shape) in self.param_shapes:
+                self.casts["weight grads"] += 1
             else:
-                self.activation_casts += 1
+                self.casts["other"] += 1
         return func(*args, **kwargs)
 
 
@@ -164,23 +176,34 @@ def count_step(
     """Op counts of one training iteration (the second one: the first builds caches such as anchors' and the
     poolers' scales, which a long run builds once).
 
-    Returns a dict: ops (total aten + torchvision ops), syncs (would-sync total), sync_ops (name -> count),
-    param_casts, activation_casts (floating-point `_to_copy` casts), top_ops (the 8 most frequent ops).
+    Returns a dict: ops (all aten + torchvision ops of the iteration), model_ops (forward + backward, without the
+    optimizer step: SGD on CPU runs per parameter, on CUDA as foreach ops), syncs (would-sync total), sync_ops
+    (name -> count), casts (kind -> floating-point `_to_copy` count, see OpCounter), top_ops (8 most frequent).
     """
     _, model, optimizer = build(config, size, [f"model.step={step}", *overrides], num_classes, seed)
     generator = torch.Generator().manual_seed(seed)
     train_step(model, optimizer, *random_batch(batch, size, num_classes, instances, generator), amp)
     images, targets = random_batch(batch, size, num_classes, instances, generator)
     counter = OpCounter(model.parameters())
-    with counter:
-        train_step(model, optimizer, images, targets, amp)
+    dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    with counter:  # train_step's work, phase by phase
+        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            losses = model(images, targets)
+        counter.phase = "backward"
+        sum(losses.values()).backward()
+        counter.phase = "optimizer"
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    names: collections.Counter = collections.Counter()
+    for (_, name), n in counter.ops.items():
+        names[name] += n
     return {
         "ops": sum(counter.ops.values()),
+        "model_ops": sum(n for (phase, _), n in counter.ops.items() if phase != "optimizer"),
         "syncs": sum(counter.syncs.values()),
         "sync_ops": dict(counter.syncs.most_common()),
-        "param_casts": counter.param_casts,
-        "activation_casts": counter.activation_casts,
-        "top_ops": dict(counter.ops.most_common(8)),
+        "casts": {k: counter.casts[k] for k in ("weights", "weight grads", "other")},
+        "top_ops": dict(names.most_common(8)),
     }
 
 
@@ -242,7 +265,10 @@ def main(argv: list[str] | None = None) -> None:
                     args.json.write_text(json.dumps({"batch": batch, "amp": amp, "times": times}))
         return
     rows = []
-    print("| config | batch | precision | model.step | aten ops | would-sync | which | param casts | other casts |")
+    print(
+        "| config | batch | precision | model.step | ops (all) | ops (fwd+bwd) | would-sync | which "
+        "| casts: weights / weight grads / other |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for amp in args.amps:
         for batch in args.batches:
@@ -252,8 +278,8 @@ def main(argv: list[str] | None = None) -> None:
                 )
                 which = ", ".join(f"{k} {v}" for k, v in r["sync_ops"].items())
                 print(
-                    f"| {args.config.stem} | {batch} | {amp} | {step} | {r['ops']} | {r['syncs']} | {which} | "
-                    f"{r['param_casts']} | {r['activation_casts']} |",
+                    f"| {args.config.stem} | {batch} | {amp} | {step} | {r['ops']} | {r['model_ops']} | {r['syncs']} "
+                    f"| {which} | {' / '.join(str(v) for v in r['casts'].values())} |",
                     flush=True,
                 )
                 rows.append({"config": str(args.config), "batch": batch, "amp": amp, "step": step, **r})
