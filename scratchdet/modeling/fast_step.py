@@ -213,6 +213,9 @@ class FastRegionProposalNetwork(RegionProposalNetwork):
         matched_gt = gather_rows(gt, matches.clamp(min=0)) if gt.shape[1] else torch.zeros_like(anchors)
         targets_reg = self.box_coder.encode_single(matched_gt.reshape(-1, 4), anchors.reshape(-1, 4))
         pos, neg = sample_batched(labels, self.fg_bg_sampler.batch_size_per_image, self.fg_bg_sampler.positive_fraction)
+        # Only positives' targets enter the loss; the others may encode a padded (zero) box as -inf, and 0 * inf
+        # would make the masked sum NaN.
+        targets_reg = torch.where(pos.reshape(-1, 1), targets_reg, 0.0)
         # torchvision's compute_loss: BCE mean over the sampled anchors, smooth L1 summed over the positive ones and
         # divided by the sampled count, both over the whole batch.
         sampled = (pos | neg).reshape(-1)
@@ -283,6 +286,8 @@ class FastRoIHeads(RoIHeads):
         roi_targets = self.box_coder.encode_single(
             gather_rows(matched_boxes, index).reshape(-1, 4), rois.reshape(-1, 4)
         )
+        # Only positive RoIs' targets enter the loss; a padded RoI or ground truth (a zero box) encodes as inf/NaN.
+        roi_targets = torch.where((roi_labels > 0).reshape(-1, 1), roi_targets, 0.0)
 
         box_features = self.box_roi_pool(features, list(rois.unbind(0)), image_shapes)
         class_logits, box_regression = self.box_predictor(self.box_head(box_features))

@@ -17,6 +17,7 @@ from torchvision.models.detection.rpn import RegionProposalNetwork
 from scratchdet.config import load_config
 from scratchdet.engine import trainer
 from scratchdet.engine.metrics import read_metrics
+from scratchdet.errors import ConfigError
 from scratchdet.modeling.detector import build_detector
 from scratchdet.modeling.fast_step import (
     AutocastGroupNorm,
@@ -173,3 +174,34 @@ def test_fast_step_trains_and_lowers_the_loss(shapes_dir, tmp_path):
     assert sum(losses[-5:]) < 0.7 * sum(losses[:5]), losses
     # The final evaluation ran torchvision's test path on the fast model (an untrained model may detect nothing).
     assert read_metrics(cfg.output, "eval")[-1]["images"] == 4
+
+
+@pytest.mark.parametrize("boxes_per_image", [(3, 0), (0, 0)])
+def test_fast_step_images_without_objects(tmp_path, boxes_per_image):
+    """An image without ground truth (all its RoIs background, no mask RoIs) and a batch without any: finite losses
+    and gradients, as torchvision's step gives."""
+    model = _fast_model(tmp_path).train()
+    generator = torch.Generator().manual_seed(3)
+    images, targets = [], []
+    for n in boxes_per_image:
+        images.append(torch.rand(3, 64, 80, generator=generator))
+        xy = torch.rand(n, 2, generator=generator) * 30
+        boxes = torch.cat([xy, xy + 10 + torch.rand(n, 2, generator=generator) * 30], dim=1)
+        masks = torch.zeros(n, 64, 80, dtype=torch.uint8)
+        masks[:, 20:40, 20:50] = 1
+        targets.append({"boxes": boxes, "labels": torch.ones(n, dtype=torch.int64), "masks": masks})
+    losses = model(images, targets)
+    assert set(losses) == {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask"}
+    total = sum(losses.values())
+    total.backward()
+    assert torch.isfinite(total)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    if sum(boxes_per_image) == 0:
+        assert losses["loss_mask"] == 0 and losses["loss_box_reg"] == 0 and losses["loss_rpn_box_reg"] == 0
+
+
+def test_fast_step_refuses_keypoint_and_cascade_models(tmp_path):
+    with pytest.raises(ConfigError):
+        _fast_model(tmp_path, "model.cascade=true")
+    with pytest.raises(ConfigError):
+        load_config(MINI_CONFIG, [f"output={tmp_path}", "model.step=quick"])
