@@ -135,8 +135,12 @@ def random_batch(batch: int, size: int, num_classes: int, instances: int, genera
     return images, targets
 
 
-def build(config: Path, size: int, overrides: list[str], num_classes: int, seed: int = 0):
-    """The config's detector at short side `size` (train mode) and an SGD optimizer over its trainable parameters."""
+def build(
+    config: Path, size: int, overrides: list[str], num_classes: int, seed: int = 0, per_level_pooling: bool = False
+):
+    """The config's detector at short side `size` (train mode) and an SGD optimizer over its trainable parameters;
+    `per_level_pooling` puts torchvision's per-level RoI selection back into a model.step=fast model (to measure
+    what the fixed-shape pooler costs)."""
     from scratchdet.config import load_config
     from scratchdet.modeling.detector import build_detector
 
@@ -153,6 +157,12 @@ def build(config: Path, size: int, overrides: list[str], num_classes: int, seed:
     )
     torch.manual_seed(seed)
     model = build_detector(cfg, num_classes).train()
+    if per_level_pooling:  # the stock per-level selection (a nonzero per level) in place of the fixed-shape pooler
+        from scratchdet.modeling.roi_align import MultiScaleRoIAlign
+
+        for pool in (model.roi_heads.box_roi_pool, getattr(model.roi_heads, "mask_roi_pool", None)):
+            if pool is not None:
+                pool.__class__ = MultiScaleRoIAlign
     params = [p for p in model.parameters() if p.requires_grad]
     return cfg, model, torch.optim.SGD(params, lr=1e-4, momentum=0.9)
 
@@ -218,7 +228,12 @@ def time_steps(
     """
     import time
 
-    models = {step: build(config, size, [f"model.step={step}", *overrides], num_classes, seed)[1:] for step in steps}
+    # "fast-perlevel": model.step=fast with torchvision's per-level RoI selection instead of the fixed-shape pooler.
+    models = {
+        step: build(config, size, [f"model.step={step.split('-')[0]}", *overrides], num_classes, seed,
+                    per_level_pooling=step.endswith("-perlevel"))[1:]
+        for step in steps
+    }  # fmt: skip
     generator = torch.Generator().manual_seed(seed)
     times: dict = {step: [] for step in steps}
     for r in range(warmup + rounds):
@@ -238,7 +253,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[2, 8])
     parser.add_argument("--size", type=int, default=256, help="square images of this side (pixels)")
     parser.add_argument("--amps", nargs="+", default=["none"], choices=["none", "bf16", "fp16"])
-    parser.add_argument("--steps", nargs="+", default=["torchvision"], choices=["torchvision", "fast"])
+    parser.add_argument(
+        "--steps", nargs="+", default=["torchvision"], choices=["torchvision", "fast", "fast-perlevel"],
+        help="model.step values; fast-perlevel (--time only): fast with torchvision's per-level RoI selection",
+    )  # fmt: skip
     parser.add_argument("--classes", type=int, default=81, help="object classes + background")
     parser.add_argument("--instances", type=int, default=5, help="random boxes per image")
     parser.add_argument("--threads", type=int, default=2)
