@@ -154,8 +154,8 @@ def test_fast_step_would_sync_ops_are_pinned():
 
     counts = {b: step_ops.count_step(MINI_CONFIG, b, 64, step="fast", num_classes=6) for b in (1, 3)}
     for b, result in counts.items():
-        # One NMS for the whole batch (torchvision's kernel returns a data-dependent count of kept boxes).
-        assert result["sync_ops"] == {"nms": 1}, (b, result["sync_ops"])
+        # One NMS per FPN level (P2-P6) over the whole batch: torchvision's kernel returns a data-dependent count.
+        assert result["sync_ops"] == {"nms": 5}, (b, result["sync_ops"])
     reference = step_ops.count_step(MINI_CONFIG, 3, 64, step="torchvision", num_classes=6)
     assert reference["syncs"] > 3 * counts[3]["syncs"]
 
