@@ -160,6 +160,11 @@ class ModelConfig:
     pixel_mean: list[float] | None = None
     pixel_std: list[float] | None = None
     stride_in_1x1: bool | None = None
+    # How a training step computes proposals, RoI sampling and GroupNorm under autocast: "torchvision" (its RPN and
+    # RoI heads, image by image with data-dependent sizes) or "fast" (modeling/fast_step.py: every image at once,
+    # fixed sizes, GroupNorm in the autocast dtype). Same boxes and the same sampling distribution, other random
+    # draws; "fast" becomes the default only once the learning tests show it learns as well (benchmarks/RESULTS.md).
+    step: str = "torchvision"
 
 
 @dataclass
@@ -581,6 +586,7 @@ def validate_config(cfg: Config) -> None:
     _choice("init", cfg.init, INITS)
     _choice("train.device", cfg.train.device, ("auto", "cpu", "cuda"))
     _choice("train.amp", cfg.train.amp, ("none", "bf16", "fp16"))
+    _choice("model.step", cfg.model.step, ("torchvision", "fast"))
     _choice("eval.coco_backend", cfg.eval.coco_backend, ("pycocotools", "faster_coco_eval"))
     _choice("data.gt_area", cfg.data.gt_area, ("check", "file", "geometry"))
     _choice("pretrained.norm_mismatch", cfg.pretrained.norm_mismatch, ("error", "skip_norm", "load_affine"))

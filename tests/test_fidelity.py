@@ -471,3 +471,13 @@ def test_input_convention_scratch_torchvision_pretrained_gn_file_detectrons(mode
     out = build_transform(pretrained).normalize(rgb.view(3, 1, 1)).flatten()
     torch.testing.assert_close(out, rgb.flip(0) * 255 - torch.tensor(detectron))
     assert not stride_in_1x1(build_backbone(pretrained).body)  # GN configs: RESNETS.STRIDE_1X1 False
+
+
+def test_training_step_default_is_torchvision(cfg, model):
+    # model.step=fast (modeling/fast_step.py) stays opt-in until the learning tests show it learns as well.
+    from torchvision.models.detection.roi_heads import RoIHeads
+    from torchvision.models.detection.rpn import RegionProposalNetwork
+
+    assert cfg.model.step == "torchvision"
+    assert type(model.rpn) is RegionProposalNetwork and type(model.roi_heads) is RoIHeads
+    assert all(type(m) is nn.GroupNorm for m in model.modules() if isinstance(m, nn.GroupNorm))

@@ -25,8 +25,10 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from scratchdet.config import Config
+from scratchdet.errors import ConfigError
 from scratchdet.modeling.backbones import ResNet
 from scratchdet.modeling.cascade import switch_to_cascade_
+from scratchdet.modeling.fast_step import make_fast_
 from scratchdet.modeling.init import init_detector_
 from scratchdet.modeling.input_transform import InputConventionTransform
 from scratchdet.modeling.keypoint_head import KeypointRCNNConvNormHead
@@ -169,4 +171,8 @@ def build_detector(cfg: Config, num_classes: int, num_keypoints: int | None = No
     if m.cascade and m.cascade_switch_iters is None:
         # Cascade heads from iteration 0; with cascade_switch_iters the trainer switches late (engine/trainer.py).
         switch_to_cascade_(model, m.cascade_fg_iou_threshs, m.cascade_bbox_reg_weights)
+    if m.step == "fast":  # fixed-size training step (fast_step.py); raises for keypoint and cascade models
+        if m.cascade:
+            raise ConfigError("model.step=fast has no cascade heads; use model.step=torchvision")
+        make_fast_(model)
     return model

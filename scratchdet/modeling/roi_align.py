@@ -166,3 +166,27 @@ class MultiScaleRoIAlign(_TorchvisionMultiScaleRoIAlign):
             pooled = roi_align(feature, rois[in_level], self.output_size, scale, self.sampling_ratio)
             result[in_level] = pooled.to(result.dtype)
         return result
+
+
+class FixedShapeMultiScaleRoIAlign(MultiScaleRoIAlign):
+    """MultiScaleRoIAlign (same arguments, same numbers) that in training pools every RoI on every level and keeps
+    each RoI's own level with `torch.where`, instead of selecting each level's RoIs with `torch.where(levels ==
+    level)` (a `nonzero` per level, so a host wait per level on a GPU). It pools 4x the RoIs (P2-P5): cheap next to
+    a host wait on a GPU, a cost on CPU (benchmarks/RESULTS.md, "A training step without host waits"). Evaluation
+    pools as MultiScaleRoIAlign. model.step=fast (fast_step.py) uses it for the box and mask heads."""
+
+    def forward(self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]) -> Tensor:
+        features = _filter_input(x, self.featmap_names)
+        if not self.training or len(features) == 1:
+            return super().forward(x, boxes, image_shapes)
+        if self.scales is None or self.map_levels is None:
+            self.scales, self.map_levels = _setup_scales(
+                features, image_shapes, self.canonical_scale, self.canonical_level
+            )
+        rois = _convert_to_roi_format(boxes)
+        levels = self.map_levels(boxes)[:, None, None, None]
+        result = None
+        for level, (feature, scale) in enumerate(zip(features, self.scales, strict=True)):
+            pooled = roi_align(feature, rois, self.output_size, scale, self.sampling_ratio)
+            result = pooled if result is None else torch.where(levels == level, pooled, result)
+        return result
