@@ -222,9 +222,7 @@ def match_table(evaluator: COCOeval) -> MatchTable:
             gt[i] = int(np.count_nonzero(np.asarray(e["gtIgnore"]) == 0))
         if not image:
             continue
-        categories.append(
-            _Category(np.concatenate(image), np.concatenate(scores), np.hstack(tp), np.hstack(fp), gt)
-        )
+        categories.append(_Category(np.concatenate(image), np.concatenate(scores), np.hstack(tp), np.hstack(fp), gt))
     return MatchTable(n_images, tuple(categories), n_t)
 
 

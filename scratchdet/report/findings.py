@@ -24,10 +24,10 @@ from scratchdet.report.results import (
     pretrained_arms,
     reference_arm,
     samples_of,
+    seed_means,
     size_images,
     sizes,
     smallest_sizes,
-    seed_means,
     sort_runs,
     study_arms,
     unusable_reason,
@@ -506,8 +506,14 @@ def grouped_findings(runs: list[RunData]) -> dict[str, list[str]]:
     if not runs:
         return {"Plan": ["The plan lists no runs."]}
     problems = problem_findings(runs)
+    seeds = sorted({r.seed for r in runs if getattr(r, "seed", None) is not None})
     runs = seed_means(runs)
     out: dict[str, list[str]] = {}
+    if seeds:
+        out["Schedules (Figs. 1, 3, 4)"] = [
+            f"Every value compared below is a mean over seeds {', '.join(map(str, seeds))} (each seed's run is in the "
+            "final AP table)."
+        ]
     several = len(sizes(runs)) > 1 or len({r.hparams for r in runs}) > 1
     for size in reversed(sizes(runs)):  # the full training set first, as in the paper
         hp = selected_hparams(runs, size)[0]

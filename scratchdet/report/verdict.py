@@ -17,7 +17,6 @@ seeds the sentence says that noise was not estimated; it never guesses.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -135,7 +134,9 @@ def gap_interval(reference, other) -> GapInterval | None:
         return None
     # Seeds alone: each run's AP constant over the replicates (its images not resampled).
     constant = np.ones((1, N_BOOT))
-    return two_level_gap(ref_full[:, None] * constant, other_full[:, None] * constant, ref_full, other_full, images=None)
+    return two_level_gap(
+        ref_full[:, None] * constant, other_full[:, None] * constant, ref_full, other_full, images=None
+    )
 
 
 def bootstrap_pair(scratch, pretrained) -> tuple[tuple[float, float] | None, int | None]:
@@ -224,9 +225,7 @@ def seeds_needed_words(iv: GapInterval, spread: results.SeedSpread) -> str:
     return f"{at} about {n} seeds per arm would resolve a {abs(iv.delta):.1f} AP gap at this test-set noise ({formula})"
 
 
-def _noise_words(
-    iv: GapInterval | None, names: tuple[str, str] = ("scratch", "pre-trained"), spread=None
-) -> str:
+def _noise_words(iv: GapInterval | None, names: tuple[str, str] = ("scratch", "pre-trained"), spread=None) -> str:
     """ "beyond test-set noise (95% interval +1.2 to +2.8 over 50 validation images; training noise not measured:
     one seed per arm)", naming the sources the interval covers and those it does not."""
     if iv is None:
@@ -235,7 +234,9 @@ def _noise_words(
     over = []
     if any(n >= 2 for n in iv.seeds):
         same = iv.seeds[0] == iv.seeds[1]
-        over.append(f"{iv.seeds[0]} seeds per arm" if same else f"{iv.seeds[0]} {names[0]} and {iv.seeds[1]} {names[1]} seeds")
+        over.append(
+            f"{iv.seeds[0]} seeds per arm" if same else f"{iv.seeds[0]} {names[0]} and {iv.seeds[1]} {names[1]} seeds"
+        )
     if iv.images_resampled:
         over.append(f"{iv.images} validation images")
     notes = []
