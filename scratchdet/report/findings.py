@@ -105,8 +105,9 @@ def _arm_runs(runs: list[RunData], size_label: str, hparams: str, arm: Arm) -> l
 
 
 def best_hparams(runs: list[RunData], size_label: str, arm: str) -> str | None:
-    """The setting of the arm's (spec name) best usable run at that size (over schedules), or None."""
-    run = best_run(r for r in runs if r.size_label == size_label and r.arm == arm)
+    """The setting of the arm's (spec name) best usable run at that size (over schedules; seed means where the
+    study has seeds), or None."""
+    run = best_run(r for r in seed_means(runs) if r.size_label == size_label and r.arm == arm)
     return run.hparams if run else None
 
 

@@ -319,7 +319,8 @@ def data_size_table(points: list[findings.SizePoint]) -> Table:
 
 def hparam_table(runs: list[RunData]) -> Table:
     """The hyper-parameter grid: best finished bbox AP per setting and arm, the best setting per arm, the one used
-    (`findings.selected_hparams`)."""
+    (`findings.selected_hparams`); with seeds, of the means over seeds."""
+    runs = results.seed_means(runs)
     arms = results.study_arms(runs)
     rows = []
     for size in results.sizes(runs):

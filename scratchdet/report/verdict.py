@@ -444,15 +444,19 @@ def example_rows(
     if not point:
         return []
     first = point[0]
-    runs = {first.scratch.arm: first.scratch, **{x.pretrained.arm: x.pretrained for x in point}}
+    # With seeds, each arm's first seed shows its detections (a mean over seeds has no detections of its own).
+    runs = {
+        first.scratch.arm: replicates(first.scratch)[0],
+        **{x.pretrained.arm: replicates(x.pretrained)[0] for x in point},
+    }
     paths = {arm: RunFolder(run.path).detections(run.last_eval["iter"]) for arm, run in runs.items()}
-    val = _val_ground_truth(first.scratch) if all(p.is_file() for p in paths.values()) else None
+    val = _val_ground_truth(runs[first.scratch.arm]) if all(p.is_file() for p in paths.values()) else None
     if val is None:
         return []
     detections = {arm: read_results(path) for arm, path in paths.items()}
     names = {cat["id"]: cat["name"] for cat in val.coco.dataset.get("categories", [])}
     rows = []
-    for image_id in val.image_ids[: min(n_images, first.scratch.last_eval.get("images") or n_images)]:
+    for image_id in val.image_ids[: min(n_images, runs[first.scratch.arm].last_eval.get("images") or n_images)]:
         image = (read_image(val.image_file(image_id)).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
         gt = [
             {"bbox": a["bbox"], "category_id": a["category_id"], "mask": val.coco.annToMask(a)}
