@@ -24,6 +24,7 @@ error: extrapolation beyond twice the longest measured schedule is not reported 
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -129,7 +130,7 @@ def arm_curve(runs: list, arm: str, up_to: float | None = None, seed: int = 0) -
         return ArmCurve(arm, schedules, full.mean(axis=0), None, len(seeds), None)
     mean = data.mean(axis=0)  # (J, B)
     if len(seeds) >= 2:
-        rng = np.random.default_rng(seed + 2)
+        rng = np.random.default_rng([seed, zlib.crc32(arm.encode())])  # each arm its own stream: independent seeds
         picks = rng.integers(0, len(seeds), size=(data.shape[2], len(seeds)))  # (B, S): one seed draw per replicate
         drawn = data[picks, :, np.arange(data.shape[2])[:, None]].mean(axis=1)  # (B, J)
         replicates = mean.T + math.sqrt(len(seeds) / (len(seeds) - 1)) * (drawn - mean.T)
@@ -214,7 +215,10 @@ def sentence(c: CatchUp) -> str:
         when = f"{s} comes within ±{c.margin:g} bbox AP of {p} at about {c.at:.1f}x"
     if c.at_ci95 is not None:
         when += f" (95% interval {_when(c.at_ci95[0], c.horizon)} to {_when(c.at_ci95[1], c.horizon)})"
-    gap = f"the predicted {p} - {s} gap at {c.target:g}x is {c.gap_at_target:+.1f}"
+    beyond = f"; further than {c.horizon:g}x, twice the longest measured one" if c.target > c.horizon else ""
+    gap = (
+        f"the predicted {p} - {s} gap at {c.target:g}x (the longest planned schedule{beyond}) is {c.gap_at_target:+.1f}"
+    )
     if c.gap_ci95 is not None:
         gap += f" (95% interval {c.gap_ci95[0]:+.1f} to {c.gap_ci95[1]:+.1f})"
     return f"{head}: {when}; {gap}."

@@ -153,6 +153,9 @@ def test_the_prediction_is_labelled_and_bounded_by_the_extrapolation_horizon(tmp
     text = catchup.sentence(found)
     assert text.startswith("PREDICTION (not a measurement;")
     assert f"scratch comes within ±0.5 bbox AP of pre-trained at about {18 / 5.5:.1f}x" in text
+    assert "gap at 6x (the longest planned schedule; further than 4x, twice the longest measured one) is -2.0" in text
+    # Each arm's seeds are resampled on their own: the same seed offsets in both arms do not cancel.
+    assert found.at_ci95[0] < found.at < found.at_ci95[1] and found.sources == "seeds resampled"
 
 
 # ---------------------------------------------------------------------------------------------------- decision
