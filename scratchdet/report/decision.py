@@ -101,10 +101,8 @@ def settled(study: Study, schedule: float) -> Decision:
         reasons = open_ or [f"caught up: {'; '.join(caught)}; out of reach: {'; '.join(out_of_reach)}"]
         return Decision(False, f"not settled at {schedule:g}x (margin {m:g} AP): " + "; ".join(reasons))
     if caught:
-        return Decision(
-            True, f"scratch is within {m:g} AP of every pre-trained arm at {schedule:g}x: " + "; ".join(caught),
-            "caught_up",
-        )  # fmt: skip
+        head = f"scratch is within {m:g} AP of (or ahead of) every pre-trained arm at {schedule:g}x: "
+        return Decision(True, head + "; ".join(caught), "caught_up")
     return Decision(
         True,
         f"scratch cannot come within {m:g} AP of every pre-trained arm by {longest:g}x (PREDICTION, a - b/N): "
