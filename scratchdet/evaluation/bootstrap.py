@@ -297,8 +297,9 @@ def _seed_level(rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
     Each replicate draws S seeds with replacement (independently per replicate and per arm) and keeps the drawn
     seeds' deviation from the all-seed mean at that image draw, scaled by sqrt(S / (S - 1)) so that its variance
-    is the unbiased s^2 / S rather than the plug-in (S - 1) / S * s^2 / S (Davison & Hinkley 1997, Sec. 3.8: the
-    top level's residuals are rescaled; with 3 seeds the plug-in variance is a third too small)."""
+    is the unbiased s^2 / S rather than the plug-in (S - 1) / S * s^2 / S: the modified residuals r / sqrt(1 - h) of
+    Davison & Hinkley 1997 (Sec. 6.2), with leverage h = 1 / S for a mean; with 3 seeds the plug-in variance is a
+    third too small."""
     n_seeds, n_boot = rows.shape
     mean = rows.mean(axis=0)
     if n_seeds < 2:
