@@ -225,7 +225,7 @@ def seeds_needed_words(iv: GapInterval, spread: results.SeedSpread) -> str:
     return f"{at} about {n} seeds per arm would resolve a {abs(iv.delta):.1f} AP gap at this test-set noise ({formula})"
 
 
-def _noise_words(iv: GapInterval | None, names: tuple[str, str] = ("scratch", "pre-trained"), spread=None) -> str:
+def noise_words(iv: GapInterval | None, names: tuple[str, str] = ("scratch", "pre-trained"), spread=None) -> str:
     """ "beyond test-set noise (95% interval +1.2 to +2.8 over 50 validation images; training noise not measured:
     one seed per arm)", naming the sources the interval covers and those it does not."""
     if iv is None:
@@ -301,7 +301,7 @@ def _clause(c: Comparison, two_arms: bool, spread=None) -> str:
         lead = f"{who} tie ({ap_p:.1f} vs {ap_s:.1f} bbox AP{means})"
     else:
         lead = f"{winner} leads {loser} by {shown:.1f} bbox AP ({ap_p:.1f} {p} vs {ap_s:.1f} {s}{means})"
-    text = f"{lead}, {_noise_words(c.interval, (s, p), spread)}"
+    text = f"{lead}, {noise_words(c.interval, (s, p), spread)}"
     return text if c.ci95 is None else f"{text}; {margin_words(c)}"
 
 
@@ -369,7 +369,7 @@ def _best_pretrained(found: list[Comparison], headline: list[Comparison]) -> str
             names = (results.arm_label(second.arm), results.arm_label(best.arm))
             sentence += (
                 f"; at {best.schedule:g}x on {_size_words(best)} {names[1]} leads "
-                f"{names[0]} by {gap:.1f} bbox AP, {_noise_words(iv, names)}"
+                f"{names[0]} by {gap:.1f} bbox AP, {noise_words(iv, names)}"
             )
     return sentence + "."
 

@@ -106,11 +106,11 @@ def test_equivalence_words_for_each_side_of_the_margin():
 def test_one_seed_per_arm_gives_the_image_only_interval_and_says_training_noise_was_not_measured():
     (iv,) = simulate(1.0, studies=1, seeds=1, seed_sd=0.3, image_sd=2.0, images=100)
     assert iv.ci95 == iv.image_ci95 and not iv.training_measured and iv.df == float("inf")
-    words = verdict._noise_words(iv)
+    words = verdict.noise_words(iv)
     assert "over 100 validation images; training noise not measured: one seed per arm" in words
     assert words.startswith(("beyond test-set noise (95% interval", "within test-set noise (95% interval"))
     (three,) = simulate(1.0, studies=1, seeds=3, seed_sd=0.3, image_sd=2.0, images=100)
-    words = verdict._noise_words(three)
+    words = verdict.noise_words(three)
     assert "training and test-set noise (95% interval" in words and "over 3 seeds per arm and 100 validation" in words
     assert "test-set noise alone: " in words
     assert three.ci95[1] - three.ci95[0] > three.image_ci95[1] - three.image_ci95[0]
@@ -122,7 +122,7 @@ def test_seeds_needed_to_resolve_a_gap():
     assert seeds_to_resolve(-0.6, 0.1, 0.3) == 3
     assert seeds_to_resolve(0.15, 0.1, 0.3) is None  # the images' noise alone covers a 0.15 gap
     (iv,) = simulate(0.8, studies=1, seeds=1, seed_sd=0.0, image_sd=2.0, images=100)
-    words = verdict._noise_words(iv, spread=verdict.results.SeedSpread(0.25, "docs/RESULTS.md"))
+    words = verdict.noise_words(iv, spread=verdict.results.SeedSpread(0.25, "docs/RESULTS.md"))
     expected = seeds_to_resolve(iv.delta, iv.image_se, 0.25)
     needed = f"about {expected} seeds per arm" if expected else "no number of seeds would resolve"
     assert "at the seed spread measured in docs/RESULTS.md (SD 0.25 AP) " + needed in words
