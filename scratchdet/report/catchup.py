@@ -101,7 +101,7 @@ def arm_curve(runs: list, arm: str, up_to: float | None = None, seed: int = 0) -
     """The arm's curve from its finished runs (seed means) with a final bbox AP, schedules up to `up_to`; None with
     fewer than two schedules. Replicates: the report's shared image draws (`verdict.resampled_aps`) when every run
     kept its detections on the same images, and the arm's seeds resampled jointly over schedules with the rescaling
-    of `evaluation.bootstrap._seed_level`; None when neither can be resampled."""
+    of `evaluation.bootstrap._seed_level` (deviations of the full-set APs); None when neither can be resampled."""
     cells = [
         m
         for m in results.seed_means([r for r in runs if r.arm == arm])
@@ -132,8 +132,8 @@ def arm_curve(runs: list, arm: str, up_to: float | None = None, seed: int = 0) -
     if len(seeds) >= 2:
         rng = np.random.default_rng([seed, zlib.crc32(arm.encode())])  # each arm its own stream: independent seeds
         picks = rng.integers(0, len(seeds), size=(data.shape[2], len(seeds)))  # (B, S): one seed draw per replicate
-        drawn = data[picks, :, np.arange(data.shape[2])[:, None]].mean(axis=1)  # (B, J)
-        replicates = mean.T + math.sqrt(len(seeds) / (len(seeds) - 1)) * (drawn - mean.T)
+        drawn = full[picks].mean(axis=1)  # (B, J): the drawn seeds' full-set APs, as `_seed_level` takes them
+        replicates = mean.T + math.sqrt(len(seeds) / (len(seeds) - 1)) * (drawn - full.mean(axis=0))
     else:
         replicates = mean.T
     keep = np.isfinite(replicates).all(axis=1)

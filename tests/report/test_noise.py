@@ -184,9 +184,8 @@ def test_with_one_seed_the_two_level_interval_is_the_paired_bootstraps(val_set):
 
 
 def test_the_seed_aware_interval_is_wider_than_the_image_only_one_by_what_the_seed_spread_says():
-    # SE^2 ~ image SE^2 + sum over arms of s^2 / n; the crossed resampling counts the seed x image interaction
-    # (here each run's own per-image noise, 2 / sqrt(100) = 0.2 AP per run) once more, so it errs wide: measured
-    # ratios 0.88 to 1.91 over 60 simulated studies, 1.07 on average when the seed SD is 1.0 and 1.53 when it is 0.
+    # SE^2 ~ image SE^2 + sum over arms of s^2 / n (the two levels' variances add, `two_level_gap`): measured
+    # ratios 0.85 to 1.18 over 60 simulated studies (seed SDs 0, 0.3 and 1.0 AP), the rest the replicates' own noise.
     ratios = []
     for sd in (0.0, 0.3, 1.0):
         for iv in simulate(1.0, studies=20, seeds=3, seed_sd=sd, image_sd=2.0, images=100, seed=7):
@@ -194,5 +193,5 @@ def test_the_seed_aware_interval_is_wider_than_the_image_only_one_by_what_the_se
             ratios.append(iv.se**2 / (iv.image_se**2 + seed_part))
             assert iv.ci95[1] - iv.ci95[0] > iv.image_ci95[1] - iv.image_ci95[0]
     print(f"SE^2 / (image SE^2 + seed part): {min(ratios):.2f} to {max(ratios):.2f}")
-    assert min(ratios) >= 0.8 and max(ratios) <= 2.0
-    assert np.mean(ratios[-20:]) == pytest.approx(1.0, abs=0.15)  # seeds dominate: the interaction is negligible
+    assert min(ratios) >= 0.8 and max(ratios) <= 1.25
+    assert np.mean(ratios) == pytest.approx(1.0, abs=0.05)

@@ -30,7 +30,7 @@ def test_a_seeded_mini_study_reports_its_seeds_and_an_interval_over_seeds_and_im
         "name": "seeded",
         "base_config": str(MINI_CONFIG),
         "output": str(tmp_path / "study"),
-        "overrides": tiny_study_overrides(shapes_dir, **common),
+        "overrides": [*tiny_study_overrides(shapes_dir, **{"model.box_score_thresh": 0.0}), "eval.max_images=8"],
         "schedules": [1, 2],
         "seeds": [0, 1, 2],
         "arms": [{"name": "scratch"}, {"name": "pretrained", "init": "pretrained", "weights": str(source)}],
@@ -49,7 +49,8 @@ def test_a_seeded_mini_study_reports_its_seeds_and_an_interval_over_seeds_and_im
     assert c.schedule == 2 and iv.seeds == (3, 3) and iv.images == 8 and iv.training_measured
     seed_part = sum(sd**2 / n for sd, n in zip(iv.seed_sd, iv.seeds, strict=True))
     print(f"2x: gap {iv.delta:+.2f}, SE {iv.se:.3f}, image SE {iv.image_se:.3f}, seed SDs {iv.seed_sd}")
-    assert 0.8 * (iv.image_se**2 + seed_part) <= iv.se**2 <= 2.0 * (iv.image_se**2 + seed_part)
+    # The two levels' variances add (evaluation/bootstrap.py `two_level_gap`), up to the replicates' own noise.
+    assert 0.75 * (iv.image_se**2 + seed_part) <= iv.se**2 <= 1.35 * (iv.image_se**2 + seed_part)
     assert iv.ci95[1] - iv.ci95[0] >= iv.image_ci95[1] - iv.image_ci95[0]
 
     page = html.unescape((study_dir / "report" / "report.html").read_text())
