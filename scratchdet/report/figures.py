@@ -19,7 +19,17 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from scratchdet.report.findings import CAUGHT_UP_AP, SizePoint
-from scratchdet.report.results import SEEN_KEYS, Arm, arm_label, pretrained_arms, reference_arm, samples_of, study_arms
+from scratchdet.report.results import (
+    SEEN_KEYS,
+    Arm,
+    arm_label,
+    pretrained_arms,
+    reference_arm,
+    samples_of,
+    seed_means,
+    study_arms,
+)
+from scratchdet.report.results import has_seeds as results_has_seeds
 
 if TYPE_CHECKING:
     from scratchdet.report.results import RunData
@@ -70,7 +80,8 @@ def _schedule_colors(runs: list[RunData]) -> dict[float, str]:
 
 
 def _legend_label(run: RunData) -> str:
-    return run.label if run.finished else f"{run.label} (unfinished)"
+    label = run.label if getattr(run, "seed", None) is None else f"{run.label} seed {run.seed}"
+    return label if run.finished else f"{label} (unfinished)"
 
 
 def learning_curves_figure(runs: list[RunData], title: str) -> Figure:
@@ -275,9 +286,20 @@ SCHEDULE_STYLES = ("-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)))
 def arms_curves_figure(runs: list[RunData], title: str) -> Figure:
     """Fig. 1 of the paper: bbox AP vs iterations, every arm on the same axes; one colour per arm (`arm_colors`),
     legends by spec arm name, one line style per schedule, each schedule's LR drops marked on its own curve (open
-    markers)."""
+    markers). With seed replicates each seed's run is a thin line (no legend entry) and the mean over seeds at the
+    evaluations every seed has (`results.MeanRun.curve`) the thick, labelled one."""
     fig = new_figure((9, 4.8))
     ax = fig.subplots()
+    seeded = results_has_seeds(runs)
+    if seeded:
+        arm_colours = arm_colors(study_arms(runs))
+        steps = sorted({r.schedule or 0.0 for r in runs})
+        for run in runs:
+            if run.seed is not None and (curve := run.curve("bbox")):
+                style = SCHEDULE_STYLES[steps.index(run.schedule or 0.0) % len(SCHEDULE_STYLES)]
+                ax.plot(*zip(*curve, strict=True), color=arm_colours[run.arm], linestyle=style, linewidth=0.6,
+                        alpha=0.5, label="_seed")  # fmt: skip
+        runs = seed_means(runs)
     schedules = sorted({r.schedule or 0.0 for r in runs})
     styles = {s: SCHEDULE_STYLES[i % len(SCHEDULE_STYLES)] for i, s in enumerate(schedules)}
     arms = [a.name for a in study_arms(runs)]
@@ -290,7 +312,9 @@ def arms_curves_figure(runs: list[RunData], title: str) -> Figure:
         xs, ys = zip(*curve, strict=True)
         color = colors[run.arm]
         label = f"{arm_label(run.arm)} {_legend_label(run)}"
-        ax.plot(xs, ys, color=color, linestyle=styles[run.schedule or 0.0], marker="o", markersize=2.5, label=label)
+        width = 2.2 if seeded else None  # the mean over seeds, drawn over its thin seed lines
+        ax.plot(xs, ys, color=color, linestyle=styles[run.schedule or 0.0], marker="o", markersize=2.5, label=label,
+                linewidth=width)  # fmt: skip
         for drop in run.lr_drops:  # the curve's value at the last evaluation before the drop
             before = [(x, y) for x, y in curve if x <= drop]
             if before:
@@ -303,7 +327,11 @@ def arms_curves_figure(runs: list[RunData], title: str) -> Figure:
     ax.grid(alpha=0.3)
     if drawn:
         ax.legend(fontsize=8, ncols=max(2, len(arms)), title="arm and schedule")
-    fig.suptitle(f"{title}\n(open triangles: the LR drops of that schedule, inferred from the logged LR)", fontsize=10)
+    seeds_note = "; thin lines: each seed, thick: their mean" if seeded else ""
+    fig.suptitle(
+        f"{title}\n(open triangles: the LR drops of that schedule, inferred from the logged LR{seeds_note})",
+        fontsize=10,
+    )
     return fig
 
 

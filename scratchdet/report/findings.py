@@ -24,6 +24,7 @@ from scratchdet.report.results import (
     pretrained_arms,
     reference_arm,
     samples_of,
+    seed_means,
     size_images,
     sizes,
     smallest_sizes,
@@ -104,13 +105,15 @@ def _arm_runs(runs: list[RunData], size_label: str, hparams: str, arm: Arm) -> l
 
 
 def best_hparams(runs: list[RunData], size_label: str, arm: str) -> str | None:
-    """The setting of the arm's (spec name) best usable run at that size (over schedules), or None."""
-    run = best_run(r for r in runs if r.size_label == size_label and r.arm == arm)
+    """The setting of the arm's (spec name) best usable run at that size (over schedules; seed means where the
+    study has seeds), or None."""
+    run = best_run(r for r in seed_means(runs) if r.size_label == size_label and r.arm == arm)
     return run.hparams if run else None
 
 
 def _selection(runs: list[RunData], size_label: str) -> tuple[str, str, RunData | None]:
     """(setting, why, the run it was selected on): see `selected_hparams`."""
+    runs = seed_means(runs)  # selected on each setting's mean over seeds, never on a lucky seed
     settings = sorted({r.hparams for r in runs if r.size_label == size_label})
     if len(settings) == 1:
         return settings[0], "the only setting", None
@@ -136,7 +139,8 @@ def selected_hparams(runs: list[RunData], size_label: str) -> tuple[str, str]:
     compare scratch at a different setting in each comparison, and the pre-trained arms with each other at
     different settings), and it still favours pre-training as the paper's rule does, so scratch catching up is not
     an artefact of tuning. The hyper-parameter findings say where another arm's own best setting differs. Every
-    section of the report (verdict, findings, figures, tables) uses this setting.
+    section of the report (verdict, findings, figures, tables) uses this setting. With seed replicates a setting is
+    judged by its runs' means over seeds (`results.seed_means`).
     """
     chosen, why, _ = _selection(runs, size_label)
     return chosen, why
@@ -154,7 +158,9 @@ class SizePoint:
 
 
 def size_points(runs: list[RunData]) -> list[SizePoint]:
-    """One point per size (smallest first), each arm at its best finished schedule under the selected setting."""
+    """One point per size (smallest first), each arm at its best finished schedule under the selected setting (a
+    seed mean, `results.MeanRun`, where the study has seeds)."""
+    runs = seed_means(runs)
     points = []
     arms = study_arms(runs)
     for size in sizes(runs):
@@ -492,10 +498,23 @@ def _own_best_clause(runs: list[RunData], size: str, chosen: str, arm: Arm) -> s
 
 def grouped_findings(runs: list[RunData]) -> dict[str, list[str]]:
     """All findings by topic, in the order of the paper: schedules (per data size), samples seen, data size,
-    hyper-parameters, then what is missing or unusable. Empty topics are left out."""
+    hyper-parameters, then what is missing or unusable. Empty topics are left out.
+
+    With seed replicates every comparison is between MEANS over seeds (`results.seed_means`; seeds are independent
+    replicates, so pairing seed k of one arm with seed k of another means nothing); a mean is usable when every one
+    of its replicates is. What is missing or unusable is said per replicate run.
+    """
     if not runs:
         return {"Plan": ["The plan lists no runs."]}
+    problems = problem_findings(runs)
+    seeds = sorted({r.seed for r in runs if getattr(r, "seed", None) is not None})
+    runs = seed_means(runs)
     out: dict[str, list[str]] = {}
+    if seeds:
+        out["Schedules (Figs. 1, 3, 4)"] = [
+            f"Every value compared below is a mean over seeds {', '.join(map(str, seeds))} (each seed's run is in the "
+            "final AP table)."
+        ]
     several = len(sizes(runs)) > 1 or len({r.hparams for r in runs}) > 1
     for size in reversed(sizes(runs)):  # the full training set first, as in the paper
         hp = selected_hparams(runs, size)[0]
@@ -510,7 +529,7 @@ def grouped_findings(runs: list[RunData]) -> dict[str, list[str]]:
             data += loss_findings([r for r in runs if r.hparams == hp], size)
         out["Training-set size (Figs. 7, 8)"] = data
     out["Hyper-parameters"] = hparam_findings(runs)
-    out["Missing or unusable runs"] = problem_findings(runs)
+    out["Missing or unusable runs"] = problems
     return {topic: lines for topic, lines in out.items() if lines}
 
 

@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from scratchdet.report import figures, findings, results, verdict
+from scratchdet.report import catchup, figures, findings, results, verdict
 from scratchdet.report.results import SEEN_KEYS, RunData, Study, load_study, metric_value
 
 AP_KEYS = ("AP", "AP50", "AP75")
@@ -85,43 +85,49 @@ def _run_note(run: RunData) -> str:
 
 
 def final_ap_table(runs: list[RunData]) -> Table:
-    """Tables 1-2: the last evaluation of every run (rows: arm, schedule, size, hparams; arm by spec name)."""
+    """Tables 1-2: the last evaluation of every run (rows: arm, schedule, size, hparams; arm by spec name). With seed
+    replicates every seed's run has its row (column "seed") and each (arm, size, hparams, schedule) a row "mean"
+    after them: the mean over its seeds of each metric (`results.MeanRun`), the number every comparison uses."""
+    seeded = results.has_seeds(runs)
     metric_headers = [f"{IOU_NAMES[t]} {k}" for t in IOU_NAMES for k in AP_KEYS]
     rows = []
-    for run in results.sort_runs(runs):
+
+    def row(run, seed_cell) -> list:
         last = run.last_eval
-        rows.append(
-            [
-                run.name,
-                run.arm,
-                run.label,
-                run.size_label,
-                run.hparams,
-                run.status,
-                last.get("iter") if last else None,
-                *[run.final(t, k) for t in IOU_NAMES for k in AP_KEYS],
-                run.init,
-                _run_note(run),
-            ]
+        cells = [run.name, run.arm, run.label, run.size_label, run.hparams]
+        cells += [seed_cell] if seeded else []
+        return [
+            *cells,
+            run.status,
+            last.get("iter") if last else None,
+            *[run.final(t, k) for t in IOU_NAMES for k in AP_KEYS],
+            run.init,
+            _run_note(run) if isinstance(run, RunData) else f"mean over seeds {', '.join(map(str, run.seeds))}",
+        ]
+
+    ordered = results.sort_runs(runs)
+    for i, run in enumerate(ordered):
+        rows.append(row(run, run.seed))
+        after = ordered[i + 1] if i + 1 < len(ordered) else None
+        if run.seed is not None and (after is None or results.cell_key(after) != results.cell_key(run)):
+            cell = [r for r in runs if r.seed is not None and results.cell_key(r) == results.cell_key(run)]
+            rows.append(row(results.MeanRun(cell), "mean"))
+    headers = ["run", "arm", "schedule", "train size", "hparams", *(["seed"] if seeded else [])]
+    note = (
+        "Unfinished runs (no 'end' record) show their last evaluation and are left out of the findings. Each run's "
+        "init.json was checked against its arm's init and weights before this report was written."
+    )
+    if seeded:
+        note += (
+            " Seed replicates: one row per seed, then their mean (seed 'mean'), the number the findings and the "
+            "verdict compare; a mean is usable when every seed is."
         )
     return Table(
         "final_ap",
         "Final AP per run (last evaluation; AP in %)",
-        [
-            "run",
-            "arm",
-            "schedule",
-            "train size",
-            "hparams",
-            "status",
-            "last eval iter",
-            *metric_headers,
-            "init",
-            "note",
-        ],
+        [*headers, "status", "last eval iter", *metric_headers, "init", "note"],
         rows,
-        "Unfinished runs (no 'end' record) show their last evaluation and are left out of the findings. Each run's "
-        "init.json was checked against its arm's init and weights before this report was written.",
+        note,
     )
 
 
@@ -313,7 +319,8 @@ def data_size_table(points: list[findings.SizePoint]) -> Table:
 
 def hparam_table(runs: list[RunData]) -> Table:
     """The hyper-parameter grid: best finished bbox AP per setting and arm, the best setting per arm, the one used
-    (`findings.selected_hparams`)."""
+    (`findings.selected_hparams`); with seeds, of the means over seeds."""
+    runs = results.seed_means(runs)
     arms = results.study_arms(runs)
     rows = []
     for size in results.sizes(runs):
@@ -410,8 +417,15 @@ def write_report(study_dir: str | Path) -> Path:
     arms = results.study_arms(runs)
     colors = figures.arm_colors(arms)
     compared = verdict.comparisons(study)
-    sentences = " ".join(html.escape(s) for s in verdict.verdict(compared, arms))
+    sentences = " ".join(html.escape(s) for s in verdict.verdict(compared, arms, results.seed_spread(study)))
     html_parts = [_header(study), f"<h2>Verdict</h2><p class='verdict'>{sentences}</p>"]
+    predictions = catchup.sentences(study)
+    if predictions:  # after the measured verdict, never in its place
+        html_parts.append(
+            "<h3>Catch-up prediction (a model's extrapolation, not a measurement)</h3><ul class='prediction'>"
+            + "".join(f"<li>{html.escape(line)}</li>" for line in predictions)
+            + "</ul>"
+        )
     main = results.main_size(runs) if runs else None
     if main is not None:
         hp = findings.selected_hparams(runs, main)[0]

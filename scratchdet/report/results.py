@@ -28,6 +28,10 @@ ARM_LABELS = {"pretrained": "pre-trained"}
 SEEN_KEYS = ("images", "instances", "pixels")
 
 
+# The verdict's equivalence margin when plan.json has none (study/spec.py VerdictSpec: the paper calls 41.3 vs 41.1
+# comparable and reads gaps of about 0.5 AP as the ones that decide).
+DEFAULT_MARGIN = 0.5
+
 # A drop of at least this factor between two logged LRs is an LR step (warm-up only ever raises the LR).
 LR_DROP_FACTOR = 0.5
 
@@ -124,6 +128,7 @@ class RunData:
     fork_iter: int | None = None  # where the run forked from its trunk (None: trained alone)
     init_path: Path | None = None  # the init.json init_record was read from (the trunk's for a fork without one)
     planned_weights: str | None = None  # the weights the plan gives the run's arm (None: scratch, or not known)
+    seed: int | None = None  # the replicate's seed (plan.json `seed`; None: the study has no seed axis)
 
     @property
     def device_hours(self) -> float | None:
@@ -255,6 +260,9 @@ class Study:
     iterations: dict
     pretrain: dict[str, dict]  # arm name -> summary of the pre-training run the study performed for it
     trunk_hours: dict[str, float | None] = field(default_factory=dict)  # trunk path -> its device-hours
+    margin: float = DEFAULT_MARGIN  # plan.json verdict.margin: AP points within which scratch is "no worse"
+    seeds: list[int] | None = None  # plan.json `seeds` (None: no seed axis)
+    stopping: dict = field(default_factory=dict)  # plan.json `stopping`
 
 
 def _dedup(records: list) -> list[dict]:
@@ -357,6 +365,7 @@ def load_run(root: Path, entry: dict, trunks: dict[str, Path], pretrain: dict | 
         fork_iter=fork_iter if trunk_dir is not None and isinstance(fork_iter, int) else None,
         init_path=init_path if init_record is not None else None,
         planned_weights=planned_weights(entry, root, pretrain or {}),
+        seed=entry.get("seed") if isinstance(entry.get("seed"), int) else None,
     )
 
 
@@ -405,6 +414,9 @@ def load_study(study_dir: str | Path) -> Study:
     for path in trunks.values():
         seconds = device_seconds(_dedup(read_metrics(path)))
         trunk_hours[str(path.relative_to(root))] = None if seconds is None else seconds / 3600
+    verdict_settings = plan.get("verdict") if isinstance(plan.get("verdict"), dict) else {}
+    margin = metric_value(verdict_settings.get("margin"))
+    seeds = plan.get("seeds") if isinstance(plan.get("seeds"), list) else None
     return Study(
         root,
         str(plan.get("name", root.name)),
@@ -413,6 +425,9 @@ def load_study(study_dir: str | Path) -> Study:
         plan.get("iterations") or {},
         pretrain,
         trunk_hours,
+        margin=margin if margin is not None and margin > 0 else DEFAULT_MARGIN,
+        seeds=seeds,
+        stopping=plan.get("stopping") if isinstance(plan.get("stopping"), dict) else {},
     )
 
 
@@ -484,10 +499,12 @@ def check_arms(study: Study) -> None:
 # ---------------------------------------------------------------------------------------------------- run queries
 
 
-def unusable_reason(run: RunData | None) -> str | None:
-    """Why a run cannot enter a comparison, or None when it can."""
+def unusable_reason(run: RunData | MeanRun | None) -> str | None:
+    """Why a run (or a seed mean: each replicate's reason) cannot enter a comparison, or None when it can."""
     if run is None:
         return "no such run in the plan"
+    if isinstance(run, MeanRun):
+        return "; ".join(reason for r in run.members if (reason := unusable_reason(r)) is not None) or None
     if not run.started:
         return f"{run.name} has no records"
     if not run.finished:
@@ -556,3 +573,206 @@ def smallest_sizes(runs: list[RunData]) -> list[str]:
     """The size(s) shown with training loss next to AP (Fig. 8): the smallest, or the two smallest of 4+ sizes."""
     ordered = sizes(runs)
     return ordered[:2] if len(ordered) > 3 else ordered[:1]
+
+
+# ---------------------------------------------------------------------------------------------------- seeds
+
+
+def cell_key(run) -> tuple:
+    """What seed replicates share: (arm, size label, hparams, schedule)."""
+    return (run.arm, run.size_label, run.hparams, run.schedule)
+
+
+def cell_name(run: RunData) -> str:
+    """A run's name without its seed: plan names replicates <arm>_<size>[_<hp>]_s<seed>_<N>x (study/plan.py), their
+    mean reads <arm>_<size>[_<hp>]_<N>x, the name the run would have without a seed axis."""
+    if run.seed is None:
+        return run.name
+    suffix = f"_s{run.seed}_"
+    at = run.name.rfind(suffix)
+    return run.name if at < 0 else run.name[:at] + "_" + run.name[at + len(suffix) :]
+
+
+def _mean(values: list[float | None]) -> float | None:
+    return None if not values or any(v is None for v in values) else sum(values) / len(values)
+
+
+def _mean_curve(curves: list[list[tuple[int, float]]]) -> list[tuple[int, float]]:
+    """The mean of several curves at the iterations all of them have."""
+    if not curves:
+        return []
+    common = set.intersection(*({i for i, _ in curve} for curve in curves))
+    values = [dict(curve) for curve in curves]
+    return [(i, sum(v[i] for v in values) / len(values)) for i in sorted(common)]
+
+
+@dataclass
+class MeanRun:
+    """The mean over the seed replicates of one (arm, size, hparams, schedule): what the findings, the verdict and
+    Fig. 1's thick line compare (seeds are independent replicates: a mean per arm, never pairs of seeds across arms).
+
+    Reads like a `RunData` for the queries the findings and figures make: `final` is the mean of the replicates'
+    final metrics (None when any replicate has none), `curve` the mean at the iterations every replicate evaluated,
+    `finished` needs every replicate finished; counts (samples seen, schedule, LR drops) are the first replicate's,
+    the same for every seed of a cell. `members` are the replicates, by seed.
+    """
+
+    members: list[RunData]
+
+    def __post_init__(self) -> None:
+        self.members = sorted(self.members, key=lambda r: (r.seed is None, r.seed or 0))
+        first = self.members[0]
+        self.name, self.arm, self.init, self.schedule = cell_name(first), first.arm, first.init, first.schedule
+        self.size_label, self.train_size, self.hparams = first.size_label, first.train_size, first.hparams
+        self.overrides, self.path, self.max_iters = first.overrides, first.path, first.max_iters
+        self.plan_train_images, self.seed = first.plan_train_images, None
+
+    @property
+    def seeds(self) -> list[int | None]:
+        return [r.seed for r in self.members]
+
+    @property
+    def label(self) -> str:
+        return schedule_label(self.schedule)
+
+    @property
+    def train_images(self) -> int | None:
+        return self.members[0].train_images
+
+    @property
+    def finished(self) -> bool:
+        return all(r.finished for r in self.members)
+
+    @property
+    def started(self) -> bool:
+        return any(r.started for r in self.members)
+
+    @property
+    def status(self) -> str:
+        states = {r.status for r in self.members}
+        return states.pop() if len(states) == 1 else "unfinished"
+
+    @property
+    def last_iter(self) -> int | None:
+        iters = [r.last_iter for r in self.members]
+        return None if any(i is None for i in iters) else min(iters)
+
+    @property
+    def last_eval(self) -> dict | None:
+        evals = [r.last_eval for r in self.members]
+        if any(e is None for e in evals):
+            return None
+        bad = next((e for e in evals if e.get("status", "ok") != "ok"), None)
+        if bad is not None:
+            return bad
+        return {"iter": min(e["iter"] for e in evals), "status": "ok", "images": evals[0].get("images")}
+
+    @property
+    def end(self) -> dict | None:
+        return self.members[0].end
+
+    def final(self, iou_type: str = "bbox", key: str = "AP") -> float | None:
+        return _mean([r.final(iou_type, key) for r in self.members])
+
+    def curve(self, iou_type: str = "bbox", key: str = "AP") -> list[tuple[int, float]]:
+        return _mean_curve([r.curve(iou_type, key) for r in self.members])
+
+    def loss_curve(self, key: str = "loss") -> list[tuple[int, float]]:
+        return _mean_curve([r.loss_curve(key) for r in self.members])
+
+    @property
+    def lr_drops(self) -> list[int]:
+        return self.members[0].lr_drops
+
+    @property
+    def seen(self) -> dict | None:
+        return self.members[0].seen
+
+    @property
+    def pretrain_seen(self) -> dict | None:
+        return self.members[0].pretrain_seen
+
+    @property
+    def init_record(self) -> dict | None:
+        return self.members[0].init_record
+
+    @property
+    def init_path(self) -> Path | None:
+        return self.members[0].init_path
+
+    @property
+    def device_hours(self) -> float | None:
+        """The replicates' device-hours together (each as if trained alone)."""
+        hours = [r.device_hours for r in self.members]
+        return None if any(h is None for h in hours) else sum(hours)
+
+
+def replicates(run) -> list[RunData]:
+    """The runs behind a run or a seed mean."""
+    return list(getattr(run, "members", [run]))
+
+
+def seed_means(runs: list) -> list:
+    """`runs` with the replicates of each (arm, size, hparams, schedule) replaced by their `MeanRun`, in the order
+    of each cell's first replicate; runs without a seed (no seed axis) are returned as they are, so a study without
+    seeds reads exactly as before."""
+    cells: dict[tuple, list[RunData]] = {}
+    out: list = []
+    for run in runs:
+        if getattr(run, "seed", None) is None:
+            out.append(run)
+            continue
+        key = cell_key(run)
+        if key not in cells:
+            cells[key] = []
+            out.append(key)
+        cells[key].append(run)
+    return [MeanRun(cells[item]) if isinstance(item, tuple) else item for item in out]
+
+
+def has_seeds(runs: list) -> bool:
+    return any(getattr(r, "seed", None) is not None for r in runs)
+
+
+# A seed spread measured elsewhere (e.g. the demo study run with 3 seeds, docs/RESULTS.md), for a study of one seed:
+# {"sd": AP points, "source": "where it was measured"} in the study folder.
+SEED_SPREAD_FILE = "seed_spread.json"
+
+
+@dataclass(frozen=True)
+class SeedSpread:
+    """A measured seed-to-seed spread: the SD of one run's final bbox AP over seeds (AP points), and where."""
+
+    sd: float
+    source: str
+
+
+def pooled_seed_sd(runs: list) -> tuple[float, int] | None:
+    """(pooled SD of the final bbox AP over seeds, cells pooled): sqrt(sum (n_c - 1) s_c^2 / sum (n_c - 1)) over
+    the (arm, size, hparams, schedule) cells with two or more finished replicates that have a final bbox AP; None
+    when there is none."""
+    num, dof, cells = 0.0, 0, 0
+    for mean in seed_means(runs):
+        if not isinstance(mean, MeanRun):
+            continue
+        values = [r.final("bbox") for r in mean.members if r.finished and r.final("bbox") is not None]
+        if len(values) < 2:
+            continue
+        m = sum(values) / len(values)
+        num += sum((v - m) ** 2 for v in values)
+        dof += len(values) - 1
+        cells += 1
+    return (math.sqrt(num / dof), cells) if dof else None
+
+
+def seed_spread(study: Study) -> SeedSpread | None:
+    """The seed spread the verdict quotes: the study's own (pooled over its seeded cells, `pooled_seed_sd`), else
+    the one in STUDY/seed_spread.json (a positive "sd" and a "source"), else None (never a guess)."""
+    own = pooled_seed_sd(study.runs)
+    if own is not None:
+        return SeedSpread(own[0], f"this study ({own[1]} arm-schedule cells with seeds)")
+    record = _read_json(study.root / SEED_SPREAD_FILE)
+    sd = metric_value((record or {}).get("sd"))
+    if sd is None or sd <= 0:
+        return None
+    return SeedSpread(sd, str(record.get("source") or SEED_SPREAD_FILE))

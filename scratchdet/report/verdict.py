@@ -1,11 +1,17 @@
 """The study's verdict, in at most five sentences: which arm wins at which schedule and data size, by how much, and
-whether the difference is beyond test-set noise; with several pre-trained arms, scratch against each of them and
-which pre-trained arm is best where (arms named by their spec names).
+whether the difference is beyond noise; with several pre-trained arms, scratch against each of them and which
+pre-trained arm is best where (arms named by their spec names).
 
-Noise: the paired bootstrap over validation images (evaluation/bootstrap.py) of the final evaluations' detections,
-which every run keeps (eval.save_detections: eval/iter_XXXXXXX_detections.json.gz). A difference is "beyond noise"
-when the 95% interval of the resampled differences excludes 0. Without kept detections (VOC data, older runs) the
-sentence says that noise was not estimated; it never guesses.
+Noise: the final evaluations' detections, which every run keeps (eval.save_detections:
+eval/iter_XXXXXXX_detections.json.gz), are resampled over validation images (paired: the same images for every arm
+and seed), and with seed replicates the seeds of each arm too (evaluation/bootstrap.py `two_level_gap`: a two-level
+bootstrap, its scheme and its reasons there). A difference is "beyond noise" when the 95% interval excludes 0; each
+sentence names the sources its interval covers, and with one seed per arm it says that training noise was not
+measured (and, when some seeded study measured a seed spread, `seed_spread`, how many seeds would resolve the gap).
+Against the study's margin m (plan.json verdict.margin) the interval of (pre-trained - scratch) says "scratch is
+within +/-m" (inside [-m, m]), "ARM leads" (above m), "scratch leads" (below -m) or "inconclusive"
+(`equivalence`; the two one-sided tests of Schuirmann 1987 at 2.5% each). Without kept detections and without
+seeds the sentence says that noise was not estimated; it never guesses.
 """
 
 from __future__ import annotations
@@ -13,8 +19,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+import numpy as np
+
+from scratchdet.evaluation.bootstrap import GapInterval, image_draws, seeds_to_resolve, two_level_gap
 from scratchdet.report import findings, results
-from scratchdet.report.results import RunData, Study
+from scratchdet.report.results import DEFAULT_MARGIN, MeanRun, RunData, Study, replicates
 from scratchdet.run_folder import RunFolder
 
 N_BOOT = 300  # resamples: the interval's ends move by ~0.1 AP between seeds at this count on 50-image sets
@@ -28,13 +37,15 @@ class Comparison:
 
     size_label: str
     schedule: float
-    scratch: RunData
-    pretrained: RunData  # a run of one pre-trained arm (`.arm`: its spec name)
-    delta: float  # pre-trained minus scratch, AP points
+    scratch: RunData | MeanRun  # a run, or the mean over the seeds of one (arm, size, hparams, schedule)
+    pretrained: RunData | MeanRun  # a run (or seed mean) of one pre-trained arm (`.arm`: its spec name)
+    delta: float  # pre-trained minus scratch, AP points (means over seeds)
+    margin: float = DEFAULT_MARGIN  # plan.json verdict.margin, AP points
     # Filled by estimate_noise, for the comparisons a verdict sentence states (the bootstrap costs seconds each).
     ci95: tuple[float, float] | None = None  # None: noise not estimated
-    images: int | None = None  # validation images both arms were scored on
+    images: int | None = None  # validation images both arms were scored on (None: images not resampled)
     noise_estimated: bool = False
+    interval: GapInterval | None = None  # the two-level bootstrap behind ci95
 
     def runs(self) -> dict[str, RunData]:
         """{arm name: run}, scratch first."""
@@ -72,36 +83,80 @@ def _val_ground_truth(run: RunData):
     return _VAL_SETS[key]
 
 
-def bootstrap_pair(scratch: RunData, pretrained: RunData) -> tuple[tuple[float, float] | None, int | None]:
-    """95% interval of (second - first) bbox AP, e.g. pre-trained - scratch, over the validation images both were
-    scored on, and their count; (None, None) without kept detections or with different image sets."""
-    from scratchdet.evaluation.bootstrap import paired_bootstrap
+# Per run (path, evaluated iteration, images): its per-image matching table and its AP on the shared image draws.
+# A study's runs share one validation set, so the draws are shared by every arm, seed and schedule, and each run's
+# COCOeval matching runs once per report, whatever number of comparisons uses it.
+_RESAMPLED: dict[tuple[str, int, int], np.ndarray | None] = {}
+_DRAWS: dict[int, np.ndarray] = {}
+
+
+def _draws(n_images: int) -> np.ndarray:
+    if n_images not in _DRAWS:
+        _DRAWS[n_images] = image_draws(n_images, N_BOOT, seed=0)
+    return _DRAWS[n_images]
+
+
+def resampled_aps(run: RunData, n_images: int) -> np.ndarray | None:
+    """(N_BOOT,) the run's final bbox AP on each shared draw of its first `n_images` validation images; None
+    without kept detections or for non-COCO data."""
+    from scratchdet.evaluation.bootstrap import results_table
     from scratchdet.evaluation.coco import read_results
 
-    a, b = scratch.last_eval, pretrained.last_eval
-    if a is None or b is None or a.get("images") != b.get("images") or not a.get("images"):
-        return None, None
-    paths = [RunFolder(run.path).detections(run.last_eval["iter"]) for run in (scratch, pretrained)]
-    if not all(p.is_file() for p in paths):
-        return None, None
-    val = _val_ground_truth(scratch)
-    if val is None:
-        return None, None
-    n = int(a["images"])
-    result = paired_bootstrap(
-        val.coco, read_results(paths[0]), read_results(paths[1]), "bbox", val.image_ids[:n], n_boot=N_BOOT
+    key = (str(run.path), int(run.last_eval["iter"]), n_images)
+    if key not in _RESAMPLED:
+        path = RunFolder(run.path).detections(run.last_eval["iter"])
+        val = _val_ground_truth(run) if path.is_file() else None
+        if val is None:
+            _RESAMPLED[key] = None
+        else:
+            table = results_table(val.coco, read_results(path), "bbox", val.image_ids[:n_images])
+            _RESAMPLED[key] = table.aps(_draws(n_images))
+    return _RESAMPLED[key]
+
+
+def gap_interval(reference, other) -> GapInterval | None:
+    """The two-level bootstrap of (other - reference) final bbox AP, each a run or a seed mean (`results.MeanRun`):
+    validation images resampled when every replicate kept its detections on the same images, seeds resampled where
+    an arm has two or more. None when neither source can be resampled (noise not estimated)."""
+    ref_runs, other_runs = replicates(reference), replicates(other)
+    everyone = ref_runs + other_runs
+    if any(r.last_eval is None or r.final("bbox") is None for r in everyone):
+        return None
+    ref_full = np.array([r.final("bbox") for r in ref_runs])
+    other_full = np.array([r.final("bbox") for r in other_runs])
+    counts = {r.last_eval.get("images") for r in everyone}
+    n = counts.pop() if len(counts) == 1 else None
+    rows = [resampled_aps(r, int(n)) for r in everyone] if n else [None]
+    if all(row is not None for row in rows):
+        ref_rows, other_rows = np.stack(rows[: len(ref_runs)]), np.stack(rows[len(ref_runs) :])
+        return two_level_gap(ref_rows, other_rows, ref_full, other_full, images=int(n))
+    if max(len(ref_runs), len(other_runs)) < 2:
+        return None
+    # Seeds alone: each run's AP constant over the replicates (its images not resampled).
+    constant = np.ones((1, N_BOOT))
+    return two_level_gap(
+        ref_full[:, None] * constant, other_full[:, None] * constant, ref_full, other_full, images=None
     )
-    low, high = result["delta_ci95"]
+
+
+def bootstrap_pair(scratch, pretrained) -> tuple[tuple[float, float] | None, int | None]:
+    """95% interval of (second - first) bbox AP, e.g. pre-trained - scratch (runs or seed means), and the count of
+    validation images resampled; (None, None) when noise cannot be estimated (`gap_interval`)."""
+    found = gap_interval(scratch, pretrained)
+    if found is None:
+        return None, None
+    low, high = found.ci95
     if low != low or high != high:  # NaN: no finite resample (e.g. no ground truth in the sample)
-        return None, n
-    return (float(low), float(high)), n
+        return None, found.images
+    return (float(low), float(high)), found.images
 
 
 def comparisons(study: Study) -> list[Comparison]:
     """Every (data size, schedule, pre-trained arm) where scratch and that arm finished with a final bbox AP, under
     each size's selected hyper-parameters (`findings.selected_hparams`: the best over the pre-trained arms, as the
-    paper selects on its pre-trained arm); sizes largest first, schedules ascending, arms in plan order."""
-    runs = study.runs
+    paper selects on its pre-trained arm); sizes largest first, schedules ascending, arms in plan order. With seed
+    replicates each side is the mean over its seeds (`results.seed_means`), usable when every seed is."""
+    runs = results.seed_means(study.runs)
     arms = results.study_arms(runs)
     scratch = results.reference_arm(arms)
     if scratch is None:
@@ -118,14 +173,19 @@ def comparisons(study: Study) -> list[Comparison]:
                 run = by.get((arm.name, schedule))
                 if run is None or run.final("bbox") is None:
                     continue
-                found.append(Comparison(size, schedule, ref, run, run.final("bbox") - ref.final("bbox")))
+                delta = run.final("bbox") - ref.final("bbox")
+                found.append(Comparison(size, schedule, ref, run, delta, margin=study.margin))
     return found
 
 
 def estimate_noise(c: Comparison) -> Comparison:
     """Bootstraps `c`'s difference over its validation images, once; returns `c`."""
     if not c.noise_estimated:
-        c.ci95, c.images = bootstrap_pair(c.scratch, c.pretrained)
+        c.interval = gap_interval(c.scratch, c.pretrained)
+        if c.interval is not None and all(v == v for v in c.interval.ci95):
+            c.ci95, c.images = c.interval.ci95, c.interval.images
+        else:
+            c.interval = None
         c.noise_estimated = True
     return c
 
@@ -141,36 +201,115 @@ def _shown_gap(c: Comparison) -> float:
     return round(c.pretrained.final("bbox"), 1) - round(c.scratch.final("bbox"), 1)
 
 
-def _noise_words(ci95: tuple[float, float] | None, images: int | None) -> str:
-    if ci95 is None:
+def _sources(iv: GapInterval) -> str:
+    """The noise sources an interval covers, in words."""
+    training = [n >= 2 for n in iv.seeds]
+    if all(training):
+        return "training and test-set noise" if iv.images_resampled else "training noise"
+    if any(training):
+        return "test-set noise and one arm's training noise" if iv.images_resampled else "one arm's training noise"
+    return "test-set noise"
+
+
+def seeds_needed_words(iv: GapInterval, spread: results.SeedSpread) -> str:
+    """How many seeds per arm would resolve the observed gap at this comparison's image noise (the formula of
+    `evaluation.bootstrap.seeds_to_resolve`), with the measured seed spread it assumes."""
+    n = seeds_to_resolve(iv.delta, iv.image_se, spread.sd)
+    at = f"at the seed spread measured in {spread.source} (SD {spread.sd:.2f} AP)"
+    formula = f"image SE {iv.image_se:.2f}; n = 2 SD^2 / ((gap / 1.96)^2 - SE^2)"
+    if n is None:
+        return (
+            f"{at} no number of seeds would resolve a {abs(iv.delta):.1f} AP gap at this test-set noise "
+            f"({formula}): more validation images would"
+        )
+    return f"{at} about {n} seeds per arm would resolve a {abs(iv.delta):.1f} AP gap at this test-set noise ({formula})"
+
+
+def noise_words(iv: GapInterval | None, names: tuple[str, str] = ("scratch", "pre-trained"), spread=None) -> str:
+    """ "beyond test-set noise (95% interval +1.2 to +2.8 over 50 validation images; training noise not measured:
+    one seed per arm)", naming the sources the interval covers and those it does not."""
+    if iv is None:
         return "noise not estimated (no per-image detections kept)"
-    low, high = ci95
-    beyond = low > 0 or high < 0
+    low, high = iv.ci95
+    over = []
+    if any(n >= 2 for n in iv.seeds):
+        same = iv.seeds[0] == iv.seeds[1]
+        over.append(
+            f"{iv.seeds[0]} seeds per arm" if same else f"{iv.seeds[0]} {names[0]} and {iv.seeds[1]} {names[1]} seeds"
+        )
+    if iv.images_resampled:
+        over.append(f"{iv.images} validation images")
+    notes = []
+    if iv.training_measured and iv.images_resampled:
+        il, ih = iv.image_ci95
+        notes.append(f"test-set noise alone: {il:+.1f} to {ih:+.1f}")
+    if not iv.images_resampled:
+        notes.append("test-set noise not estimated: no per-image detections kept")
+    if not iv.training_measured:
+        if max(iv.seeds) < 2:
+            notes.append("training noise not measured: one seed per arm")
+        else:
+            notes.append(f"training noise of {names[0] if iv.seeds[0] < 2 else names[1]} not measured: one seed")
+    if spread is not None and iv.images_resampled and (not iv.training_measured or not iv.beyond_noise):
+        notes.append(seeds_needed_words(iv, spread))
     return (
-        f"{'beyond' if beyond else 'within'} test-set noise (95% interval {low:+.1f} to {high:+.1f} over "
-        f"{images} validation images)"
+        f"{'beyond' if iv.beyond_noise else 'within'} {_sources(iv)} (95% interval {low:+.1f} to {high:+.1f} over "
+        + " and ".join(over)
+        + "".join(f"; {n}" for n in notes)
+        + ")"
     )
 
 
-def _clause(c: Comparison, two_arms: bool) -> str:
+def equivalence(ci95: tuple[float, float], margin: float) -> str:
+    """The interval of (pre-trained - scratch) against the margin m: "within" (inside [-m, m]: scratch is no worse
+    than m and no better than m), "pretrained" (above m: the arm leads by more than m), "scratch" (below -m) or
+    "inconclusive". A 95% interval inside [-m, m] is the two one-sided tests at 2.5% each (Schuirmann 1987, J.
+    Pharmacokinet. Biopharm. 15(6)); outside it on one side excludes 0 and that side's margin."""
+    low, high = ci95
+    if -margin <= low and high <= margin:
+        return "within"
+    if low > margin:
+        return "pretrained"
+    if high < -margin:
+        return "scratch"
+    return "inconclusive"
+
+
+def margin_words(c: Comparison) -> str:
+    """ "against the +/-0.5 AP margin: scratch is within +/-0.5 of imagenet" (or leads, or inconclusive)."""
+    p, s, m = results.arm_label(c.pretrained.arm), results.arm_label(c.scratch.arm), c.margin
+    kind = equivalence(c.ci95, m)
+    text = {
+        "within": f"{s} is within ±{m:g} of {p}",
+        "pretrained": f"{p} leads by more than {m:g}",
+        "scratch": f"{s} leads by more than {m:g}",
+        "inconclusive": "inconclusive (the interval holds gaps both within and beyond it)",
+    }[kind]
+    return f"against the ±{m:g} AP margin: {text}"
+
+
+def _clause(c: Comparison, two_arms: bool, spread=None) -> str:
     """ "pre-trained leads scratch by 0.3 bbox AP (35.0 pre-trained vs 34.7 scratch), within test-set noise (...)"."""
     estimate_noise(c)
     p, s = results.arm_label(c.pretrained.arm), results.arm_label(c.scratch.arm)
     winner, loser = (p, s) if c.delta > 0 else (s, p)
     ap_p, ap_s = c.pretrained.final("bbox"), c.scratch.final("bbox")
     shown = abs(_shown_gap(c))
+    means = ", means over seeds" if isinstance(c.scratch, MeanRun) or isinstance(c.pretrained, MeanRun) else ""
     if round(shown, 1) == 0:
         who = "the two arms" if two_arms else f"{p} and {s}"
-        lead = f"{who} tie ({ap_p:.1f} vs {ap_s:.1f} bbox AP)"
+        lead = f"{who} tie ({ap_p:.1f} vs {ap_s:.1f} bbox AP{means})"
     else:
-        lead = f"{winner} leads {loser} by {shown:.1f} bbox AP ({ap_p:.1f} {p} vs {ap_s:.1f} {s})"
-    return f"{lead}, {_noise_words(c.ci95, c.images)}"
+        lead = f"{winner} leads {loser} by {shown:.1f} bbox AP ({ap_p:.1f} {p} vs {ap_s:.1f} {s}{means})"
+    text = f"{lead}, {noise_words(c.interval, (s, p), spread)}"
+    return text if c.ci95 is None else f"{text}; {margin_words(c)}"
 
 
-def _point_sentence(point: list[Comparison], two_arms: bool) -> str:
+def _point_sentence(point: list[Comparison], two_arms: bool, spread=None) -> str:
     """One sentence for one (size, schedule): scratch against each pre-trained arm compared there."""
     c = point[0]
-    return f"At {c.schedule:g}x on {_size_words(c)}, " + "; ".join(_clause(x, two_arms) for x in point) + "."
+    clauses = "; ".join(_clause(x, two_arms, spread) for x in point)
+    return f"At {c.schedule:g}x on {_size_words(c)}, {clauses}."
 
 
 def _points(found: list[Comparison]) -> dict[tuple[str, float], list[Comparison]]:
@@ -226,15 +365,18 @@ def _best_pretrained(found: list[Comparison], headline: list[Comparison]) -> str
         best, second = sorted(headline, key=lambda c: -round(c.pretrained.final("bbox"), 1))[:2]
         gap = round(best.pretrained.final("bbox"), 1) - round(second.pretrained.final("bbox"), 1)
         if round(gap, 1) > 0:
-            ci95, images = bootstrap_pair(second.pretrained, best.pretrained)
+            iv = gap_interval(second.pretrained, best.pretrained)
+            names = (results.arm_label(second.arm), results.arm_label(best.arm))
             sentence += (
-                f"; at {best.schedule:g}x on {_size_words(best)} {results.arm_label(best.arm)} leads "
-                f"{results.arm_label(second.arm)} by {gap:.1f} bbox AP, {_noise_words(ci95, images)}"
+                f"; at {best.schedule:g}x on {_size_words(best)} {names[1]} leads "
+                f"{names[0]} by {gap:.1f} bbox AP, {noise_words(iv, names)}"
             )
     return sentence + "."
 
 
-def verdict(found: list[Comparison], arms: list[results.Arm] | None = None) -> list[str]:
+def verdict(
+    found: list[Comparison], arms: list[results.Arm] | None = None, spread: results.SeedSpread | None = None
+) -> list[str]:
     """At most five sentences from `comparisons(study)`; nothing hand-written about the outcome.
 
     With one pre-trained arm: the longest and the shortest schedule on the largest training set, how the gap
@@ -244,6 +386,8 @@ def verdict(found: list[Comparison], arms: list[results.Arm] | None = None) -> l
 
     Args:
         arms: the study's arms (`results.study_arms`), for the sentence without a comparison; else read off `found`.
+        spread: a measured seed-to-seed spread (`results.seed_spread`): where training noise was not measured (or a
+            gap is not resolved), the sentence says how many seeds per arm would resolve the gap.
     """
     pretrained = list(dict.fromkeys(c.arm for c in found))
     if arms is not None:
@@ -263,12 +407,12 @@ def verdict(found: list[Comparison], arms: list[results.Arm] | None = None) -> l
     if not two_arms and (best := _best_pretrained(found, longest)):
         optional.append((1, best))
     if shortest is not longest:
-        optional.append((2, _point_sentence(shortest, two_arms)))
+        optional.append((2, _point_sentence(shortest, two_arms, spread)))
         if (trend := _trend(shortest, longest)) is not None:
             optional.append((3 if two_arms else 5, trend))
     others = [key for key in points if key[0] != found[0].size_label]
     if others:  # the next size's longest schedule; further sizes would repeat the pattern (the tables have them)
-        optional.append((4, _point_sentence(points[[k for k in others if k[0] == others[0][0]][-1]], two_arms)))
+        optional.append((4, _point_sentence(points[[k for k in others if k[0] == others[0][0]][-1]], two_arms, spread)))
     best_ap = max(max(c.pretrained.final("bbox"), c.scratch.final("bbox")) for c in found)
     caveat = []
     if best_ap < LOW_AP:
@@ -279,7 +423,7 @@ def verdict(found: list[Comparison], arms: list[results.Arm] | None = None) -> l
         )
     room = 5 - 1 - len(caveat)
     kept = sorted(sorted(optional, key=lambda ps: ps[0])[:room], key=optional.index)
-    return [_point_sentence(longest, two_arms), *(sentence for _, sentence in kept), *caveat]
+    return [_point_sentence(longest, two_arms, spread), *(sentence for _, sentence in kept), *caveat]
 
 
 def example_rows(
@@ -300,15 +444,19 @@ def example_rows(
     if not point:
         return []
     first = point[0]
-    runs = {first.scratch.arm: first.scratch, **{x.pretrained.arm: x.pretrained for x in point}}
+    # With seeds, each arm's first seed shows its detections (a mean over seeds has no detections of its own).
+    runs = {
+        first.scratch.arm: replicates(first.scratch)[0],
+        **{x.pretrained.arm: replicates(x.pretrained)[0] for x in point},
+    }
     paths = {arm: RunFolder(run.path).detections(run.last_eval["iter"]) for arm, run in runs.items()}
-    val = _val_ground_truth(first.scratch) if all(p.is_file() for p in paths.values()) else None
+    val = _val_ground_truth(runs[first.scratch.arm]) if all(p.is_file() for p in paths.values()) else None
     if val is None:
         return []
     detections = {arm: read_results(path) for arm, path in paths.items()}
     names = {cat["id"]: cat["name"] for cat in val.coco.dataset.get("categories", [])}
     rows = []
-    for image_id in val.image_ids[: min(n_images, first.scratch.last_eval.get("images") or n_images)]:
+    for image_id in val.image_ids[: min(n_images, runs[first.scratch.arm].last_eval.get("images") or n_images)]:
         pixels = read_image(val.image_file(image_id), max_pixels=val.max_image_pixels)  # the run's pixel limit
         image = (pixels.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
         gt = [
