@@ -426,6 +426,9 @@ def write_report(study_dir: str | Path) -> Path:
             + "".join(f"<li>{html.escape(line)}</li>" for line in predictions)
             + "</ul>"
         )
+    stopped = _sequential_stop(study.root)
+    if stopped:
+        html_parts.append(f"<h3>Sequential study: stopped early</h3><p class='stopped'>{html.escape(stopped)}</p>")
     main = results.main_size(runs) if runs else None
     if main is not None:
         hp = findings.selected_hparams(runs, main)[0]
@@ -497,3 +500,20 @@ def write_report(study_dir: str | Path) -> Path:
         f"</title><style>{CSS}</style></head><body>\n" + "\n".join(html_parts) + "\n</body></html>\n"
     )
     return path
+
+
+def _sequential_stop(root: Path) -> str | None:
+    """What a sequential launch skipped and why, from STUDY/decision.json (study/stopping.py writes it; read here as
+    plain JSON, so the report imports nothing of the running half), or None when the study was not stopped."""
+    try:
+        d = json.loads((root / "decision.json").read_text())
+        jobs, schedule = list(d["not_run"]), float(d["schedule"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    hours = d.get("device_hours_not_spent")
+    cost = f", about {hours:.3g} device-hours at this study's measured pace" if isinstance(hours, (int, float)) else ""
+    return (
+        f"The study's question was settled at {schedule:g}x ({d.get('kind')}): {d.get('reason')} "
+        f"{len(jobs)} job(s) were not run ({d.get('iterations_not_run')} iterations{cost}): {', '.join(jobs)}. "
+        "Rerun the study with stopping.enabled=false to train them from the shared checkpoints."
+    )
