@@ -114,8 +114,10 @@ def test_paper_r50_fpn_gn_trains_on_real_coco_and_scratchdet_eval_scores_it(coco
     _assert_coco_report(json.loads(folder.eval_report(2).read_text()), 2)  # the end-of-training evaluation
 
     assert main(["eval", str(run), "eval.max_images=5"]) == 0
-    report = json.loads(folder.eval_report(2).read_text())
+    # Other settings than training's: written beside the training record, which keeps its 2 images.
+    report = json.loads((folder.eval_dir / "iter_0000002_max_images-5.json").read_text())
     _assert_coco_report(report, 5)
+    assert json.loads(folder.eval_report(2).read_text())["images"] == 2
     assert report["iter"] == 2 and report["overrides"] == ["eval.max_images=5"]
     assert Path(report["checkpoint"]) == folder.checkpoint(2)
 
