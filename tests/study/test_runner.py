@@ -25,6 +25,7 @@ def write_spec(tmp_path, shapes_dir):
     return write_study_spec(tmp_path / "spec.yaml", tmp_path / "study", tiny_study_overrides(shapes_dir), name="tiny")
 
 
+@pytest.mark.e2e  # whole studies
 def test_killed_study_resumes_and_skips_finished_runs(shapes_dir, tmp_path, monkeypatch, capsys):
     spec = write_spec(tmp_path, shapes_dir)
     real_train, calls = trainer.train, []
@@ -68,7 +69,7 @@ def test_killed_study_resumes_and_skips_finished_runs(shapes_dir, tmp_path, monk
     assert set(launch_outcomes(again).values()) == {"skipped (finished)"}
 
 
-@pytest.mark.parametrize("launcher", ["inprocess", "local"])
+@pytest.mark.parametrize("launcher", ["inprocess", pytest.param("local", marks=pytest.mark.e2e)])
 def test_a_failed_job_leaves_its_dependents_unstarted_and_reported(tmp_path, launcher, capsys, monkeypatch):
     from scratchdet.errors import ScratchdetError
     from scratchdet.study import launchers
@@ -145,6 +146,7 @@ def test_local_launcher_stop_reaches_the_job_and_a_rerun_resumes(shapes_dir, tmp
     assert [r["iter"] for r in read_metrics(run, "train")] == list(range(1, 101))
 
 
+@pytest.mark.e2e  # whole studies
 def test_a_rerun_with_a_changed_spec_is_refused_before_anything_is_written_and_replan_sets_runs_aside(
     shapes_dir, tmp_path
 ):
