@@ -331,15 +331,18 @@ class FastRoIHeads(RoIHeads):
         width = max(m.shape[-1] for m in masks)
         stacked = torch.cat([F.pad(m, (0, width - m.shape[-1], 0, height - m.shape[-2])) for m in masks])
         first = torch.tensor([0] + [m.shape[0] for m in masks[:-1]], device=rois.device).cumsum(0)
-        rows = (first[:, None] + gt_index).reshape(-1, 1).to(rois.dtype)
         if stacked.shape[0] == 0:
             return mask_logits.sum() * 0
+        # Slots that are not positives (an image with fewer positives than the quota, or without ground truth) point
+        # past their image's masks: keep them inside the stack, their loss is masked out below.
+        rows = (first[:, None] + gt_index).clamp(max=stacked.shape[0] - 1).reshape(-1, 1).to(rois.dtype)
         mask_targets = roi_align(stacked[:, None].to(rois.dtype), torch.cat([rows, mask_rois.reshape(-1, 4)], 1),
                                  (size, size), 1.0)[:, 0]  # fmt: skip
         logits = mask_logits.gather(1, mask_labels.reshape(-1)[:, None, None, None].expand(-1, 1, size, size))[:, 0]
         bce = F.binary_cross_entropy_with_logits(logits, mask_targets, reduction="none").mean(dim=(1, 2))
         weight = is_pos.reshape(-1).to(bce.dtype)
-        return (bce * weight).sum() / weight.sum().clamp(min=1)
+        # where, not a product: a non-positive slot's pooled box may be degenerate, and 0 x NaN is NaN.
+        return torch.where(is_pos.reshape(-1), bce, torch.zeros_like(bce)).sum() / weight.sum().clamp(min=1)
 
 
 class AutocastGroupNorm(nn.GroupNorm):

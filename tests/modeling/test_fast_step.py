@@ -179,8 +179,14 @@ def test_fast_step_trains_and_lowers_the_loss(shapes_dir, tmp_path):
 @pytest.mark.parametrize("boxes_per_image", [(3, 0), (0, 0)])
 def test_fast_step_images_without_objects(tmp_path, boxes_per_image):
     """An image without ground truth (all its RoIs background, no mask RoIs) and a batch without any: finite losses
-    and gradients, as torchvision's step gives."""
-    model = _fast_model(tmp_path).train()
+    and gradients, as torchvision's step gives. Seed 0 of the model's init once gave a NaN mask loss (slots past an
+    image's masks pooled from outside the stack, and 0 x NaN in the masked mean): every init is pinned here."""
+    for seed in range(6):
+        torch.manual_seed(seed)
+        _check_finite_step(_fast_model(tmp_path).train(), boxes_per_image)
+
+
+def _check_finite_step(model, boxes_per_image):
     generator = torch.Generator().manual_seed(3)
     images, targets = [], []
     for n in boxes_per_image:
