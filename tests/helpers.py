@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -72,3 +75,41 @@ def write_study_spec(path: Path, output: Path, overrides: list[str], **fields) -
     }
     path.write_text(yaml.safe_dump(spec))
     return path
+
+
+def slurm_up() -> str | None:
+    """None when a SLURM cluster answers here, else why not."""
+    if shutil.which("sinfo") is None:
+        return "no sinfo on PATH (start one with `bash scripts/local_slurm.sh start`)"
+    result = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
+    states = result.stdout.split()
+    if result.returncode != 0 or not any(s.rstrip("*~#") in ("idle", "mixed", "allocated") for s in states):
+        return f"SLURM does not answer or has no usable node: {result.stderr.strip() or states}"
+    return None
+
+
+def need_slurm() -> None:
+    why = slurm_up()
+    if why is None:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI must run the SLURM tests against a real cluster: {why}")
+    pytest.skip(why)
+
+
+ACTIVE = ("running", "queued", "waiting", "requeued", "submitted", "preempted")
+
+
+def wait_for_study(study: Path, timeout: float = 420) -> list:
+    """Polls `study status` until no job is queued, waiting or running (a failed job's dependents are cancelled by
+    SLURM at its next scheduling pass, after the failure itself); returns the statuses."""
+    from scratchdet.study.status import format_status, study_status
+
+    deadline = time.time() + timeout
+    while True:
+        statuses = study_status(study)
+        if not any(s.state in ACTIVE for s in statuses):
+            return statuses
+        if time.time() > deadline:
+            pytest.fail(f"study {study} still pending after {timeout} s:\n{format_status(statuses)}")
+        time.sleep(1.0)

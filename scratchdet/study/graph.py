@@ -36,8 +36,8 @@ GRAPH_FILE = "jobs.json"
 class Job:
     """One unit of work a launcher runs: a pre-training, a trunk segment, or a run (a fork's tail or a whole run)."""
 
-    id: str  # "pretrain/<arm>", "trunks/<group>@<end_iter>", "runs/<name>"; also names its records (jobs/<id>)
-    kind: str  # pretrain | segment | run
+    id: str  # "pretrain/<arm>", "trunks/<group>@<end_iter>", "runs/<name>", "decide/<N>x"; names its record
+    kind: str  # pretrain | segment | run | decide (a sequential study's decision under SLURM, study/stopping.py)
     path: str  # the run folder it writes, relative to the study folder
     config: str  # the YAML it is built from (absolute)
     overrides: list[str]
@@ -48,6 +48,7 @@ class Job:
     fork: dict | None = None  # {"trunk": path, "iter": n}: create the run folder from the trunk's checkpoint
     batch_size: int | None = None  # images per iteration (global), for the compute estimate
     single_process: bool = False  # pre-training runs in one process
+    decides: float | None = None  # a decision job's schedule (kind "decide", study/stopping.py)
 
     @property
     def iters(self) -> int | None:

@@ -9,9 +9,8 @@ a fork not yet made is made from its trunk's checkpoint. One writer per run fold
 (jobs/<run path>.lock) while the job runs, so a second launch of the same run fails at once instead of mixing
 two runs' writes.
 
-Records (jobs/<job id>.json, written atomically): the launcher writes what it submitted (scheduler job id, number
-of submissions); the job writes its state (running, finished, failed with the error, preempted), its start and end
-times, where it ran, and how often it was requeued. `scratchdet study status` reads them with the run folders.
+Records (jobs/<job id>.json, study/records.py): the launcher writes what it submitted, the job its state, times,
+host, requeues and outcome. `scratchdet study status` reads them with the run folders.
 
 Preemption: SIGTERM (a preemption, `scancel --signal=TERM`) or SIGUSR2 (SLURM's warning before the time limit, as
 submitit asks for it) checkpoints at the iteration boundary (engine/loop.py). Under SLURM, rank 0 then requeues
@@ -22,7 +21,6 @@ exactly where it stopped.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import shutil
 import signal
@@ -31,84 +29,19 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 
 from scratchdet.distributed import env_world_size, init_distributed, main_first, scheduler_rank
 from scratchdet.errors import ConfigError, Preempted, ScratchdetError
-from scratchdet.files import atomic_write_json
 from scratchdet.run_folder import RunFolder
 from scratchdet.study.graph import Job, JobGraph, read_graph
 from scratchdet.study.outcome import JobOutcome, JobState
+from scratchdet.study.records import RECORDS, is_finished, now, read_record, update_record
+from scratchdet.study.stopping import decide, skipped_by_decision
 
-RECORDS = "jobs"
 # After requeueing itself, a job waits this long for SLURM to stop it: exiting first could let the job end as
 # COMPLETED, and an afterok dependent would start on an unfinished run.
 REQUEUE_WAIT_S = 300
-
-
-def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
-def record_path(study_dir: str | Path, job_id: str) -> Path:
-    return Path(study_dir) / RECORDS / f"{job_id}.json"
-
-
-def read_record(study_dir: str | Path, job_id: str) -> dict:
-    try:
-        record = json.loads(record_path(study_dir, job_id).read_text())
-    except (OSError, ValueError):
-        return {}
-    return record if isinstance(record, dict) else {}
-
-
-def update_record(study_dir: str | Path, job_id: str, **fields) -> dict:
-    """Merges `fields` into the job's record (atomic replace); returns the record."""
-    path = record_path(study_dir, job_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    record = {**read_record(study_dir, job_id), **fields}
-    atomic_write_json(path, record)
-    return record
-
-
-def squeue_states() -> dict[str, str]:
-    """{SLURM job id: state} of every job the controller still lists.
-
-    Raises:
-        ScratchdetError: squeue is missing or fails (no SLURM here).
-    """
-    try:
-        result = subprocess.run(["squeue", "-h", "-o", "%i %T"], capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise ScratchdetError(f"squeue failed ({type(e).__name__}: {e}); is this a SLURM login node?") from None
-    if result.returncode != 0:
-        raise ScratchdetError(f"squeue failed: {result.stderr.strip()}")
-    return dict(line.split(None, 1) for line in result.stdout.splitlines() if line.strip())
-
-
-def job_done_iter(study_dir: str | Path, job: Job) -> int | None:
-    """Iterations the job's run folder has finished (its latest checkpoint), None before the first."""
-    return RunFolder(Path(study_dir) / job.path).checkpoint_iteration()
-
-
-def is_finished(study_dir: str | Path, job: Job) -> bool:
-    """Whether the job's work is in its run folder: a pre-training's summary (written after its final evaluation),
-    or a checkpoint at its last iteration AND the evaluation of that iteration.
-
-    Finished means evaluated: the trainer checkpoints before it evaluates (engine/trainer.py), so a run killed
-    between the two has its last checkpoint and not its number; a rerun then evaluates and trains nothing. Every
-    detection job evaluates at its end (eval.period=0 means "only at the end"; a trunk segment's end is its fork
-    point), so the report of `end_iter` is what marks it done. The run folder decides, not the record: a record can
-    be lost, checkpoints and evaluation reports are written atomically (scratchdet/files.py).
-    """
-    folder = RunFolder(Path(study_dir) / job.path)
-    if job.kind == "pretrain":
-        return folder.pretrain_summary.is_file()
-    done = folder.checkpoint_iteration()
-    if done is None or job.end_iter is None or done < job.end_iter:
-        return False
-    return folder.eval_report(job.end_iter).is_file()
 
 
 def job_config(job: Job, study_dir: str | Path, extra: list[str] | None = None):
@@ -202,6 +135,8 @@ def execute(graph: JobGraph, job: Job) -> JobOutcome:
 
     study_dir = Path(graph.study_dir)
     out = study_dir / job.path
+    if job.kind == "decide":
+        return decide(graph, job)
     if job.kind == "pretrain":
         if env_world_size() > 1:
             raise ConfigError(f"job {job.id}: pre-training runs in one process; launch it with one task")
@@ -248,6 +183,10 @@ def run_job(study_dir: str | Path, job_id: str) -> JobOutcome:
     study_dir = Path(graph.study_dir)
     if Path.cwd() != Path(graph.cwd):
         os.chdir(graph.cwd)  # relative paths in the configs and overrides were written from there
+    skipped = skipped_by_decision(study_dir, job.id)
+    if skipped is not None:
+        # A sequential study's decision cancelled this job, which started anyway: train nothing.
+        return JobOutcome(JobState.NOT_NEEDED, f"settled at {skipped.schedule:g}x ({study_dir}/decision.json)")
     rank = scheduler_rank()
     if rank != 0:
         try:

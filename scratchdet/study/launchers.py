@@ -26,17 +26,9 @@ from pathlib import Path
 
 from scratchdet.errors import ConfigError, Preempted, ScratchdetError, exit_status
 from scratchdet.study.graph import Job, JobGraph
-from scratchdet.study.jobs import (
-    is_finished,
-    now,
-    read_record,
-    record_path,
-    run_and_print_job,
-    run_job,
-    squeue_states,
-    update_record,
-)
+from scratchdet.study.jobs import run_and_print_job, run_job
 from scratchdet.study.outcome import JobOutcome, JobState
+from scratchdet.study.records import is_finished, now, read_record, record_path, squeue_states, update_record
 from scratchdet.study.spec import LauncherSpec
 from scratchdet.study.status import StudyProgress, StudyThroughput
 from scratchdet.study.stopping import Stopper
@@ -369,6 +361,7 @@ def _executor(study_dir: Path, launcher: LauncherSpec, job: Job, dependency: lis
 
     executor = submitit.SlurmExecutor(folder=study_dir / "slurm" / "%j")
     tasks = 1 if job.single_process else launcher.tasks_per_node
+    gpus = 0 if job.kind == "decide" else tasks * launcher.gpus_per_task  # a decision reads records and bootstraps
     extra = {"requeue": True, "kill-on-invalid-dep": "yes", **launcher.sbatch_extra}
     if dependency:
         extra["dependency"] = "afterok:" + ":".join(dependency)
@@ -385,14 +378,23 @@ def _executor(study_dir: Path, launcher: LauncherSpec, job: Job, dependency: lis
         "constraint": launcher.constraint,
         "cpus_per_task": launcher.cpus_per_task,
         "mem": f"{launcher.mem_gb:g}G" if launcher.mem_gb else None,
-        "gpus_per_node": tasks * launcher.gpus_per_task if launcher.gpus_per_task else None,
+        "gpus_per_node": gpus or None,
     }
     executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
     return executor
 
 
-def submit_slurm(graph: JobGraph, launcher: LauncherSpec, log: Callable[[str], None] = print) -> dict[str, JobOutcome]:
+def submit_slurm(
+    graph: JobGraph,
+    launcher: LauncherSpec,
+    log: Callable[[str], None] = print,
+    not_needed: dict[str, str] | None = None,
+) -> dict[str, JobOutcome]:
     """Submits every job not finished, queued or running, with afterok dependencies; returns {job id: what}.
+
+    Args:
+        not_needed: {job id: why} of jobs a sequential study's recorded decision left out (study/stopping.py); they
+            are not submitted while stopping is on.
 
     Raises:
         ScratchdetError: squeue or sbatch fails (the message names the job and sbatch's error).
@@ -404,6 +406,9 @@ def submit_slurm(graph: JobGraph, launcher: LauncherSpec, log: Callable[[str], N
     for job in graph.jobs:
         if is_finished(study_dir, job):
             outcome[job.id] = JobOutcome(JobState.SKIPPED, "(finished)")
+            continue
+        if job.id in (not_needed or {}):
+            outcome[job.id] = JobOutcome(JobState.NOT_NEEDED, not_needed[job.id])
             continue
         record = read_record(study_dir, job.id)
         previous = record.get("scheduler_id")

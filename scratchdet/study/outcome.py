@@ -27,10 +27,11 @@ class JobState(enum.Enum):
     NOT_RUN = "not run"  # a job it depends on failed
     STOPPED = "stopped"  # a stop request ended it after a checkpoint; rerun the study to go on
     NOT_NEEDED = "not needed"  # the sequential study settled its question first (study/stopping.py)
+    CHECKED = "checked"  # a sequential study's decision job looked at a finished schedule (settled or not)
 
 
 TRAINED_STATES = frozenset({JobState.TRAINED, JobState.RESUMED, JobState.CONTINUED})
-DONE_STATES = TRAINED_STATES | {JobState.SKIPPED, JobState.FINISHED}
+DONE_STATES = TRAINED_STATES | {JobState.SKIPPED, JobState.FINISHED, JobState.CHECKED}
 FAILED_STATES = frozenset({JobState.FAILED, JobState.NOT_RUN})
 
 

@@ -19,23 +19,28 @@ from scratchdet.errors import ConfigError, ScratchdetError
 from scratchdet.files import atomic_write_json, atomic_write_text
 from scratchdet.run_folder import RunFolder
 from scratchdet.study.graph import JobGraph, build_graph, describe_graph
-from scratchdet.study.jobs import job_config, record_path, update_record
+from scratchdet.study.jobs import job_config
 from scratchdet.study.launchers import launch_inprocess, launch_local, submit_slurm
 from scratchdet.study.plan import Plan, plan_study, run_config
+from scratchdet.study.records import record_path, update_record
 from scratchdet.study.spec import StudySpec, load_study_spec
 from scratchdet.study.status import status_json, study_status
-from scratchdet.study.stopping import DECISION_FILE, Stopper
+from scratchdet.study.stopping import DECISION_FILE, Stopper, add_decision_jobs, read_decision
 
 STATUS_FILE = "status.json"
 
 
 def build_study_graph(plan: Plan, spec: StudySpec) -> JobGraph:
-    """The plan's job graph, with each run's and trunk's global batch for the compute estimate."""
+    """The plan's job graph, with each run's and trunk's global batch for the compute estimate; a sequential study
+    under SLURM gets its decision jobs (study/stopping.py)."""
     study_dir = Path(spec.output)
     batch = {r.path: run_config(spec.base_config, r.overrides, study_dir / r.path).train.batch_size for r in plan.runs}
     for trunk in plan.trunks:
         batch[trunk.path] = run_config(spec.base_config, trunk.overrides, study_dir / trunk.path).train.batch_size
-    return build_graph(plan, spec, study_dir, batch)
+    graph = build_graph(plan, spec, study_dir, batch)
+    if spec.stopping.enabled and spec.launcher.name == "slurm":
+        graph = add_decision_jobs(graph, {r.path: float(r.schedule) for r in plan.runs})
+    return graph
 
 
 def dry_run(spec_path: str | Path, overrides: list[str] | None = None) -> str:
@@ -179,18 +184,20 @@ def run_study(
         + f"; launcher {spec.launcher.name}"
     )
     launcher = spec.launcher
+    decided = study_dir / DECISION_FILE
+    if decided.exists() and not spec.stopping.enabled:
+        decided.unlink()  # an earlier sequential launch stopped here; this one trains the rest
+        print(f"[study] stopping is off: removed {decided} of an earlier launch; the jobs it skipped run now")
     if launcher.name == "slurm":
-        submit_slurm(graph, launcher)
+        decision = read_decision(study_dir) if spec.stopping.enabled else None
+        why = None if decision is None else f"settled at {decision.schedule:g}x ({decided}); {decision.reason}"
+        submit_slurm(graph, launcher, not_needed={j: why for j in decision.not_run} if decision else None)
         print(
             f"[study] submitted; follow it with `scratchdet study status {study_dir}`, report at any time with "
             f"`scratchdet report {study_dir}`"
         )
         return study_dir
     stopper = Stopper(graph, enabled=spec.stopping.enabled)
-    decided = study_dir / DECISION_FILE
-    if decided.exists() and not spec.stopping.enabled:
-        decided.unlink()  # an earlier sequential launch stopped here; this one trains the rest
-        print(f"[study] stopping is off: removed {decided} of an earlier launch; the jobs it skipped run now")
     if launcher.name == "local":
         outcome = launch_local(graph, launcher, stopper=stopper)
     else:

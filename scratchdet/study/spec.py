@@ -249,12 +249,6 @@ def validate_spec(spec: StudySpec, path: str = "spec") -> None:
     if len(set(spec.train_sizes)) != len(spec.train_sizes):
         # Two entries would plan two runs into one folder: trained once, counted (iterations, device-hours) twice.
         raise ConfigError(f"{path}: train_sizes has duplicates: {list(spec.train_sizes)}")
-    if spec.stopping.enabled and launcher.name == "slurm":
-        raise ConfigError(
-            f"{path}: stopping.enabled=true runs with launcher.name=inprocess or local; with slurm the whole graph is "
-            "submitted at once and nothing would stop it (the decision job that cancels the rest is not built yet). "
-            "Run the sequential study on one machine, or submit without stopping"
-        )
     if not spec.verdict.margin > 0:
         raise ConfigError(f"{path}: verdict.margin must be a positive number of AP points, got {spec.verdict.margin}")
     if spec.seeds is not None:

@@ -22,8 +22,8 @@ from scratchdet.engine.metrics import read_metrics
 from scratchdet.errors import ScratchdetError
 from scratchdet.run_folder import RunFolder
 from scratchdet.study.graph import Job, read_graph
-from scratchdet.study.jobs import is_finished, read_record, squeue_states
 from scratchdet.study.outcome import JobOutcome
+from scratchdet.study.records import is_finished, read_record, squeue_states
 
 FAILED = ("failed", "cancelled")
 

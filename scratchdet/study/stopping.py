@@ -1,25 +1,40 @@
-"""The sequential study (spec `stopping.enabled`): stop launching once the study's question is answered.
+"""The sequential study (spec `stopping.enabled`): stop training once the study's question is answered.
 
 Generic early stopping (Hyperband/ASHA, median and patience rules) compares runs at equal iterations, which would
 stop the slow-starting scratch arm: exactly the wrong answer here (docs/PAPER.md, "R50-FPN GN over schedules (Fig.
 1, Table 1)": scratch trails until after its LR drops). This module asks the question of the study instead, schedule
 by schedule in increasing length: once every run of a schedule (every arm, size, hyper-parameter setting and seed)
 has its final evaluation, the report's decision rule (report/decision.py, `settled`) says whether the answer can
-still change. When it cannot, the launchers start no more jobs, the decision is written to STUDY/decision.json (what
-was settled, why, which jobs were not run and the device-hours they would have taken at the measured pace), and the
-report says so. A rerun with `stopping.enabled=false` trains the rest from the shared checkpoints, losing nothing:
-the skipped jobs are ordinary jobs of the same graph.
+still change. When it cannot, no more jobs train, the decision is written to STUDY/decision.json (what was settled,
+why, which jobs were not run and the device-hours they would have taken at the measured pace), and the report says
+so. A rerun with `stopping.enabled=false` trains the rest from the shared checkpoints, losing nothing: the skipped
+jobs are ordinary jobs of the same graph.
+
+Where the decision is made:
+- inprocess and local: in the launcher (`Stopper`), which runs jobs shortest schedule first and starts nothing once
+  a decision is made (the local launcher stops running jobs at a checkpoint).
+- slurm: the whole graph is submitted at once, so the decision is a job of the graph (`add_decision_jobs`): one
+  `decide/<N>x` job after every run of each schedule but the longest, and every job serving a longer schedule
+  waits for it (afterok). A settled decision job writes decision.json, marks the skipped jobs' records "not needed"
+  and cancels them (`scancel`); a job started anyway (scancel failed) reads decision.json and exits without training
+  (`skipped_by_decision`). The price, on every launcher: a longer schedule's trunk segment waits for the shorter
+  schedule's tails and decision instead of running beside them (more wall time, fewer device-hours when a decision
+  stops the study; docs/RESULTS.md measures both).
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from scratchdet.errors import ScratchdetError
 from scratchdet.files import atomic_write_json
-from scratchdet.study.graph import JobGraph
-from scratchdet.study.jobs import is_finished
+from scratchdet.study.graph import Job, JobGraph
+from scratchdet.study.outcome import JobOutcome, JobState
+from scratchdet.study.records import is_finished, now, read_record, update_record
 
 DECISION_FILE = "decision.json"
 
@@ -36,14 +51,90 @@ class StudyDecision:
     device_hours_not_spent: float | None = None  # at the measured time per iteration of this study's runs
 
 
-def _plan_schedules(study_dir: Path) -> dict[str, float]:
+def plan_schedules(study_dir: Path) -> dict[str, float]:
     """{run folder path: schedule} of the planned runs (plan.json)."""
-    plan = json.loads((study_dir / "plan.json").read_text())
+    plan = json.loads((Path(study_dir) / "plan.json").read_text())
     return {r["path"]: float(r["schedule"]) for r in plan.get("runs", [])}
 
 
+def job_levels(jobs: list[Job], schedule_of: dict[str, float]) -> dict[str, float]:
+    """{job id: the schedule the job serves first}: a run's own; a trunk segment's, the shortest schedule forked at
+    its end (the longest planned one if none is); a decision job's, the schedule it decides; 0 for a pre-training.
+
+    Every job's dependencies have a lower or equal level, so (level, graph order) is a valid order to run them in,
+    and in it each schedule's runs finish before longer schedules spend anything: what lets a decision save compute.
+    """
+    longest = max(schedule_of.values(), default=0.0)
+    forked_at: dict[tuple[str, int], float] = {}
+    for job in jobs:
+        if job.fork and job.path in schedule_of:
+            key = (job.fork.get("trunk"), job.fork.get("iter"))
+            forked_at[key] = min(forked_at.get(key, longest), schedule_of[job.path])
+    levels = {}
+    for job in jobs:
+        if job.kind == "pretrain":
+            levels[job.id] = 0.0
+        elif job.kind == "decide":
+            levels[job.id] = float(job.decides)
+        elif job.path in schedule_of:
+            levels[job.id] = schedule_of[job.path]
+        else:
+            levels[job.id] = forked_at.get((job.path, job.end_iter), longest)
+    return levels
+
+
+def decision_job_id(schedule: float) -> str:
+    return f"decide/{schedule:g}x"
+
+
+def add_decision_jobs(graph: JobGraph, schedule_of: dict[str, float]) -> JobGraph:
+    """The graph of a sequential study under SLURM: a `decide/<N>x` job after every run of each schedule N but the
+    longest (and after the previous decision), and every job serving a longer schedule made to wait for the decision
+    of the schedule before it. Jobs are reordered so that each comes after its dependencies (graph order, stable).
+
+    Args:
+        schedule_of: {run folder path: schedule} of the plan's runs (`Plan.runs`).
+    """
+    levels = job_levels(graph.jobs, schedule_of)
+    schedules = sorted(set(schedule_of.values()))
+    decisions = []
+    for i, schedule in enumerate(schedules[:-1]):
+        runs = [j.id for j in graph.jobs if j.kind == "run" and levels[j.id] == schedule]
+        previous = [decision_job_id(schedules[i - 1])] if i else []
+        decisions.append(
+            Job(
+                id=decision_job_id(schedule),
+                kind="decide",
+                path=f"decisions/{schedule:g}x",  # never written: a decision lives in its record and decision.json
+                config="",
+                overrides=[],
+                start_iter=0,
+                end_iter=0,
+                deps=previous + runs,
+                batch_size=0,
+                single_process=True,
+                decides=schedule,
+            )
+        )
+    before = {s: decision_job_id(schedules[i - 1]) for i, s in enumerate(schedules) if i}
+    jobs = []
+    for job in graph.jobs:
+        wait = before.get(levels[job.id]) if job.kind != "pretrain" else None
+        jobs.append(job if wait is None else Job(**{**asdict(job), "deps": [*job.deps, wait]}))
+    ordered, placed, pending = [], set(), jobs + decisions
+    while pending:  # stable topological order: each pass places every job whose dependencies are placed
+        ready = [j for j in pending if all(d in placed for d in j.deps)]
+        if not ready:
+            raise ScratchdetError(f"the job graph has a cycle among {[j.id for j in pending]}")
+        ordered += ready
+        placed.update(j.id for j in ready)
+        pending = [j for j in pending if j.id not in placed]
+    return JobGraph(graph.study_dir, graph.cwd, ordered)
+
+
 class Stopper:
-    """Checks, after each job, whether the next schedule in line is complete and settled (the launchers call it).
+    """Checks, after each job, whether the next schedule in line is complete and settled (the inprocess and local
+    launchers call it).
 
     Disabled (`enabled=False`), it never decides anything and reads nothing.
     """
@@ -55,24 +146,13 @@ class Stopper:
         self.decided: StudyDecision | None = None
         self._checked: set[float] = set()
         if enabled:
-            self.schedule_of = _plan_schedules(self.study_dir)
+            self.schedule_of = plan_schedules(self.study_dir)
             self.schedules = sorted(set(self.schedule_of.values()))
+            self.levels = job_levels(graph.jobs, self.schedule_of)
 
     def level(self, job) -> float:
-        """The schedule a job serves first: a run's own; a trunk segment's, the shortest schedule forked at its end;
-        0 for a pre-training. With stopping on, the launchers run jobs in (level, graph order): every job's
-        dependencies have a lower or equal level, so this is a valid order, and each schedule's runs finish before
-        longer schedules spend anything, which is what lets a decision save compute."""
-        if not self.enabled or job.kind == "pretrain":
-            return 0.0
-        if job.path in self.schedule_of:
-            return self.schedule_of[job.path]
-        forked_at = [
-            self.schedule_of[j.path]
-            for j in self.graph.jobs
-            if j.fork and j.fork.get("trunk") == job.path and j.fork.get("iter") == job.end_iter
-        ]
-        return min(forked_at, default=max(self.schedules, default=0.0))
+        """The schedule a job serves first (`job_levels`); 0 for every job with stopping off."""
+        return self.levels[job.id] if self.enabled else 0.0
 
     def _complete(self, schedule: float) -> bool:
         runs = [j for j in self.graph.jobs if self.schedule_of.get(j.path) == schedule]
@@ -107,14 +187,21 @@ class Stopper:
     def record(self, not_run: list[str]) -> StudyDecision:
         """Writes decision.json with the jobs left unstarted and what they would have cost; returns it."""
         assert self.decided is not None
-        jobs = [self.graph.job(j) for j in not_run]
-        iterations = sum(j.iters or 0 for j in jobs)
-        per_iter = _measured_seconds_per_iteration(self.study_dir, self.graph)
-        self.decided.not_run = sorted(not_run)
-        self.decided.iterations_not_run = iterations
-        self.decided.device_hours_not_spent = None if per_iter is None else iterations * per_iter / 3600
-        atomic_write_json(self.study_dir / DECISION_FILE, asdict(self.decided))
-        return self.decided
+        return write_decision(self.graph, self.decided, not_run)
+
+
+def write_decision(graph: JobGraph, decision: StudyDecision, not_run: list[str]) -> StudyDecision:
+    """Fills in the jobs `not_run`, their iterations and device-hours (at this study's measured pace), and writes
+    STUDY/decision.json (atomic); returns the decision."""
+    study_dir = Path(graph.study_dir)
+    jobs = [graph.job(j) for j in not_run]
+    iterations = sum(j.iters or 0 for j in jobs)
+    per_iter = _measured_seconds_per_iteration(study_dir, graph)
+    decision.not_run = sorted(not_run)
+    decision.iterations_not_run = iterations
+    decision.device_hours_not_spent = None if per_iter is None else iterations * per_iter / 3600
+    atomic_write_json(study_dir / DECISION_FILE, asdict(decision))
+    return decision
 
 
 def _measured_seconds_per_iteration(study_dir: Path, graph: JobGraph) -> float | None:
@@ -123,7 +210,7 @@ def _measured_seconds_per_iteration(study_dir: Path, graph: JobGraph) -> float |
     from scratchdet.engine.metrics import read_metrics
 
     seconds, iterations = 0.0, 0
-    for path in {j.path for j in graph.jobs if j.kind != "pretrain"}:
+    for path in {j.path for j in graph.jobs if j.kind not in ("pretrain", "decide")}:
         world, previous = 1, None
         for record in read_metrics(study_dir / path):
             if record.get("type") == "start":
@@ -143,3 +230,61 @@ def read_decision(study_dir: str | Path) -> StudyDecision | None:
         return StudyDecision(**json.loads(path.read_text()))
     except (OSError, ValueError, TypeError):
         return None
+
+
+def skipped_by_decision(study_dir: str | Path, job_id: str) -> StudyDecision | None:
+    """The recorded decision that left `job_id` unneeded, or None: a job a decision cancelled that started anyway
+    (scancel failed or came late) exits without training. A launch with stopping off removes decision.json first
+    (study/runner.py), so this never holds back a study that is asked to finish."""
+    decision = read_decision(study_dir)
+    return decision if decision is not None and job_id in decision.not_run else None
+
+
+def _cancel(scheduler_ids: list[str]) -> None:
+    """scancel, best effort: the jobs were already marked not needed and would exit at once if they started."""
+    if not scheduler_ids:
+        return
+    try:
+        result = subprocess.run(["scancel", *scheduler_ids], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        print(f"scancel {' '.join(scheduler_ids)}: {type(e).__name__}: {e}", file=sys.stderr)
+        return
+    if result.returncode != 0:
+        print(f"scancel {' '.join(scheduler_ids)}: {result.stderr.strip()}", file=sys.stderr)
+
+
+def decide(graph: JobGraph, job: Job) -> JobOutcome:
+    """Runs decision job `job` (kind "decide", SLURM): decides whether the study is settled after schedule
+    `job.decides`; when it is, writes decision.json, marks every job serving a longer schedule that is not finished
+    "not needed" in its record, and cancels their SLURM jobs. Returns a CHECKED outcome saying which.
+
+    Raises:
+        ScratchdetError: a run of the schedule is not finished (SLURM's afterok makes that a broken study folder).
+    """
+    from scratchdet.report.decision import settled
+    from scratchdet.report.results import load_study
+
+    study_dir = Path(graph.study_dir)
+    schedule = float(job.decides)
+    schedule_of = plan_schedules(study_dir)
+    levels = job_levels(graph.jobs, schedule_of)
+    missing = [
+        j.id for j in graph.jobs if j.kind == "run" and levels[j.id] == schedule and not is_finished(study_dir, j)
+    ]
+    if missing:
+        raise ScratchdetError(f"{job.id}: runs of {schedule:g}x are not finished: {', '.join(missing)}")
+    answer = settled(load_study(study_dir), schedule)
+    if not answer.settled:
+        return JobOutcome(JobState.CHECKED, f"not settled at {schedule:g}x: {answer.reason}")
+    not_run = [j.id for j in graph.jobs if levels[j.id] > schedule and not is_finished(study_dir, j)]
+    decision = write_decision(graph, StudyDecision(schedule, str(answer.kind), answer.reason), not_run)
+    why = JobOutcome(JobState.NOT_NEEDED, f"settled at {schedule:g}x: {answer.reason}").to_record()
+    for job_id in not_run:
+        update_record(study_dir, job_id, state="not needed", ended=now(), outcome=why)
+    _cancel([sid for j in not_run if (sid := read_record(study_dir, j).get("scheduler_id"))])
+    hours = decision.device_hours_not_spent
+    return JobOutcome(
+        JobState.CHECKED,
+        f"settled at {schedule:g}x: {answer.reason}; {len(not_run)} job(s) not needed ({decision.iterations_not_run} "
+        f"iterations{'' if hours is None else f', about {hours:.3g} device-hours'})",
+    )

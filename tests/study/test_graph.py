@@ -1,12 +1,19 @@
 """The study plan as a job graph (study/graph.py) and the SLURM task environment (distributed.py)."""
 
+import json
+from dataclasses import asdict
+from pathlib import Path
+
 from helpers import ROOT
 
 from scratchdet.distributed import _first_host, adopt_slurm_environment
 from scratchdet.study.graph import compute_estimate
+from scratchdet.study.jobs import run_job
+from scratchdet.study.outcome import JobState
 from scratchdet.study.plan import plan_study
 from scratchdet.study.runner import build_study_graph
 from scratchdet.study.spec import load_study_spec
+from scratchdet.study.stopping import DECISION_FILE, StudyDecision, job_levels
 
 # A mini study with numbers these tests can follow by hand (not the demo's sizing, which may change): scratch and
 # pre-trained, 1x/2x/3x of 64 iterations at batch 2 (first LR drop 40 before the end), two data sizes.
@@ -59,6 +66,43 @@ def test_mini_study_graph_chains_trunk_segments_and_forks_tails(tmp_path):
         "runs/scratch_all_2x",
         "runs/scratch_all_3x",
     }
+
+
+def test_a_sequential_study_under_slurm_waits_for_a_decision_job_after_each_schedule_but_the_last(tmp_path):
+    graph, _ = mini_graph(tmp_path, "stopping.enabled=true", "launcher.name=slurm")
+    jobs = {j.id: j for j in graph.jobs}
+    assert [j for j in jobs if j.startswith("decide/")] == ["decide/1x", "decide/2x"]  # nothing after 3x to skip
+    runs_at = {n: {f"runs/{a}_{s}_{n}x" for a in ("scratch", "pretrained") for s in ("all", "50")} for n in (1, 2, 3)}
+    assert set(jobs["decide/1x"].deps) == runs_at[1]
+    assert set(jobs["decide/2x"].deps) == runs_at[2] | {"decide/1x"}
+    assert jobs["decide/1x"].single_process and jobs["decide/1x"].iters == 0 and jobs["decide/1x"].decides == 1.0
+    # Everything that serves 2x (the trunk segments to the 2x fork point, the 2x tails) waits for the 1x decision,
+    # everything that serves 3x for the 2x one; the pre-training and the 1x work wait for no decision.
+    levels = job_levels(graph.jobs, {r: float(r.rsplit("_", 1)[1][:-1]) for r in set().union(*runs_at.values())})
+    for job in graph.jobs:
+        waits = {d for d in job.deps if d.startswith("decide/")}
+        expected = {f"decide/{levels[job.id] - 1:g}x"} if job.kind != "decide" and levels[job.id] > 1 else set()
+        if job.kind == "decide" and job.decides == 2.0:
+            expected = {"decide/1x"}
+        assert waits == expected, (job.id, waits)
+    assert levels["trunks/scratch_all@88"] == 2.0 and levels["trunks/scratch_all@24"] == 1.0
+    order = [j.id for j in graph.jobs]
+    assert all(order.index(d) < order.index(j.id) for j in graph.jobs for d in j.deps)
+    # The same spec on one machine decides in the launcher: no decision jobs; without stopping, none either.
+    for overrides in (("stopping.enabled=true",), ("launcher.name=slurm",)):
+        assert not [j for j in mini_graph(tmp_path, *overrides)[0].jobs if j.kind == "decide"]
+
+
+def test_a_job_a_recorded_decision_left_out_trains_nothing_if_it_starts_anyway(tmp_path):
+    """scancel can fail or come late: the job reads decision.json and exits as not needed, creating nothing."""
+    graph, _ = mini_graph(tmp_path, "stopping.enabled=true", "launcher.name=slurm")
+    Path(graph.study_dir).mkdir(parents=True)
+    graph.write()
+    decision = StudyDecision(1.0, "caught_up", "scratch within the margin", not_run=["runs/scratch_all_2x"])
+    (Path(graph.study_dir) / DECISION_FILE).write_text(json.dumps(asdict(decision)))
+    outcome = run_job(graph.study_dir, "runs/scratch_all_2x")
+    assert outcome.state is JobState.NOT_NEEDED and "settled at 1x" in outcome.detail
+    assert not (Path(graph.study_dir) / "runs").exists()
 
 
 def test_without_a_shared_trunk_every_run_is_one_job(tmp_path):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import time
 import warnings
@@ -19,40 +18,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import tiny_study_overrides, write_study_spec
+from helpers import need_slurm, tiny_study_overrides, wait_for_study, write_study_spec
 
 from scratchdet.engine.checkpoint import latest_checkpoint, load_checkpoint
 from scratchdet.engine.metrics import read_metrics
 from scratchdet.errors import ScratchdetError
 from scratchdet.study import runner
 from scratchdet.study.graph import read_graph
-from scratchdet.study.jobs import read_record
+from scratchdet.study.records import read_record
 from scratchdet.study.status import exit_code, format_status, study_status
 
 # Whole studies on the local launcher, torchrun and the real SLURM cluster: `make test-fast` leaves them out.
 pytestmark = pytest.mark.e2e
 
 RUNS = ("runs/scratch_all_1x", "runs/scratch_all_2x")
-
-
-def _slurm_up() -> str | None:
-    """None when a SLURM cluster answers here, else why not."""
-    if shutil.which("sinfo") is None:
-        return "no sinfo on PATH (start one with `bash scripts/local_slurm.sh start`)"
-    result = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
-    states = result.stdout.split()
-    if result.returncode != 0 or not any(s.rstrip("*~#") in ("idle", "mixed", "allocated") for s in states):
-        return f"SLURM does not answer or has no usable node: {result.stderr.strip() or states}"
-    return None
-
-
-def _need_slurm() -> None:
-    why = _slurm_up()
-    if why is None:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI must run the SLURM tests against a real cluster: {why}")
-    pytest.skip(why)
 
 
 def write_spec(tmp_path: Path, shapes_dir: Path, study: str, schedules=(1, 2), **launcher) -> Path:
@@ -91,22 +70,6 @@ def assert_same_runs(a: Path, b: Path, *, exact: bool = True) -> None:
             assert last_eval(a / run) == last_eval(b / run), run
             for key, value in sa["model"].items():
                 assert torch.equal(value, sb["model"][key]), f"{run}: {key}"
-
-
-ACTIVE = ("running", "queued", "waiting", "requeued", "submitted", "preempted")
-
-
-def wait_for(study: Path, timeout: float = 420) -> list:
-    """Polls `study status` until no job is queued, waiting or running (a failed job's dependents are cancelled by
-    SLURM at its next scheduling pass, after the failure itself); returns the statuses."""
-    deadline = time.time() + timeout
-    while True:
-        statuses = study_status(study)
-        if not any(s.state in ACTIVE for s in statuses):
-            return statuses
-        if time.time() > deadline:
-            pytest.fail(f"study {study} still pending after {timeout} s:\n{format_status(statuses)}")
-        time.sleep(1.0)
 
 
 @pytest.fixture(scope="module")
@@ -172,9 +135,9 @@ def test_local_launcher_two_processes_per_job_sees_the_inprocess_images(local_tw
 
 
 def test_slurm_two_tasks_per_job_equals_local_exactly(shapes_dir, tmp_path, local_two_task_study):
-    _need_slurm()
+    need_slurm()
     study = runner.run_study(write_spec(tmp_path, shapes_dir, "slurm2", name="slurm", tasks_per_node=2), report=False)
-    statuses = wait_for(study)
+    statuses = wait_for_study(study)
     assert exit_code(statuses) == 0, format_status(statuses)
     assert_same_runs(study, local_two_task_study)
     for job in read_graph(study).jobs:
@@ -187,7 +150,7 @@ def _scontrol(*args: str) -> None:
 
 
 def test_slurm_failed_segment_cancels_its_dependents_and_resubmission_runs_only_those(shapes_dir, tmp_path):
-    _need_slurm()
+    need_slurm()
     spec = write_spec(tmp_path, shapes_dir, "failing", name="slurm")
     study = runner.run_study(spec, report=False)
     segment = read_record(study, "trunks/scratch_all@6")["scheduler_id"]
@@ -207,7 +170,7 @@ def test_slurm_failed_segment_cancels_its_dependents_and_resubmission_runs_only_
     saved = pointer.read_text()
     pointer.write_text("garbage")
     _scontrol("release", segment)
-    statuses = {s.id: s for s in wait_for(study)}
+    statuses = {s.id: s for s in wait_for_study(study)}
     assert statuses["trunks/scratch_all@6"].state == "failed"
     assert "the run folder was altered" in statuses["trunks/scratch_all@6"].error
     assert statuses["runs/scratch_all_2x"].state == "cancelled"  # never started: no run folder
@@ -219,12 +182,12 @@ def test_slurm_failed_segment_cancels_its_dependents_and_resubmission_runs_only_
     resubmitted = {j: read_record(study, j)["scheduler_id"] for j in submitted}
     changed = sorted(j for j in submitted if resubmitted[j] != submitted[j])
     assert changed == ["runs/scratch_all_2x", "trunks/scratch_all@6"]
-    statuses = wait_for(study)
+    statuses = wait_for_study(study)
     assert exit_code(statuses) == 0, format_status(statuses)
 
 
 def test_slurm_job_signalled_mid_run_requeues_and_resumes_exactly(shapes_dir, tmp_path):
-    _need_slurm()
+    need_slurm()
     # One schedule (no trunk): one job of 24 iterations, long enough to be signalled in the middle.
     reference = runner.run_study(write_spec(tmp_path, shapes_dir, "long", schedules=[6]), report=False)
     spec = write_spec(tmp_path, shapes_dir, "preempted", schedules=[6], name="slurm")
@@ -235,7 +198,7 @@ def test_slurm_job_signalled_mid_run_requeues_and_resumes_exactly(shapes_dir, tm
     while len(read_metrics(study / job, "train")) < 3 and time.time() < deadline:
         time.sleep(0.2)
     subprocess.run(["scancel", "--signal=TERM", slurm_id], check=True, timeout=30)
-    statuses = {s.id: s for s in wait_for(study)}
+    statuses = {s.id: s for s in wait_for_study(study)}
     assert statuses[job].state == "finished" and statuses[job].requeues == 1
     assert "requeues" in format_status(list(statuses.values()))
     (stop,) = read_metrics(study / job, "preempted")

@@ -13,8 +13,9 @@ from scratchdet.errors import ScratchdetError
 from scratchdet.run_folder import RunFolder, checkpoint_name
 from scratchdet.study import jobs as jobs_module
 from scratchdet.study.graph import Job, JobGraph
-from scratchdet.study.jobs import is_finished, read_record, run_folder_lock, run_job, update_record
+from scratchdet.study.jobs import run_folder_lock, run_job
 from scratchdet.study.outcome import JobOutcome, JobState
+from scratchdet.study.records import is_finished, read_record, update_record
 from scratchdet.study.status import (
     exit_code,
     format_status,

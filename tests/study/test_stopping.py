@@ -4,31 +4,36 @@ checkpoints and ends with the numbers of a study run without stopping."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
-from helpers import MINI_CONFIG, tiny_overrides, tiny_study_overrides, write_study_spec
+from helpers import MINI_CONFIG, need_slurm, tiny_overrides, tiny_study_overrides, wait_for_study, write_study_spec
 
 from scratchdet.config import load_config
 from scratchdet.engine import trainer
-from scratchdet.errors import ConfigError
+from scratchdet.report.page import write_report
 from scratchdet.report.results import load_study
 from scratchdet.study import runner
-from scratchdet.study.spec import load_study_spec
-from scratchdet.study.status import exit_code, study_status
+from scratchdet.study.graph import read_graph
+from scratchdet.study.records import read_record
+from scratchdet.study.status import exit_code, format_status, study_status
 from scratchdet.study.stopping import read_decision
 
 pytestmark = pytest.mark.e2e  # whole studies
 
 
-def spec_with_same_weights_twice(tmp_path, shapes_dir, output, stopping: bool):
+@pytest.fixture(scope="module")
+def weights(shapes_dir, tmp_path_factory):
+    """One weights file for every pre-trained arm of this module's studies."""
+    out = tmp_path_factory.mktemp("weights") / "run"
+    trainer.train(load_config(MINI_CONFIG, tiny_overrides(shapes_dir, out, **{"train.max_iters": 2})))
+    return out
+
+
+def spec_with_same_weights_twice(tmp_path, shapes_dir, weights, output, stopping: bool, **launcher):
     """Scratch and two pre-trained arms from one weights file, 1x and 2x, built to settle at 1x: the pre-trained arms
     are the same network, and the margin is 50 AP, so every interval's upper end (at most a few AP on these 2
     validation images; 3.57 measured) lies inside it whatever the float path. With the default 0.5 AP margin the
-    same study does not settle on 2 images, which is the rule working (the decision's own tests cover that)."""
-    weights = tmp_path / "weights"
-    if not weights.exists():
-        trainer.train(load_config(MINI_CONFIG, tiny_overrides(shapes_dir, weights, **{"train.max_iters": 2})))
+    same study does not settle on 2 images, which is the rule working (the decision's own tests cover that). One
+    intra-op thread, so that every launcher runs the same float path and ends with the same numbers."""
     arms = [
         {"name": "scratch"},
         {"name": "imagenet", "init": "pretrained", "weights": str(weights)},
@@ -37,57 +42,98 @@ def spec_with_same_weights_twice(tmp_path, shapes_dir, output, stopping: bool):
     return write_study_spec(
         tmp_path / f"{output}.yaml",
         tmp_path / output,
-        tiny_study_overrides(shapes_dir),
+        tiny_study_overrides(shapes_dir, **{"train.num_threads": 1}),
         arms=arms,
         schedules=[1, 2],
         stopping={"enabled": stopping},
         verdict={"margin": 50.0},
+        launcher={"gpus_per_task": 0, "time_minutes": 10, "signal_delay_s": 30, **launcher},
     )
 
 
-def test_a_settled_study_stops_after_its_first_schedule_and_a_rerun_without_stopping_finishes_it(
-    shapes_dir, tmp_path, capsys
-):
-    stopped = runner.run_study(spec_with_same_weights_twice(tmp_path, shapes_dir, "seq", True), report=True)
-    out = capsys.readouterr().out
-    decision = read_decision(stopped)
-    assert decision is not None and decision.schedule == 1.0, out
-    assert "[study] stopping: the study's question is settled at 1x" in out
-    # Every 1x run finished; the 2x tails (and the trunk segments only they need) were not run.
-    statuses = {s.id: s.state for s in study_status(stopped)}
-    assert all(state == "finished" for job, state in statuses.items() if job.endswith("_1x"))
-    assert set(decision.not_run) == {job for job, state in statuses.items() if state == "not needed"}
+@pytest.fixture(scope="module")
+def straight_finals(shapes_dir, weights, tmp_path_factory):
+    """{run: final bbox AP} of the same study run without stopping."""
+    tmp = tmp_path_factory.mktemp("straight")
+    study = runner.run_study(spec_with_same_weights_twice(tmp, shapes_dir, weights, "straight", False), report=False)
+    return finals(study)
+
+
+def finals(study) -> dict:
+    return {r.name: (r.last_eval or {}).get("bbox") for r in load_study(study).runs}
+
+
+def check_settled_at_1x(study, statuses) -> None:
+    """Every 1x run finished; the 2x tails (and the trunk segments only they need) not needed, as decision.json
+    lists them; the study counts as complete."""
+    decision = read_decision(study)
+    assert decision is not None and decision.schedule == 1.0
+    states = {s.id: s.state for s in statuses}
+    assert all(state == "finished" for job, state in states.items() if job.endswith("_1x")), states
+    assert set(decision.not_run) == {job for job, state in states.items() if state == "not needed"}
     assert {j for j in decision.not_run if j.startswith("runs/")} == {
         f"runs/{a}_all_2x" for a in ("scratch", "imagenet", "inhouse")
     }
     assert decision.iterations_not_run > 0 and decision.device_hours_not_spent > 0
-    assert exit_code(study_status(stopped)) == 0
+    assert exit_code(statuses) == 0, format_status(statuses)
+
+
+def test_a_settled_study_stops_after_its_first_schedule_and_a_rerun_without_stopping_finishes_it(
+    shapes_dir, weights, straight_finals, tmp_path, capsys
+):
+    stopped = runner.run_study(spec_with_same_weights_twice(tmp_path, shapes_dir, weights, "seq", True), report=True)
+    out = capsys.readouterr().out
+    assert "[study] stopping: the study's question is settled at 1x" in out
+    check_settled_at_1x(stopped, study_status(stopped))
+    # Nothing of 2x was started: the launcher runs shorter schedules first.
+    assert not (stopped / "runs/scratch_all_2x").exists()
     report = (stopped / "report" / "report.html").read_text()
     assert "settled at 1x" in report and "runs/scratch_all_2x" in report
 
     # stopping off: the rest trains from the shared checkpoints, and every number equals a study without stopping.
-    finished = runner.run_study(spec_with_same_weights_twice(tmp_path, shapes_dir, "seq", False), report=False)
+    finished = runner.run_study(spec_with_same_weights_twice(tmp_path, shapes_dir, weights, "seq", False), report=False)
     assert read_decision(finished) is None and exit_code(study_status(finished)) == 0
-    straight = runner.run_study(spec_with_same_weights_twice(tmp_path, shapes_dir, "straight", False), report=False)
-    finals = {
-        study: {r.name: (r.last_eval or {}).get("bbox") for r in load_study(study).runs}
-        for study in (finished, straight)
-    }
-    assert finals[finished] == finals[straight] and len(finals[finished]) == 6
+    assert finals(finished) == straight_finals and len(straight_finals) == 6
 
 
-def test_stopping_with_the_slurm_launcher_is_refused(tmp_path):
-    path = tmp_path / "spec.yaml"
-    path.write_text(
-        json.dumps(
-            {
-                "name": "s",
-                "base_config": str(MINI_CONFIG),
-                "output": str(tmp_path / "out"),
-                "stopping": {"enabled": True},
-                "launcher": {"name": "slurm"},
-            }
-        )
-    )
-    with pytest.raises(ConfigError, match="stopping.enabled=true runs with launcher.name=inprocess or local"):
-        load_study_spec(path)
+def test_a_settled_study_stops_on_the_local_launcher(shapes_dir, weights, tmp_path, capsys):
+    spec = spec_with_same_weights_twice(tmp_path, shapes_dir, weights, "local", True, name="local", max_parallel=2)
+    study = runner.run_study(spec, report=False)
+    assert "[study] stopping: the study's question is settled at 1x" in capsys.readouterr().out
+    # A longer schedule's job that was already running when the decision came was stopped at a checkpoint and is
+    # listed as not needed with the rest.
+    check_settled_at_1x(study, study_status(study))
+
+
+def test_a_settled_study_stops_under_slurm_and_resubmitted_without_stopping_finishes_it(
+    shapes_dir, weights, straight_finals, tmp_path
+):
+    need_slurm()
+    spec = spec_with_same_weights_twice(tmp_path, shapes_dir, weights, "slurm", True, name="slurm")
+    study = runner.run_study(spec, report=False)
+    graph = read_graph(study)
+    decide = graph.job("decide/1x")
+    assert set(decide.deps) == {f"runs/{a}_all_1x" for a in ("scratch", "imagenet", "inhouse")}
+    statuses = wait_for_study(study)
+    check_settled_at_1x(study, statuses)
+    # The decision ran as a job of the graph, recorded like every job, and its cancelled jobs never started.
+    record = read_record(study, "decide/1x")
+    assert record["state"] == "finished" and record["outcome"]["state"] == "checked", record
+    assert "settled at 1x" in record["outcome"]["detail"]
+    assert not (study / "runs/scratch_all_2x").exists()
+    assert all(read_record(study, j)["outcome"]["state"] == "not needed" for j in read_decision(study).not_run)
+    report = (write_report(study)).read_text()
+    assert "settled at 1x" in report and "runs/scratch_all_2x" in report
+
+    # Submitting again with stopping on submits nothing that the decision left out.
+    runner.run_study(spec, report=False)
+    assert not (study / "runs/scratch_all_2x").exists()
+    assert all(read_record(study, j).get("submissions", 1) == 1 for j in read_decision(study).not_run)
+
+    # stopping off: the rest is submitted, trains from the shared checkpoints and ends with the numbers of a study
+    # run without stopping (on another launcher).
+    spec = spec_with_same_weights_twice(tmp_path, shapes_dir, weights, "slurm", False, name="slurm")
+    runner.run_study(spec, report=False)
+    statuses = wait_for_study(study)
+    assert read_decision(study) is None and exit_code(statuses) == 0, format_status(statuses)
+    assert finals(study) == straight_finals
