@@ -5,18 +5,25 @@ image-only one by about what the seed spread says."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import html
+import importlib.util
+import json
 
 import pytest
 import yaml
-from helpers import MINI_CONFIG, tiny_overrides, tiny_study_overrides
+from helpers import MINI_CONFIG, ROOT, tiny_overrides, tiny_study_overrides
 
 from scratchdet.config import load_config
 from scratchdet.engine import trainer
 from scratchdet.report import verdict
 from scratchdet.report.decision import settled
-from scratchdet.report.results import load_study
+from scratchdet.report.results import SEED_SPREAD_FILE, SeedSpread, load_study, pooled_seed_sd, seed_spread
 from scratchdet.study import runner
+
+_script = importlib.util.spec_from_file_location("seed_spread_script", ROOT / "scripts" / "seed_spread.py")
+seed_spread_script = importlib.util.module_from_spec(_script)
+_script.loader.exec_module(seed_spread_script)
 
 # Twelve runs trained and reported: `make test-fast` leaves it out.
 pytestmark = pytest.mark.e2e
@@ -62,3 +69,15 @@ def test_a_seeded_mini_study_reports_its_seeds_and_an_interval_over_seeds_and_im
     # The decision at 2x reads the same folder and the same interval: rule (a) holds exactly when its upper end does.
     decision = settled(study, 2.0)
     assert (decision.kind == "caught_up") == (iv.ci95[1] <= study.margin)
+
+    # The spread it measured, as the record a one-seed study reads (scripts/seed_spread.py): the pooled SD over its
+    # four cells, read back by `seed_spread` from a study folder that has no seeds of its own.
+    record = tmp_path / "one_seed" / SEED_SPREAD_FILE
+    record.parent.mkdir()
+    assert seed_spread_script.main([str(study_dir), "--out", str(record), "--source", "the seeded test study"]) == 0
+    written = json.loads(record.read_text())
+    pooled, cells = pooled_seed_sd(study.runs)
+    assert cells == 4 and len(written["cells"]) == 4 and abs(written["sd"] - pooled) < 1e-4
+    assert all(len(c["bbox_ap"]) == 3 for c in written["cells"])
+    quoted = seed_spread(dataclasses.replace(study, root=record.parent, runs=[]))
+    assert quoted == SeedSpread(written["sd"], "the seeded test study")
