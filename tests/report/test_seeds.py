@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import MINI_CONFIG, tiny_overrides
+from helpers import MINI_CONFIG, ROOT, tiny_overrides
 
 from scratchdet.config import config_to_yaml, load_config
 from scratchdet.data.coco import CocoDetection
@@ -251,3 +251,21 @@ def test_one_seed_says_training_noise_was_not_measured_and_quotes_a_measured_spr
     (sentence,) = verdict.verdict(verdict.comparisons(study), spread=results.seed_spread(study))
     assert "over 8 validation images; training noise not measured: one seed per arm; at the seed spread measured " \
            "in docs/RESULTS.md (mini, 3 seeds) (SD 0.30 AP)" in sentence  # fmt: skip
+
+
+def test_the_demo_quotes_the_seed_spread_its_study_measured(tmp_path):
+    """`make demo` (one seed) copies configs/study/mini_seed_spread.json into its study folder: the record of the
+    same study run with seeds 0, 1, 2 (scripts/seed_spread.py, docs/RESULTS.md). It must stay readable as what
+    `seed_spread` quotes, and its SD the pooled SD of the cells it lists."""
+    record = ROOT / "configs" / "study" / "mini_seed_spread.json"
+    assert record.name in (ROOT / "scripts" / "demo.sh").read_text()
+    data = json.loads(record.read_text())
+    (tmp_path / results.SEED_SPREAD_FILE).write_text(record.read_text())
+    study = results.Study(root=tmp_path, name="mini", created=None, runs=[], iterations={}, pretrain={})
+    spread = results.seed_spread(study)
+    assert spread is not None and spread.sd == data["sd"] > 0 and "docs/RESULTS.md" in spread.source
+    cells = data["cells"]
+    assert len(cells) == 6 and all(c["seeds"] == [0, 1, 2] for c in cells)
+    dof = sum(len(c["bbox_ap"]) - 1 for c in cells)
+    squares = sum((v - sum(c["bbox_ap"]) / 3) ** 2 for c in cells for v in c["bbox_ap"])
+    assert abs((squares / dof) ** 0.5 - data["sd"]) < 1e-3
