@@ -179,6 +179,10 @@ def run_job(study_dir: str | Path, job_id: str) -> JobOutcome:
         Preempted: a stop signal outside SLURM (the job checkpointed; launch it again to resume).
     """
     graph = read_graph(study_dir)
+    if job_id.startswith("decide/") and job_id not in {j.id for j in graph.jobs}:
+        # Queued by a sequential submission that was then resubmitted with stopping off: nothing left to decide, and
+        # its dependents (queued with afterok on it) must go on.
+        return JobOutcome(JobState.CHECKED, "nothing to decide: the study was resubmitted with stopping off")
     job = graph.job(job_id)
     study_dir = Path(graph.study_dir)
     if Path.cwd() != Path(graph.cwd):

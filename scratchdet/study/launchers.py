@@ -356,15 +356,25 @@ class StudyTask:
         return submitit.helpers.DelayedSubmission(self)
 
 
+# sbatch options that ask for GPUs (a decision job drops them).
+GPU_SBATCH_KEYS = {"gres", "gpus", "gpus-per-node", "gpus-per-task", "gpus-per-socket", "gpu-bind", "gpu-freq"}
+
+
 def _executor(study_dir: Path, launcher: LauncherSpec, job: Job, dependency: list[str]):
     import submitit
 
     executor = submitit.SlurmExecutor(folder=study_dir / "slurm" / "%j")
     tasks = 1 if job.single_process else launcher.tasks_per_node
-    gpus = 0 if job.kind == "decide" else tasks * launcher.gpus_per_task  # a decision reads records and bootstraps
     extra = {"requeue": True, "kill-on-invalid-dep": "yes", **launcher.sbatch_extra}
+    gpus = tasks * launcher.gpus_per_task
+    after = "afterok"
+    if job.kind == "decide":
+        # A decision reads records and bootstraps on CPU: no GPU, whatever sbatch_extra asks of the training jobs.
+        # It waits for its runs to END (afterany): a failed run leaves the schedule undecided and the study goes on.
+        gpus, after = 0, "afterany"
+        extra = {k: v for k, v in extra.items() if k.replace("_", "-") not in GPU_SBATCH_KEYS}
     if dependency:
-        extra["dependency"] = "afterok:" + ":".join(dependency)
+        extra["dependency"] = f"{after}:" + ":".join(dependency)
     params = {
         "job_name": f"sd-{job.id}",
         "nodes": 1 if job.single_process else launcher.nodes,
@@ -410,6 +420,10 @@ def submit_slurm(
         if job.id in (not_needed or {}):
             outcome[job.id] = JobOutcome(JobState.NOT_NEEDED, not_needed[job.id])
             continue
+        skipped_deps = [d for d in job.deps if outcome.get(d) and outcome[d].state is JobState.NOT_NEEDED]
+        if skipped_deps:  # never submitted without a dependency: it would start at once on missing work
+            outcome[job.id] = JobOutcome(JobState.NOT_NEEDED, f"{skipped_deps[0]} is not needed")
+            continue
         record = read_record(study_dir, job.id)
         previous = record.get("scheduler_id")
         if previous and states.get(previous) in ACTIVE_STATES:
@@ -431,6 +445,7 @@ def submit_slurm(
             submissions=int(record.get("submissions", 0)) + 1,
             state="submitted",
             error=None,
+            outcome=None,
         )
         after = f" after {','.join(dependency)}" if dependency else ""
         outcome[job.id] = JobOutcome(JobState.SUBMITTED, f"as SLURM job {submitted.job_id}{after}")

@@ -9,6 +9,7 @@ times, where it ran, how often it was requeued, and its outcome (study/outcome.p
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 from datetime import datetime, timezone
@@ -63,6 +64,18 @@ def squeue_states() -> dict[str, str]:
     return dict(line.split(None, 1) for line in result.stdout.splitlines() if line.strip())
 
 
+def plan_digest(study_dir: str | Path) -> str | None:
+    """A digest of the study's plan.json (every planned run, trunk, pre-training, input convention, margin and seed
+    axis; not the `stopping` switch): a sequential study's decisions hold for this plan only. None without one."""
+    try:
+        plan = json.loads((Path(study_dir) / "plan.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if isinstance(plan, dict):
+        plan.pop("stopping", None)
+    return hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def is_finished(study_dir: str | Path, job: Job) -> bool:
     """Whether the job's work is in its run folder: a pre-training's summary (written after its final evaluation),
     or a checkpoint at its last iteration AND the evaluation of that iteration.
@@ -74,11 +87,15 @@ def is_finished(study_dir: str | Path, job: Job) -> bool:
     be lost, checkpoints and evaluation reports are written atomically (scratchdet/files.py).
 
     A sequential study's decision job (kind "decide", study/stopping.py) has no run folder: it is done once its
-    record holds its decision (a lost record only makes it decide again, from the same finished runs).
+    record holds its decision for the current plan (a decision about another plan, e.g. before arms or seeds were
+    added, is made again; a lost record only makes it decide again, from the same finished runs).
     """
     if job.kind == "decide":
-        outcome = JobOutcome.from_record(read_record(study_dir, job.id).get("outcome"))
-        return outcome is not None and outcome.state is JobState.CHECKED
+        record = read_record(study_dir, job.id)
+        outcome = JobOutcome.from_record(record.get("outcome"))
+        return (
+            outcome is not None and outcome.state is JobState.CHECKED and record.get("plan") == plan_digest(study_dir)
+        )
     folder = RunFolder(Path(study_dir) / job.path)
     if job.kind == "pretrain":
         return folder.pretrain_summary.is_file()

@@ -25,7 +25,7 @@ from scratchdet.study.plan import Plan, plan_study, run_config
 from scratchdet.study.records import record_path, update_record
 from scratchdet.study.spec import StudySpec, load_study_spec
 from scratchdet.study.status import status_json, study_status
-from scratchdet.study.stopping import DECISION_FILE, Stopper, add_decision_jobs, read_decision
+from scratchdet.study.stopping import DECISION_FILE, Stopper, add_decision_jobs, read_decision, without_decisions
 
 STATUS_FILE = "status.json"
 
@@ -130,11 +130,20 @@ def check_study_folder(graph: JobGraph, replan: bool, log=print) -> None:
     Raises:
         ConfigError: a run folder was trained with other settings, and `replan` is false.
     """
-    differences = folder_differences(graph)
+    # A wait on a sequential study's decision job is no dependency of the work: without it, setting one run aside
+    # would take every longer schedule of every arm with it.
+    work = without_decisions(graph)
+    differences = folder_differences(work)
     if not differences:
         return
     if replan:
-        set_aside_jobs(graph, sorted(differences), log)
+        stamp = set_aside_jobs(work, sorted(differences), log)
+        # Decisions were made from runs now set aside: they are made again.
+        root = Path(graph.study_dir)
+        decisions = [root / DECISION_FILE, *(record_path(root, j.id) for j in graph.jobs if j.kind == "decide")]
+        for path in (p for p in decisions if p.exists()):
+            (stamp / path.relative_to(root)).parent.mkdir(parents=True, exist_ok=True)
+            path.rename(stamp / path.relative_to(root))
         return
     lines = [f"  {job_id} ({graph.job(job_id).path}):\n    " + "\n    ".join(d) for job_id, d in differences.items()]
     raise ConfigError(
@@ -185,9 +194,12 @@ def run_study(
     )
     launcher = spec.launcher
     decided = study_dir / DECISION_FILE
-    if decided.exists() and not spec.stopping.enabled:
-        decided.unlink()  # an earlier sequential launch stopped here; this one trains the rest
-        print(f"[study] stopping is off: removed {decided} of an earlier launch; the jobs it skipped run now")
+    if decided.exists() and (launcher.name != "slurm" or not spec.stopping.enabled):
+        # Stopping off: an earlier sequential launch stopped here, and this one trains the rest. Stopping on, on this
+        # machine: the launcher's Stopper decides again from the finished runs (and writes it again if settled).
+        decided.unlink()
+        if not spec.stopping.enabled:
+            print(f"[study] stopping is off: removed {decided} of an earlier launch; the jobs it skipped run now")
     if launcher.name == "slurm":
         decision = read_decision(study_dir) if spec.stopping.enabled else None
         why = None if decision is None else f"settled at {decision.schedule:g}x ({decided}); {decision.reason}"

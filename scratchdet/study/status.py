@@ -26,6 +26,7 @@ from scratchdet.study.outcome import JobOutcome
 from scratchdet.study.records import is_finished, read_record, squeue_states
 
 FAILED = ("failed", "cancelled")
+QUEUED_STATES = ("running", "queued", "waiting", "requeued")
 
 
 @dataclass
@@ -143,7 +144,8 @@ def study_status(study_dir: str | Path) -> list[JobStatus]:
 
     decision = read_decision(root)
     for status in statuses if decision is not None else []:
-        if status.id in decision.not_run and status.state != "finished":
+        # A job still queued or running (scancel failed or came late) shows as such until it exits, not needed.
+        if status.id in decision.not_run and status.state not in ("finished", *QUEUED_STATES):
             status.state = "not needed"  # the sequential study settled its question first (decision.json)
             status.error = None
     return statuses

@@ -34,7 +34,7 @@ from scratchdet.errors import ScratchdetError
 from scratchdet.files import atomic_write_json
 from scratchdet.study.graph import Job, JobGraph
 from scratchdet.study.outcome import JobOutcome, JobState
-from scratchdet.study.records import is_finished, now, read_record, update_record
+from scratchdet.study.records import is_finished, now, plan_digest, read_record, update_record
 
 DECISION_FILE = "decision.json"
 
@@ -49,6 +49,7 @@ class StudyDecision:
     not_run: list[str] = field(default_factory=list)  # job ids the decision left unstarted (or stopped)
     iterations_not_run: int = 0
     device_hours_not_spent: float | None = None  # at the measured time per iteration of this study's runs
+    plan: str | None = None  # records.plan_digest of the plan it was made for: it holds for that plan only
 
 
 def plan_schedules(study_dir: Path) -> dict[str, float]:
@@ -200,6 +201,7 @@ def write_decision(graph: JobGraph, decision: StudyDecision, not_run: list[str])
     decision.not_run = sorted(not_run)
     decision.iterations_not_run = iterations
     decision.device_hours_not_spent = None if per_iter is None else iterations * per_iter / 3600
+    decision.plan = plan_digest(study_dir)
     atomic_write_json(study_dir / DECISION_FILE, asdict(decision))
     return decision
 
@@ -224,12 +226,25 @@ def _measured_seconds_per_iteration(study_dir: Path, graph: JobGraph) -> float |
 
 
 def read_decision(study_dir: str | Path) -> StudyDecision | None:
-    """The decision a sequential launch recorded in the study folder, or None."""
+    """The decision a sequential launch recorded in the study folder for its current plan, or None (none, unreadable,
+    or made for another plan: arms, schedules, sizes, seeds or the margin changed since, so it no longer holds)."""
     path = Path(study_dir) / DECISION_FILE
     try:
-        return StudyDecision(**json.loads(path.read_text()))
+        decision = StudyDecision(**json.loads(path.read_text()))
     except (OSError, ValueError, TypeError):
         return None
+    return decision if decision.plan == plan_digest(study_dir) else None
+
+
+def without_decisions(graph: JobGraph) -> JobGraph:
+    """The graph without its decision jobs and the waits on them: what a job's work depends on (used to set aside a
+    run and what was trained from it, --replan, where a wait on a decision is no dependency of the work)."""
+    jobs = [
+        Job(**{**asdict(j), "deps": [d for d in j.deps if not d.startswith("decide/")]})
+        for j in graph.jobs
+        if j.kind != "decide"
+    ]
+    return JobGraph(graph.study_dir, graph.cwd, jobs)
 
 
 def skipped_by_decision(study_dir: str | Path, job_id: str) -> StudyDecision | None:
@@ -258,8 +273,9 @@ def decide(graph: JobGraph, job: Job) -> JobOutcome:
     `job.decides`; when it is, writes decision.json, marks every job serving a longer schedule that is not finished
     "not needed" in its record, and cancels their SLURM jobs. Returns a CHECKED outcome saying which.
 
-    Raises:
-        ScratchdetError: a run of the schedule is not finished (SLURM's afterok makes that a broken study folder).
+    A run of the schedule that did not finish (it failed: the decision waits for the runs with afterany) leaves
+    the schedule not settled, and the longer schedules train on, as they do on the inprocess and local launchers.
+    The decision is recorded with the plan it is about (`records.plan_digest`): a changed plan decides again.
     """
     from scratchdet.report.decision import settled
     from scratchdet.report.results import load_study
@@ -268,11 +284,14 @@ def decide(graph: JobGraph, job: Job) -> JobOutcome:
     schedule = float(job.decides)
     schedule_of = plan_schedules(study_dir)
     levels = job_levels(graph.jobs, schedule_of)
-    missing = [
-        j.id for j in graph.jobs if j.kind == "run" and levels[j.id] == schedule and not is_finished(study_dir, j)
-    ]
+    update_record(study_dir, job.id, plan=plan_digest(study_dir))
+    stale = study_dir / DECISION_FILE
+    if stale.exists():  # an earlier decision (another plan's, or set aside): this job decides anew
+        stale.unlink()
+    runs = [j for j in graph.jobs if j.kind == "run" and levels[j.id] == schedule]
+    missing = [j.id for j in runs if not is_finished(study_dir, j)]
     if missing:
-        raise ScratchdetError(f"{job.id}: runs of {schedule:g}x are not finished: {', '.join(missing)}")
+        return JobOutcome(JobState.CHECKED, f"not settled at {schedule:g}x: not finished: {', '.join(missing)}")
     answer = settled(load_study(study_dir), schedule)
     if not answer.settled:
         return JobOutcome(JobState.CHECKED, f"not settled at {schedule:g}x: {answer.reason}")

@@ -7,13 +7,23 @@ from pathlib import Path
 from helpers import ROOT
 
 from scratchdet.distributed import _first_host, adopt_slurm_environment
-from scratchdet.study.graph import compute_estimate
+from scratchdet.study.graph import JobGraph, compute_estimate
 from scratchdet.study.jobs import run_job
+from scratchdet.study.launchers import _executor
 from scratchdet.study.outcome import JobState
 from scratchdet.study.plan import plan_study
-from scratchdet.study.runner import build_study_graph
-from scratchdet.study.spec import load_study_spec
-from scratchdet.study.stopping import DECISION_FILE, StudyDecision, job_levels
+from scratchdet.study.records import is_finished, plan_digest
+from scratchdet.study.runner import build_study_graph, set_aside_jobs
+from scratchdet.study.spec import LauncherSpec, load_study_spec
+from scratchdet.study.status import study_status
+from scratchdet.study.stopping import (
+    DECISION_FILE,
+    StudyDecision,
+    job_levels,
+    read_decision,
+    without_decisions,
+    write_decision,
+)
 
 # A mini study with numbers these tests can follow by hand (not the demo's sizing, which may change): scratch and
 # pre-trained, 1x/2x/3x of 64 iterations at batch 2 (first LR drop 40 before the end), two data sizes.
@@ -103,6 +113,65 @@ def test_a_job_a_recorded_decision_left_out_trains_nothing_if_it_starts_anyway(t
     outcome = run_job(graph.study_dir, "runs/scratch_all_2x")
     assert outcome.state is JobState.NOT_NEEDED and "settled at 1x" in outcome.detail
     assert not (Path(graph.study_dir) / "runs").exists()
+
+
+def sequential_slurm_study(tmp_path):
+    """The mini graph's study folder as `scratchdet study` writes it under SLURM with stopping on (jobs.json and
+    plan.json, nothing trained)."""
+    path = tmp_path / "graph_spec.yaml"
+    path.write_text(GRAPH_SPEC)
+    spec = load_study_spec(path, [f"output={tmp_path / 'study'}", "stopping.enabled=true", "launcher.name=slurm"])
+    plan = plan_study(spec, check_sources=False)
+    graph = build_study_graph(plan, spec)
+    Path(graph.study_dir).mkdir(parents=True)
+    graph.write()
+    (Path(graph.study_dir) / "plan.json").write_text(json.dumps(plan.to_dict()))
+    return graph, plan
+
+
+def test_a_decision_holds_for_the_plan_it_was_made_for_and_a_schedule_with_a_failed_run_is_not_settled(tmp_path):
+    graph, plan = sequential_slurm_study(tmp_path)
+    study = Path(graph.study_dir)
+    decision = write_decision(graph, StudyDecision(1.0, "caught_up", "within the margin"), ["runs/scratch_all_2x"])
+    assert decision.plan == plan_digest(study) and read_decision(study) == decision
+    assert run_job(study, "runs/scratch_all_2x").state is JobState.NOT_NEEDED
+    # The decision job of 1x with its runs not finished (a run failed: it waits with afterany) decides "not settled",
+    # removes the earlier decision, and records the plan it looked at: done for this plan, not for another.
+    outcome = run_job(study, "decide/1x")
+    assert outcome.state is JobState.CHECKED and outcome.detail.startswith("not settled at 1x: not finished: runs/")
+    assert read_decision(study) is None and not (study / DECISION_FILE).exists()
+    assert is_finished(study, graph.job("decide/1x"))
+    decision = write_decision(graph, StudyDecision(1.0, "caught_up", "within the margin"), ["runs/scratch_all_2x"])
+    changed = plan.to_dict() | {"seeds": [0, 1]}  # e.g. seeds added: another study, whose decisions are not made
+    (study / "plan.json").write_text(json.dumps(changed))
+    assert read_decision(study) is None and not is_finished(study, graph.job("decide/1x"))
+    assert study_status(study)[-1].state != "not needed"
+
+
+def test_a_decision_job_needs_no_gpu_and_waits_for_its_runs_to_end(tmp_path):
+    graph, _ = sequential_slurm_study(tmp_path)
+    launcher = LauncherSpec(name="slurm", gpus_per_task=1, tasks_per_node=8, sbatch_extra={"gres": "gpu:8", "x": "y"})
+    decide = _executor(Path(graph.study_dir), launcher, graph.job("decide/1x"), ["11", "12"]).parameters
+    assert "gpus_per_node" not in decide and "gres" not in decide["additional_parameters"]
+    assert decide["additional_parameters"]["dependency"] == "afterany:11:12" and decide["ntasks_per_node"] == 1
+    segment = _executor(Path(graph.study_dir), launcher, graph.job("trunks/scratch_all@88"), ["13"]).parameters
+    assert segment["gpus_per_node"] == 8 and segment["additional_parameters"]["gres"] == "gpu:8"
+    assert segment["additional_parameters"]["dependency"] == "afterok:13"
+    # A decision job queued by a sequential submission that was resubmitted with stopping off has nothing to decide.
+    without = JobGraph(graph.study_dir, graph.cwd, [j for j in graph.jobs if j.kind != "decide"])
+    without.write()
+    assert run_job(graph.study_dir, "decide/1x").state is JobState.CHECKED
+
+
+def test_replanning_one_run_of_a_sequential_study_sets_aside_only_what_was_trained_from_it(tmp_path):
+    graph, _ = sequential_slurm_study(tmp_path)
+    study = Path(graph.study_dir)
+    for job in graph.jobs:
+        if job.kind != "decide":
+            (study / job.path).mkdir(parents=True, exist_ok=True)
+    stamp = set_aside_jobs(without_decisions(graph), ["runs/scratch_all_2x"], log=lambda line: None)
+    assert sorted(p.relative_to(stamp).as_posix() for p in stamp.glob("*/*")) == ["runs/scratch_all_2x"]
+    assert (study / "trunks/scratch_all").exists() and (study / "runs/pretrained_all_3x").exists()
 
 
 def test_without_a_shared_trunk_every_run_is_one_job(tmp_path):

@@ -100,8 +100,8 @@ def test_a_settled_study_stops_on_the_local_launcher(shapes_dir, weights, tmp_pa
     spec = spec_with_same_weights_twice(tmp_path, shapes_dir, weights, "local", True, name="local", max_parallel=2)
     study = runner.run_study(spec, report=False)
     assert "[study] stopping: the study's question is settled at 1x" in capsys.readouterr().out
-    # A longer schedule's job that was already running when the decision came was stopped at a checkpoint and is
-    # listed as not needed with the rest.
+    # Jobs of 2x may have started beside the 1x tails (the local launcher only prefers shorter schedules); whatever
+    # of 2x had not finished when the decision came is listed as not needed with the rest.
     check_settled_at_1x(study, study_status(study))
 
 
