@@ -26,7 +26,7 @@ from scratchdet.modeling.fast_step import (
     pad_per_image,
     sample_batched,
 )
-from scratchdet.modeling.roi_align import FixedShapeMultiScaleRoIAlign
+from scratchdet.modeling.roi_align import FixedShapeMultiScaleRoIAlign, level_mosaic
 
 
 def _fast_model(tmp_path, *extra):
@@ -115,20 +115,46 @@ def test_sampler_draws_torchvision_distribution():
 
 
 def test_fixed_shape_pooler_equals_torchvision():
-    """Every RoI pooled on its own FPN level (Eq. 1 of the FPN paper), as torchvision's MultiScaleRoIAlign does."""
+    """Every RoI pooled on its own FPN level (Eq. 1 of the FPN paper), as torchvision's MultiScaleRoIAlign does, with
+    the same gradients to every level; boxes touching the image's edges (where RoIAlign clamps its samples to the
+    map's last row) included."""
     generator = torch.Generator().manual_seed(2)
-    features = {str(i): torch.randn(2, 4, 32 >> i, 48 >> i, generator=generator) for i in range(4)}
-    xy = torch.rand(2, 30, 2, generator=generator) * 100
-    # Square-ish boxes with sides 16-640 px, log-uniform: every level P2-P5 (canonical 224 px on P4).
-    wh = (16 * 40 ** torch.rand(2, 30, 1, generator=generator)) * (
-        0.8 + 0.4 * torch.rand(2, 30, 2, generator=generator)
+    features = {
+        str(i): torch.randn(2, 4, 128 >> i, 192 >> i, generator=generator, dtype=torch.float64, requires_grad=True)
+        for i in range(4)
+    }
+    size = torch.tensor([768.0, 512.0])
+    xy = torch.rand(2, 60, 2, generator=generator) * size * 0.8
+    # Square-ish boxes with sides 16-1024 px, log-uniform: every level P2-P5 (canonical 224 px on P4); clipped to the
+    # 512 x 768 image as training's proposals are, so many end on its edges.
+    wh = (16 * 64 ** torch.rand(2, 60, 1, generator=generator)) * (
+        0.8 + 0.4 * torch.rand(2, 60, 2, generator=generator)
     )
-    boxes = list(torch.cat([xy, xy + wh], dim=2).unbind(0))
+    limit = torch.cat([size, size])
+    boxes = [torch.minimum(b, limit).double() for b in torch.cat([xy, xy + wh], dim=2).unbind(0)]
+    assert sum(int((b[:, 2:] == limit[2:]).any(1).sum()) for b in boxes) >= 10  # on the right or bottom edge
     fixed = FixedShapeMultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2).train()
     stock = torchvision.ops.MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2)
-    pooled = fixed(features, boxes, [(128, 192)] * 2)
+    pooled = fixed(features, boxes, [(512, 768)] * 2)
     assert len(fixed.map_levels(boxes).unique()) == 4  # the boxes use every level
-    torch.testing.assert_close(pooled, stock(features, boxes, [(128, 192)] * 2), rtol=0, atol=0)
+    expected = stock(features, boxes, [(512, 768)] * 2)
+    torch.testing.assert_close(pooled, expected, rtol=1e-12, atol=1e-12)
+    weights = torch.randn(pooled.shape, generator=generator, dtype=torch.float64)
+    grads = torch.autograd.grad((pooled * weights).sum(), list(features.values()))
+    expected_grads = torch.autograd.grad((expected * weights).sum(), list(features.values()))
+    for got, want in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_level_mosaic_places_each_level_with_a_copy_of_its_edges():
+    features = [torch.arange(2 * 3 * h * w, dtype=torch.float32).view(2, 3, h, w) for h, w in ((8, 12), (4, 6), (2, 3))]
+    canvas, origins = level_mosaic(features)
+    assert canvas.shape == (2, 3, 10, 14 + 8) and origins == [(1, 1), (1, 15), (7, 15)]
+    for f, (y, x) in zip(features, origins, strict=True):
+        h, w = f.shape[2:]
+        assert torch.equal(canvas[:, :, y : y + h, x : x + w], f)
+        assert torch.equal(canvas[:, :, y + h, x : x + w], f[:, :, -1])  # the frame below copies the last row
+        assert torch.equal(canvas[:, :, y - 1, x : x + w], f[:, :, 0])
 
 
 def test_groupnorm_keeps_autocast_dtype():
