@@ -28,7 +28,7 @@ def weights(shapes_dir, tmp_path_factory):
     return out
 
 
-def spec_with_same_weights_twice(tmp_path, shapes_dir, weights, output, stopping: bool, **launcher):
+def spec_with_same_weights_twice(tmp_path, shapes_dir, weights, output, stopping: bool, margin=50.0, **launcher):
     """Scratch and two pre-trained arms from one weights file, 1x and 2x, built to settle at 1x: the pre-trained arms
     are the same network, and the margin is 50 AP, so every interval's upper end (at most a few AP on these 2
     validation images; 3.57 measured) lies inside it whatever the float path. With the default 0.5 AP margin the
@@ -46,7 +46,7 @@ def spec_with_same_weights_twice(tmp_path, shapes_dir, weights, output, stopping
         arms=arms,
         schedules=[1, 2],
         stopping={"enabled": stopping},
-        verdict={"margin": 50.0},
+        verdict={"margin": margin},
         launcher={"gpus_per_task": 0, "time_minutes": 10, "signal_delay_s": 30, **launcher},
     )
 
@@ -94,6 +94,18 @@ def test_a_settled_study_stops_after_its_first_schedule_and_a_rerun_without_stop
     finished = runner.run_study(spec_with_same_weights_twice(tmp_path, shapes_dir, weights, "seq", False), report=False)
     assert read_decision(finished) is None and exit_code(study_status(finished)) == 0
     assert finals(finished) == straight_finals and len(straight_finals) == 6
+
+
+def test_a_study_that_does_not_settle_runs_everything(shapes_dir, weights, straight_finals, tmp_path, capsys):
+    """The same study at the default 0.5 AP margin: on 2 validation images no interval is that narrow, so neither
+    rule holds at 1x and the sequential study trains what a study without stopping trains."""
+    spec = spec_with_same_weights_twice(tmp_path, shapes_dir, weights, "open", True, margin=0.5)
+    study = runner.run_study(spec, report=False)
+    assert "[study] stopping" not in capsys.readouterr().out
+    assert read_decision(study) is None and not (study / "decision.json").exists()
+    statuses = study_status(study)
+    assert all(s.state == "finished" for s in statuses) and exit_code(statuses) == 0
+    assert finals(study) == straight_finals
 
 
 def test_a_settled_study_stops_on_the_local_launcher(shapes_dir, weights, tmp_path, capsys):
