@@ -5,6 +5,7 @@
     PYTHONPATH=. .venv/bin/python benchmarks/step_ops.py --batches 2 8 --size 256 --amps none bf16
     PYTHONPATH=. .venv/bin/python benchmarks/step_ops.py --config configs/mini/mask_rcnn_R18_FPN_GN_scratch.yaml \
         --batches 2 --size 128 --classes 6 --steps torchvision fast --time 40   # seconds per iteration, A/B
+    ... --steps torchvision fast --profile 5 --threads 1   # where the extra time goes (torch.profiler, self CPU)
 
 One iteration = the model's training forward on random images with random boxes and masks, the loss sum, backward
 and an SGD step, run under a `TorchDispatchMode` that sees every op the dispatcher runs (forward and backward: CPU
@@ -247,6 +248,29 @@ def time_steps(
     return times
 
 
+def profile_steps(
+    config: Path, batch: int, size: int, steps: list[str], iterations: int, num_classes: int = 81,
+    instances: int = 5, seed: int = 0, overrides: list[str] = (),
+) -> dict:  # fmt: skip
+    """{step: {op name: self CPU ms per iteration}} from torch.profiler over `iterations` iterations of each step
+    (after 3 untimed ones), the same batches for every step: where one step's extra time goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    out = {}
+    for step in steps:
+        _, model, optimizer = build(config, size, [f"model.step={step.split('-')[0]}", *overrides], num_classes, seed,
+                                    per_level_pooling=step.endswith("-perlevel"))  # fmt: skip
+        generator = torch.Generator().manual_seed(seed)
+        batches = [random_batch(batch, size, num_classes, instances, generator) for _ in range(3 + iterations)]
+        for images, targets in batches[:3]:
+            train_step(model, optimizer, images, targets, "none")
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for images, targets in batches[3:]:
+                train_step(model, optimizer, images, targets, "none")
+        out[step] = {e.key: e.self_cpu_time_total / 1e3 / iterations for e in prof.key_averages()}
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=PAPER_CONFIG)
@@ -264,8 +288,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--time", type=int, default=0, help="instead of counting: time this many alternating rounds")
     parser.add_argument("--warmup", type=int, default=3, help="untimed rounds before --time's")
     parser.add_argument("--options", nargs="*", default=[], help="more config overrides, key=value")
+    parser.add_argument("--profile", type=int, default=0, help="instead: profile this many iterations of each step")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.profile:
+        ms = profile_steps(args.config, args.batches[0], args.size, args.steps, args.profile, args.classes,
+                           args.instances, overrides=args.options)  # fmt: skip
+        first, *others = args.steps
+        print("self CPU ms per iteration, total: " + ", ".join(f"{k} {sum(v.values()):.1f}" for k, v in ms.items()))
+        for other in others:
+            ops = sorted(set(ms[first]) | set(ms[other]), key=lambda k: ms[first].get(k, 0) - ms[other].get(k, 0))
+            print(f"| op | {first} ms | {other} ms |\n| --- | --- | --- |")
+            for op in ops[:15]:
+                print(f"| {op} | {ms[first].get(op, 0):.2f} | {ms[other].get(op, 0):.2f} |")
+        return
     if args.time:
         import statistics
 
