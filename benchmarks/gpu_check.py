@@ -13,6 +13,9 @@ train2017/ and val2017/), JPEG decoding included:
   round for --rounds rounds in this one process, the first loop alternating between rounds; each measurement is
   the median of its windows of --window iterations after --warmup. Images/s and peak GPU memory
   (max_memory_allocated, reset before each);
+- step: ours at the largest batch with model.step=torchvision and model.step=fast (modeling/fast_step.py), in each
+  of --step-amps (default bf16 and fp16 with its grad scaler: bf16 cost AP in the CUDA learning test, fp16 did not),
+  alternating per round; then torch.profiler over 3 bf16 iterations of the fast step (as "profile" below);
 - ours at the largest batch with each of --options (default: bf16 with train.channels_last);
 - inference: evaluation-mode forward passes, one image per call, as `scratchdet eval` runs;
 - loader: the training DataLoader alone (JPEG decode, resize, flip, collate) with --workers workers, against what
@@ -39,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT)]  # scratchdet from this checkout, installed or not
 import train_throughput as tt  # noqa: E402  (the measurements themselves, shared with the CPU benchmark)
 
-PARTS = ["train", "options", "infer", "loader", "profile"]
+PARTS = ["train", "step", "options", "infer", "loader", "profile"]
 
 
 def coco_view(coco: Path, into: Path) -> Path:
@@ -144,6 +147,18 @@ def markdown(rec: Recorder, base) -> str:
             ours, plain = _img_s(of["ours"]), _img_s(of["plain"])
             if ours and plain:
                 lines.append(f"| train ours / plain, batch {batch}/GPU, {amp} | {ours / plain:.3f} | |")
+    steps = [r for r in rec.rows if r["role"] == "step"]
+    for amp in sorted({e.split("=")[1] for r in steps for e in r["extra"] if e.startswith("train.amp=")}):
+        ips = {}
+        for step in ("torchvision", "fast"):
+            rows = [r for r in steps if f"train.amp={amp}" in r["extra"] and f"model.step={step}" in r["extra"]]
+            ips[step] = _img_s(rows)
+            peak = max((r.get("peak_mb", 0) for r in rows), default=0) / 1024
+            shown = f"{ips[step]:.2f}" if ips[step] else "failed: " + "; ".join(r.get("error", "") for r in rows)
+            lines.append(f"| train ours, model.step={step}, batch {rows[0]['batch'] if rows else '?'}/GPU, {amp} "
+                         f"(median of {len(rows)}) | {shown} | {peak:.1f} |")  # fmt: skip
+        if ips["torchvision"] and ips["fast"]:
+            lines.append(f"| model.step fast / torchvision, {amp} | {ips['fast'] / ips['torchvision']:.3f} | |")
     for r in rec.rows:
         option = r["role"] == "option"
         if option or r["mode"] in ("infer", "loader"):
@@ -171,6 +186,7 @@ def main() -> None:
         default=["train.amp=bf16 train.channels_last=true"],
         help="each one more 'ours' row at the largest batch; 'a=1 b=2' sets both",
     )
+    parser.add_argument("--step-amps", nargs="+", default=["bf16", "fp16"], help="train.amp values of the step part")
     parser.add_argument("--warmup", type=int, default=4)
     parser.add_argument("--iters", type=int, default=8)
     parser.add_argument("--window", type=int, default=4)
@@ -217,6 +233,14 @@ def main() -> None:
                     for who in order:
                         measure(rec, base, data, who, [f"train.amp={amp}"], "train", batch=batch)
                     rows.write_text(markdown(rec, base))
+    if "step" in parts:
+        for amp in base.step_amps:
+            for round_ in range(base.rounds):
+                order = ("torchvision", "fast") if round_ % 2 == 0 else ("fast", "torchvision")
+                for step in order:
+                    measure(rec, base, data, "ours", [f"train.amp={amp}", f"model.step={step}"], "step", batch=largest)
+                rows.write_text(markdown(rec, base))
+        measure(rec, base, data, "profile", ["train.amp=bf16", "model.step=fast"], "profile fast", batch=largest)
     if "options" in parts:
         for option in base.options:
             measure(rec, base, data, "ours", option.split(), "option", batch=largest)

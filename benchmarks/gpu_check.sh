@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # One GPU session's checks in one command: the `gpu`-marked tests (tests/gpu), then benchmarks/gpu_check.py's
 # measurements (training ours vs plain torchvision at 800x1333, batch 2 and 8 per GPU, fp32/TF32 and bf16;
-# inference; the JPEG data loader; a bf16 profile). With the defaults it needs about 8 minutes on one H200
-# (benchmarks/RESULTS.md, "On one GPU"). Run from the repository root:
+# model.step=torchvision vs fast at batch 8 in bf16 and fp16, and the fast step's profile; inference; the JPEG data
+# loader; a bf16 profile). The defaults took about 8 minutes on one H200 before the step part, which adds about 4
+# (benchmarks/RESULTS.md, "On one GPU"); to check the fast step alone within a 15-minute device budget, pass
+# `--only step` (issue 27). Run from the repository root:
 #
 #   bash benchmarks/gpu_check.sh OUT_DIR [COCO_DIR [gpu_check.py options...]]
 #
