@@ -5,6 +5,7 @@ category): `scratchdet data check` finds nothing to refuse, the paper's R50-FPN-
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -81,13 +82,8 @@ def _assert_coco_report(report: dict, n_images: int) -> None:
         assert row["AP"] is not None  # defined wherever the evaluated images have objects
 
 
-def test_paper_r50_fpn_gn_trains_on_real_coco_and_scratchdet_eval_scores_it(coco_tiny, tmp_path):
-    # The real paper model (R50, GN everywhere, 4conv1fc box head, 256-channel FPN) at toy image size and fewer
-    # RoIs: the box and mask heads over the paper's 512 RoIs x 1000 proposals dominate a CPU iteration. A score
-    # threshold of 0 and 10 detections per image make an untrained model predict, so that both COCO metrics run on
-    # real detections (pasted masks, RLEs) against the official annotations.
-    run = tmp_path / "r50"
-    overrides = [
+def real_coco_overrides(coco_tiny, run) -> list[str]:
+    return [
         f"output={run}",
         *_data_overrides(coco_tiny),
         "data.min_size_train=[160]",
@@ -106,6 +102,15 @@ def test_paper_r50_fpn_gn_trains_on_real_coco_and_scratchdet_eval_scores_it(coco
         "train.log_period=1",
         "eval.max_images=2",
     ]
+
+
+def test_paper_r50_fpn_gn_trains_on_real_coco_and_scratchdet_eval_scores_it(coco_tiny, tmp_path):
+    # The real paper model (R50, GN everywhere, 4conv1fc box head, 256-channel FPN) at toy image size and fewer
+    # RoIs: the box and mask heads over the paper's 512 RoIs x 1000 proposals dominate a CPU iteration. A score
+    # threshold of 0 and 10 detections per image make an untrained model predict, so that both COCO metrics run on
+    # real detections (pasted masks, RLEs) against the official annotations.
+    run = tmp_path / "r50"
+    overrides = real_coco_overrides(coco_tiny, run)
     assert main(["train", str(PAPER_R50), *overrides]) == 0
     folder = RunFolder(run)
     train = read_metrics(run, "train")
@@ -154,3 +159,15 @@ def test_mini_config_lowers_its_loss_on_real_coco(coco_tiny, tmp_path):
     first, last = losses[0], (losses[-2] + losses[-1]) / 2
     assert last < 0.7 * first, losses
     assert objectness[-1] < objectness[0] - 0.005, objectness
+
+
+def test_the_fast_step_trains_the_paper_model_on_real_coco(coco_tiny, tmp_path):
+    """model.step=fast (modeling/fast_step.py) on real annotations: images with many objects of many sizes, crowd
+    regions left out, polygon masks; the fixed-size step trains them with finite losses and the run evaluates."""
+    run = tmp_path / "r50-fast"
+    assert main(["train", str(PAPER_R50), *real_coco_overrides(coco_tiny, run), "model.step=fast"]) == 0
+    train = read_metrics(run, "train")
+    assert [r["iter"] for r in train] == [1, 2]
+    assert all(math.isfinite(r["loss"]) and r["loss"] > 0 for r in train), train
+    assert {"loss_mask", "loss_classifier", "loss_objectness"} <= set(train[-1])
+    _assert_coco_report(json.loads(RunFolder(run).eval_report(2).read_text()), 2)
