@@ -31,7 +31,13 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from scratchdet.distributed import env_world_size, init_distributed, main_first, scheduler_rank
+from scratchdet.distributed import (
+    env_world_size,
+    init_distributed,
+    main_first,
+    scheduler_rank,
+    shutdown_distributed,
+)
 from scratchdet.errors import ConfigError, Preempted, ScratchdetError
 from scratchdet.run_folder import RunFolder
 from scratchdet.study.graph import Job, JobGraph, read_graph
@@ -174,10 +180,21 @@ def _requeue_and_wait(study_dir: Path, job: Job, rank: int) -> None:
 def run_job(study_dir: str | Path, job_id: str) -> JobOutcome:
     """Runs job `job_id` of the study in `study_dir` (every process of the job calls it); returns what was done.
 
+    A multi-process job leaves its process group before it returns or raises: a gloo group still alive at
+    interpreter exit can abort the process ("terminate called without an active exception") after the job's work
+    is done, and SLURM then counts the job as failed and cancels its dependents (seen in CI, 2-task jobs).
+
     Raises:
         ScratchdetError: the job failed (recorded with its error); another process is training its run folder.
         Preempted: a stop signal outside SLURM (the job checkpointed; launch it again to resume).
     """
+    try:
+        return _run_job(study_dir, job_id)
+    finally:
+        shutdown_distributed()
+
+
+def _run_job(study_dir: str | Path, job_id: str) -> JobOutcome:
     graph = read_graph(study_dir)
     if job_id.startswith("decide/") and job_id not in {j.id for j in graph.jobs}:
         # Queued by a sequential submission that was then resubmitted with stopping off: nothing left to decide, and
