@@ -9,6 +9,7 @@ import torch
 from helpers import MINI_CONFIG, tiny_overrides
 
 from scratchdet.config import Config, load_config
+from scratchdet.data.coco import CocoDetection
 from scratchdet.data.synthetic import write_synthetic_coco
 
 # Two intra-op threads: the CI machine has 2 cores, and more threads only thrash.
@@ -21,6 +22,15 @@ def shapes_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("shapes")
     write_synthetic_coco(out, train_images=24, val_images=8, seed=0, min_side=64, max_side=96)
     return out
+
+
+@pytest.fixture(scope="session")
+def val_set(shapes_dir):
+    """The validation images of `shapes_dir` as a CocoDetection (boxes only); `root_dir` is the data folder a
+    config built around it reads."""
+    dataset = CocoDetection(shapes_dir / "instances_val.json", shapes_dir / "val", train=False, load_masks=False)
+    dataset.root_dir = shapes_dir
+    return dataset
 
 
 @pytest.fixture

@@ -113,3 +113,26 @@ def wait_for_study(study: Path, timeout: float = 420) -> list:
         if time.time() > deadline:
             pytest.fail(f"study {study} still pending after {timeout} s:\n{format_status(statuses)}")
         time.sleep(1.0)
+
+
+def moved_detections(dataset, shift: float, seed: int, *, skip_crowd=False, false_positives=False) -> list[dict]:
+    """Detections made from a COCO dataset's ground truth: each box moved by `shift` x its size in a random direction
+    (normal), a random score in [0.1, 1); crowd regions left out with `skip_crowd`; with `false_positives`, half the
+    objects also get a half-width box of the next category. Seeded: the same arguments give the same list."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    n_categories = len(dataset.coco.getCatIds())
+    out = []
+    for ann in dataset.coco.dataset["annotations"]:
+        if skip_crowd and ann.get("iscrowd"):
+            continue
+        x, y, w, h = ann["bbox"]
+        dx, dy = rng.normal(0, shift, 2) * (w, h)
+        out.append({"image_id": ann["image_id"], "category_id": ann["category_id"], "bbox": [x + dx, y + dy, w, h],
+                    "score": float(rng.uniform(0.1, 1.0))})  # fmt: skip
+        if false_positives and rng.uniform() < 0.5:
+            other = ann["category_id"] % n_categories + 1
+            out.append({"image_id": ann["image_id"], "category_id": other, "bbox": [x, y, w / 2, h],
+                        "score": float(rng.uniform(0.1, 1.0))})  # fmt: skip
+    return out

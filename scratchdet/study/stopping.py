@@ -24,13 +24,13 @@ Where the decision is made:
 
 from __future__ import annotations
 
+import graphlib
 import json
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from scratchdet.errors import ScratchdetError
 from scratchdet.files import atomic_write_json
 from scratchdet.study.graph import Job, JobGraph
 from scratchdet.study.outcome import JobOutcome, JobState
@@ -91,7 +91,8 @@ def decision_job_id(schedule: float) -> str:
 def add_decision_jobs(graph: JobGraph, schedule_of: dict[str, float]) -> JobGraph:
     """The graph of a sequential study under SLURM: a `decide/<N>x` job after every run of each schedule N but the
     longest (and after the previous decision), and every job serving a longer schedule made to wait for the decision
-    of the schedule before it. Jobs are reordered so that each comes after its dependencies (graph order, stable).
+    of the schedule before it. Jobs are reordered so that each comes after its dependencies (stdlib graphlib, ties
+    in graph order).
 
     Args:
         schedule_of: {run folder path: schedule} of the plan's runs (`Plan.runs`).
@@ -122,14 +123,15 @@ def add_decision_jobs(graph: JobGraph, schedule_of: dict[str, float]) -> JobGrap
     for job in graph.jobs:
         wait = before.get(levels[job.id]) if job.kind != "pretrain" else None
         jobs.append(job if wait is None else Job(**{**asdict(job), "deps": [*job.deps, wait]}))
-    ordered, placed, pending = [], set(), jobs + decisions
-    while pending:  # stable topological order: each pass places every job whose dependencies are placed
-        ready = [j for j in pending if all(d in placed for d in j.deps)]
-        if not ready:
-            raise ScratchdetError(f"the job graph has a cycle among {[j.id for j in pending]}")
-        ordered += ready
-        placed.update(j.id for j in ready)
-        pending = [j for j in pending if j.id not in placed]
+    everything = jobs + decisions
+    position = {j.id: i for i, j in enumerate(everything)}
+    sorter = graphlib.TopologicalSorter({j.id: j.deps for j in everything})
+    sorter.prepare()  # raises graphlib.CycleError on a cycle
+    ordered = []
+    while sorter.is_active():  # each round, the jobs whose dependencies are placed, in their graph order
+        ready = sorted(sorter.get_ready(), key=position.__getitem__)
+        ordered += [everything[position[j]] for j in ready]
+        sorter.done(*ready)
     return JobGraph(graph.study_dir, graph.cwd, ordered)
 
 

@@ -5,41 +5,15 @@ from __future__ import annotations
 
 import copy
 
-import numpy as np
 import pytest
+from helpers import moved_detections
 
-from scratchdet.data.coco import CocoDetection
 from scratchdet.evaluation.bootstrap import paired_bootstrap
 from scratchdet.evaluation.coco import coco_metrics
 
 
-@pytest.fixture(scope="module")
-def val_set(shapes_dir):
-    return CocoDetection(shapes_dir / "instances_val.json", shapes_dir / "val", train=False, load_masks=False)
-
-
-def _detections(dataset, shift: float, seed: int) -> list[dict]:
-    """Ground-truth boxes moved by `shift` x their size in a random direction, with random scores."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for ann in dataset.coco.dataset["annotations"]:
-        if ann.get("iscrowd"):
-            continue
-        x, y, w, h = ann["bbox"]
-        dx, dy = rng.normal(0, shift, 2) * (w, h)
-        out.append(
-            {
-                "image_id": ann["image_id"],
-                "category_id": ann["category_id"],
-                "bbox": [x + dx, y + dy, w, h],
-                "score": float(rng.uniform(0.1, 1.0)),
-            }
-        )
-    return out
-
-
 def test_full_sample_ap_is_cocoevals_and_identical_lists_differ_by_zero(val_set):
-    results = _detections(val_set, 0.1, seed=0)
+    results = moved_detections(val_set, 0.1, seed=0, skip_crowd=True)
     out = paired_bootstrap(val_set.coco, results, copy.deepcopy(results), "bbox", val_set.image_ids, n_boot=50)
     reference = coco_metrics(val_set.coco, results, "bbox", val_set.image_ids)["AP"]
     assert out["ap_a"] == out["ap_b"] == pytest.approx(reference, abs=1e-3)
@@ -47,7 +21,10 @@ def test_full_sample_ap_is_cocoevals_and_identical_lists_differ_by_zero(val_set)
 
 
 def test_a_worse_list_has_a_negative_delta_with_a_spread(val_set):
-    good, bad = _detections(val_set, 0.05, seed=1), _detections(val_set, 0.25, seed=2)
+    good, bad = (
+        moved_detections(val_set, 0.05, seed=1, skip_crowd=True),
+        moved_detections(val_set, 0.25, seed=2, skip_crowd=True),
+    )
     out = paired_bootstrap(val_set.coco, good, bad, "bbox", val_set.image_ids, n_boot=100, seed=3)
     assert out["delta"] < 0 and out["delta_std"] > 0
     low, high = out["delta_ci95"]

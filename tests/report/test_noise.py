@@ -13,8 +13,8 @@ import copy
 
 import numpy as np
 import pytest
+from helpers import moved_detections
 
-from scratchdet.data.coco import CocoDetection
 from scratchdet.evaluation.bootstrap import (
     ScoreTable,
     _evaluated,
@@ -139,30 +139,8 @@ def test_t_quantiles_match_the_tables():
 # ------------------------------------------------------------------------------------------ the table vs COCOeval
 
 
-@pytest.fixture(scope="module")
-def val_set(shapes_dir):
-    return CocoDetection(shapes_dir / "instances_val.json", shapes_dir / "val", train=False, load_masks=False)
-
-
-def _detections(dataset, shift: float, seed: int) -> list[dict]:
-    """Ground-truth boxes moved by `shift` x their size, random scores, and a false positive on half of them."""
-    rng = np.random.default_rng(seed)
-    out = []
-    n_categories = len(dataset.coco.getCatIds())
-    for ann in dataset.coco.dataset["annotations"]:
-        x, y, w, h = ann["bbox"]
-        dx, dy = rng.normal(0, shift, 2) * (w, h)
-        out.append({"image_id": ann["image_id"], "category_id": ann["category_id"], "bbox": [x + dx, y + dy, w, h],
-                    "score": float(rng.uniform(0.1, 1.0))})  # fmt: skip
-        if rng.uniform() < 0.5:
-            other = ann["category_id"] % n_categories + 1
-            out.append({"image_id": ann["image_id"], "category_id": other, "bbox": [x, y, w / 2, h],
-                        "score": float(rng.uniform(0.1, 1.0))})  # fmt: skip
-    return out
-
-
 def test_the_per_image_table_reproduces_cocoevals_ap_on_every_resample(val_set):
-    results = _detections(val_set, 0.15, seed=0)
+    results = moved_detections(val_set, 0.15, seed=0, false_positives=True)
     evaluator = _evaluated(val_set.coco, copy.deepcopy(results), "bbox", val_set.image_ids, None)
     table = match_table(evaluator)
     draws = image_draws(len(val_set.image_ids), 40, seed=5)
@@ -172,7 +150,10 @@ def test_the_per_image_table_reproduces_cocoevals_ap_on_every_resample(val_set):
 
 
 def test_with_one_seed_the_two_level_interval_is_the_paired_bootstraps(val_set):
-    good, bad = _detections(val_set, 0.05, seed=1), _detections(val_set, 0.25, seed=2)
+    good, bad = (
+        moved_detections(val_set, 0.05, seed=1, false_positives=True),
+        moved_detections(val_set, 0.25, seed=2, false_positives=True),
+    )
     ids = val_set.image_ids
     reference = paired_bootstrap(val_set.coco, good, bad, "bbox", ids, n_boot=100, seed=3)
     tables = [match_table(_evaluated(val_set.coco, copy.deepcopy(r), "bbox", ids, None)) for r in (good, bad)]

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import MINI_CONFIG, ROOT, tiny_overrides
+from helpers import MINI_CONFIG, ROOT, moved_detections, tiny_overrides
 
 from scratchdet.config import config_to_yaml, load_config
-from scratchdet.data.coco import CocoDetection
 from scratchdet.evaluation.coco import coco_metrics, write_results
 from scratchdet.report import catchup, figures, findings, results, verdict
 from scratchdet.report.decision import settled
@@ -206,27 +205,11 @@ def test_not_settled_while_the_interval_and_the_prediction_leave_it_open(tmp_pat
     assert "predicted gap at 6x could be as low as" in decision.reason
 
 
-@pytest.fixture(scope="module")
-def val_set(shapes_dir):
-    data = CocoDetection(shapes_dir / "instances_val.json", shapes_dir / "val", train=False, load_masks=False)
-    data.root_dir = shapes_dir
-    return data
-
-
-def _moved(val, shift: float, seed: int) -> list[dict]:
-    rng = np.random.default_rng(seed)
-    out = []
-    for ann in val.coco.dataset["annotations"]:
-        x, y, w, h = ann["bbox"]
-        dx, dy = rng.normal(0, shift, 2) * (w, h)
-        out.append({"image_id": ann["image_id"], "category_id": ann["category_id"], "bbox": [x + dx, y + dy, w, h],
-                    "score": float(rng.uniform(0.1, 1.0))})  # fmt: skip
-    return out
-
-
 def test_the_decision_and_the_verdict_resample_the_kept_detections(tmp_path, val_set):
     # Every seed of both arms kept the same detections: no gap, no spread, and an interval over the 8 images.
-    same = {(a, 1, s): (val_set, _moved(val_set, 0.1, seed=0)) for a in ("scratch", "pretrained") for s in (0, 1)}
+    same = {
+        (a, 1, s): (val_set, moved_detections(val_set, 0.1, seed=0)) for a in ("scratch", "pretrained") for s in (0, 1)
+    }
     study = load_study(make_study(tmp_path / "s", {}, schedules=(1,), seeds=(0, 1), detections=same))
     decision = settled(study, 1.0)
     assert decision.settled and decision.kind == "caught_up" and "upper end +0.00 <= 0.5" in decision.reason
@@ -239,8 +222,8 @@ def test_the_decision_and_the_verdict_resample_the_kept_detections(tmp_path, val
 
 
 def test_one_seed_says_training_noise_was_not_measured_and_quotes_a_measured_spread(tmp_path, val_set):
-    kept = {("scratch", 1, None): (val_set, _moved(val_set, 0.3, seed=1)),
-            ("pretrained", 1, None): (val_set, _moved(val_set, 0.05, seed=2))}  # fmt: skip
+    kept = {("scratch", 1, None): (val_set, moved_detections(val_set, 0.3, seed=1)),
+            ("pretrained", 1, None): (val_set, moved_detections(val_set, 0.05, seed=2))}  # fmt: skip
     root = make_study(tmp_path / "s", {}, schedules=(1,), seeds=None, detections=kept)
     assert results.seed_spread(load_study(root)) is None
     (root / results.SEED_SPREAD_FILE).write_text(json.dumps({"sd": 0.3, "source": "docs/RESULTS.md (mini, 3 seeds)"}))
