@@ -180,7 +180,9 @@ def _requeue_and_wait(study_dir: Path, job: Job, rank: int) -> None:
 def run_job(study_dir: str | Path, job_id: str) -> JobOutcome:
     """Runs job `job_id` of the study in `study_dir` (every process of the job calls it); returns what was done.
 
-    A multi-process job leaves its process group before it returns or raises: a gloo group still alive at
+    The job runs from the folder the study was launched in (`graph.cwd`: relative paths in its configs were written
+    from there) and returns to the caller's folder. A multi-process job leaves its process group before it returns
+    or raises: a gloo group still alive at
     interpreter exit can abort the process ("terminate called without an active exception") after the job's work
     is done, and SLURM then counts the job as failed and cancels its dependents (seen in CI, 2-task jobs).
 
@@ -188,10 +190,12 @@ def run_job(study_dir: str | Path, job_id: str) -> JobOutcome:
         ScratchdetError: the job failed (recorded with its error); another process is training its run folder.
         Preempted: a stop signal outside SLURM (the job checkpointed; launch it again to resume).
     """
+    caller_cwd = os.getcwd()  # the job runs from the study's launch folder; the caller (inprocess, tests) stays put
     try:
         return _run_job(study_dir, job_id)
     finally:
         shutdown_distributed()
+        os.chdir(caller_cwd)
 
 
 def _run_job(study_dir: str | Path, job_id: str) -> JobOutcome:

@@ -15,6 +15,7 @@ import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
+from scratchdet.engine.metrics import read_metrics
 from scratchdet.errors import ScratchdetError
 from scratchdet.files import atomic_write_json
 from scratchdet.run_folder import RunFolder
@@ -74,6 +75,26 @@ def plan_digest(study_dir: str | Path) -> str | None:
     if isinstance(plan, dict):
         plan.pop("stopping", None)
     return hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def iteration_reached(study_dir: str | Path, job: Job) -> int | None:
+    """The last iteration `job`'s run folder shows trained: its checkpoint or its last training record up to the
+    job's end_iter, whichever is later, capped at end_iter; None when the folder shows none.
+
+    A trunk's segments share a run folder: records after the segment's end_iter are a later segment's, and a value
+    at or below its start_iter means the segment itself trained nothing yet.
+    """
+    end = job.end_iter
+    trains = [
+        r["iter"]
+        for r in read_metrics(Path(study_dir) / job.path, "train")
+        if isinstance(r.get("iter"), int) and (end is None or r["iter"] <= end)
+    ]
+    checkpoint = RunFolder(Path(study_dir) / job.path).checkpoint_iteration()
+    reached = max([checkpoint or 0, *trains]) if (trains or checkpoint) else None
+    if reached is not None and end is not None:
+        reached = min(reached, end)
+    return reached
 
 
 def is_finished(study_dir: str | Path, job: Job) -> bool:

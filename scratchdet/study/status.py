@@ -23,7 +23,7 @@ from scratchdet.errors import ScratchdetError
 from scratchdet.run_folder import RunFolder
 from scratchdet.study.graph import Job, read_graph
 from scratchdet.study.outcome import JobOutcome
-from scratchdet.study.records import is_finished, read_record, squeue_states
+from scratchdet.study.records import is_finished, iteration_reached, read_record, squeue_states
 
 FAILED = ("failed", "cancelled")
 QUEUED_STATES = ("running", "queued", "waiting", "requeued")
@@ -80,10 +80,7 @@ def job_status(study_dir: Path, job: Job, queue: dict[str, str] | None, finished
     records = [r for r in read_metrics(study_dir / job.path) if end is None or r.get("iter", 0) <= end]
     trains = [r for r in records if r.get("type") == "train" and isinstance(r.get("iter"), int)]
     last_ap, last_ap_iter = _last_metric([r for r in records if r.get("type") == "eval"])
-    checkpoint = RunFolder(study_dir / job.path).checkpoint_iteration()
-    iteration = max([checkpoint or 0, *(r["iter"] for r in trains)]) if (trains or checkpoint) else None
-    if iteration is not None and job.end_iter is not None:
-        iteration = min(iteration, job.end_iter)
+    iteration = iteration_reached(study_dir, job)
     state = record.get("state") or "not submitted"
     if is_finished(study_dir, job):
         state = "finished"

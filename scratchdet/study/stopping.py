@@ -34,7 +34,7 @@ from pathlib import Path
 from scratchdet.files import atomic_write_json
 from scratchdet.study.graph import Job, JobGraph
 from scratchdet.study.outcome import JobOutcome, JobState
-from scratchdet.study.records import is_finished, now, plan_digest, read_record, update_record
+from scratchdet.study.records import is_finished, iteration_reached, now, plan_digest, read_record, update_record
 
 DECISION_FILE = "decision.json"
 
@@ -197,8 +197,7 @@ def write_decision(graph: JobGraph, decision: StudyDecision, not_run: list[str])
     """Fills in the jobs `not_run`, their iterations and device-hours (at this study's measured pace), and writes
     STUDY/decision.json (atomic); returns the decision."""
     study_dir = Path(graph.study_dir)
-    jobs = [graph.job(j) for j in not_run]
-    iterations = sum(j.iters or 0 for j in jobs)
+    iterations = sum(_iterations_left(study_dir, graph.job(j)) for j in not_run)
     per_iter = _measured_seconds_per_iteration(study_dir, graph)
     decision.not_run = sorted(not_run)
     decision.iterations_not_run = iterations
@@ -206,6 +205,16 @@ def write_decision(graph: JobGraph, decision: StudyDecision, not_run: list[str])
     decision.plan = plan_digest(study_dir)
     atomic_write_json(study_dir / DECISION_FILE, asdict(decision))
     return decision
+
+
+def _iterations_left(study_dir: Path, job: Job) -> int:
+    """Iterations of `job` not trained yet: what the decision saves. A job it stopped part-way (the local launcher
+    stops running jobs at a checkpoint; SLURM cancels running ones) has already spent the iterations up to the point
+    its run folder shows (`records.iteration_reached`); counting its whole length would overstate the saving."""
+    if job.end_iter is None:
+        return job.iters or 0
+    reached = iteration_reached(study_dir, job)
+    return job.end_iter - max(job.start_iter, reached or 0)
 
 
 def _measured_seconds_per_iteration(study_dir: Path, graph: JobGraph) -> float | None:

@@ -4,9 +4,11 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+import pytest
 from helpers import ROOT
 
 from scratchdet.distributed import _first_host, adopt_slurm_environment
+from scratchdet.run_folder import RunFolder
 from scratchdet.study.graph import JobGraph, compute_estimate
 from scratchdet.study.jobs import run_job
 from scratchdet.study.launchers import _executor
@@ -146,6 +148,24 @@ def test_a_decision_holds_for_the_plan_it_was_made_for_and_a_schedule_with_a_fai
     (study / "plan.json").write_text(json.dumps(changed))
     assert read_decision(study) is None and not is_finished(study, graph.job("decide/1x"))
     assert study_status(study)[-1].state != "not needed"
+
+
+def test_a_decision_counts_only_the_iterations_its_skipped_jobs_have_not_trained(tmp_path):
+    """A job the decision stopped part-way already spent what it trained: the saving is the rest of its range, at the
+    pace the study's training records measured (time_per_iter x processes)."""
+    graph, _ = sequential_slurm_study(tmp_path)
+    study = Path(graph.study_dir)
+    tail, untouched = graph.job("runs/scratch_all_2x"), graph.job("runs/pretrained_all_2x")
+    folder = RunFolder(study / tail.path)
+    folder.root.mkdir(parents=True)
+    records = [
+        {"type": "start", "iter": tail.start_iter, "world_size": 2},
+        *({"type": "train", "iter": tail.start_iter + i, "time_per_iter": 0.5} for i in (2, 4)),
+    ]
+    folder.metrics.write_text("".join(json.dumps(r) + "\n" for r in records))
+    decision = write_decision(graph, StudyDecision(1.0, "caught_up", "within the margin"), [tail.id, untouched.id])
+    assert decision.iterations_not_run == (tail.iters - 4) + untouched.iters
+    assert decision.device_hours_not_spent == pytest.approx(decision.iterations_not_run * 0.5 * 2 / 3600)
 
 
 def test_a_decision_job_needs_no_gpu_and_waits_for_its_runs_to_end(tmp_path):
