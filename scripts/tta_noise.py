@@ -15,6 +15,8 @@ import json
 import time
 from pathlib import Path
 
+import torch
+
 from scratchdet.engine.run_eval import load_run
 from scratchdet.evaluation.bootstrap import paired_bootstrap
 from scratchdet.evaluation.coco import run_inference
@@ -31,6 +33,8 @@ def main() -> None:
 
     loaded = load_run(args.run, args.overrides)
     cfg, model, val, device = loaded.cfg, loaded.model, loaded.val_set, loaded.device
+    if cfg.train.num_threads:  # as `scratchdet eval` runs it (this process does nothing else)
+        torch.set_num_threads(cfg.train.num_threads)
     ev = cfg.eval
     n = len(val) if ev.max_images is None else min(ev.max_images, len(val))
     tick = time.perf_counter()

@@ -13,6 +13,7 @@ from scratchdet.config import Config, config_to_dict, load_config
 from scratchdet.data.build import build_val_dataset
 from scratchdet.distributed import DistContext, init_distributed
 from scratchdet.engine.checkpoint import latest_checkpoint, load_checkpoint
+from scratchdet.engine.loop import intra_op_threads
 from scratchdet.engine.model_state import build_model_for_checkpoint
 from scratchdet.engine.run_dir import check_run_categories
 from scratchdet.errors import CheckpointError, ConfigError
@@ -88,8 +89,6 @@ def load_run(run_dir: str | Path, overrides: list[str] | None = None) -> LoadedR
     check_run_categories(run_dir, val_set)
     model = build_model_for_checkpoint(cfg, state, checkpoint, saved)
     model.to(device)
-    if cfg.train.num_threads:
-        torch.set_num_threads(cfg.train.num_threads)
     return LoadedRun(cfg, model, val_set, device, checkpoint, int(state["iteration"]), ctx)
 
 
@@ -154,7 +153,8 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | None = None) -> dic
     predict = None
     if cfg.eval.tta:
         predict = build_tta_predictor(model, cfg.eval.tta_sizes, cfg.eval.tta_max_size, cfg.eval.tta_flip)
-    report, text = evaluate_split(model, val_set, cfg, device, predict=predict, ctx=ctx)
+    with intra_op_threads(cfg.train.num_threads):
+        report, text = evaluate_split(model, val_set, cfg, device, predict=predict, ctx=ctx)
     report["iter"] = loaded.iteration
     report["checkpoint"] = str(checkpoint)
     report["overrides"] = list(overrides or [])  # what this evaluation changed from the run's own config

@@ -34,6 +34,7 @@ from scratchdet.engine.loop import (
     SampleCounter,
     deterministic_kernels,
     due,
+    intra_op_threads,
     next_batch,
     preempt,
     progress_bar,
@@ -234,8 +235,6 @@ def _start(cfg: Config) -> _Run:
             f"train.batch_size={cfg.train.batch_size} (the global batch) does not divide by the "
             f"{ctx.world_size} training processes; choose a multiple of {ctx.world_size}"
         )
-    if cfg.train.num_threads:
-        torch.set_num_threads(cfg.train.num_threads)
     # The data is loaded and checked before the run folder is touched: a file that cannot be trained or scored
     # (no usable image, categories that differ between the splits, ...) fails without leaving a half-made run.
     train_set = build_train_dataset(cfg)
@@ -313,6 +312,11 @@ def train(cfg: Config) -> TrainResult:
         TrainingError: a non-finite loss or a batch that cannot be loaded, before that iteration's step.
         Preempted: SIGTERM/SIGINT; the iteration boundary was checkpointed.
     """
+    with intra_op_threads(cfg.train.num_threads):  # the process's count, set for this run only
+        return _train(cfg)
+
+
+def _train(cfg: Config) -> TrainResult:
     run = _start(copy.deepcopy(cfg))
     cfg = run.cfg
     ctx, device, model, scaler, schedule = run.ctx, run.device, run.model, run.scaler, run.schedule

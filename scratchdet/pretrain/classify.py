@@ -179,11 +179,14 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
         output folder, iterations done, samples seen, the last evaluation (top1/top5 in percent), paths of
         pretrain_summary.json and of the final weights (torchvision layout), and whether the schedule finished.
     """
+    with loop.intra_op_threads(cfg.train.num_threads):  # the process's count, set for this run only
+        return _pretrain(cfg)
+
+
+def _pretrain(cfg: PretrainConfig) -> PretrainResult:
     out = Path(cfg.output)
     resume_from = prepare_run_dir(cfg)
     device = resolve_device(cfg.train.device)
-    if cfg.train.num_threads:
-        torch.set_num_threads(cfg.train.num_threads)
     write_env(out, cfg, str(device))
     loop.seed_everything(cfg.seed)
 

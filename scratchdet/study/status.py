@@ -20,7 +20,6 @@ from pathlib import Path
 
 from scratchdet.engine.metrics import read_metrics
 from scratchdet.errors import ScratchdetError
-from scratchdet.run_folder import RunFolder
 from scratchdet.study.graph import Job, read_graph
 from scratchdet.study.outcome import JobOutcome
 from scratchdet.study.records import is_finished, iteration_reached, read_record, squeue_states

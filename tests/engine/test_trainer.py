@@ -142,3 +142,38 @@ def test_resume_of_a_run_whose_final_evaluation_is_missing_evaluates_it(shapes_d
     assert evaluated["bbox"] == straight["bbox"] and result.eval["bbox"] == straight["bbox"]
     assert [r["iter"] for r in read_metrics(run, "train")] == [1, 2]  # nothing trained twice
     assert [r["iter"] for r in read_metrics(run, "eval")] == [2] and read_metrics(run, "end")[-1]["iter"] == 2
+
+
+def test_train_num_threads_is_set_for_the_run_and_its_evaluation_only(shapes_dir, tmp_path, monkeypatch):
+    """train.num_threads is the process's torch thread count: a run sets it for its own loop and evaluation and
+    gives the caller's back (an inprocess study runs every job in one process, and a 1-thread job left the later
+    ones on one thread)."""
+    from scratchdet.engine.run_eval import evaluate_run
+
+    seen = []
+    original = trainer.stop_if_not_finite
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return original(*args, **kwargs)
+
+    before = torch.get_num_threads()
+    threads = 1 if before != 1 else 2
+    out = tmp_path / "run"
+    monkeypatch.setattr(trainer, "stop_if_not_finite", spy)
+    overrides = tiny_overrides(shapes_dir, out, **{"train.num_threads": threads, "train.max_iters": 2})
+    trainer.train(load_config(MINI_CONFIG, overrides))
+    assert set(seen) == {threads} and torch.get_num_threads() == before
+    monkeypatch.undo()
+
+    def counted(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return evaluate_split(*args, **kwargs)
+
+    import scratchdet.engine.run_eval as run_eval
+
+    evaluate_split = run_eval.evaluate_split
+    monkeypatch.setattr(run_eval, "evaluate_split", counted)
+    seen.clear()
+    evaluate_run(out, [f"train.num_threads={threads}"])
+    assert seen == [threads] and torch.get_num_threads() == before

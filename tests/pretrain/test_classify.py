@@ -193,6 +193,14 @@ def test_short_run_counts_samples_and_writes_the_run_folder(tmp_path):
     assert list(weights) == [k for k, _ in torchvision.models.resnet18().named_parameters()]
 
 
+def test_train_num_threads_is_set_for_the_pretraining_only(tmp_path):
+    """As for detection runs (tests/engine/test_trainer.py): the caller's thread count is given back."""
+    before = torch.get_num_threads()
+    threads = 1 if before != 1 else 2
+    classify.pretrain(load_pretrain_config(None, tiny(tmp_path / "run", **{"train.num_threads": threads})))
+    assert torch.get_num_threads() == before
+
+
 def test_resume_gives_the_same_parameters_as_a_straight_run(tmp_path):
     classify.pretrain(load_pretrain_config(None, tiny(tmp_path / "straight")))
     classify.pretrain(load_pretrain_config(None, tiny(tmp_path / "resumed", **{"train.max_iters": 2})))
