@@ -367,11 +367,12 @@ def _executor(study_dir: Path, launcher: LauncherSpec, job: Job, dependency: lis
     tasks = 1 if job.single_process else launcher.tasks_per_node
     extra = {"requeue": True, "kill-on-invalid-dep": "yes", **launcher.sbatch_extra}
     gpus = tasks * launcher.gpus_per_task
-    after = "afterok"
+    after, partition = "afterok", launcher.partition
     if job.kind == "decide":
         # A decision reads records and bootstraps on CPU: no GPU, whatever sbatch_extra asks of the training jobs.
         # It waits for its runs to END (afterany): a failed run leaves the schedule undecided and the study goes on.
         gpus, after = 0, "afterany"
+        partition = launcher.decide_partition or partition
         extra = {k: v for k, v in extra.items() if k.replace("_", "-") not in GPU_SBATCH_KEYS}
     if dependency:
         extra["dependency"] = f"{after}:" + ":".join(dependency)
@@ -382,7 +383,7 @@ def _executor(study_dir: Path, launcher: LauncherSpec, job: Job, dependency: lis
         "time": launcher.time_minutes,
         "signal_delay_s": launcher.signal_delay_s,
         "additional_parameters": extra,
-        "partition": launcher.partition,
+        "partition": partition,
         "account": launcher.account,
         "qos": launcher.qos,
         "constraint": launcher.constraint,

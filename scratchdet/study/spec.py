@@ -72,6 +72,9 @@ class LauncherSpec:
     max_parallel: int = 1  # local: jobs running at once (GPUs are handed out so that no two jobs share one)
     # slurm (submitit): sbatch's --partition, --account, --qos, --time, --mem, --constraint.
     partition: str | None = None
+    # A sequential study's decision jobs (study/stopping.py) ask for no GPU, and a GPU-only partition may refuse
+    # them: their partition, when it must differ from `partition` (None: the same).
+    decide_partition: str | None = None
     account: str | None = None
     qos: str | None = None
     time_minutes: int = 4320

@@ -177,6 +177,14 @@ def test_a_decision_job_needs_no_gpu_and_waits_for_its_runs_to_end(tmp_path):
     segment = _executor(Path(graph.study_dir), launcher, graph.job("trunks/scratch_all@88"), ["13"]).parameters
     assert segment["gpus_per_node"] == 8 and segment["additional_parameters"]["gres"] == "gpu:8"
     assert segment["additional_parameters"]["dependency"] == "afterok:13"
+    # A GPU-only partition may refuse a job without a GPU: decisions may go to another one.
+    assert "partition" not in decide and segment.get("partition") is None
+    launcher.partition, launcher.decide_partition = "gpu", "cpu"
+    assert _executor(Path(graph.study_dir), launcher, graph.job("decide/1x"), ["11"]).parameters["partition"] == "cpu"
+    assert (
+        _executor(Path(graph.study_dir), launcher, graph.job("runs/scratch_all_1x"), []).parameters["partition"]
+        == "gpu"
+    )
     # A decision job queued by a sequential submission that was resubmitted with stopping off has nothing to decide.
     without = JobGraph(graph.study_dir, graph.cwd, [j for j in graph.jobs if j.kind != "decide"])
     without.write()
