@@ -11,8 +11,9 @@ so. A rerun with `stopping.enabled=false` trains the rest from the shared checkp
 jobs are ordinary jobs of the same graph.
 
 Where the decision is made:
-- inprocess and local: in the launcher (`Stopper`), which runs jobs shortest schedule first and starts nothing once
-  a decision is made (the local launcher stops running jobs at a checkpoint).
+- inprocess and local: in the launcher (`Stopper`), which runs jobs shortest schedule first, starts no job serving
+  a longer schedule before the shorter one is decided (`Stopper.waits_for`), and starts nothing once a decision is
+  made.
 - slurm: the whole graph is submitted at once, so the decision is a job of the graph (`add_decision_jobs`): one
   `decide/<N>x` job after every run of each schedule but the longest, and every job serving a longer schedule
   waits for it (afterok). A settled decision job writes decision.json, marks the skipped jobs' records "not needed"
@@ -28,6 +29,7 @@ import graphlib
 import json
 import subprocess
 import sys
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -157,16 +159,27 @@ class Stopper:
         """The schedule a job serves first (`job_levels`); 0 for every job with stopping off."""
         return self.levels[job.id] if self.enabled else 0.0
 
+    def _runs(self, schedule: float) -> list[Job]:
+        return [j for j in self.graph.jobs if self.schedule_of.get(j.path) == schedule]
+
     def _complete(self, schedule: float) -> bool:
-        runs = [j for j in self.graph.jobs if self.schedule_of.get(j.path) == schedule]
+        runs = self._runs(schedule)
         return bool(runs) and all(is_finished(self.study_dir, j) for j in runs)
 
-    def check(self) -> StudyDecision | None:
+    def _undecidable(self, schedule: float, ended: Collection[str]) -> bool:
+        """Every run of `schedule` ended (`ended`: job ids with an outcome) and one of them failed or was not run: the
+        schedule can never be complete, so it decides nothing and the longer schedules train on, as under SLURM,
+        where the decision job waits for its runs with afterany and says "not settled"."""
+        runs = self._runs(schedule)
+        return bool(runs) and all(j.id in ended for j in runs) and not self._complete(schedule)
+
+    def check(self, ended: Collection[str] = ()) -> StudyDecision | None:
         """The decision, once a complete schedule is settled (then always the same one); None until then.
 
         Only the shortest schedules are looked at in order: the study's answer is about the first schedule at which
         scratch catches up, so a longer schedule finished earlier (it cannot be, in a trunk/fork plan) decides
-        nothing before the shorter ones.
+        nothing before the shorter ones. A schedule that can never be complete (`_undecidable`, given the job ids
+        that `ended`) is passed over.
         """
         if not self.enabled or self.decided is not None:
             return self.decided
@@ -175,6 +188,8 @@ class Stopper:
 
         for schedule in self.schedules:
             if not self._complete(schedule):
+                if self._undecidable(schedule, ended):
+                    continue
                 return None
             if schedule in self._checked:
                 continue
@@ -185,6 +200,20 @@ class Stopper:
             if decision.settled:
                 self.decided = StudyDecision(schedule, str(decision.kind), decision.reason)
                 return self.decided
+        return None
+
+    def waits_for(self, ended: Collection[str]) -> float | None:
+        """The schedule whose decision the launcher waits for before it starts any job serving a longer one (`level`
+        above it); None with stopping off, once a decision is made, or when only the longest schedule is left.
+
+        A schedule counts as decided once checked and not settled, or once it can never be complete (`_undecidable`:
+        `ended` holds the job ids with an outcome).
+        """
+        if not self.enabled or self.decided is not None:
+            return None
+        for schedule in self.schedules[:-1]:
+            if schedule not in self._checked and not self._undecidable(schedule, ended):
+                return schedule
         return None
 
     def record(self, not_run: list[str]) -> StudyDecision:

@@ -20,6 +20,7 @@ from scratchdet.study.spec import LauncherSpec, load_study_spec
 from scratchdet.study.status import study_status
 from scratchdet.study.stopping import (
     DECISION_FILE,
+    Stopper,
     StudyDecision,
     job_levels,
     read_decision,
@@ -117,12 +118,12 @@ def test_a_job_a_recorded_decision_left_out_trains_nothing_if_it_starts_anyway(t
     assert not (Path(graph.study_dir) / "runs").exists()
 
 
-def sequential_slurm_study(tmp_path):
-    """The mini graph's study folder as `scratchdet study` writes it under SLURM with stopping on (jobs.json and
-    plan.json, nothing trained)."""
+def sequential_slurm_study(tmp_path, launcher="slurm"):
+    """The mini graph's study folder as `scratchdet study` writes it under SLURM (or `launcher`) with stopping on
+    (jobs.json and plan.json, nothing trained)."""
     path = tmp_path / "graph_spec.yaml"
     path.write_text(GRAPH_SPEC)
-    spec = load_study_spec(path, [f"output={tmp_path / 'study'}", "stopping.enabled=true", "launcher.name=slurm"])
+    spec = load_study_spec(path, [f"output={tmp_path / 'study'}", "stopping.enabled=true", f"launcher.name={launcher}"])
     plan = plan_study(spec, check_sources=False)
     graph = build_study_graph(plan, spec)
     Path(graph.study_dir).mkdir(parents=True)
@@ -148,6 +149,21 @@ def test_a_decision_holds_for_the_plan_it_was_made_for_and_a_schedule_with_a_fai
     (study / "plan.json").write_text(json.dumps(changed))
     assert read_decision(study) is None and not is_finished(study, graph.job("decide/1x"))
     assert study_status(study)[-1].state != "not needed"
+
+
+def test_local_jobs_of_a_longer_schedule_wait_for_the_shorter_ones_decision(tmp_path):
+    """As the SLURM graph's decision jobs make them: nothing serving 2x starts before 1x is decided; a schedule with a
+    failed (or not run) run can never be complete and is passed over, so the longer ones train on."""
+    graph, _ = sequential_slurm_study(tmp_path, launcher="local")
+    assert not [j for j in graph.jobs if j.kind == "decide"]
+    stopper = Stopper(graph, enabled=True)
+    runs = {n: [j.id for j in graph.jobs if j.kind == "run" and stopper.level(j) == n] for n in (1.0, 2.0, 3.0)}
+    assert stopper.waits_for(()) == 1.0 and len(runs[1.0]) == 4
+    assert stopper.waits_for(runs[1.0][:3]) == 1.0  # one 1x run still going
+    assert stopper.waits_for(runs[1.0]) == 2.0  # every 1x run ended, none finished: 1x cannot be decided
+    assert stopper.check(runs[1.0]) is None  # and 2x is not complete
+    assert stopper.waits_for(runs[1.0] + runs[2.0]) is None  # only the longest schedule is left: nothing to wait for
+    assert Stopper(graph, enabled=False).waits_for(()) is None
 
 
 def test_a_decision_counts_only_the_iterations_its_skipped_jobs_have_not_trained(tmp_path):

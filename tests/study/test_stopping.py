@@ -128,9 +128,12 @@ def test_a_settled_study_stops_on_the_local_launcher(shapes_dir, weights, tmp_pa
     )
     study = runner.run_study(spec, report=False)
     assert "[study] stopping: the study's question is settled at 1x" in capsys.readouterr().out
-    # Jobs of 2x may have started beside the 1x tails (the local launcher only prefers shorter schedules); whatever
-    # of 2x had not finished when the decision came is listed as not needed with the rest.
     check_settled_at_1x(study, study_status(study), arms=("scratch", "imagenet"))
+    # Two slots, and still nothing of 2x started beside the 1x tails: it waited for the decision, so every skipped
+    # job is saved whole.
+    decision, graph = read_decision(study), read_graph(study)
+    assert not (study / "runs/scratch_all_2x").exists()
+    assert decision.iterations_not_run == sum(graph.job(j).iters for j in decision.not_run)
 
 
 def test_a_settled_study_stops_under_slurm_and_resubmitted_without_stopping_finishes_it(
