@@ -20,6 +20,7 @@ exactly where it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shutil
@@ -190,12 +191,17 @@ def run_job(study_dir: str | Path, job_id: str) -> JobOutcome:
         ScratchdetError: the job failed (recorded with its error); another process is training its run folder.
         Preempted: a stop signal outside SLURM (the job checkpointed; launch it again to resume).
     """
-    caller_cwd = os.getcwd()  # the job runs from the study's launch folder; the caller (inprocess, tests) stays put
+    try:  # the job runs from the study's launch folder; the caller (inprocess, tests) gets its own folder back
+        caller_cwd = os.getcwd()
+    except OSError:  # the caller's folder was removed: nothing to go back to
+        caller_cwd = None
     try:
         return _run_job(study_dir, job_id)
     finally:
         shutdown_distributed()
-        os.chdir(caller_cwd)
+        if caller_cwd is not None:
+            with contextlib.suppress(OSError):  # never hides the job's own error
+                os.chdir(caller_cwd)
 
 
 def _run_job(study_dir: str | Path, job_id: str) -> JobOutcome:
@@ -206,8 +212,7 @@ def _run_job(study_dir: str | Path, job_id: str) -> JobOutcome:
         return JobOutcome(JobState.CHECKED, "nothing to decide: the study was resubmitted with stopping off")
     job = graph.job(job_id)
     study_dir = Path(graph.study_dir)
-    if Path.cwd() != Path(graph.cwd):
-        os.chdir(graph.cwd)  # relative paths in the configs and overrides were written from there
+    os.chdir(graph.cwd)  # relative paths in the configs and overrides were written from there
     skipped = skipped_by_decision(study_dir, job.id)
     if skipped is not None:
         # A sequential study's decision cancelled this job, which started anyway: train nothing.

@@ -70,7 +70,9 @@ def launch_inprocess(
     Raises:
         Preempted: SIGTERM/SIGINT; the running job checkpointed (rerun the same command to resume).
     """
-    outcome: dict[str, JobOutcome] = {}
+    # Finished in an earlier launch: known before the first decision, so a decision never lists them as not run.
+    study_dir = Path(graph.study_dir)
+    outcome = {j.id: JobOutcome(JobState.SKIPPED, "(finished)") for j in graph.jobs if is_finished(study_dir, j)}
     stopper = stopper or Stopper(graph, enabled=False)
     throughput, progress = StudyThroughput(), StudyProgress(graph.study_dir)
     order = sorted(range(len(graph.jobs)), key=lambda i: (stopper.level(graph.jobs[i]), i))
@@ -214,6 +216,9 @@ def launch_local(
     """Runs the graph on this machine, jobs in parallel as their dependencies finish, the job with the longest chain
     of work after it first (JobGraph.remaining_chain). Returns {job id: outcome}.
 
+    With stopping on (`stopper`), shorter schedules first, and no job serving a longer schedule starts before the
+    shorter schedule is decided (`Stopper.waits_for`); after a settled decision nothing more starts.
+
     Raises:
         ConfigError: launcher.gpus_per_task > 0 but too few GPUs for one job.
         Preempted: SIGTERM/SIGINT; every running job checkpointed (rerun the same command to resume).
@@ -251,7 +256,9 @@ def launch_local(
                 free_gpus += gpus
                 record = read_record(study_dir, job_id)
                 if settled and proc.returncode != 0:
-                    continue  # stopped by the decision: marked not needed below, its checkpoint kept
+                    # Stopped by the decision (none should be running then, as longer schedules wait for it; kept
+                    # for safety): marked not needed below, its checkpoint kept.
+                    continue
                 if proc.returncode == 0:
                     outcome[job_id] = JobOutcome.from_record(record.get("outcome")) or JobOutcome(JobState.FINISHED)
                 elif stop:
@@ -374,12 +381,14 @@ def _executor(study_dir: Path, launcher: LauncherSpec, job: Job, dependency: lis
     tasks = 1 if job.single_process else launcher.tasks_per_node
     extra = {"requeue": True, "kill-on-invalid-dep": "yes", **launcher.sbatch_extra}
     gpus = tasks * launcher.gpus_per_task
-    after, partition = "afterok", launcher.partition
+    after, partition, constraint, qos = "afterok", launcher.partition, launcher.constraint, launcher.qos
     if job.kind == "decide":
         # A decision reads records and bootstraps on CPU: no GPU, whatever sbatch_extra asks of the training jobs.
         # It waits for its runs to END (afterany): a failed run leaves the schedule undecided and the study goes on.
         gpus, after = 0, "afterany"
-        partition = launcher.decide_partition or partition
+        if launcher.decide_partition:
+            # Another partition: the training jobs' node features and QOS (often GPU ones) may not exist there.
+            partition, constraint, qos = launcher.decide_partition, None, None
         extra = {k: v for k, v in extra.items() if k.replace("_", "-") not in GPU_SBATCH_KEYS}
     if dependency:
         extra["dependency"] = f"{after}:" + ":".join(dependency)
@@ -392,8 +401,8 @@ def _executor(study_dir: Path, launcher: LauncherSpec, job: Job, dependency: lis
         "additional_parameters": extra,
         "partition": partition,
         "account": launcher.account,
-        "qos": launcher.qos,
-        "constraint": launcher.constraint,
+        "qos": qos,
+        "constraint": constraint,
         "cpus_per_task": launcher.cpus_per_task,
         "mem": f"{launcher.mem_gb:g}G" if launcher.mem_gb else None,
         "gpus_per_node": gpus or None,

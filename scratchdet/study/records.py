@@ -78,18 +78,14 @@ def plan_digest(study_dir: str | Path) -> str | None:
 
 
 def iteration_reached(study_dir: str | Path, job: Job) -> int | None:
-    """The last iteration `job`'s run folder shows trained: its checkpoint or its last training record up to the
-    job's end_iter, whichever is later, capped at end_iter; None when the folder shows none.
+    """The last iteration `job`'s run folder shows trained, capped at the job's end_iter: its checkpoint or its last
+    training record, whichever is later; None when the folder shows neither.
 
-    A trunk's segments share a run folder: records after the segment's end_iter are a later segment's, and a value
-    at or below its start_iter means the segment itself trained nothing yet.
+    A trunk's segments share a run folder: a later segment's records or checkpoint mean this one's range was trained
+    to its end (hence the cap), and a value at or below its start_iter means the segment itself trained nothing yet.
     """
     end = job.end_iter
-    trains = [
-        r["iter"]
-        for r in read_metrics(Path(study_dir) / job.path, "train")
-        if isinstance(r.get("iter"), int) and (end is None or r["iter"] <= end)
-    ]
+    trains = [r["iter"] for r in read_metrics(Path(study_dir) / job.path, "train") if isinstance(r.get("iter"), int)]
     checkpoint = RunFolder(Path(study_dir) / job.path).checkpoint_iteration()
     reached = max([checkpoint or 0, *trains]) if (trains or checkpoint) else None
     if reached is not None and end is not None:

@@ -73,7 +73,8 @@ class LauncherSpec:
     # slurm (submitit): sbatch's --partition, --account, --qos, --time, --mem, --constraint.
     partition: str | None = None
     # A sequential study's decision jobs (study/stopping.py) ask for no GPU, and a GPU-only partition may refuse
-    # them: their partition, when it must differ from `partition` (None: the same).
+    # them: their partition, when it must differ from `partition` (None: the same). Set, the decision jobs go there
+    # without the training jobs' `constraint` and `qos` (node features and QOS of the GPU partition).
     decide_partition: str | None = None
     account: str | None = None
     qos: str | None = None

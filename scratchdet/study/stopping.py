@@ -237,11 +237,13 @@ def write_decision(graph: JobGraph, decision: StudyDecision, not_run: list[str])
 
 
 def _iterations_left(study_dir: Path, job: Job) -> int:
-    """Iterations of `job` not trained yet: what the decision saves. A job it stopped part-way (the local launcher
-    stops running jobs at a checkpoint; SLURM cancels running ones) has already spent the iterations up to the point
-    its run folder shows (`records.iteration_reached`); counting its whole length would overstate the saving."""
+    """Detection iterations of `job` not trained yet: what the decision saves. A job part-trained by an earlier,
+    interrupted launch (or cancelled while running, if SLURM started it before its decision job marked it) has
+    spent the iterations up to the point its run folder shows (`records.iteration_reached`); counting its whole
+    length would overstate the saving. A pre-training (no end_iter here) is not counted: the decision never skips one
+    (it serves every schedule)."""
     if job.end_iter is None:
-        return job.iters or 0
+        return 0
     reached = iteration_reached(study_dir, job)
     return job.end_iter - max(job.start_iter, reached or 0)
 

@@ -182,6 +182,39 @@ def test_a_decision_counts_only_the_iterations_its_skipped_jobs_have_not_trained
     decision = write_decision(graph, StudyDecision(1.0, "caught_up", "within the margin"), [tail.id, untouched.id])
     assert decision.iterations_not_run == (tail.iters - 4) + untouched.iters
     assert decision.device_hours_not_spent == pytest.approx(decision.iterations_not_run * 0.5 * 2 / 3600)
+    # Trunk segments share a folder: records past a segment's end are the next segment's, and a segment whose end
+    # the folder has passed has nothing left.
+    first, second = graph.job("trunks/scratch_all@88"), graph.job("trunks/scratch_all@152")
+    assert second.start_iter == first.end_iter == 88
+    trunk = RunFolder(study / first.path)
+    trunk.root.mkdir(parents=True)
+    trunk.metrics.write_text(json.dumps({"type": "train", "iter": 91, "time_per_iter": 0.5}) + "\n")
+    decision = write_decision(graph, StudyDecision(1.0, "caught_up", "within the margin"), [first.id, second.id])
+    assert decision.iterations_not_run == 0 + (second.end_iter - 91)
+
+
+def test_a_schedule_that_can_never_be_complete_is_passed_over_and_a_later_one_decides(tmp_path, monkeypatch):
+    """A failed 1x run: 1x decides nothing, and once 2x is complete and settled the study stops there (the inprocess
+    and local launchers; under SLURM the decide/1x job says "not settled" and decide/2x decides)."""
+    import scratchdet.report.decision as decision_module
+    import scratchdet.report.results as results_module
+    from scratchdet.report.decision import Decision
+
+    graph, _ = sequential_slurm_study(tmp_path, launcher="local")
+    stopper = Stopper(graph, enabled=True)
+    runs = {n: [j.id for j in graph.jobs if j.kind == "run" and stopper.level(j) == n] for n in (1.0, 2.0)}
+    monkeypatch.setattr(Stopper, "_complete", lambda self, schedule: schedule == 2.0)  # 1x: one run failed
+    monkeypatch.setattr(results_module, "load_study", lambda study_dir: None)
+    asked = []
+
+    def settled(study, schedule):
+        asked.append(schedule)
+        return Decision(True, "scratch within the margin", "caught_up")
+
+    monkeypatch.setattr(decision_module, "settled", settled)
+    assert stopper.check(runs[1.0][:3]) is None and asked == []  # a 1x run still going: nothing to decide yet
+    decided = stopper.check(runs[1.0] + runs[2.0])
+    assert asked == [2.0] and decided.schedule == 2.0 and stopper.waits_for(()) is None
 
 
 def test_a_decision_job_needs_no_gpu_and_waits_for_its_runs_to_end(tmp_path):
@@ -195,12 +228,13 @@ def test_a_decision_job_needs_no_gpu_and_waits_for_its_runs_to_end(tmp_path):
     assert segment["additional_parameters"]["dependency"] == "afterok:13"
     # A GPU-only partition may refuse a job without a GPU: decisions may go to another one.
     assert "partition" not in decide and segment.get("partition") is None
+    # There, the training jobs' node features and QOS (GPU ones) are not asked for.
     launcher.partition, launcher.decide_partition = "gpu", "cpu"
-    assert _executor(Path(graph.study_dir), launcher, graph.job("decide/1x"), ["11"]).parameters["partition"] == "cpu"
-    assert (
-        _executor(Path(graph.study_dir), launcher, graph.job("runs/scratch_all_1x"), []).parameters["partition"]
-        == "gpu"
-    )
+    launcher.constraint, launcher.qos = "a100", "gpu-high"
+    decide = _executor(Path(graph.study_dir), launcher, graph.job("decide/1x"), ["11"]).parameters
+    run = _executor(Path(graph.study_dir), launcher, graph.job("runs/scratch_all_1x"), []).parameters
+    assert decide["partition"] == "cpu" and "constraint" not in decide and "qos" not in decide
+    assert (run["partition"], run["constraint"], run["qos"]) == ("gpu", "a100", "gpu-high")
     # A decision job queued by a sequential submission that was resubmitted with stopping off has nothing to decide.
     without = JobGraph(graph.study_dir, graph.cwd, [j for j in graph.jobs if j.kind != "decide"])
     without.write()

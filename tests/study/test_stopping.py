@@ -16,7 +16,7 @@ from scratchdet.study import runner
 from scratchdet.study.graph import read_graph
 from scratchdet.study.records import read_record
 from scratchdet.study.status import exit_code, format_status, study_status
-from scratchdet.study.stopping import read_decision
+from scratchdet.study.stopping import job_levels, plan_schedules, read_decision
 
 pytestmark = pytest.mark.e2e  # whole studies
 
@@ -106,6 +106,13 @@ def test_a_settled_study_stops_after_its_first_schedule_and_a_rerun_without_stop
     assert not (stopped / "runs/scratch_all_2x").exists()
     report = (stopped / "report" / "report.html").read_text()
     assert "settled at 1x" in report and "runs/scratch_all_2x" in report
+    # Launched again with stopping on, it decides again at once, from the finished runs, and lists the same jobs:
+    # none of the finished ones.
+    first = read_decision(stopped)
+    runner.run_study(spec_with_same_weights_twice(tmp_path, shapes_dir, weights, "seq", True), report=False)
+    assert read_decision(stopped).not_run == first.not_run
+    assert read_decision(stopped).iterations_not_run == first.iterations_not_run
+    check_settled_at_1x(stopped, study_status(stopped))
 
     # stopping off: the rest trains from the shared checkpoints, and every number equals a study without stopping.
     finished = runner.run_study(spec_with_same_weights_twice(tmp_path, shapes_dir, weights, "seq", False), report=False)
@@ -129,10 +136,12 @@ def test_a_settled_study_stops_on_the_local_launcher(shapes_dir, weights, tmp_pa
     study = runner.run_study(spec, report=False)
     assert "[study] stopping: the study's question is settled at 1x" in capsys.readouterr().out
     check_settled_at_1x(study, study_status(study), arms=("scratch", "imagenet"))
-    # Two slots, and still nothing of 2x started beside the 1x tails: it waited for the decision, so every skipped
-    # job is saved whole.
+    # Two slots, and still nothing of 2x started beside the 1x tails: it waited for the decision, so every job that
+    # serves 2x first is left, and saved whole.
     decision, graph = read_decision(study), read_graph(study)
-    assert not (study / "runs/scratch_all_2x").exists()
+    levels = job_levels(graph.jobs, plan_schedules(study))
+    assert set(decision.not_run) == {j.id for j in graph.jobs if levels[j.id] > 1.0}
+    assert not any(read_record(study, j).get("submitted") for j in decision.not_run)
     assert decision.iterations_not_run == sum(graph.job(j).iters for j in decision.not_run)
 
 
