@@ -49,7 +49,13 @@ def _not_run(graph: JobGraph, failed: str, outcome: dict[str, JobOutcome]) -> No
 
 
 def _not_needed(graph: JobGraph, stopper: Stopper, outcome: dict[str, JobOutcome], log: Callable[[str], None]) -> None:
-    """Marks every job without an outcome as not needed, records the decision and says it in one line."""
+    """Marks every job without an outcome as not needed, records the decision and says it in one line.
+
+    A job finished in an earlier launch (the inprocess launcher meets it only when its turn comes) is skipped as
+    finished, never listed as not run."""
+    for job in graph.jobs:
+        if job.id not in outcome and is_finished(graph.study_dir, job):
+            outcome[job.id] = JobOutcome(JobState.SKIPPED, "(finished)")
     left = [j.id for j in graph.jobs if j.id not in outcome]
     decision = stopper.record(left)
     why = f"settled at {decision.schedule:g}x: {decision.reason}"
@@ -70,9 +76,7 @@ def launch_inprocess(
     Raises:
         Preempted: SIGTERM/SIGINT; the running job checkpointed (rerun the same command to resume).
     """
-    # Finished in an earlier launch: known before the first decision, so a decision never lists them as not run.
-    study_dir = Path(graph.study_dir)
-    outcome = {j.id: JobOutcome(JobState.SKIPPED, "(finished)") for j in graph.jobs if is_finished(study_dir, j)}
+    outcome: dict[str, JobOutcome] = {}
     stopper = stopper or Stopper(graph, enabled=False)
     throughput, progress = StudyThroughput(), StudyProgress(graph.study_dir)
     order = sorted(range(len(graph.jobs)), key=lambda i: (stopper.level(graph.jobs[i]), i))
