@@ -183,9 +183,9 @@ def run_job(study_dir: str | Path, job_id: str) -> JobOutcome:
 
     The job runs from the folder the study was launched in (`graph.cwd`: relative paths in its configs were written
     from there) and returns to the caller's folder. A multi-process job leaves its process group before it returns
-    or raises: a gloo group still alive at
-    interpreter exit can abort the process ("terminate called without an active exception") after the job's work
-    is done, and SLURM then counts the job as failed and cancels its dependents (seen in CI, 2-task jobs).
+    or raises: a gloo group still alive at interpreter exit can abort the process ("terminate called without an
+    active exception") after the job's work is done, and SLURM then counts the job as failed and cancels its
+    dependents (seen in CI, 2-task jobs).
 
     Raises:
         ScratchdetError: the job failed (recorded with its error); another process is training its run folder.

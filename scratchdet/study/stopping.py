@@ -240,8 +240,8 @@ def _iterations_left(study_dir: Path, job: Job) -> int:
     """Detection iterations of `job` not trained yet: what the decision saves. A job part-trained by an earlier,
     interrupted launch (or cancelled while running, if SLURM started it before its decision job marked it) has
     spent the iterations up to the point its run folder shows (`records.iteration_reached`); counting its whole
-    length would overstate the saving. A pre-training (no end_iter here) is not counted: the decision never skips one
-    (it serves every schedule)."""
+    length would overstate the saving. A job of unknown length (a pre-training whose iterations the plan cannot
+    tell) counts 0; a decision never skips a pre-training anyway (it serves every schedule, level 0)."""
     if job.end_iter is None:
         return 0
     reached = iteration_reached(study_dir, job)

@@ -7,7 +7,7 @@ from helpers import MINI_CONFIG, tiny_overrides
 
 from scratchdet.config import load_config
 from scratchdet.distributed import SINGLE
-from scratchdet.engine import trainer
+from scratchdet.engine import run_eval, trainer
 from scratchdet.engine.checkpoint import latest_checkpoint, load_checkpoint
 from scratchdet.engine.loop import stop_if_not_finite
 from scratchdet.engine.metrics import read_metrics
@@ -148,32 +148,24 @@ def test_train_num_threads_is_set_for_the_run_and_its_evaluation_only(shapes_dir
     """train.num_threads is the process's torch thread count: a run sets it for its own loop and evaluation and
     gives the caller's back (an inprocess study runs every job in one process, and a 1-thread job left the later
     ones on one thread)."""
-    from scratchdet.engine.run_eval import evaluate_run
-
     seen = []
-    original = trainer.stop_if_not_finite
 
-    def spy(*args, **kwargs):
-        seen.append(torch.get_num_threads())
-        return original(*args, **kwargs)
+    def counting(fn):
+        def counted(*args, **kwargs):
+            seen.append(torch.get_num_threads())
+            return fn(*args, **kwargs)
+
+        return counted
 
     before = torch.get_num_threads()
     threads = 1 if before != 1 else 2
     out = tmp_path / "run"
-    monkeypatch.setattr(trainer, "stop_if_not_finite", spy)
+    monkeypatch.setattr(trainer, "stop_if_not_finite", counting(trainer.stop_if_not_finite))  # once per iteration
     overrides = tiny_overrides(shapes_dir, out, **{"train.num_threads": threads, "train.max_iters": 2})
     trainer.train(load_config(MINI_CONFIG, overrides))
-    assert set(seen) == {threads} and torch.get_num_threads() == before
-    monkeypatch.undo()
+    assert seen == [threads, threads] and torch.get_num_threads() == before
 
-    def counted(*args, **kwargs):
-        seen.append(torch.get_num_threads())
-        return evaluate_split(*args, **kwargs)
-
-    import scratchdet.engine.run_eval as run_eval
-
-    evaluate_split = run_eval.evaluate_split
-    monkeypatch.setattr(run_eval, "evaluate_split", counted)
     seen.clear()
-    evaluate_run(out, [f"train.num_threads={threads}"])
+    monkeypatch.setattr(run_eval, "evaluate_split", counting(run_eval.evaluate_split))
+    run_eval.evaluate_run(out, [f"train.num_threads={threads}"])
     assert seen == [threads] and torch.get_num_threads() == before
